@@ -1,0 +1,7 @@
+"""``python -m capture`` is ``mlink-capture``."""
+
+import sys
+
+from capture.cli import main
+
+sys.exit(main())

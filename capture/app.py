@@ -1,0 +1,168 @@
+"""Composition root: config, logging, signals, supervisor, health ticker, sd_notify.
+
+Nothing else knows about all of them.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+
+import trio
+
+from capture import health
+from capture.auth import ApiKeyProvider
+from capture.clock import SystemClock, WallClock
+from capture.config import Config
+from capture.logs import get_logger
+from capture.sdnotify import Notifier
+from capture.sink import CommittedFile, cleanup_in_progress
+from capture.supervisor import Supervisor
+from capture.worker import StripeWorker, new_session_id
+
+log = get_logger(component="app")
+
+EXIT_OK = 0
+EXIT_ALL_FAILED = 1
+
+
+@dataclass
+class Daemon:
+    """The running daemon; tests and the demo drive it through :meth:`stop`."""
+
+    cfg: Config
+    clock: WallClock = field(default_factory=SystemClock)
+    notifier: Notifier = field(default_factory=Notifier)
+    environ: dict[str, str] | None = None
+    install_signals: bool = True
+
+    def __post_init__(self) -> None:
+        self._stop = trio.Event()
+        self.started_ns = self.clock.now_ns()
+        self.run_id = new_session_id(self.started_ns)
+        self.committed: list[CommittedFile] = []
+        credentials = ApiKeyProvider(self.cfg.auth, self.environ)
+        self.workers = [
+            StripeWorker(
+                self.cfg,
+                stripe,
+                clock=self.clock,
+                credentials=credentials,
+                run_id=self.run_id,
+                on_commit=self.committed.append,
+            )
+            for stripe in self.cfg.source.stripes
+        ]
+        self.supervisor = Supervisor(self.workers, self.cfg.supervision)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def rotate(self) -> None:
+        self.supervisor.request_rotate()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        cfg = self.cfg
+        moved = await trio.to_thread.run_sync(cleanup_in_progress, cfg.output.root)
+        for path in moved:
+            log.warning("moved an unfinished file left by an earlier run", path=str(path))
+        log.info(
+            "starting",
+            stripes=list(cfg.source.stripes),
+            message_types=list(cfg.source.message_types),
+            root=str(cfg.output.root),
+            run_id=self.run_id,
+        )
+        async with trio.open_nursery() as outer:
+            if self.install_signals:
+                outer.start_soon(self._signals)
+            if cfg.health.path is not None:
+                outer.start_soon(self._health_loop)
+            if self.notifier.watchdog_interval:
+                outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
+            async with trio.open_nursery() as workers:
+                workers.start_soon(self._stop_watch, workers.cancel_scope)
+                await workers.start(self._supervise, workers.cancel_scope)
+                self.notifier.ready(self._summary())
+                task_status.started()
+            self.notifier.stopping(self._summary())
+            if cfg.health.path is not None:
+                self._write_health()
+            outer.cancel_scope.cancel()
+        if self.supervisor.failed and len(self.supervisor.failed) == len(self.workers):
+            log.critical("every stripe failed; exiting")
+            return EXIT_ALL_FAILED
+        log.info("stopped", files_committed=len(self.committed))
+        return EXIT_OK
+
+    async def _supervise(
+        self,
+        workers_scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # The supervisor returns once every worker has stopped (or failed for good); then the
+        # stop watch has nothing left to guard.
+        await self.supervisor.run(task_status=task_status)
+        workers_scope.cancel()
+
+    async def _stop_watch(self, workers_scope: trio.CancelScope) -> None:
+        await self._stop.wait()
+        log.info("stopping: closing streams and committing files")
+        self.notifier.stopping("closing streams, committing files")
+        self.supervisor.request_stop()
+        await trio.sleep(self.cfg.supervision.shutdown_grace)
+        log.error(
+            "shutdown grace expired; unfinished files stay hidden for recovery",
+            grace_s=self.cfg.supervision.shutdown_grace,
+        )
+        workers_scope.cancel()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: rotating files now")
+                    self.rotate()
+                elif self._stop.is_set():
+                    log.warning("second stop signal: not waiting for the grace period")
+                    raise KeyboardInterrupt
+                else:
+                    log.info("stop signal", signal=signal.Signals(signum).name)
+                    self.stop()
+
+    async def _health_loop(self) -> None:
+        while True:
+            self._write_health()
+            self.notifier.status(self._summary())
+            await trio.sleep(self.cfg.health.interval)
+
+    async def _watchdog(self, interval: float) -> None:
+        # Only pings while the event loop turns: a wedged loop stops the pings and systemd
+        # restarts us.
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(interval)
+
+    def health_doc(self) -> dict[str, object]:
+        return health.build(
+            (w.stats for w in self.supervisor.workers.values()),
+            now_ns=self.clock.now_ns(),
+            started_ns=self.started_ns,
+            data_root=self.cfg.output.root,
+            quiet_after_s=self.cfg.health.quiet_after,
+            open_files=0,
+        )
+
+    def _write_health(self) -> None:
+        path = self.cfg.health.path
+        if path is None:
+            return
+        try:
+            health.write_atomic(path, self.health_doc())
+        except OSError as exc:
+            log.error("cannot write the health file", path=str(path), error=exc.strerror)
+
+    def _summary(self) -> str:
+        doc = self.health_doc()
+        return str(doc["summary"])

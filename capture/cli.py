@@ -1,0 +1,134 @@
+"""``mlink-capture`` command line: argument parsing and exit codes only.
+
+Exit codes: 0 success; 1 the daemon stopped because every stripe failed, or ``health`` found the
+daemon unhealthy; 2 bad usage or configuration (or ``health`` cannot tell).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from capture import __version__
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlink-capture",
+        description="Record SpiderRock MLink JSONFramed streams into partitioned Parquet.",
+    )
+    p.add_argument("--version", action="version", version=f"mlink-capture {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the capture daemon")
+    run.add_argument("--config", "-c", required=True, type=Path, help="TOML configuration file")
+
+    chk = sub.add_parser("check-config", help="validate a configuration file and exit")
+    chk.add_argument("config", type=Path)
+
+    h = sub.add_parser("health", help="exit 0 if the daemon's health file says healthy")
+    h.add_argument("--config", "-c", type=Path, help="read health.path from this config")
+    h.add_argument("--file", type=Path, help="health file (instead of --config)")
+    h.add_argument("--max-age", type=float, default=30.0, help="seconds (default 30)")
+    h.add_argument(
+        "--require-data",
+        action="store_true",
+        help="treat quiet stripes (heartbeats only) as unhealthy",
+    )
+
+    demo = sub.add_parser(
+        "demo", help="run the simulator and the daemon, then show what was captured"
+    )
+    demo.add_argument("--config", "-c", type=Path, help="demo configuration (default: built in)")
+    demo.add_argument("--seconds", type=float, default=20.0, help="capture duration (default 20)")
+    demo.add_argument("--root", type=Path, help="output directory (overrides the config)")
+
+    sim = sub.add_parser("simulate", help="run the MLink simulator", add_help=False)
+    sim.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["simulate"]:
+        from capture.sim import main as sim_main
+
+        return sim_main(args_list[1:])
+    args = _parser().parse_args(args_list)
+    if args.command == "run":
+        return _run(args.config)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "health":
+        return _health(args)
+    if args.command == "demo":
+        from capture.demo import main as demo_main
+
+        return demo_main(config=args.config, seconds=args.seconds, root=args.root)
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _load(path: Path, *, check_paths: bool = False) -> object:
+    from capture.config import Config, ConfigError
+
+    try:
+        return Config.from_toml(path, check_paths=check_paths)
+    except ConfigError as exc:
+        print(
+            f"mlink-capture: configuration {path} has {len(exc.problems)} problem(s):",
+            file=sys.stderr,
+        )
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check_config(path: Path) -> int:
+    cfg = _load(path, check_paths=True)
+    if cfg is None:
+        return EXIT_USAGE
+    print(f"{path}: OK")
+    return 0
+
+
+def _run(path: Path) -> int:
+    import trio
+
+    from capture import logs
+    from capture.app import Daemon
+    from capture.config import Config
+
+    cfg = _load(path)
+    if not isinstance(cfg, Config):
+        return EXIT_USAGE
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    daemon = Daemon(cfg)
+    return trio.run(daemon.run)
+
+
+def _health(args: argparse.Namespace) -> int:
+    from capture import health
+    from capture.config import Config
+
+    path: Path | None = args.file
+    if path is None and args.config is not None:
+        cfg = _load(args.config)
+        if not isinstance(cfg, Config):
+            return EXIT_USAGE
+        path = cfg.health.path
+    if path is None:
+        print("mlink-capture health: give --file or a --config with health.path", file=sys.stderr)
+        return EXIT_USAGE
+    code, line = health.check(
+        path, max_age_s=args.max_age, now_ns=time.time_ns(), require_data=args.require_data
+    )
+    print(line)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""TOML configuration -> frozen, validated values.
+
+Every problem is reported with the dotted key that has it, all at once (``check-config``), and
+secrets are never read from the TOML: the file names where a secret lives (environment variable,
+file, systemd credential), never the secret itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from capture import stripes as stripe_table
+from capture.schemas import lookup as lookup_message
+
+T = TypeVar("T")
+
+DEFAULT_TYPES = ("OptionNbboQuote", "OptionPrint", "StockBookQuote", "StockPrint")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; ``problems`` lists every ``key: problem``."""
+
+    def __init__(self, problems: list[str], source: str = "configuration") -> None:
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    url: str
+    stripes: tuple[str, ...]
+    message_types: tuple[str, ...]
+    active_latency: int = 1
+    resume: bool = True  # send highwaterTs on reconnect instead of taking a full snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    method: str = "api_key"
+    api_key_env: str | None = "MLINK_API_KEY"
+    api_key_file: Path | None = None
+    api_key_credential: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    root: Path
+    timezone: str = "UTC"
+    rotate_interval: int = 300
+    max_file_mb: int = 512
+    row_group_rows: int = 131_072
+    memory_budget_mb: int = 256
+    compression: str = "zstd"
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    batch_rows: int = 8192  # frames per type handed to the decoder at once
+    flush_interval: float = 0.5  # seconds a partial batch may wait before it is decoded
+    queue_batches: int = 32  # bound between the socket reader and the writer
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisionConfig:
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    backoff_multiplier: float = 2.0
+    backoff_jitter: float = 0.2
+    healthy_after: float = 60.0  # a connection up this long resets the backoff
+    auth_backoff: float = 900.0  # wait after the server rejected our credentials
+    max_restarts: int = 20  # restart-intensity limit for a stripe's writer ...
+    restart_window: float = 600.0  # ... within this many seconds
+    stale_after: float = 30.0  # no frame at all (data or heartbeat) for this long -> reconnect
+    connect_timeout: float = 15.0
+    logon_timeout: float = 10.0
+    shutdown_grace: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    path: Path | None = None
+    interval: float = 5.0
+    quiet_after: float = 30.0  # connected but no data for this long -> "quiet"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "auto"  # auto: console on a TTY, JSON lines otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: SourceConfig
+    auth: AuthConfig
+    output: OutputConfig
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str], *, check_paths: bool = False) -> Config:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"{p}: file not found"], str(p)) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"not valid TOML: {exc}"], str(p)) from None
+        return cls.from_mapping(raw, base_dir=p.parent, source=str(p), check_paths=check_paths)
+
+    @classmethod
+    def from_mapping(
+        cls,
+        raw: Mapping[str, Any],
+        *,
+        base_dir: Path = Path("."),
+        source: str = "configuration",
+        check_paths: bool = False,
+    ) -> Config:
+        r = _Reader(raw, base_dir)
+        # [demo] is read by `mlink-capture demo` only (simulator knobs); the daemon ignores it.
+        r.known_sections(
+            "source", "auth", "output", "pipeline", "supervision", "health", "logging", "demo"
+        )
+
+        s = r.section("source", {"url", "stripes", "message_types", "active_latency", "resume"})
+        url = r.get(s, "source.url", str, required=True, check=_check_url)
+        stripes = tuple(r.get(s, "source.stripes", list, required=True, check=_check_stripes) or ())
+        types = tuple(
+            r.get(s, "source.message_types", list, default=list(DEFAULT_TYPES), check=_check_types)
+            or ()
+        )
+        source_cfg = SourceConfig(
+            url=url or "",
+            stripes=tuple(str(x) for x in stripes),
+            message_types=tuple(_canonical_type(str(t)) for t in types),
+            active_latency=r.get(s, "source.active_latency", int, default=1, check=_at_least(1)),
+            resume=r.get(s, "source.resume", bool, default=True),
+        )
+
+        a = r.section("auth", {"method", "api_key_env", "api_key_file", "api_key_credential"})
+        if "api_key" in a or "password" in a:
+            r.problem(
+                "auth.api_key",
+                "secrets are not read from the TOML; use api_key_env, "
+                "api_key_file or api_key_credential",
+            )
+        method = r.get(a, "auth.method", str, default="api_key", check=_one_of("api_key"))
+        key_file = r.get(a, "auth.api_key_file", str, default=None)
+        auth_cfg = AuthConfig(
+            method=method,
+            api_key_env=r.get(a, "auth.api_key_env", str, default="MLINK_API_KEY"),
+            api_key_file=r.path(key_file) if key_file else None,
+            api_key_credential=r.get(a, "auth.api_key_credential", str, default=None),
+        )
+
+        o = r.section(
+            "output",
+            {
+                "root",
+                "timezone",
+                "rotate_interval",
+                "max_file_mb",
+                "row_group_rows",
+                "memory_budget_mb",
+                "compression",
+            },
+        )
+        root = r.get(o, "output.root", str, required=True)
+        output_cfg = OutputConfig(
+            root=r.path(root or "."),
+            timezone=r.get(o, "output.timezone", str, default="UTC", check=_check_tz),
+            rotate_interval=r.get(
+                o, "output.rotate_interval", int, default=300, check=_divides_day
+            ),
+            max_file_mb=r.get(o, "output.max_file_mb", int, default=512, check=_at_least(1)),
+            row_group_rows=r.get(
+                o, "output.row_group_rows", int, default=131_072, check=_at_least(1024)
+            ),
+            memory_budget_mb=r.get(
+                o, "output.memory_budget_mb", int, default=256, check=_at_least(16)
+            ),
+            compression=r.get(
+                o,
+                "output.compression",
+                str,
+                default="zstd",
+                check=_one_of("zstd", "snappy", "gzip", "lz4", "none"),
+            ),
+        )
+        if check_paths and root:
+            _check_writable(r, "output.root", output_cfg.root)
+
+        pl = r.section("pipeline", {"batch_rows", "flush_interval", "queue_batches"})
+        pipeline_cfg = PipelineConfig(
+            batch_rows=r.get(pl, "pipeline.batch_rows", int, default=8192, check=_at_least(1)),
+            flush_interval=r.num(pl, "pipeline.flush_interval", 0.5, _positive),
+            queue_batches=r.get(pl, "pipeline.queue_batches", int, default=32, check=_at_least(1)),
+        )
+
+        sv_keys = {f for f in SupervisionConfig.__dataclass_fields__}
+        sv = r.section("supervision", sv_keys)
+        defaults = SupervisionConfig()
+        sv_values: dict[str, Any] = {}
+        for name in sorted(sv_keys):
+            default = getattr(defaults, name)
+            key = f"supervision.{name}"
+            if isinstance(default, int) and not isinstance(default, bool):
+                sv_values[name] = r.get(sv, key, int, default=default, check=_at_least(1))
+            else:
+                check = _fraction if name == "backoff_jitter" else _positive
+                sv_values[name] = r.num(sv, key, default, check)
+        supervision_cfg = SupervisionConfig(**sv_values)
+        if supervision_cfg.backoff_max < supervision_cfg.backoff_initial:
+            r.problem("supervision.backoff_max", "must be >= supervision.backoff_initial")
+        if supervision_cfg.backoff_multiplier < 1:
+            r.problem("supervision.backoff_multiplier", "must be >= 1")
+
+        h = r.section("health", {"path", "interval", "quiet_after"})
+        hpath = r.get(h, "health.path", str, default=None)
+        health_cfg = HealthConfig(
+            path=r.path(hpath) if hpath else None,
+            interval=r.num(h, "health.interval", 5.0, _positive),
+            quiet_after=r.num(h, "health.quiet_after", 30.0, _positive),
+        )
+        if check_paths and health_cfg.path is not None:
+            _check_writable(r, "health.path", health_cfg.path.parent)
+
+        lg = r.section("logging", {"level", "format"})
+        logging_cfg = LoggingConfig(
+            level=r.get(
+                lg,
+                "logging.level",
+                str,
+                default="info",
+                check=_one_of("debug", "info", "warning", "error"),
+            ),
+            format=r.get(
+                lg, "logging.format", str, default="auto", check=_one_of("auto", "json", "console")
+            ),
+        )
+        if r.problems:
+            raise ConfigError(r.problems, source)
+        return cls(
+            source=source_cfg,
+            auth=auth_cfg,
+            output=output_cfg,
+            pipeline=pipeline_cfg,
+            supervision=supervision_cfg,
+            health=health_cfg,
+            logging=logging_cfg,
+        )
+
+
+class _Reader:
+    """Collects problems instead of stopping at the first one."""
+
+    def __init__(self, raw: Mapping[str, Any], base_dir: Path) -> None:
+        self.raw = raw
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def problem(self, key: str, text: str) -> None:
+        self.problems.append(f"{key}: {text}")
+
+    def known_sections(self, *names: str) -> None:
+        for key in self.raw:
+            if key not in names:
+                self.problem(key, f"unknown section (known: {', '.join(names)})")
+
+    def section(self, name: str, keys: set[str]) -> Mapping[str, Any]:
+        value = self.raw.get(name, {})
+        if not isinstance(value, Mapping):
+            self.problem(name, "must be a table")
+            return {}
+        for key in value:
+            if key not in keys and key not in ("api_key", "password"):
+                self.problem(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(keys))})")
+        return value
+
+    def get(
+        self,
+        table: Mapping[str, Any],
+        dotted: str,
+        typ: type[T],
+        *,
+        default: Any = None,
+        required: bool = False,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> T:
+        name = dotted.rsplit(".", 1)[1]
+        if name not in table:
+            if required:
+                self.problem(dotted, "required")
+            return default  # type: ignore[no-any-return]
+        value = table[name]
+        if (typ is int and isinstance(value, bool)) or not isinstance(value, typ):
+            self.problem(dotted, f"must be {_type_name(typ)}, got {_type_name(type(value))}")
+            return default  # type: ignore[no-any-return]
+        if check is not None and (why := check(value)) is not None:
+            self.problem(dotted, why)
+            return default  # type: ignore[no-any-return]
+        return value
+
+    def num(
+        self,
+        table: Mapping[str, Any],
+        dotted: str,
+        default: float,
+        check: Callable[[Any], str | None],
+    ) -> float:
+        name = dotted.rsplit(".", 1)[1]
+        if name not in table:
+            return default
+        value = table[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.problem(dotted, f"must be a number, got {_type_name(type(value))}")
+            return default
+        if (why := check(value)) is not None:
+            self.problem(dotted, why)
+            return default
+        return float(value)
+
+    def path(self, text: str) -> Path:
+        p = Path(os.path.expandvars(os.path.expanduser(text)))
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def _type_name(t: type) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "an array",
+        dict: "a table",
+    }.get(t, t.__name__)
+
+
+def _check_url(v: str) -> str | None:
+    if not v.startswith(("ws://", "wss://")):
+        return "must start with ws:// or wss://"
+    if not v.rstrip("/").endswith("/mlink/jsonf"):
+        return "must be the JSONFramed endpoint (…/mlink/jsonf)"
+    return None
+
+
+def _check_stripes(v: list[Any]) -> str | None:
+    if not v:
+        return "must name at least one stripe"
+    bad = [x for x in v if not isinstance(x, str) or not stripe_table.is_known(x)]
+    if bad:
+        known = ", ".join(sorted(stripe_table.KNOWN_STRIPES))
+        return f"unknown stripe code(s) {bad!r} (known: {known})"
+    if len(set(v)) != len(v):
+        return "a stripe is listed twice"
+    return None
+
+
+def _check_types(v: list[Any]) -> str | None:
+    if not v:
+        return "must name at least one message type"
+    bad = [x for x in v if not isinstance(x, str) or lookup_message(x) is None]
+    if bad:
+        return f"unknown message type(s) {bad!r} (not in the MLink data dictionary)"
+    if len({x.lower() for x in v}) != len(v):
+        return "a message type is listed twice"
+    return None
+
+
+def _canonical_type(name: str) -> str:
+    found = lookup_message(name)
+    return found.name if found is not None else name
+
+
+def _check_tz(v: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"unknown IANA time zone {v!r}"
+    return None
+
+
+def _divides_day(v: int) -> str | None:
+    if v < 60 or 86400 % v:
+        return "must be at least 60 seconds and divide a day (60, 300, 900, 3600, ...)"
+    return None
+
+
+def _at_least(n: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= n else f"must be >= {n}"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _fraction(v: float) -> str | None:
+    return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _check_writable(r: _Reader, key: str, path: Path) -> None:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        r.problem(key, f"{path} is not under a directory")
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        r.problem(key, f"{path} is not writable")

@@ -1,0 +1,201 @@
+"""JSONFramed codec, sans-IO: bytes in, frames out (PROTOCOL.md §4).
+
+A server frame is ``\\r\\n`` + ``J`` (or ``P``) + 5-digit message-type number + 6-digit body
+length + body.  WebSocket message boundaries mean nothing here: the decoder keeps a carry-over
+buffer, so a frame split across messages, several frames in one message, text or binary messages
+all decode to the same frames.  Bytes that are not a frame are skipped up to the next ``\\r\\nJ``
+(or ``\\r\\nP``) and handed back as :class:`Garbage` so the caller can quarantine them.
+
+This module imports neither trio nor pyarrow; it is tested on plain bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HEADER_LEN = 14
+MAX_BODY_LEN = 999_999  # six decimal digits
+_SYNC = b"\r\n"
+_PROTOS = (b"J", b"P")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One complete frame: protocol letter, type number from the header, and the body bytes."""
+
+    proto: bytes
+    type_number: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Garbage:
+    """Bytes skipped while resynchronising, with the reason they were not a frame."""
+
+    data: bytes
+    reason: str
+
+
+Event = Frame | Garbage
+
+
+class FrameDecoderError(Exception):
+    """The decoder's input is unusable as configured (e.g. a buffer bound smaller than a frame)."""
+
+
+class FrameDecoder:
+    """Incremental JSONFramed decoder with a bounded carry-over buffer.
+
+    ``feed(data)`` returns the events completed by ``data``: :class:`Frame` for each whole
+    frame and :class:`Garbage` for skipped bytes, in stream order.  At most ``max_buffer``
+    bytes are ever held: an incomplete frame can never be longer than ``HEADER_LEN +
+    MAX_BODY_LEN``, so the bound is checked once, at construction.
+    """
+
+    __slots__ = ("_buf", "_garbage_bytes", "_max_buffer", "frames", "garbage_events")
+
+    def __init__(self, max_buffer: int = HEADER_LEN + MAX_BODY_LEN) -> None:
+        if max_buffer < HEADER_LEN + MAX_BODY_LEN:
+            raise FrameDecoderError(
+                f"max_buffer must be at least {HEADER_LEN + MAX_BODY_LEN} bytes "
+                "(one maximal frame), got {max_buffer}"
+            )
+        self._max_buffer = max_buffer
+        self._buf = b""
+        self._garbage_bytes = 0
+        self.frames = 0
+        self.garbage_events = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the rest of a frame."""
+        return len(self._buf)
+
+    @property
+    def garbage_bytes(self) -> int:
+        return self._garbage_bytes
+
+    def feed(self, data: bytes | bytearray | memoryview | str) -> list[Event]:
+        if isinstance(data, str):  # a text WebSocket message: the length counts UTF-8 bytes
+            data = data.encode("utf-8")
+        buf = self._buf + bytes(data) if self._buf else bytes(data)
+        events: list[Event] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= HEADER_LEN:
+            if (
+                buf[pos] == 13
+                and buf[pos + 1] == 10
+                and (buf[pos + 2] == 74 or buf[pos + 2] == 80)  # 'J' or 'P'
+            ):
+                digits = buf[pos + 3 : pos + HEADER_LEN]
+                if digits.isdigit():
+                    start = pos + HEADER_LEN
+                    stop = start + int(digits[5:])
+                    # JSON never holds a raw CR LF, so one inside the declared body means the
+                    # length is wrong (a truncated frame): resync there instead of swallowing
+                    # the frames that follow.
+                    bad = buf.find(_SYNC, start, min(stop, end)) if buf[pos + 2] == 74 else -1
+                    if bad >= 0:
+                        events.append(Garbage(buf[pos:bad], "frame shorter than its length"))
+                        self.garbage_events += 1
+                        self._garbage_bytes += bad - pos
+                        pos = bad
+                        continue
+                    if stop > end:
+                        break  # wait for the rest of the frame
+                    events.append(Frame(buf[pos + 2 : pos + 3], int(digits[:5]), buf[start:stop]))
+                    pos = stop
+                    continue
+                reason = "non-digit in frame header"
+            else:
+                reason = "no frame header"
+            pos = self._skip(buf, pos, end, reason, events)
+        # A lone stray CR LF (or part of one) at the very end is the examples' tolerated trailer;
+        # it stays buffered as the possible start of the next frame.
+        self._buf = buf[pos:] if pos < end else b""
+        if len(self._buf) > self._max_buffer:  # pragma: no cover - impossible by construction
+            raise FrameDecoderError("frame decoder buffer exceeded its bound")
+        self.frames += sum(1 for e in events if type(e) is Frame)
+        return events
+
+    def _skip(self, buf: bytes, pos: int, end: int, reason: str, events: list[Event]) -> int:
+        """Skip from ``pos`` to the next plausible frame start; record what was skipped."""
+        nxt = _find_sync(buf, pos + 1)
+        if nxt < 0:
+            # Keep a possible partial sync marker at the end ("\r" or "\r\n") for the next feed.
+            keep = 2 if buf.endswith(_SYNC) else 1 if buf.endswith(b"\r") else 0
+            nxt = max(pos + 1, end - keep)
+        skipped = buf[pos:nxt]
+        if skipped.strip(b"\r\n"):  # bare CR/LF between frames is tolerated, not garbage
+            events.append(Garbage(skipped, reason))
+            self.garbage_events += 1
+            self._garbage_bytes += len(skipped)
+        return nxt
+
+    def flush(self) -> list[Event]:
+        """End of stream: whatever is still buffered can never complete a frame."""
+        rest, self._buf = self._buf, b""
+        if rest.strip(b"\r\n"):
+            self.garbage_events += 1
+            self._garbage_bytes += len(rest)
+            return [Garbage(rest, "truncated frame at end of stream")]
+        return []
+
+
+def _find_sync(buf: bytes, start: int) -> int:
+    """Position of the next ``\\r\\nJ`` or ``\\r\\nP`` at or after ``start``, or -1."""
+    j = buf.find(b"\r\nJ", start)
+    p = buf.find(b"\r\nP", start)
+    if j < 0:
+        return p
+    if p < 0:
+        return j
+    return min(j, p)
+
+
+def encode_frame(type_number: int, body: bytes, proto: bytes = b"J") -> bytes:
+    """A server-style frame: ``\\r\\n`` + proto + 5-digit type + 6-digit length + body."""
+    if proto not in _PROTOS:
+        raise ValueError(f"proto must be b'J' or b'P', got {proto!r}")
+    if not 0 <= type_number <= 99_999:
+        raise ValueError(f"type number {type_number} does not fit five digits")
+    if len(body) > MAX_BODY_LEN:
+        raise ValueError(f"body of {len(body)} bytes does not fit six digits")
+    return b"%b%b%05d%06d%b" % (_SYNC, proto, type_number, len(body), body)
+
+
+def encode_client_frame(body: bytes) -> bytes:
+    """A client frame the way the vendor's Python and C# clients build it (§4.2).
+
+    ``\\r\\nJ`` + the body length in 11 zero-padded digits + body.  For bodies under 1 MB that is
+    byte-identical to a 14-byte header with type number 00000.
+    """
+    if len(body) > 99_999_999_999:
+        raise ValueError("body too large for an 11-digit length")
+    return b"%bJ%011d%b" % (_SYNC, len(body), body)
+
+
+_MTYP = b'"mTyp":"'
+
+
+def peek_mtyp(body: bytes) -> str | None:
+    """The header's ``mTyp`` without parsing the JSON (hot path: one ``find``).
+
+    Bodies are compact JSON whose header comes first, so the first ``"mTyp":"`` is the
+    header's.  Returns None when it is not there; the caller then parses the body fully.
+    """
+    i = body.find(_MTYP, 0, 256)
+    if i < 0:
+        return None
+    i += len(_MTYP)
+    j = body.find(b'"', i, i + 128)
+    if j < 0:
+        return None
+    name = body[i:j]
+    if b"\\" in name:
+        return None
+    try:
+        return name.decode("ascii")
+    except UnicodeDecodeError:
+        return None

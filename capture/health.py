@@ -1,0 +1,120 @@
+"""The health file: a JSON snapshot, atomically replaced every few seconds, and its reader.
+
+Schema (``"schema": 1``; documented in the README):
+
+* ``written_at`` (ISO 8601 UTC), ``written_at_ns``, ``healthy`` (bool), ``summary`` (one line);
+* ``process``: ``version``, ``pid``, ``started_at``, ``uptime_s``, ``data_root``, ``open_files``;
+* ``stripes``: per stripe code, ``state`` (starting, connecting, streaming, quiet, backoff,
+  auth_failed, failed, stopping, stopped) and the counters of :class:`capture.worker.StripeStats`.
+
+A stripe is *quiet* when it is connected but no data message arrived for ``quiet_after``
+seconds (heartbeats only): the connection is fine, the market may be closed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from capture import __version__
+from capture.logs import redact
+from capture.stats import StripeStats
+
+OK_STATES = frozenset({"streaming", "quiet"})
+
+
+def stripe_view(stats: StripeStats, now_ns: int, quiet_after_s: float) -> dict[str, Any]:
+    view = stats.snapshot()
+    if stats.state == "streaming":
+        since = stats.last_data_ns or stats.connected_since_ns or now_ns
+        if now_ns - since > quiet_after_s * 1e9:
+            view["state"] = "quiet"
+    if view["last_error"] is not None:
+        view["last_error"] = redact(view["last_error"])
+    return view
+
+
+def build(
+    stats: Iterable[StripeStats],
+    *,
+    now_ns: int,
+    started_ns: int,
+    data_root: Path,
+    quiet_after_s: float,
+    open_files: int,
+) -> dict[str, Any]:
+    stripes = {s.stripe: stripe_view(s, now_ns, quiet_after_s) for s in stats}
+    states = [v["state"] for v in stripes.values()]
+    healthy = bool(states) and all(s in OK_STATES for s in states)
+    counts: dict[str, int] = {}
+    for s in states:
+        counts[s] = counts.get(s, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    rows = sum(v["rows_written"] for v in stripes.values())
+    return {
+        "schema": 1,
+        "written_at": _iso(now_ns),
+        "written_at_ns": now_ns,
+        "healthy": healthy,
+        "summary": f"{len(states)} stripes: {summary}; {rows} rows written",
+        "process": {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": _iso(started_ns),
+            "uptime_s": round((now_ns - started_ns) / 1e9, 3),
+            "data_root": str(data_root),
+            "open_files": open_files,
+        },
+        "stripes": stripes,
+    }
+
+
+def write_atomic(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write to a temporary file in the same directory, then rename over the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(doc, indent=2, sort_keys=False).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check(
+    path: Path, *, max_age_s: float, now_ns: int, require_data: bool = False
+) -> tuple[int, str]:
+    """Exit code and one line for ``mlink-capture health``: 0 healthy, 1 unhealthy, 2 unknown."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return 2, f"no health file at {path}"
+    except (OSError, ValueError) as exc:
+        return 2, f"health file unreadable: {exc}"
+    written = doc.get("written_at_ns")
+    if not isinstance(written, int):
+        return 2, "health file has no written_at_ns"
+    age = (now_ns - written) / 1e9
+    if age > max_age_s:
+        return 1, f"health file is {age:.0f} s old (max {max_age_s:g} s): daemon stuck or gone"
+    bad = {
+        code: v.get("state")
+        for code, v in doc.get("stripes", {}).items()
+        if v.get("state") not in (("streaming",) if require_data else OK_STATES)
+    }
+    if bad or not doc.get("stripes"):
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(bad.items())) or "no stripes"
+        return 1, f"unhealthy: {detail}"
+    return 0, f"healthy: {doc.get('summary', '')}"
+
+
+def _iso(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,94 @@
+"""structlog configuration: the one place logging is set up.
+
+JSON lines when stderr is not a TTY (journald, Docker), a readable console renderer on a TTY.
+Every secret the process learns is registered with :func:`register_secret` and scrubbed from
+every event, whatever key or nested text it hides in.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_secrets: set[str] = set()
+_lock = threading.Lock()
+REDACTED = "[redacted]"
+
+
+def register_secret(value: str) -> None:
+    """Never print ``value`` (nor any text containing it) in a log line."""
+    if len(value) >= 4:  # shorter strings would redact ordinary words
+        with _lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for s in _secrets:
+        if s in text:
+            text = text.replace(s, REDACTED)
+    return text
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    if isinstance(value, BaseException):
+        return redact(f"{type(value).__name__}: {value}")
+    return value
+
+
+def _redact_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if not _secrets:
+        return event
+    for key, value in list(event.items()):
+        event[key] = _scrub(value)
+    return event
+
+
+def _redact_rendered(_: Any, __: str, event: Any) -> Any:
+    # Exceptions are rendered to text after the event processors ran: scrub the final line too.
+    return redact(event) if isinstance(event, str) and _secrets else event
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+    out = stream if stream is not None else sys.stderr
+    as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info if as_json else _noop,
+            _redact_processor,
+            renderer,
+            _redact_rendered,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _noop(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    return event
+
+
+def get_logger(**initial: Any) -> Any:
+    return structlog.get_logger(**initial)

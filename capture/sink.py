@@ -1,0 +1,972 @@
+"""Parquet part-file sink: hive-partitioned layout, row-group buffering, rotation, atomic commit.
+
+Layout (one sink per stripe; see docs/sink.md)::
+
+    ROOT/<MsgType>/date=YYYY-MM-DD/stripe=<S>/part-<UTC start>-<session tag>-<counter>.parquet
+
+A file being written lives in the same directory under a hidden name that does not end in
+``.parquet`` (``.part-....parquet.inprogress``), so neither ``**/*.parquet`` globs nor
+``pyarrow.dataset`` discovery (which skips names starting with ``.`` or ``_``) can see it.
+Commit is: flush buffered rows -> write footer -> fsync file -> rename to the final name ->
+fsync the directory.  A reader therefore never sees a partial file under a ``.parquet`` name.
+
+This module is synchronous on purpose: the worker calls it from a worker thread, never on the
+event loop.  It must not import trio.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import structlog
+
+from capture import __version__
+
+__all__ = [
+    "INPROGRESS_SUFFIX",
+    "QUARANTINE_DIR",
+    "CommittedFile",
+    "PartitionSink",
+    "SinkClosedError",
+    "SinkCommitError",
+    "SinkError",
+    "SinkOpenError",
+    "SinkSettings",
+    "SinkStatistics",
+    "SinkWriteError",
+    "cleanup_in_progress",
+    "partition_date",
+]
+
+log = structlog.get_logger(__name__)
+
+# The footer carries seq ranges known only at commit time, which needs
+# ParquetWriter.add_key_value_metadata (pyarrow >= 17).  Fail at import, not at the first
+# commit hours into a run.
+if not hasattr(pq.ParquetWriter, "add_key_value_metadata"):  # pragma: no cover
+    raise ImportError(f"capture.sink needs pyarrow >= 17 (found {pa.__version__})")
+
+NS_PER_S: Final = 1_000_000_000
+SECONDS_PER_DAY: Final = 86_400
+
+#: In-progress files are ``"." + <final name> + INPROGRESS_SUFFIX``.
+INPROGRESS_SUFFIX: Final = ".inprogress"
+#: Directory under ROOT where cleanup_in_progress() moves files left behind by a crash.
+#: The leading underscore makes pyarrow.dataset, Spark and Hive discovery skip it.
+QUARANTINE_DIR: Final = "_quarantine"
+
+RECV_TIME_COLUMN: Final = "_recv_time"
+SEQ_COLUMN: Final = "_seq"
+RECV_TIME_TYPE: Final = pa.timestamp("ns", tz="UTC")
+
+# Footer key-value metadata keys.  A recovery pass can rely on this invariant: for one
+# msg_type in one stripe, rows are appended to files in the order the worker writes them and
+# only one file per (msg_type, date) is open at a time, so each committed file holds a
+# contiguous run of that msg_type's records and [seq_min, seq_max] ranges of committed files
+# do not overlap.  "Is (msg_type, seq) already durable?" is a range lookup over the footers
+# (or over the CommittedFile records the worker journals).
+META_MSG_TYPE: Final = "mlink.msg_type"
+META_STRIPE: Final = "mlink.stripe"
+META_SESSION: Final = "mlink.session"
+META_SEQ_MIN: Final = "mlink.seq_min"
+META_SEQ_MAX: Final = "mlink.seq_max"
+META_ROWS: Final = "mlink.rows"
+META_WRITER: Final = "mlink.writer"
+
+WRITER_ID: Final = f"mlink-capture {__version__}"
+
+_KNOWN_DIRS_MAX: Final = 4096
+_DATA_PAGE_SIZE: Final = 1 << 20  # 1 MiB: Arrow's default, stated explicitly
+_COMPRESSIONS: Final = frozenset({"none", "snappy", "gzip", "brotli", "lz4", "zstd"})
+_PATH_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+_SESSION_TAG = re.compile(r"[A-Za-z0-9]{1,12}")
+_TS_FORMAT: Final = "%Y%m%dT%H%M%SZ"
+
+
+# --------------------------------------------------------------------------------------------
+# Settings and results
+# --------------------------------------------------------------------------------------------
+
+
+def _zone(tz: str) -> ZoneInfo:
+    """ZoneInfo keeps its own cache, so this is cheap after the first call."""
+    return ZoneInfo(tz)
+
+
+def _check_interval(interval_s: int, name: str = "rotate_interval_s") -> None:
+    if isinstance(interval_s, bool) or not isinstance(interval_s, int):
+        raise TypeError(f"{name} must be an int number of seconds, got {interval_s!r}")
+    if interval_s <= 0 or SECONDS_PER_DAY % interval_s != 0:
+        raise ValueError(
+            f"{name} must be a positive divisor of 86400 (one day) so that rotation "
+            f"boundaries align with local midnight; got {interval_s}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    root: Path
+    #: Files rotate at clock boundaries aligned in ``tz`` (300 -> :00, :05, ...; 3600 -> top
+    #: of the hour).  Must divide 86400.
+    rotate_interval_s: int = 300
+    #: Size bound (approximate: bytes written so far plus Arrow bytes still buffered).
+    max_file_bytes: int = 512 * 2**20
+    #: Target rows per row group.
+    row_group_rows: int = 131_072
+    #: ... or this many buffered Arrow bytes, whichever comes first.
+    row_group_bytes: int = 64 * 2**20
+    #: Total buffered Arrow bytes across all open files of one sink; above it the largest
+    #: buffer is flushed as a (smaller) row group.
+    memory_budget_bytes: int = 256 * 2**20
+    compression: str = "zstd"
+    compression_level: int | None = None
+    #: IANA zone for the date partition and for rotation alignment (DST-correct).
+    tz: str = "UTC"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # tolerate str from config code
+        _check_interval(self.rotate_interval_s)
+        for name in ("max_file_bytes", "row_group_rows", "row_group_bytes", "memory_budget_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        codec = self.compression.lower()
+        if codec not in _COMPRESSIONS:
+            raise ValueError(
+                f"compression must be one of {sorted(_COMPRESSIONS)}, got {self.compression!r}"
+            )
+        if codec != "none" and not pa.Codec.is_available(codec):
+            raise ValueError(f"compression {self.compression!r} is not available in this pyarrow")
+        if self.compression_level is not None:
+            if codec == "none":
+                raise ValueError("compression_level cannot be set with compression='none'")
+            try:
+                pa.Codec(codec, self.compression_level)
+            except (ValueError, pa.ArrowException) as exc:
+                raise ValueError(
+                    f"compression_level {self.compression_level!r} is invalid for "
+                    f"{self.compression!r}: {exc}"
+                ) from exc
+        try:
+            _zone(self.tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"tz must be an IANA time zone name, got {self.tz!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedFile:
+    path: Path
+    msg_type: str
+    date: dt.date
+    stripe: str
+    rows: int
+    bytes: int
+    seq_min: int
+    seq_max: int
+    #: "interval" | "size" | "idle" | "schema" | "shutdown" | "manual" (or the reason given
+    #: to rotate_all)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStatistics:
+    open_files: int
+    #: Arrow bytes buffered (not yet written as a row group) across all open files.
+    buffered_bytes: int
+    buffered_rows: int
+    #: Rows accepted by write() since construction (committed, in open files, or lost to a
+    #: SinkError on an aborted file).
+    rows_written: int
+    rows_committed: int
+    files_committed: int
+    bytes_committed: int
+    row_groups_written: int
+    #: Files abandoned in place after an OS error (left hidden for recovery).
+    files_aborted: int
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class SinkError(OSError):
+    """An OS error while opening, writing or committing a part file.
+
+    ``errno``/``strerror``/``filename`` are those of an OSError; ``path`` is the file or
+    directory involved.  When raised, no partial file is visible under a ``.parquet`` name:
+    the affected in-progress file has been closed and left (hidden) where it is, for a later
+    ``cleanup_in_progress``/journal replay.  ``msg_type``/``seq_min``/``seq_max`` describe the
+    rows that did NOT reach a committed file (``None`` when no rows were affected).
+    ``committed`` lists files that the same call committed successfully before (or despite)
+    the failure, so the caller's bookkeeping stays exact.
+    """
+
+    def __init__(
+        self,
+        errno_: int,
+        strerror: str,
+        path: Path,
+        *,
+        msg_type: str | None = None,
+        seq_min: int | None = None,
+        seq_max: int | None = None,
+        committed: tuple[CommittedFile, ...] = (),
+    ) -> None:
+        super().__init__(errno_, strerror, str(path))
+        self.path = path
+        self.msg_type = msg_type
+        self.seq_min = seq_min
+        self.seq_max = seq_max
+        self.committed = committed
+
+
+class SinkOpenError(SinkError):
+    """Creating a partition directory or a new in-progress file failed."""
+
+
+class SinkWriteError(SinkError):
+    """Writing a row group or the footer into an in-progress file failed."""
+
+
+class SinkCommitError(SinkError):
+    """fsync of the file, the rename, or fsync of the directory failed.
+
+    If only the final directory fsync failed, the file is complete under its final name and is
+    included in ``committed`` (its name may not survive a power loss; the data is fsynced).
+    """
+
+
+class SinkClosedError(RuntimeError):
+    """write() after close()."""
+
+
+def _sink_error(
+    cls: type[SinkError], exc: OSError, what: str, path: Path, f: _OpenFile | None = None
+) -> SinkError:
+    code = exc.errno if isinstance(exc.errno, int) else errno.EIO
+    detail = exc.strerror or str(exc) or os.strerror(code)
+    if f is None or f.rows == 0:
+        return cls(code, f"{what}: {detail}", path)
+    return cls(
+        code,
+        f"{what}: {detail}",
+        path,
+        msg_type=f.msg_type,
+        seq_min=f.seq_min,
+        seq_max=f.seq_max,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Time: date partition and rotation boundaries
+# --------------------------------------------------------------------------------------------
+
+_EPOCH_DATE: Final = dt.date(1970, 1, 1)
+
+
+def _utc_offset_s(sec: int, zone: ZoneInfo) -> int:
+    off = dt.datetime.fromtimestamp(sec, zone).utcoffset()
+    assert off is not None
+    return int(off.total_seconds())
+
+
+def _local_midnight_ns(day: dt.date, zone: ZoneInfo) -> int:
+    """UTC instant (ns) at which local ``day`` begins.
+
+    fold=0 is right in both DST cases: if local midnight is skipped (spring forward at 00:00)
+    the pre-transition offset maps it exactly onto the transition instant, which is when the
+    day starts; if midnight is repeated, the first occurrence starts the day.
+    """
+    off = dt.datetime(day.year, day.month, day.day, tzinfo=zone).utcoffset()
+    assert off is not None
+    local_s = (day - _EPOCH_DATE).days * SECONDS_PER_DAY
+    return (local_s - int(off.total_seconds())) * NS_PER_S
+
+
+def _day_window(ns: int, tz: str) -> tuple[int, int, dt.date]:
+    """[start_ns, end_ns) of the local day in ``tz`` containing instant ``ns``, and that date."""
+    zone = _zone(tz)
+    day = dt.datetime.fromtimestamp(ns // NS_PER_S, zone).date()
+    start = _local_midnight_ns(day, zone)
+    end = _local_midnight_ns(day + dt.timedelta(days=1), zone)
+    if not start <= ns < end:  # pragma: no cover - would need a pathological tz rule
+        return ns, ns + 1, day
+    return start, end, day
+
+
+# tz -> (start_ns, end_ns, date) of the most recently seen day.  A tuple is replaced
+# atomically, so concurrent callers at worst recompute.
+_DAY_CACHE: dict[str, tuple[int, int, dt.date]] = {}
+
+
+def partition_date(recv_ns: int, tz: str) -> dt.date:
+    """Local date in ``tz`` of the UTC instant ``recv_ns`` (ns since the epoch).
+
+    The common case (same day as the previous call for this tz) is a dict lookup and two
+    integer compares.
+    """
+    window = _DAY_CACHE.get(tz)
+    if window is not None and window[0] <= recv_ns < window[1]:
+        return window[2]
+    window = _day_window(recv_ns, tz)
+    _DAY_CACHE[tz] = window
+    return window[2]
+
+
+def _next_boundary_ns(now_ns: int, interval_s: int, tz: str) -> int:
+    _check_interval(interval_s, "interval_s")
+    zone = _zone(tz)
+    # The answer is a whole second b with b * 1e9 > now_ns, i.e. b >= floor(now_ns / 1e9) + 1.
+    start = now_ns // NS_PER_S + 1
+    # A boundary is an instant t whose local wall time (t + offset(t)) is a multiple of the
+    # interval.  Take the first candidate under the offset in force at `start`; if the offset
+    # changed before that candidate, restart from the transition instant with the new offset.
+    # Transitions are months apart, so this loops at most once in practice.
+    for _ in range(8):
+        off = _utc_offset_s(start, zone)
+        candidate = start + (-(start + off)) % interval_s
+        if _utc_offset_s(candidate, zone) == off:
+            return candidate * NS_PER_S
+        lo, hi = start, candidate  # offset(lo) == off != offset(hi): find the transition
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _utc_offset_s(mid, zone) == off:
+                lo = mid
+            else:
+                hi = mid
+        start = hi
+    raise RuntimeError(f"could not find a rotation boundary after {now_ns} in {tz!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Filesystem helpers (module-level so the error-path tests can replace exactly one syscall)
+# --------------------------------------------------------------------------------------------
+
+
+def _fsync_fd(fd: int) -> None:
+    os.fsync(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    os.replace(src, dst)
+
+
+def _create_exclusive(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    os.close(fd)
+
+
+def _open_output(path: Path) -> Any:
+    """Native (C++) output stream: written without the GIL, exposes tell() and fileno()."""
+    return pa.OSFile(str(path), "wb")
+
+
+def _inprogress_name(final_name: str) -> str:
+    return "." + final_name + INPROGRESS_SUFFIX
+
+
+def _is_inprogress_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(INPROGRESS_SUFFIX)
+
+
+def _session_tag(session: str) -> str:
+    """Short, filename-safe token unique per session.
+
+    Short alphanumeric sessions are used verbatim (readable); anything else (UUIDs, ULIDs,
+    arbitrary text) is hashed, because a prefix of a time-ordered id is not unique.  The full
+    session is in the footer (``mlink.session``).
+    """
+    if not session:
+        raise ValueError("session must be a non-empty string")
+    if _SESSION_TAG.fullmatch(session):
+        return session
+    return hashlib.blake2b(session.encode(), digest_size=6).hexdigest()
+
+
+def _check_component(kind: str, value: str) -> None:
+    # No separators, no leading "." or "_" (readers would silently skip the directory), no "="
+    # (hive would parse it as a key).
+    if not _PATH_COMPONENT.fullmatch(value):
+        raise ValueError(
+            f"{kind} {value!r} is not usable as a directory name "
+            "(allowed: letters, digits and _ . + -, starting with a letter or digit)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The sink
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _OpenFile:
+    msg_type: str
+    date: dt.date
+    directory: Path
+    final_name: str
+    inprogress: Path
+    schema: Any
+    stream: Any
+    writer: Any
+    opened_ns: int
+    boundary_ns: int
+    last_write_ns: int
+    buffer: list[Any] = field(default_factory=list)
+    buffered_rows: int = 0
+    buffered_bytes: int = 0
+    rows: int = 0
+    seq_min: int = 0
+    seq_max: int = 0
+    row_groups: int = 0
+
+    def approx_bytes(self) -> int:
+        return int(self.stream.tell()) + self.buffered_bytes
+
+
+class PartitionSink:
+    """Writes one stripe's batches into per-(msg_type, date) Parquet part files.
+
+    Not async and not meant for the event loop.  Public methods are serialised by an internal
+    lock, so a timer thread may call rotate_due() while another thread writes.
+    """
+
+    def __init__(
+        self,
+        settings: SinkSettings,
+        *,
+        stripe: str,
+        session: str,
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        _check_component("stripe", stripe)
+        self._settings = settings
+        self._stripe = stripe
+        self._session = session
+        self._tag = _session_tag(session)
+        self._now_ns = now_ns
+        self._compression = settings.compression.lower()
+        self._lock = threading.Lock()
+        self._files: dict[tuple[str, dt.date], _OpenFile] = {}
+        self._known_dirs: set[Path] = set()
+        self._checked_msg_types: set[str] = set()
+        self._counter = 0
+        self._closed = False
+        self._buffered_bytes = 0
+        self._rows_written = 0
+        self._rows_committed = 0
+        self._files_committed = 0
+        self._bytes_committed = 0
+        self._row_groups = 0
+        self._files_aborted = 0
+
+    # ---------------------------------------------------------------- public API
+
+    @property
+    def settings(self) -> SinkSettings:
+        return self._settings
+
+    @property
+    def stripe(self) -> str:
+        return self._stripe
+
+    @property
+    def session_tag(self) -> str:
+        """The token used in file names for this session."""
+        return self._tag
+
+    @staticmethod
+    def next_boundary_ns(now_ns: int, interval_s: int, tz: str) -> int:
+        """First rotation boundary strictly after ``now_ns``.
+
+        Boundaries are the instants whose local wall time in ``tz`` is a multiple of
+        ``interval_s`` after local midnight.  Local times skipped by a DST jump have no
+        boundary; local times repeated by a DST fall-back have one per occurrence.
+        """
+        return _next_boundary_ns(now_ns, interval_s, tz)
+
+    def write(self, msg_type: str, batch: Any) -> list[CommittedFile]:
+        """Buffer ``batch`` into the open file for (msg_type, date); returns files committed
+        as a side effect (interval boundary passed, schema change, size bound).
+
+        ``batch`` needs a non-null ``_recv_time`` (timestamp[ns, UTC]) and ``_seq`` (int64).
+        Rows are filed under the local date of ``_recv_time`` in ``tz``; a batch that spans
+        local midnight (against the caller's contract) is split, never misfiled.
+
+        On SinkError, treat ``batch`` as not written: the error names the file that was
+        abandoned (``msg_type``/``seq_min``/``seq_max``), and ``committed`` lists files that
+        did get committed by this call.
+        """
+        out: list[CommittedFile] = []
+        with self._lock:
+            if self._closed:
+                raise SinkClosedError("write() on a closed PartitionSink")
+            if msg_type not in self._checked_msg_types:
+                _check_component("msg_type", msg_type)
+                self._checked_msg_types.add(msg_type)
+            if batch.num_rows == 0:
+                return out
+            recv = self._validated_recv(batch)
+            try:
+                for day, part in self._split_by_date(batch, recv):
+                    self._write_part(msg_type, day, part, out)
+            except SinkError as exc:
+                exc.committed = tuple(out) + exc.committed
+                raise
+        return out
+
+    def rotate_due(self) -> list[CommittedFile]:
+        """Commit files whose rotation boundary has passed or that had no write for
+        ``rotate_interval_s``."""
+        with self._lock:
+            now = self._now_ns()
+            idle_ns = self._settings.rotate_interval_s * NS_PER_S
+            due: list[tuple[tuple[str, dt.date], str]] = []
+            for key, f in self._files.items():
+                if now - f.last_write_ns >= idle_ns:
+                    due.append((key, "idle"))
+                elif now >= f.boundary_ns:
+                    due.append((key, "interval"))
+            return self._commit_many(due)
+
+    def rotate_all(self, reason: str = "manual") -> list[CommittedFile]:
+        """Commit every open file now (SIGHUP "rotate now"; shutdown)."""
+        with self._lock:
+            return self._commit_many([(key, reason) for key in self._files])
+
+    def close(self) -> list[CommittedFile]:
+        """rotate_all("shutdown") and refuse further writes.  Idempotent."""
+        with self._lock:
+            if self._closed:
+                return []
+            self._closed = True
+            return self._commit_many([(key, "shutdown") for key in self._files])
+
+    def statistics(self) -> SinkStatistics:
+        with self._lock:
+            return SinkStatistics(
+                open_files=len(self._files),
+                buffered_bytes=self._buffered_bytes,
+                buffered_rows=sum(f.buffered_rows for f in self._files.values()),
+                rows_written=self._rows_written,
+                rows_committed=self._rows_committed,
+                files_committed=self._files_committed,
+                bytes_committed=self._bytes_committed,
+                row_groups_written=self._row_groups,
+                files_aborted=self._files_aborted,
+            )
+
+    # ---------------------------------------------------------------- write path
+
+    @staticmethod
+    def _validated_recv(batch: Any) -> Any:
+        schema = batch.schema
+        for name, want in ((RECV_TIME_COLUMN, RECV_TIME_TYPE), (SEQ_COLUMN, pa.int64())):
+            idx = schema.get_field_index(name)
+            if idx < 0:
+                raise ValueError(f"batch has no {name!r} column")
+            if schema.field(idx).type != want:
+                raise ValueError(f"column {name!r} must be {want}, got {schema.field(idx).type}")
+            if batch.column(idx).null_count:
+                raise ValueError(f"column {name!r} must not contain nulls")
+        return batch.column(RECV_TIME_COLUMN).cast(pa.int64())
+
+    def _split_by_date(self, batch: Any, recv: Any) -> Iterator[tuple[dt.date, Any]]:
+        tz = self._settings.tz
+        mm = pc.min_max(recv)
+        lo, hi = mm["min"].as_py(), mm["max"].as_py()
+        window = _DAY_CACHE.get(tz)
+        if window is None or not window[0] <= lo < window[1]:
+            window = _day_window(lo, tz)
+            _DAY_CACHE[tz] = window
+        start, end, day = window
+        if hi < end:  # the caller's contract: one date per batch
+            yield day, batch
+            return
+        # Contract broken (e.g. a batch straddling midnight): split rather than misfile.
+        remaining = batch.num_rows
+        while remaining:
+            mask = pc.and_(pc.greater_equal(recv, start), pc.less(recv, end))
+            part = batch.filter(mask)
+            if part.num_rows:
+                remaining -= part.num_rows
+                yield day, part
+            start, end, day = _day_window(end, tz)
+
+    def _write_part(self, msg_type: str, day: dt.date, part: Any, out: list[CommittedFile]) -> None:
+        s = self._settings
+        key = (msg_type, day)
+        now = self._now_ns()
+        f = self._files.get(key)
+        if f is not None:
+            if now >= f.boundary_ns:
+                self._commit(key, "interval", out)
+                f = None
+            elif not f.schema.equals(part.schema, check_metadata=False):
+                self._commit(key, "schema", out)
+                f = None
+        if f is None:
+            f = self._open(msg_type, day, part, now)
+
+        seq = pc.min_max(part.column(SEQ_COLUMN))
+        seq_lo, seq_hi = seq["min"].as_py(), seq["max"].as_py()
+        if f.rows == 0:
+            f.seq_min, f.seq_max = seq_lo, seq_hi
+        else:
+            f.seq_min, f.seq_max = min(f.seq_min, seq_lo), max(f.seq_max, seq_hi)
+        nbytes = int(part.nbytes)
+        f.buffer.append(part)
+        f.buffered_rows += part.num_rows
+        f.buffered_bytes += nbytes
+        f.rows += part.num_rows
+        f.last_write_ns = now
+        self._buffered_bytes += nbytes
+        self._rows_written += part.num_rows
+
+        if f.buffered_bytes >= s.row_group_bytes:
+            self._flush(f, full=True)
+        elif f.buffered_rows >= s.row_group_rows:
+            self._flush(f, full=False)
+        self._enforce_memory_budget()
+        if f.approx_bytes() >= s.max_file_bytes:
+            self._commit(key, "size", out)
+
+    def _enforce_memory_budget(self) -> None:
+        budget = self._settings.memory_budget_bytes
+        while self._buffered_bytes > budget:
+            largest = max(self._files.values(), key=lambda f: f.buffered_bytes)
+            if largest.buffered_bytes == 0:  # pragma: no cover - accounting invariant
+                break
+            self._flush(largest, full=True)
+
+    def _flush(self, f: _OpenFile, *, full: bool) -> None:
+        """Write buffered rows as row groups of at most row_group_rows rows.
+
+        full=False writes only whole row groups and keeps the remainder buffered, so many
+        small batches make few, evenly sized row groups.
+        """
+        if not f.buffer:
+            return
+        rg_rows = self._settings.row_group_rows
+        table = pa.Table.from_batches(f.buffer, schema=f.schema)
+        take = table.num_rows if full else (table.num_rows // rg_rows) * rg_rows
+        if take == 0:
+            return
+        try:
+            f.writer.write_table(table.slice(0, take), row_group_size=rg_rows)
+        except OSError as exc:
+            self._abort(f)
+            raise _sink_error(SinkWriteError, exc, "writing row group", f.inprogress, f) from exc
+        except BaseException:
+            self._abort(f)
+            raise
+        groups = -(-take // rg_rows)
+        f.row_groups += groups
+        self._row_groups += groups
+        rest = table.slice(take)
+        f.buffer = rest.to_batches() if rest.num_rows else []
+        new_bytes = sum(int(b.nbytes) for b in f.buffer)
+        self._buffered_bytes -= f.buffered_bytes - new_bytes
+        f.buffered_bytes = new_bytes
+        f.buffered_rows = rest.num_rows
+
+    # ---------------------------------------------------------------- open / commit / abort
+
+    def _partition_dir(self, msg_type: str, day: dt.date) -> Path:
+        date_dir = f"date={day.isoformat()}"
+        return self._settings.root / msg_type / date_dir / f"stripe={self._stripe}"
+
+    def _ensure_dir(self, path: Path) -> None:
+        """mkdir -p, fsyncing the parent of every directory created so a new partition
+        directory survives a power loss together with the files committed into it."""
+        if path in self._known_dirs:
+            return
+        missing: list[Path] = []
+        p = path
+        while not p.is_dir():
+            missing.append(p)
+            if p.parent == p:
+                break
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                continue
+            _fsync_dir(d.parent)
+        if len(self._known_dirs) >= _KNOWN_DIRS_MAX:  # one entry per (msg_type, date)
+            self._known_dirs.clear()
+        self._known_dirs.add(path)
+
+    def _open(self, msg_type: str, day: dt.date, first: Any, now: int) -> _OpenFile:
+        s = self._settings
+        directory = self._partition_dir(msg_type, day)
+        first_recv = pc.min(first.column(RECV_TIME_COLUMN)).value
+        stamp = dt.datetime.fromtimestamp(first_recv // NS_PER_S, dt.UTC).strftime(_TS_FORMAT)
+        try:
+            self._ensure_dir(directory)
+            while True:
+                self._counter += 1
+                final_name = f"part-{stamp}-{self._tag}-{self._counter:06d}.parquet"
+                inprogress = directory / _inprogress_name(final_name)
+                if (directory / final_name).exists():
+                    continue
+                try:
+                    _create_exclusive(inprogress)
+                except FileExistsError:
+                    continue
+                except FileNotFoundError:
+                    # The directory vanished after we cached it (e.g. a retention job removed
+                    # an old date).  Recreate it once; a second failure is a real error.
+                    self._known_dirs.discard(directory)
+                    self._ensure_dir(directory)
+                    _create_exclusive(inprogress)
+                break
+        except OSError as exc:
+            raise _sink_error(SinkOpenError, exc, "creating part file", directory) from exc
+        stream = None
+        try:
+            stream = _open_output(inprogress)
+            writer = pq.ParquetWriter(
+                stream,
+                first.schema,
+                # 2.6 keeps timestamp[ns] as INT64 TIMESTAMP(NANOS, isAdjustedToUTC=true)
+                # (no coerce_timestamps, no INT96): full precision, min/max statistics on
+                # _recv_time for predicate pushdown, read natively by pyarrow, pandas, DuckDB
+                # and Polars.  Spark 3.2.4+/3.3.2+/3.4+ reads it as the epoch-ns long with
+                # spark.sql.legacy.parquet.nanosAsLong=true (see docs/sink.md).  INT96 is
+                # deprecated and carries no usable statistics; coercing to microseconds would
+                # drop the precision the capture exists to keep.
+                version="2.6",
+                use_dictionary=True,
+                compression=self._compression,
+                compression_level=s.compression_level,
+                write_statistics=True,
+                data_page_size=_DATA_PAGE_SIZE,
+                data_page_version="1.0",  # v2 data pages are less widely supported
+                use_deprecated_int96_timestamps=False,
+                coerce_timestamps=None,
+                store_schema=True,  # restores tz="UTC" and exact Arrow types on read
+            )
+        except OSError as exc:
+            self._discard_empty(stream, inprogress)
+            raise _sink_error(SinkOpenError, exc, "opening part file", inprogress) from exc
+        except BaseException:
+            self._discard_empty(stream, inprogress)
+            raise
+        f = _OpenFile(
+            msg_type=msg_type,
+            date=day,
+            directory=directory,
+            final_name=final_name,
+            inprogress=inprogress,
+            schema=first.schema,
+            stream=stream,
+            writer=writer,
+            opened_ns=now,
+            boundary_ns=_next_boundary_ns(now, s.rotate_interval_s, s.tz),
+            last_write_ns=now,
+        )
+        self._files[(msg_type, day)] = f
+        return f
+
+    @staticmethod
+    def _discard_empty(stream: Any, inprogress: Path) -> None:
+        """Undo a half-done open: the file holds no rows, so removing it loses nothing."""
+        try:
+            if stream is not None:
+                stream.close()
+            inprogress.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("sink.discard_failed", path=str(inprogress), error=str(exc))
+
+    def _commit_many(self, due: list[tuple[tuple[str, dt.date], str]]) -> list[CommittedFile]:
+        """Commit each listed file; one failure does not stop the others.  The first error
+        is raised at the end, carrying everything that was committed."""
+        out: list[CommittedFile] = []
+        first_error: SinkError | None = None
+        for key, reason in due:
+            try:
+                self._commit(key, reason, out)
+            except SinkError as exc:
+                if first_error is None:
+                    first_error = exc
+                else:
+                    log.error("sink.commit_failed", path=str(exc.path), error=str(exc))
+        if first_error is not None:
+            first_error.committed = tuple(out)
+            raise first_error
+        return out
+
+    def _commit(self, key: tuple[str, dt.date], reason: str, out: list[CommittedFile]) -> None:
+        f = self._files[key]
+        self._flush(f, full=True)  # on failure _flush aborts the file and raises
+        del self._files[key]
+        try:
+            f.writer.add_key_value_metadata(
+                {
+                    META_MSG_TYPE: f.msg_type,
+                    META_STRIPE: self._stripe,
+                    META_SESSION: self._session,
+                    META_SEQ_MIN: str(f.seq_min),
+                    META_SEQ_MAX: str(f.seq_max),
+                    META_ROWS: str(f.rows),
+                    META_WRITER: WRITER_ID,
+                }
+            )
+            f.writer.close()  # writes the footer
+            size = int(f.stream.tell())
+        except OSError as exc:
+            self._abort(f, registered=False)
+            raise _sink_error(SinkWriteError, exc, "writing footer", f.inprogress, f) from exc
+        except BaseException:
+            self._abort(f, registered=False)
+            raise
+        try:
+            _fsync_fd(f.stream.fileno())
+        except OSError as exc:
+            self._abort(f, registered=False)
+            raise _sink_error(SinkCommitError, exc, "fsync of part file", f.inprogress, f) from exc
+        try:
+            f.stream.close()
+        except OSError as exc:
+            self._abort(f, registered=False)
+            raise _sink_error(SinkCommitError, exc, "closing part file", f.inprogress, f) from exc
+
+        final = f.directory / f.final_name
+        try:
+            if final.exists():  # never overwrite: names are unique by construction, but check
+                final = self._fresh_final(f)
+            _rename(f.inprogress, final)
+        except OSError as exc:
+            self._files_aborted += 1
+            raise _sink_error(SinkCommitError, exc, "renaming part file", f.inprogress, f) from exc
+
+        committed = CommittedFile(
+            path=final,
+            msg_type=f.msg_type,
+            date=f.date,
+            stripe=self._stripe,
+            rows=f.rows,
+            bytes=size,
+            seq_min=f.seq_min,
+            seq_max=f.seq_max,
+            reason=reason,
+        )
+        out.append(committed)
+        self._files_committed += 1
+        self._rows_committed += f.rows
+        self._bytes_committed += size
+        try:
+            _fsync_dir(f.directory)
+        except OSError as exc:
+            # The file is complete and visible; only the durability of its name is in doubt.
+            raise _sink_error(SinkCommitError, exc, "fsync of directory", f.directory) from exc
+
+    def _fresh_final(self, f: _OpenFile) -> Path:
+        stem = f.final_name.removesuffix(".parquet")
+        n = 1
+        while (candidate := f.directory / f"{stem}.{n}.parquet").exists():
+            n += 1
+        return candidate
+
+    def _abort(self, f: _OpenFile, *, registered: bool = True) -> None:
+        """Close an in-progress file after an error and leave it in place (hidden) for
+        cleanup_in_progress() and journal replay.  Never raises."""
+        if registered:
+            self._files.pop((f.msg_type, f.date), None)
+        self._buffered_bytes -= f.buffered_bytes
+        f.buffer = []
+        f.buffered_bytes = 0
+        f.buffered_rows = 0
+        self._files_aborted += 1
+        for what, close in (("writer", f.writer.close), ("stream", f.stream.close)):
+            try:
+                close()
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                log.warning(
+                    "sink.abort_close_failed", what=what, path=str(f.inprogress), error=str(exc)
+                )
+        # A failed close leaves pyarrow's wrapper "open"; its __del__ would retry the footer
+        # write on a closed stream.  The file is being abandoned, so mark it closed.
+        f.writer.is_open = False
+        log.error(
+            "sink.file_aborted",
+            path=str(f.inprogress),
+            msg_type=f.msg_type,
+            rows=f.rows,
+            seq_min=f.seq_min,
+            seq_max=f.seq_max,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up cleanup
+# --------------------------------------------------------------------------------------------
+
+
+def cleanup_in_progress(root: Path, *, stripe: str | None = None) -> list[Path]:
+    """Move in-progress files left by a crash to ``ROOT/_quarantine/inprogress/``.
+
+    They are never renamed to a ``.parquet`` name (they may lack a footer or rows); the bytes
+    are kept for a recovery pass.  The relative directory is preserved, and the leading dot is
+    dropped so operators see them (the name still does not end in ``.parquet``).  Returns the
+    new paths.
+
+    Call it before any sink on ``root`` is opened: it would quarantine a live file.  When
+    several processes share a root, pass ``stripe`` to touch only ``stripe=<stripe>``
+    directories.
+    """
+    moved: list[Path] = []
+    if not root.is_dir():
+        return moved
+    qroot = root / QUARANTINE_DIR / "inprogress"
+    want_dir = None if stripe is None else f"stripe={stripe}"
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if here == root:
+            dirnames[:] = [d for d in dirnames if d != QUARANTINE_DIR]
+        names = sorted(n for n in filenames if _is_inprogress_name(n))
+        if not names or (want_dir is not None and here.name != want_dir):
+            continue
+        dest_dir = qroot / here.relative_to(root)
+        try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                dest = dest_dir / name[1:]
+                n = 1
+                while dest.exists():
+                    dest = dest_dir / f"{name[1:]}.{n}"
+                    n += 1
+                _rename(here / name, dest)
+                moved.append(dest)
+            _fsync_dir(dest_dir)
+            _fsync_dir(here)
+        except OSError as exc:
+            path = Path(exc.filename) if isinstance(exc.filename, str) else here
+            raise _sink_error(SinkError, exc, "quarantining in-progress file", path) from exc
+    if moved:
+        log.warning("sink.quarantined_inprogress", count=len(moved), root=str(root))
+    return moved

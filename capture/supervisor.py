@@ -1,0 +1,123 @@
+"""Runs one worker per stripe in a nursery and restarts a worker that fails.
+
+Connection trouble never reaches here: a worker reconnects by itself (transport errors ->
+backoff, authentication errors -> long backoff).  What reaches the supervisor is unexpected:
+a bug, a disk that stays broken.  Such a worker is restarted with backoff; if it fails more
+than ``max_restarts`` times within ``restart_window`` seconds it is marked ``failed`` and left
+down, so one stripe's failure never takes the others with it.  ``Cancelled`` and
+``KeyboardInterrupt`` are never caught.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import trio
+
+from capture.backoff import Backoff
+from capture.config import SupervisionConfig
+from capture.logs import get_logger, redact
+from capture.worker import StripeWorker
+
+log = get_logger(component="supervisor")
+
+
+class Supervisor:
+    def __init__(
+        self,
+        workers: Sequence[StripeWorker],
+        policy: SupervisionConfig,
+        *,
+        rng: random.Random | None = None,
+        make_worker: Callable[[StripeWorker], StripeWorker] | None = None,
+    ) -> None:
+        self.workers = {w.stripe: w for w in workers}
+        self.policy = policy
+        self.rng = rng or random.Random()
+        self._make_worker = make_worker or _same_worker
+        self._stopping = False
+        self.failed: set[str] = set()
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        for w in self.workers.values():
+            w.request_stop()
+
+    def request_rotate(self) -> None:
+        for w in self.workers.values():
+            w.request_rotate()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for stripe in self.workers:
+                await nursery.start(self._supervise, stripe)
+            task_status.started()
+
+    async def _supervise(
+        self, stripe: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        p = self.policy
+        backoff = Backoff(p.backoff_initial, p.backoff_max, p.backoff_multiplier, p.backoff_jitter)
+        failures: deque[float] = deque()
+        first = True
+        while True:
+            worker = self.workers[stripe]
+            try:
+                if first:
+                    first = False
+                    await worker.run(task_status=task_status)
+                else:
+                    await worker.run()
+                return  # stopped on request
+            except Exception as exc:  # the supervisor is the catch-all boundary
+                now = trio.current_time()
+                failures.append(now)
+                while failures and now - failures[0] > p.restart_window:
+                    failures.popleft()
+                error = redact(f"{type(exc).__name__}: {exc}")
+                worker.stats.last_error = error
+                if first:
+                    first = False
+                    task_status.started()
+                if self._stopping:
+                    log.error("worker failed while stopping", stripe=stripe, error=error)
+                    return
+                if len(failures) > p.max_restarts:
+                    worker.stats.state = "failed"
+                    self.failed.add(stripe)
+                    log.critical(
+                        "worker failed too often; giving up on this stripe",
+                        stripe=stripe,
+                        error=error,
+                        failures=len(failures),
+                        window_s=p.restart_window,
+                    )
+                    return
+                delay = backoff.delay(len(failures) - 1, self.rng)
+                worker.stats.state = "backoff"
+                log.error(
+                    "worker failed; restarting",
+                    stripe=stripe,
+                    error=error,
+                    delay=delay,
+                    exc_info=exc,
+                )
+                await trio.sleep(delay)
+                replacement = self._make_worker(worker)
+                replacement.stats = worker.stats
+                replacement.stats.restarts += 1
+                self.workers[stripe] = replacement
+
+
+def _same_worker(w: StripeWorker) -> StripeWorker:
+    return StripeWorker(
+        w.cfg,
+        w.stripe,
+        clock=w.clock,
+        credentials=w.credentials,
+        run_id=w.run_id,
+        rng=w.rng,
+        on_commit=w.on_commit,
+    )

@@ -1,0 +1,611 @@
+"""One stripe: WebSocket -> frames -> per-type batches -> decoder -> Parquet sink.
+
+Two tasks per stripe, joined by a bounded channel:
+
+* the **reader** (on the event loop) receives WebSocket messages, splits frames, handles control
+  messages and appends data frame bodies *unparsed* to per-type pending batches.  Its per-frame
+  work is a slice and a ``find``; it never waits on Parquet.
+* the **writer** takes whole batches off the channel and, in a worker thread (pyarrow releases the
+  GIL), decodes them in bulk into Arrow and writes them to the sink; it also commits files on
+  rotation boundaries.
+
+The channel bounds memory: when the writer falls behind by ``queue_batches`` batches the reader
+waits, which the server sees as a slow consumer (PROTOCOL.md §7.3).  The time the reader spent
+waiting is counted and reported.
+
+The connection is the restartable part: transport and authentication errors end a *session*
+and the reader reconnects with backoff.  The writer, the sink and the pending batches outlive
+sessions, so a reconnect never loses or re-orders what was already received.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import trio
+
+from capture import protocol
+from capture.auth import ApiKeyProvider, CredentialError
+from capture.backoff import Backoff
+from capture.batches import BatchDecoder
+from capture.clock import WallClock, trio_deadline_for
+from capture.config import Config
+from capture.frames import FrameDecoder, Garbage, encode_client_frame, peek_mtyp
+from capture.logs import get_logger, redact
+from capture.sink import CommittedFile, PartitionSink, SinkSettings, partition_date
+from capture.stats import StripeStats
+from capture.transport import AuthRejected, Connection, StaleConnection, TransportError, connect
+
+
+def new_session_id(now_ns: int) -> str:
+    """Sortable and unique: UTC start time + 6 random hex digits."""
+    t = dt.datetime.fromtimestamp(now_ns / 1e9, tz=dt.UTC)
+    return f"{t:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+@dataclass(slots=True)
+class StreamState:
+    """One MLinkStream subscription inside a session."""
+
+    request: protocol.StreamRequest
+    acked: bool = False
+    failed: str | None = None
+    in_snapshot: bool = False
+    begun: bool = False
+    completed: bool = False
+
+
+@dataclass(slots=True)
+class PendingBatch:
+    """Undecoded data frames of one message type, in arrival order."""
+
+    msg_type: str
+    session: str
+    bodies: list[bytes] = field(default_factory=list)
+    type_numbers: list[int] = field(default_factory=list)
+    recv_ns: list[int] = field(default_factory=list)
+    snapshot: list[bool] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)
+    first_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """Bytes that could not be used, kept with why, for a human or a later replay."""
+
+    recv_ns: int
+    session: str
+    reason: str
+    data: bytes
+
+
+_WriterItem = PendingBatch | Quarantined
+
+
+@dataclass(frozen=True, slots=True)
+class _WriteOutcome:
+    committed: list[CommittedFile]
+    rows: int
+    rejected: int
+    slow_rows: int
+    latest_sent_ns: int | None
+
+
+class StripeWorker:
+    """Captures one stripe until :meth:`request_stop`; then drains and commits everything."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        stripe: str,
+        *,
+        clock: WallClock,
+        credentials: ApiKeyProvider,
+        run_id: str,
+        rng: random.Random | None = None,
+        on_commit: Callable[[CommittedFile], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.stripe = stripe
+        self.clock = clock
+        self.credentials = credentials
+        self.run_id = run_id
+        self.rng = rng or random.Random()
+        self.on_commit = on_commit
+        self.stats = StripeStats(stripe)
+        self.log = get_logger(stripe=stripe)
+        self._stop_scope = trio.CancelScope()
+        self._stopping = False
+        self._rotate_now = trio.Event()
+        self._pending: dict[str, PendingBatch] = {}
+        self._seq = 0
+        self._query_ids = {
+            t: 1000 * (i + 1) + _stripe_number(stripe)
+            for i, t in enumerate(cfg.source.message_types)
+        }
+        self._highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
+        out = cfg.output
+        n_stripes = max(1, len(cfg.source.stripes))
+        self._sink_settings = SinkSettings(
+            root=out.root,
+            rotate_interval_s=out.rotate_interval,
+            max_file_bytes=out.max_file_mb * 2**20,
+            row_group_rows=out.row_group_rows,
+            memory_budget_bytes=max(16, out.memory_budget_mb // n_stripes) * 2**20,
+            compression=out.compression,
+            tz=out.timezone,
+        )
+        self._backoff = Backoff(
+            cfg.supervision.backoff_initial,
+            cfg.supervision.backoff_max,
+            cfg.supervision.backoff_multiplier,
+            cfg.supervision.backoff_jitter,
+        )
+
+    # -- control from the app ---------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        self._stop_scope.cancel()
+
+    def request_rotate(self) -> None:
+        self._rotate_now.set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
+        sink = PartitionSink(
+            self._sink_settings, stripe=self.stripe, session=self.run_id, now_ns=self.clock.now_ns
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, recv, sink)
+            async with send:
+                task_status.started()
+                with self._stop_scope:
+                    async with trio.open_nursery() as inner:
+                        inner.start_soon(self._flusher, send)
+                        await self._connect_loop(send)
+                # Stopping: hand over what is pending; closing `send` lets the writer drain.
+                self.stats.state = "stopping"
+                with trio.CancelScope(shield=True):
+                    await self._flush_pending(send, older_than_ns=None)
+        self.stats.state = "stopped"
+
+    async def _connect_loop(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
+        attempt = 0
+        sup = self.cfg.supervision
+        while True:
+            started = trio.current_time()
+            self.stats.state = "connecting"
+            try:
+                await self._session(send)
+                reason = "server ended the session"
+                delay = self._backoff.delay(attempt, self.rng)
+                self.stats.state = "backoff"
+            except (AuthRejected, CredentialError) as exc:
+                reason = redact(str(exc))
+                delay = sup.auth_backoff * (1 + self.rng.uniform(0, sup.backoff_jitter))
+                self.stats.state = "auth_failed"
+                self.log.error("authentication failed; backing off", error=reason, delay=delay)
+            except TransportError as exc:
+                reason = redact(str(exc))
+                delay = self._backoff.delay(attempt, self.rng)
+                self.stats.state = "backoff"
+            self.stats.last_error = reason
+            self.stats.session = None
+            self.stats.connected_since_ns = None
+            if trio.current_time() - started >= sup.healthy_after:
+                attempt = 0  # a connection that was healthy resets the backoff
+                delay = self._backoff.delay(0, self.rng)
+            else:
+                attempt += 1
+            self.stats.restarts += 1
+            self.log.warning("disconnected; reconnecting", reason=reason, delay=round(delay, 3))
+            await trio.sleep(delay)
+
+    # -- one connection -------------------------------------------------------------------------
+
+    async def _session(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
+        cfg = self.cfg
+        bearer = self.credentials.bearer()
+        session = new_session_id(self.clock.now_ns())
+        streams = self._stream_states()
+        self.stats.connects += 1
+        self.log.info("connecting", url=cfg.source.url, session=session)
+        async with connect(
+            cfg.source.url, bearer, connect_timeout=cfg.supervision.connect_timeout
+        ) as conn:
+            self.stats.session = session
+            self.stats.connected_since_ns = self.clock.now_ns()
+            self.stats.streams = {t: "requested" for t in streams}
+            await self._read(conn, session, streams, send, bearer.value)
+
+    def _stream_states(self) -> dict[str, StreamState]:
+        src = self.cfg.source
+        out: dict[str, StreamState] = {}
+        for msg_type in src.message_types:
+            hw = self._highwater.get(msg_type) if src.resume else None
+            out[msg_type] = StreamState(
+                protocol.StreamRequest(
+                    msg_name=msg_type,
+                    query_id=self._query_ids[msg_type],
+                    stripe=self.stripe,
+                    label=f"mlink-capture-{self.stripe}",
+                    active_latency=src.active_latency,
+                    highwater_ts=hw,
+                )
+            )
+        return out
+
+    async def _send_requests(self, conn: Connection, streams: dict[str, StreamState]) -> None:
+        now = self.clock.now_ns()
+        for st in streams.values():
+            await conn.send(encode_client_frame(st.request.body(now)))
+
+    async def _read(
+        self,
+        conn: Connection,
+        session: str,
+        streams: dict[str, StreamState],
+        send: trio.MemorySendChannel[_WriterItem],
+        api_key: str,
+    ) -> None:
+        sup = self.cfg.supervision
+        stats = self.stats
+        now_ns = self.clock.now_ns
+        decoder = FrameDecoder()
+        pending = self._pending
+        batch_rows = self.cfg.pipeline.batch_rows
+        control_types = protocol.CONTROL_TYPES
+        requested = False
+        logon_deadline = trio.current_time() + sup.logon_timeout
+        last_frame = trio.current_time()
+        by_query = {st.request.query_id: st for st in streams.values()}
+        by_name = {t.lower(): st for t, st in streams.items()}
+        snapshot_types: set[str] = set()
+
+        while True:
+            deadline = last_frame + sup.stale_after
+            if not requested:
+                deadline = min(deadline, logon_deadline)
+            with trio.move_on_at(deadline) as scope:
+                message = await conn.recv()
+            if scope.cancelled_caught:
+                if not requested and trio.current_time() >= logon_deadline:
+                    # No MLinkAdmin yet: some servers wait for the request first (§7.1, [I]).
+                    self.log.warning("no MLinkAdmin within logon_timeout; requesting anyway")
+                    await self._send_requests(conn, streams)
+                    requested = True
+                    continue
+                raise StaleConnection(f"no frame for {sup.stale_after:g} s")
+            last_frame = trio.current_time()
+            recv_ns = now_ns()
+            stats.last_frame_ns = recv_ns
+            stats.bytes += len(message)
+            for event in decoder.feed(message):
+                if isinstance(event, Garbage):
+                    stats.garbage_bytes += len(event.data)
+                    await self._quarantine(send, recv_ns, session, event.reason, event.data)
+                    continue
+                body = event.body
+                mtyp = peek_mtyp(body) or _slow_mtyp(body)
+                if mtyp is None:
+                    await self._quarantine(send, recv_ns, session, "no header.mTyp", body)
+                    continue
+                if mtyp in control_types:
+                    stats.control_messages += 1
+                    try:
+                        ctl = protocol.parse_control(mtyp, body)
+                    except protocol.ControlParseError as exc:
+                        await self._quarantine(send, recv_ns, session, str(exc), body)
+                        continue
+                    if isinstance(ctl, protocol.Admin) and not requested:
+                        requested = await self._on_admin(ctl, conn, streams, api_key)
+                    else:
+                        self._on_control(ctl, streams, by_query, by_name, snapshot_types)
+                    continue
+                pb = pending.get(mtyp)
+                if pb is None or pb.session != session:
+                    if pb is not None:
+                        await self._hand_over(send, pending.pop(mtyp))
+                    pb = pending[mtyp] = PendingBatch(mtyp, session, first_ns=recv_ns)
+                in_snapshot = mtyp in snapshot_types
+                pb.bodies.append(body)
+                pb.type_numbers.append(event.type_number)
+                pb.recv_ns.append(recv_ns)
+                pb.snapshot.append(in_snapshot)
+                pb.seq.append(self._seq)
+                self._seq += 1
+                stats.messages += 1
+                stats.last_data_ns = recv_ns
+                if in_snapshot:
+                    stats.snapshot_rows += 1
+                if len(pb.bodies) >= batch_rows:
+                    await self._hand_over(send, pending.pop(mtyp))
+            if requested and stats.state != "streaming" and stats.session is not None:
+                stats.state = "streaming"
+
+    async def _on_admin(
+        self,
+        admin: protocol.Admin,
+        conn: Connection,
+        streams: dict[str, StreamState],
+        api_key: str,
+    ) -> bool:
+        verdict = admin.verdict
+        if verdict is protocol.AdminVerdict.LOGGED_ON:
+            self.log.info("logged on", session=self.stats.session)
+            await self._send_requests(conn, streams)
+            return True
+        if verdict is protocol.AdminVerdict.SEND_LOGON:
+            await conn.send(encode_client_frame(protocol.logon_body(api_key, self.clock.now_ns())))
+            return False
+        if verdict is protocol.AdminVerdict.GOOD_NIGHT:
+            raise TransportError(f"server said GoodNight ({admin.detail or 'no detail'})")
+        raise AuthRejected(f"MLinkAdmin {admin.state}: {admin.detail or 'no detail'}")
+
+    def _on_control(
+        self,
+        ctl: protocol.Control,
+        streams: dict[str, StreamState],
+        by_query: dict[int, StreamState],
+        by_name: dict[str, StreamState],
+        snapshot_types: set[str],
+    ) -> None:
+        stats = self.stats
+        if isinstance(ctl, protocol.Heartbeat):
+            stats.heartbeats += 1
+            return
+        if isinstance(ctl, protocol.StreamAck):
+            st = _match(ctl.query_id, ctl.msg_name, by_query, by_name, streams, lambda s: s.acked)
+            if st is None:
+                self.log.warning("stream ack matches no request", msg_name=ctl.msg_name)
+                return
+            st.acked = True
+            name = st.request.msg_name
+            if ctl.ok:
+                stats.streams[name] = "acked"
+                snapshot_types.add(name)  # until Active/Complete: this stream's snapshot
+                st.in_snapshot = True
+            else:
+                st.failed = f"{ctl.result}: {ctl.detail or ''}".strip(": ")
+                stats.streams[name] = f"refused ({st.failed})"
+                stats.last_error = f"{name} refused by server: {st.failed}"
+                self.log.error(
+                    "stream refused", msg_type=name, result=ctl.result, detail=ctl.detail
+                )
+            return
+        if isinstance(ctl, protocol.CheckPt):
+            st = _match(
+                ctl.query_id,
+                None,
+                by_query,
+                by_name,
+                streams,
+                lambda s: not s.acked or s.failed is not None or _checkpoint_done(s, ctl.state),
+            )
+            if st is None:
+                return
+            name = st.request.msg_name
+            if ctl.state == "Begin":
+                st.begun = True
+                st.in_snapshot = True
+                snapshot_types.add(name)
+                stats.streams[name] = "snapshot"
+            elif ctl.state in ("Active", "Complete"):
+                st.in_snapshot = False
+                st.completed = st.completed or ctl.state == "Complete"
+                snapshot_types.discard(name)
+                stats.streams[name] = "live"
+            elif ctl.state in ("Replaced", "Terminated"):
+                snapshot_types.discard(name)
+                stats.streams[name] = ctl.state.lower()
+                self.log.warning("stream ended by server", msg_type=name, state=ctl.state)
+            if ctl.highwater_ts and ctl.highwater_ts > 0:
+                self._highwater[name] = max(self._highwater.get(name, 0), ctl.highwater_ts)
+            return
+        if isinstance(ctl, protocol.DataAck):
+            self.log.warning("server reported a problem", result=ctl.result, detail=ctl.detail)
+
+    # -- hand-over to the writer ------------------------------------------------------------------
+
+    async def _hand_over(
+        self, send: trio.MemorySendChannel[_WriterItem], item: _WriterItem
+    ) -> None:
+        try:
+            send.send_nowait(item)
+        except trio.WouldBlock:
+            t0 = trio.current_time()
+            await send.send(item)  # the writer is behind: this is the backpressure point
+            self.stats.reader_wait_s += trio.current_time() - t0
+
+    async def _quarantine(
+        self,
+        send: trio.MemorySendChannel[_WriterItem],
+        recv_ns: int,
+        session: str,
+        reason: str,
+        data: bytes,
+    ) -> None:
+        self.stats.quarantined += 1
+        self.log.warning("quarantined bytes", reason=reason, size=len(data))
+        await self._hand_over(send, Quarantined(recv_ns, session, reason, data))
+
+    async def _flush_pending(
+        self, send: trio.MemorySendChannel[_WriterItem], older_than_ns: int | None
+    ) -> None:
+        for msg_type in list(self._pending):
+            pb = self._pending[msg_type]
+            if older_than_ns is None or pb.first_ns <= older_than_ns:
+                del self._pending[msg_type]
+                await self._hand_over(send, pb)
+
+    async def _flusher(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
+        """Partial batches wait at most ``flush_interval`` before they are decoded."""
+        interval = self.cfg.pipeline.flush_interval
+        while True:
+            await trio.sleep(interval)
+            await self._flush_pending(send, self.clock.now_ns() - int(interval * 1e9))
+
+    # -- writer ---------------------------------------------------------------------------------
+
+    async def _writer(
+        self, recv: trio.MemoryReceiveChannel[_WriterItem], sink: PartitionSink
+    ) -> None:
+        decoders: dict[str, BatchDecoder] = {}
+        interval = self.cfg.output.rotate_interval
+        tz = self.cfg.output.timezone
+        try:
+            async with recv:
+                while True:
+                    boundary = PartitionSink.next_boundary_ns(self.clock.now_ns(), interval, tz)
+                    item: _WriterItem | None = None
+                    with trio.move_on_at(trio_deadline_for(self.clock, boundary)):
+                        if self._rotate_now.is_set():
+                            self._rotate_now = trio.Event()
+                            self._committed(await trio.to_thread.run_sync(sink.rotate_all))
+                        try:
+                            item = await recv.receive()
+                        except trio.EndOfChannel:
+                            break
+                    if item is None:
+                        self._committed(await trio.to_thread.run_sync(sink.rotate_due))
+                    elif isinstance(item, PendingBatch):
+                        dec = decoders.get(item.msg_type)
+                        if dec is None:
+                            dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
+                        outcome = await trio.to_thread.run_sync(
+                            self._decode_and_write, dec, sink, item
+                        )
+                        self._written(item.msg_type, outcome)
+                    else:
+                        await trio.to_thread.run_sync(self._write_quarantine, item)
+        finally:
+            with trio.CancelScope(shield=True):
+                self._committed(await trio.to_thread.run_sync(sink.close))
+
+    def _written(self, msg_type: str, outcome: _WriteOutcome) -> None:
+        stats = self.stats
+        stats.rows_written += outcome.rows
+        stats.quarantined += outcome.rejected
+        stats.drift_rows += outcome.slow_rows
+        latest = outcome.latest_sent_ns
+        if latest is not None and latest > self._highwater.get(msg_type, 0):
+            self._highwater[msg_type] = latest
+        self._committed(outcome.committed)
+
+    def _committed(self, files: list[CommittedFile]) -> None:
+        for f in files:
+            self.stats.files_committed += 1
+            self.log.info("committed", path=str(f.path), rows=f.rows, reason=f.reason)
+            if self.on_commit is not None:
+                self.on_commit(f)
+
+    def _decode_and_write(
+        self, dec: BatchDecoder, sink: PartitionSink, pb: PendingBatch
+    ) -> _WriteOutcome:
+        """Runs in a worker thread: bulk decode, split by partition date, write."""
+        result = dec.decode(
+            pb.bodies,
+            type_numbers=pb.type_numbers,
+            recv_ns=pb.recv_ns,
+            snapshot=pb.snapshot,
+            seq=pb.seq,
+            stripe=self.stripe,
+            session=pb.session,
+        )
+        for index, body, reason in result.rejected:
+            self._write_quarantine(Quarantined(pb.recv_ns[index], pb.session, reason, body))
+        batch = result.batch
+        committed: list[CommittedFile] = []
+        latest: int | None = None
+        if batch.num_rows:
+            committed.extend(sink.write(pb.msg_type, batch))  # splits at local midnight
+            latest = _max_ns(batch.column("h_sTim"))
+        return _WriteOutcome(
+            committed=committed,
+            rows=batch.num_rows,
+            rejected=len(result.rejected),
+            slow_rows=result.drift.slow_rows,
+            latest_sent_ns=latest,
+        )
+
+    def _write_quarantine(self, q: Quarantined) -> None:
+        day = partition_date(q.recv_ns, self.cfg.output.timezone)
+        directory = Path(self.cfg.output.root) / "_quarantine" / f"stripe={self.stripe}"
+        directory.mkdir(parents=True, exist_ok=True)
+        record = {
+            "recv_time_ns": q.recv_ns,
+            "stripe": self.stripe,
+            "session": q.session,
+            "reason": q.reason,
+            "size": len(q.data),
+            "bytes_b64": base64.b64encode(q.data).decode("ascii"),
+        }
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        fd = os.open(
+            directory / f"{day.isoformat()}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640
+        )
+        try:
+            os.write(fd, line.encode("ascii"))
+        finally:
+            os.close(fd)
+
+
+def _checkpoint_done(st: StreamState, state: str) -> bool:
+    """A stream that already had this phase cannot be the target of this checkpoint."""
+    if state == "Begin":
+        return st.begun
+    if state == "Complete":
+        return st.completed
+    return False
+
+
+def _match(
+    query_id: int | None,
+    msg_name: str | None,
+    by_query: dict[int, StreamState],
+    by_name: dict[str, StreamState],
+    streams: dict[str, StreamState],
+    skip: Callable[[StreamState], bool],
+) -> StreamState | None:
+    """Match a reply to its request: by queryID, else msgName, else the first still waiting."""
+    if query_id is not None and query_id in by_query:
+        return by_query[query_id]
+    if msg_name is not None and msg_name.lower() in by_name:
+        return by_name[msg_name.lower()]
+    for st in streams.values():
+        if not skip(st):
+            return st
+    return None
+
+
+def _slow_mtyp(body: bytes) -> str | None:
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    header = obj.get("header") if isinstance(obj, dict) else None
+    mtyp = header.get("mTyp") if isinstance(header, dict) else None
+    return mtyp if isinstance(mtyp, str) and mtyp else None
+
+
+def _stripe_number(stripe: str) -> int:
+    return sum(ord(c) for c in stripe) % 1000
+
+
+def _max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:
+    """Latest header send time in the batch, as ns since the epoch (PROTOCOL.md highwaterTs)."""
+    value = pc.max(pc.cast(pc.cast(column, pa.timestamp("ns", tz="UTC")), pa.int64())).as_py()
+    return None if value is None else int(value)

@@ -1,0 +1,100 @@
+"""Configuration: every problem named by its key, all at once; the shipped files are valid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from capture.config import Config, ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def minimal(**over: object) -> dict[str, object]:
+    raw: dict[str, object] = {
+        "source": {"url": "ws://127.0.0.1:9/mlink/jsonf", "stripes": ["A", "S"]},
+        "output": {"root": "data"},
+    }
+    raw.update(over)
+    return raw
+
+
+def test_shipped_configurations_are_valid() -> None:
+    full = Config.from_toml(ROOT / "config" / "capture.toml")
+    assert full.source.stripes == ("A", "B", "C", "D", "E", "F", "G", "H", "M", "S", "X")
+    assert full.source.active_latency == 1
+    demo_raw = (ROOT / "config" / "demo.toml").read_text()
+    assert "[demo]" in demo_raw
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    cfg = Config.from_mapping(minimal(), base_dir=tmp_path)
+    assert cfg.output.root == tmp_path / "data"
+    assert cfg.output.timezone == "UTC" and cfg.output.rotate_interval == 300
+    assert cfg.source.message_types == (
+        "OptionNbboQuote", "OptionPrint", "StockBookQuote", "StockPrint"
+    )
+
+
+def test_message_type_names_are_case_insensitive_and_canonicalised() -> None:
+    raw = minimal()
+    raw["source"] = {**raw["source"], "message_types": ["optionnbboquote"]}  # type: ignore[dict-item]
+    assert Config.from_mapping(raw).source.message_types == ("OptionNbboQuote",)
+
+
+def test_every_problem_is_reported_with_its_key() -> None:
+    raw = {
+        "source": {
+            "url": "http://example/mlink/json",
+            "stripes": ["A", "Q9"],
+            "message_types": ["OptionNbboQuote", "NoSuchType"],
+            "active_latency": 0,
+            "colour": "blue",
+        },
+        "auth": {"api_key": "super-secret-value"},
+        "output": {"root": 5, "timezone": "Mars/Olympus", "rotate_interval": 7},
+        "supervision": {"backoff_jitter": 3, "stale_after": "soon"},
+        "logging": {"level": "loud"},
+        "extra": {},
+    }
+    with pytest.raises(ConfigError) as info:
+        Config.from_mapping(raw)
+    problems = info.value.problems
+    keys = {p.split(":", 1)[0] for p in problems}
+    assert keys == {
+        "extra", "source.url", "source.stripes", "source.message_types", "source.active_latency",
+        "source.colour", "auth.api_key", "output.root", "output.timezone",
+        "output.rotate_interval", "supervision.backoff_jitter", "supervision.stale_after",
+        "logging.level",
+    }
+    assert any("Q9" in p for p in problems) and any("NoSuchType" in p for p in problems)
+    # The secret that was wrongly put in the file is never echoed back.
+    assert "super-secret-value" not in str(info.value)
+
+
+def test_unwritable_output_root_is_reported(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    raw = minimal(output={"root": str(blocker / "data")})
+    with pytest.raises(ConfigError) as info:
+        Config.from_mapping(raw, check_paths=True)
+    assert [p.split(":")[0] for p in info.value.problems] == ["output.root"]
+
+
+def test_check_config_command_exit_codes(tmp_path: Path) -> None:
+    good = subprocess.run(
+        [sys.executable, "-m", "capture", "check-config", str(ROOT / "config" / "demo.toml")],
+        capture_output=True, text=True, check=False,
+    )
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text('[source]\nurl = "ws://h/mlink/jsonf"\nstripes = ["ZZ"]\n')
+    bad = subprocess.run(
+        [sys.executable, "-m", "capture", "check-config", str(bad_file)],
+        capture_output=True, text=True, check=False,
+    )
+    assert good.returncode == 0, good.stderr
+    assert bad.returncode == 2
+    assert "source.stripes" in bad.stderr and "output.root: required" in bad.stderr

@@ -1,0 +1,176 @@
+"""JSONFramed codec: pure, synchronous tests on recorded bytes (PROTOCOL.md §4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capture.frames import (
+    HEADER_LEN,
+    Frame,
+    FrameDecoder,
+    FrameDecoderError,
+    Garbage,
+    encode_client_frame,
+    encode_frame,
+    peek_mtyp,
+)
+
+SAMPLES = (Path(__file__).parent / "data" / "samples.jsonf").read_bytes()
+
+
+def frames_of(events: list[Frame | Garbage]) -> list[Frame]:
+    return [e for e in events if isinstance(e, Frame)]
+
+
+def decode_all(chunks: list[bytes]) -> list[Frame | Garbage]:
+    dec = FrameDecoder()
+    out: list[Frame | Garbage] = []
+    for chunk in chunks:
+        out.extend(dec.feed(chunk))
+    out.extend(dec.flush())
+    return out
+
+
+def test_samples_decode_by_length_and_agree_with_the_vendor_split_on_crlf() -> None:
+    frames = frames_of(decode_all([SAMPLES]))
+    # The vendor examples split on CR LF and strip the 12-character "JMMMMMLLLLLL" prefix.
+    vendor = [piece[12:] for piece in SAMPLES.split(b"\r\n") if piece]
+    assert [f.body for f in frames] == vendor
+    assert len(frames) == 16
+    for f in frames:
+        assert f.proto == b"J"
+        header = json.loads(f.body)["header"]
+        assert peek_mtyp(f.body) == header["mTyp"]
+    assert [f.type_number for f in frames][:4] == [3345, 3381, 3382, 2785]
+
+
+def test_text_and_binary_messages_decode_identically() -> None:
+    assert decode_all([SAMPLES.decode("ascii")]) == decode_all([SAMPLES])  # type: ignore[list-item]
+
+
+def test_encode_frame_round_trips_and_matches_the_documented_layout() -> None:
+    body = b'{"header":{"mTyp":"MLinkHeartbeat"},"message":{"seqNum":1}}'
+    wire = encode_frame(3368, body)
+    assert wire[:HEADER_LEN] == b"\r\nJ03368" + b"%06d" % len(body)
+    assert frames_of(decode_all([wire])) == [Frame(b"J", 3368, body)]
+
+
+def test_client_frame_is_what_the_vendor_clients_send() -> None:
+    # PROTOCOL.md §4.2: the literal MLinkStream example, an 11-digit length and no type number.
+    body = (
+        b'{"header":{"mTyp":"MLinkStream","sTim":"2025-06-02 14:45:10.101000",'
+        b'"encT":"2025-06-02 14:45:10.101000"},"message":{"queryLabel":"capture-A","queryID":101,'
+        b'"activeLatency":1,"msgName":"OptionNbboQuote","stripeFilter":"A"}}'
+    )
+    assert len(body) == 221
+    assert encode_client_frame(body) == b"\r\nJ00000000221" + body
+    # ... which a server-side decoder reads as type 00000.
+    assert frames_of(decode_all([encode_client_frame(body)])) == [Frame(b"J", 0, body)]
+
+
+def test_garbage_between_frames_is_skipped_counted_and_kept() -> None:
+    frames = frames_of(decode_all([SAMPLES]))
+    a, b = encode_frame(3368, frames[0].body), encode_frame(2785, frames[3].body)
+    dec = FrameDecoder()
+    events = dec.feed(a + b"NOT A FRAME\x00\xff" + b)
+    assert frames_of(events) == [
+        Frame(b"J", 3368, frames[0].body),
+        Frame(b"J", 2785, frames[3].body),
+    ]
+    garbage = [e for e in events if isinstance(e, Garbage)]
+    assert [g.data for g in garbage] == [b"NOT A FRAME\x00\xff"]
+    assert dec.garbage_events == 1 and dec.garbage_bytes == len(b"NOT A FRAME\x00\xff")
+
+
+def test_a_frame_whose_length_overstates_its_body_does_not_swallow_the_next_frames() -> None:
+    good = [encode_frame(f.type_number, f.body) for f in frames_of(decode_all([SAMPLES]))]
+    broken = bytearray(good[3])
+    broken[8:14] = b"%06d" % (len(good[3]) - HEADER_LEN + 500)  # claims 500 bytes too many
+    stream = good[2] + bytes(broken) + good[4] + good[5]
+    events = decode_all([stream])
+    assert [f.body for f in frames_of(events)] == [
+        frames_of(decode_all([g]))[0].body for g in (good[2], good[4], good[5])
+    ]
+    garbage = [e for e in events if isinstance(e, Garbage)]
+    assert [g.data for g in garbage] == [bytes(broken)]
+
+
+def test_a_frame_whose_length_understates_its_body_loses_only_itself() -> None:
+    good = [encode_frame(f.type_number, f.body) for f in frames_of(decode_all([SAMPLES]))]
+    broken = bytearray(good[3])
+    broken[8:14] = b"%06d" % 100
+    events = decode_all([good[2] + bytes(broken) + good[4]])
+    frames = frames_of(events)
+    # The short frame decodes to a 100-byte body (which the JSON layer will quarantine); the rest
+    # of its bytes are garbage; the following frame is intact.
+    assert len(frames) == 3 and frames[1].body == bytes(broken[HEADER_LEN : HEADER_LEN + 100])
+    assert frames[2] == frames_of(decode_all([good[4]]))[0]
+    assert b"".join(e.data for e in events if isinstance(e, Garbage)) == bytes(
+        broken[HEADER_LEN + 100 :]
+    )
+
+
+def test_stray_crlf_is_tolerated_and_a_truncated_tail_is_reported_at_flush() -> None:
+    dec = FrameDecoder()
+    assert frames_of(dec.feed(SAMPLES + b"\r\n")) == frames_of(decode_all([SAMPLES]))
+    assert dec.flush() == []
+    dec = FrameDecoder()
+    dec.feed(SAMPLES[:-10])
+    tail = dec.flush()
+    assert (
+        len(tail) == 1 and isinstance(tail[0], Garbage) and tail[0].data.startswith(b"\r\nJ03345")
+    )
+
+
+def test_buffer_is_bounded_and_the_bound_cannot_be_set_below_one_frame() -> None:
+    with pytest.raises(FrameDecoderError):
+        FrameDecoder(max_buffer=1000)
+    dec = FrameDecoder()
+    for _ in range(50):  # endless garbage never accumulates
+        dec.feed(b"x" * 100_000)
+        assert dec.buffered <= 2
+
+
+def test_peek_mtyp_falls_back_to_none_when_unsure() -> None:
+    assert peek_mtyp(b'{"header":{"mTyp":"StockPrint","seqN":1},"message":{}}') == "StockPrint"
+    assert peek_mtyp(b'{"message":{}}') is None
+    assert peek_mtyp(b'{"header":{"mTyp":"Sto\\u0063k"}}') is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_split_of_a_valid_stream_into_messages_decodes_to_the_same_frames(
+    data: st.DataObject,
+) -> None:
+    stream = SAMPLES
+    cuts = sorted(data.draw(st.lists(st.integers(min_value=0, max_value=len(stream)), max_size=40)))
+    chunks = [stream[i:j] for i, j in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    as_text = data.draw(st.booleans())
+    fed: list[bytes] = [c.decode("ascii") if as_text else c for c in chunks]  # type: ignore[misc]
+    assert decode_all(fed) == decode_all([stream])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bodies=st.lists(
+        st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=20))),
+        min_size=1,
+        max_size=8,
+    ),
+    type_numbers=st.lists(st.integers(min_value=0, max_value=99_999), min_size=8, max_size=8),
+    data=st.data(),
+)
+def test_encode_then_decode_is_identity_under_any_split(
+    bodies: list[dict[str, object]], type_numbers: list[int], data: st.DataObject
+) -> None:
+    encoded = [json.dumps({"header": {"mTyp": "X"}, "message": b}).encode() for b in bodies]
+    stream = b"".join(encode_frame(n, b) for n, b in zip(type_numbers, encoded, strict=False))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
+    chunks = [stream[i:j] for i, j in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    events = decode_all(chunks)
+    assert events == [Frame(b"J", n, b) for n, b in zip(type_numbers, encoded, strict=False)]

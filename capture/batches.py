@@ -1,21 +1,21 @@
 """Raw MLink JSON bodies of one message type -> one Arrow record batch (the capture hot path).
 
 Fast path: the bodies are joined with ``\\n`` and handed to Arrow's C++ JSON reader with an
-explicit *wire* schema (``header`` struct, ``message`` struct with its ``pkey`` struct) that
-mirrors the dictionary. The structs are then flattened into the table columns with Arrow compute
-(dictionary-encoding for enums, ``date32`` casts for date keys, list rebuilding for Repeaters);
-no Python object is created per message.
+explicit *wire* schema (``header`` struct, ``message`` struct with its ``pkey`` struct) derived
+from the dictionary. The structs are then flattened into the table columns with Arrow compute
+(dictionary-encoding for enums, ``date32`` casts for date keys, list rebuilding for Repeaters).
+No Python object is created per message.
 
-The reader runs with ``unexpected_field_behavior="infer"``: fields the dictionary does not know
-(schema drift) come back as extra, inferred struct children. They are turned into ``_extra`` JSON
-with Arrow compute too, so a server that permanently sends a new field does not slow capture down.
-TimeSpan fields (JSON form unknown) are deliberately left out of the wire schema and take the
-same inferred route, so a string or an integer both stay on the fast path.
+The reader runs with ``unexpected_field_behavior="infer"``: members the dictionary does not know
+(schema drift) come back as extra, inferred struct children and are rendered into ``_extra`` with
+Arrow compute as well, so a server that permanently sends a new field does not slow capture down.
+TimeSpan fields (JSON form unknown) are left out of the wire schema on purpose and take the same
+inferred route, so a string or an integer both stay on the fast path.
 
 Anything the reader cannot hold (a mistyped value, a number out of range, a body that is not one
-JSON object, a DateTime it cannot parse) makes ``read_json`` fail for the whole chunk. The chunk
-is then bisected until the offending bodies are isolated; only those go through the Python slow
-path, which stores every value it can in its column and moves the rest, verbatim, to ``_extra``.
+JSON object, a DateTime it cannot parse) makes the read fail for the whole chunk. The chunk is then
+bisected until the offending bodies are isolated; only those go through the Python slow path,
+which stores every value it can in its column and moves the rest, verbatim, to ``_extra``.
 
 This module must stay free of trio: the capture worker calls it from a worker thread.
 """
@@ -26,9 +26,10 @@ import io
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from itertools import repeat
 from typing import Any, Final
 
 import pyarrow as pa
@@ -58,15 +59,21 @@ from capture.schemas.mapping import (
 
 __all__ = ["BatchDecoder", "DecodeResult", "DriftReport"]
 
-# A failing chunk is bisected; chunks this small go to the slow path whole instead.
 _MIN_BISECT_ROWS: Final = 4
-# Give up bisecting (rest of the batch -> slow path) after this many failed parses per batch.
-_MAX_FAILED_PARSES: Final = 48
+"""A failing chunk this small goes to the slow path whole instead of being split further."""
+_MAX_FAILED_READS: Final = 64
+"""Failed reads allowed per ``decode`` call (at least; n/32 for big batches) before failing
+pieces go to the slow path whole: bounds the cost when many rows are bad."""
+_DIRECTED_TRIES: Final = 4
+"""Rows pointed at by read errors that are removed from one piece before it is bisected."""
 _READ_BLOCK_SIZE: Final = 1 << 20
 _MAX_EXACT_DOUBLE: Final = float(2**53)
+_NULL_STR: Final = pa.scalar(None, pa.utf8())
+_KEY_ENUM_PARTS: Final = frozenset({"at", "ts", "cp"})
+_METADATA_NAMES: Final = frozenset([n for n, _ in CAPTURE_COLUMNS] + [TYPE_NUMBER_COLUMN[0]])
 
 
-# --------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # Public result types
 
 
@@ -75,12 +82,12 @@ class DriftReport:
     """What one ``decode`` call saw that the dictionary did not predict."""
 
     unknown_fields: frozenset[str] = frozenset()
-    """Paths of members the dictionary does not know, e.g. ``message.prcFramework``,
+    """Paths of members the dictionary does not know: ``message.prcFramework``,
     ``message.pkey.okey.zz``, ``header.newHdr``, ``message.Legs[].foo``, ``other`` (top level)."""
     mistyped_values: int = 0
-    """Values of a known field that had an unexpected JSON type or range (kept in ``_extra``)."""
+    """Values of known fields with an unexpected JSON type or range (kept in ``_extra``)."""
     slow_path_rows: int = 0
-    """Rows decoded by the Python slow path (rejected bodies included)."""
+    """Bodies decoded by the Python slow path (rejected bodies included)."""
     unknown_enum_values: frozenset[tuple[str, str]] = frozenset()
     """(column, value) for Enum/Flag values outside the dictionary's eSet (stored as sent)."""
 
@@ -93,7 +100,7 @@ class DriftReport:
         )
 
     def merged(self, other: DriftReport) -> DriftReport:
-        """Sum of two reports (for per-stream accounting)."""
+        """Union/sum of two reports, for per-stream accounting."""
         return DriftReport(
             unknown_fields=self.unknown_fields | other.unknown_fields,
             mistyped_values=self.mistyped_values + other.mistyped_values,
@@ -111,7 +118,7 @@ class DecodeResult:
     """(index, body, reason) for bodies that are not a JSON object; they have no row."""
 
 
-# --------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # Shape of the JSON objects of one message type
 
 
@@ -122,7 +129,7 @@ class _ObjectSpec:
     members: dict[str, _ObjectSpec | Leaf | RepeaterColumn] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, columns: Iterable[Column], depth: int = 0) -> _ObjectSpec:
+    def build(cls, columns: Iterable[Column]) -> _ObjectSpec:
         root = cls()
         for col in columns:
             if isinstance(col, RepeaterColumn):
@@ -138,7 +145,7 @@ class _ObjectSpec:
 
 
 def _wire_type(ftype: str) -> pa.DataType | None:
-    """Type requested from the JSON reader; None = let the reader infer (TimeSpan)."""
+    """Type requested from the JSON reader; None = left to inference (TimeSpan)."""
     if ftype == "TimeSpan":
         return None
     if ftype in INTEGER_RANGES:
@@ -146,66 +153,53 @@ def _wire_type(ftype: str) -> pa.DataType | None:
     if ftype in FLOAT_TYPES:
         return pa.float64()
     if ftype == "DateTime":
-        return TIMESTAMP_US
-    return pa.utf8()  # enums, strings, DateKey (cast to date32 afterwards)
+        return TIMESTAMP_US  # the reader parses "YYYY-MM-DD HH:MM:SS.ffffff" itself
+    return pa.utf8()  # enums and strings; DateKey is cast to date32 afterwards
 
 
-def _wire_struct(spec: _ObjectSpec, items: dict[str, _ObjectSpec]) -> pa.StructType:
+def _wire_struct(
+    spec: _ObjectSpec, items: dict[str, _ObjectSpec], loose: Collection[str] = ()
+) -> pa.StructType:
+    """The struct the reader is asked for; TimeSpan and ``loose`` leaves are left to inference."""
     fields = []
     for name, member in spec.members.items():
         if isinstance(member, _ObjectSpec):
-            fields.append(pa.field(name, _wire_struct(member, items)))
+            fields.append(pa.field(name, _wire_struct(member, items, loose)))
         elif isinstance(member, RepeaterColumn):
-            item = _wire_struct(items[member.column], items)
-            fields.append(pa.field(name, pa.list_(item)))
-        else:
-            wtype = _wire_type(member.ftype)
-            if wtype is not None:
-                fields.append(pa.field(name, wtype))
+            fields.append(pa.field(name, pa.list_(_wire_struct(items[member.column], items))))
+        elif member.column not in loose and (wire := _wire_type(member.ftype)) is not None:
+            fields.append(pa.field(name, wire))
     return pa.struct(fields)
 
 
-_HEADER_SPEC: Final = _ObjectSpec(
-    {
-        name: Leaf(HEADER_PREFIX + name, (name,), ftype, storage_type(ftype))
-        for name, ftype in HEADER_FIELDS
-    }
+_HEADER_LEAVES: Final = tuple(
+    Leaf(HEADER_PREFIX + name, (name,), ftype, storage_type(ftype)) for name, ftype in HEADER_FIELDS
 )
-_HEADER_WIRE: Final = pa.struct(
-    [pa.field("mTyp", pa.utf8())]
-    + [pa.field(n, _wire_type(t)) for n, t in HEADER_FIELDS if _wire_type(t) is not None]
-)
+_HEADER_SPEC: Final = _ObjectSpec({leaf.path[0]: leaf for leaf in _HEADER_LEAVES})
+_HEADER_WIRE: Final = pa.struct([pa.field("mTyp", pa.utf8()), *_wire_struct(_HEADER_SPEC, {})])
 
 
-# --------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # Vectorised JSON text for _extra
 
-
-_ANY = pa.Array | pa.ChunkedArray
-_NULL_STR: Final = pa.scalar(None, pa.utf8())
-_CONTROL_CHARS: Final = r"[\x00-\x1f]"
+# Arrow arrays and chunked arrays are used interchangeably below; pyarrow has no type stubs.
+_Arr = Any
 
 
-def _json_string_text(arr: Any) -> Any:
+def _json_string_text(arr: _Arr) -> _Arr:
     """JSON string literals for a utf8 array (nulls stay null)."""
+    if pc.any(pc.match_substring_regex(arr, r"[\x00-\x1f]")).as_py():
+        # Rare: control characters need \uXXXX escapes; let Python render this column.
+        values = [None if v is None else json.dumps(v, ensure_ascii=False) for v in arr.to_pylist()]
+        return pa.array(values, pa.utf8())
     escaped = pc.replace_substring(arr, "\\", "\\\\")
     escaped = pc.replace_substring(escaped, '"', '\\"')
-    out = pc.binary_join_element_wise('"', escaped, '"', "")
-    if pc.any(pc.match_substring_regex(arr, _CONTROL_CHARS)).as_py():
-        # Rare: control characters need \\uXXXX escapes; let Python do those values.
-        values = [None if v is None else json.dumps(v, ensure_ascii=False) for v in arr.to_pylist()]
-        out = pa.array(values, pa.utf8())
-    return out
+    return pc.binary_join_element_wise('"', escaped, '"', "")
 
 
-def _json_value_text(arr: Any) -> tuple[Any, Any]:
-    """JSON text for an inferred column, and a mask of rows it cannot render exactly.
-
-    Returns (text array or None, bool mask or None). Text is null where the value is null.
-    """
+def _json_value_text(arr: _Arr) -> tuple[_Arr | None, _Arr | None]:
+    """(JSON text, rows that cannot be rendered exactly) for a column the reader inferred."""
     t = arr.type
-    if pa.types.is_null(t):
-        return None, None
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return _json_string_text(arr), None
     if pa.types.is_integer(t):
@@ -213,20 +207,28 @@ def _json_value_text(arr: Any) -> tuple[Any, Any]:
     if pa.types.is_boolean(t):
         return pc.if_else(arr, "true", "false"), None
     if pa.types.is_floating(t):
-        # int64 and float mixed in one column come back as double: large integers lost digits.
+        # Integers mixed with fractions are inferred as double: big integers lost digits there.
         inexact = pc.fill_null(pc.greater_equal(pc.abs(arr), _MAX_EXACT_DOUBLE), False)
         text = pc.cast(arr, pa.utf8())
         text = pc.replace_substring_regex(text, "^nan$", "NaN")
         text = pc.replace_substring_regex(text, "^(-?)inf$", "${1}Infinity")
         return text, inexact
-    # Nested values or inferred timestamps: the original text is not recoverable here.
+    # Nested values, or strings the reader turned into timestamps: text not recoverable here.
     return None, pc.is_valid(arr)
 
 
-def _join_fragments(fragments: Sequence[Any], length: int) -> Any:
-    """``,"k":v`` fragments (nullable) -> ``{"k":v,...}`` or null when every fragment is null."""
+def _fragment(name: str, text: _Arr) -> _Arr:
+    """``,"name":text`` (null where text is null)."""
+    prefix = "," + json.dumps(name, ensure_ascii=False) + ":"
+    return pc.binary_join_element_wise(prefix, text, "", null_handling="emit_null")
+
+
+def _join_fragments(fragments: Sequence[_Arr]) -> _Arr | None:
+    """Fragments -> ``{"k":v,...}`` per row, null where every fragment is null."""
     if not fragments:
-        return pa.nulls(length, pa.utf8())
+        return None
+    # (binary_join_element_wise's null_handling="skip" is not used: it drops trailing rows
+    # whose inputs are all null in pyarrow 26; "replace" with leading commas is equivalent.)
     joined = pc.binary_join_element_wise(
         *fragments, "", null_handling="replace", null_replacement=""
     )
@@ -234,29 +236,24 @@ def _join_fragments(fragments: Sequence[Any], length: int) -> Any:
     return pc.if_else(pc.equal(joined, ""), _NULL_STR, body)
 
 
-def _fragment(name: str, text: Any) -> Any:
-    prefix = "," + json.dumps(name, ensure_ascii=False) + ":"
-    return pc.binary_join_element_wise(prefix, text, "", null_handling="emit_null")
-
-
-# --------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # Slow path: exact JSON decoding in Python
 
 
 class _JsonInt(str):
-    """A JSON integer, kept as its text (exact for any width)."""
+    """A JSON integer, kept as its text (exact at any width)."""
 
     __slots__ = ()
 
 
 class _JsonFloat(str):
-    """A JSON number with a fraction/exponent, or NaN/Infinity, kept as its text."""
+    """A JSON number with a fraction or exponent, or NaN/Infinity, kept as its text."""
 
     __slots__ = ()
 
 
 class _JsonObject(dict[str, Any]):
-    """A JSON object; repeated member names are kept in ``dups`` instead of being overwritten."""
+    """A JSON object that also keeps repeated member names (``dups``) instead of overwriting."""
 
     __slots__ = ("dups",)
 
@@ -285,22 +282,22 @@ _DECODER: Final = json.JSONDecoder(
     parse_constant=_JsonFloat,
     object_pairs_hook=_object_pairs,
 )
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 class _Partial(list[tuple[str, Any]]):
-    """Members of one object that go to ``_extra`` (values may be nested _Partial objects)."""
+    """Members of one object that go to ``_extra``; values may be nested ``_Partial`` objects."""
 
     __slots__ = ()
 
 
 def _dumps(value: Any) -> str:
-    """Compact JSON that reproduces what was parsed (numbers as their original text)."""
+    """Compact JSON reproducing what was parsed (numbers keep their original text)."""
     if isinstance(value, _JsonInt | _JsonFloat):
         return str.__str__(value)
     if isinstance(value, str):
-        # Lone surrogates come from invalid UTF-8 (surrogateescape): write them as \\udcXX
-        # escapes, which keeps _extra valid UTF-8 and the original bytes recoverable.
+        # Lone surrogates come from invalid UTF-8 (surrogateescape). \udcXX escapes keep _extra
+        # valid UTF-8 and the original bytes recoverable (encode with "surrogateescape").
         return json.dumps(value, ensure_ascii=_SURROGATE.search(value) is not None)
     if value is None or isinstance(value, bool):
         return json.dumps(value)
@@ -310,7 +307,7 @@ def _dumps(value: Any) -> str:
         return _dump_pairs(value)
     if isinstance(value, list):
         return "[" + ",".join(_dumps(v) for v in value) + "]"
-    raise TypeError(f"unexpected JSON value {type(value).__name__}")
+    raise TypeError(f"not a decoded JSON value: {type(value).__name__}")
 
 
 def _dump_pairs(pairs: Iterable[tuple[str, Any]]) -> str:
@@ -320,16 +317,16 @@ def _dump_pairs(pairs: Iterable[tuple[str, Any]]) -> str:
 class _Bad:
     """Marker: the value cannot be held by its column."""
 
+    __slots__ = ()
+
 
 _BAD: Final = _Bad()
-
-_DATETIME = re.compile(
+_DATETIME: Final = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?)?"
     r"(Z|[+-]\d{2}(?::?\d{2})?)?"
 )
-_DATEKEY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_EPOCH_DATE = date(1970, 1, 1)
+_DATEKEY: Final = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _is_text(value: Any) -> bool:
@@ -349,9 +346,9 @@ def _conv_integer(lo: int, hi: int) -> Callable[[Any], Any]:
 
 def _conv_float(value: Any) -> Any:
     if type(value) is _JsonInt or type(value) is _JsonFloat:
-        number = float(value)
+        number = float(value)  # correctly rounded, like Arrow's parser
         if math.isinf(number) and "Infinity" not in value:
-            return _BAD  # out of double range: the text is not representable
+            return _BAD  # beyond the double range: not representable
         return number
     return _BAD
 
@@ -368,10 +365,7 @@ def _conv_timespan(value: Any) -> Any:
 
 def _conv_datetime(value: Any) -> Any:
     """``YYYY-MM-DD[( |T)HH:MM[:SS[.f{1,9}]]][Z|+HH[:MM]]`` -> microseconds since the epoch."""
-    if type(value) is not str:
-        return _BAD
-    m = _DATETIME.fullmatch(value)
-    if m is None:
+    if type(value) is not str or (m := _DATETIME.fullmatch(value)) is None:
         return _BAD
     year, month, day, hh, mm, ss, frac, zone = m.groups()
     digits = (frac or "").ljust(9, "0")
@@ -383,18 +377,15 @@ def _conv_datetime(value: Any) -> Any:
         return _BAD
     offset = timedelta()
     if zone and zone != "Z":
-        sign = -1 if zone[0] == "-" else 1
         zone_digits = zone[1:].replace(":", "")
-        offset = sign * timedelta(hours=int(zone_digits[:2]), minutes=int(zone_digits[2:] or 0))
-    delta = dt.replace(tzinfo=timezone.utc) - offset - _EPOCH
+        offset = timedelta(hours=int(zone_digits[:2]), minutes=int(zone_digits[2:] or 0))
+        offset = -offset if zone[0] == "-" else offset
+    delta = dt.replace(tzinfo=UTC) - offset - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + int(digits[:6])
 
 
 def _conv_datekey(value: Any) -> Any:
-    if type(value) is not str:
-        return _BAD
-    m = _DATEKEY.fullmatch(value)
-    if m is None:
+    if type(value) is not str or (m := _DATEKEY.fullmatch(value)) is None:
         return _BAD
     try:
         return date(int(m[1]), int(m[2]), int(m[3]))
@@ -412,55 +403,133 @@ _CONVERTERS: Final[dict[str, Callable[[Any], Any]]] = {
 }
 
 
+def _json_kind(value: Any) -> str:
+    """Kind of a slow-path JSON value, as the reader would see it."""
+    if isinstance(value, _JsonInt | _JsonFloat):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+_WIRE_KIND: Final[dict[str, str]] = {
+    **dict.fromkeys(INTEGER_RANGES, "number"),
+    **dict.fromkeys(FLOAT_TYPES, "number"),
+    **dict.fromkeys(ENUM_TYPES | STRING_TYPES | {"DateTime", "DateKey"}, "string"),
+}
+"""JSON kind the explicit wire schema expects per dictionary type (TimeSpan: inferred)."""
+
+_KIND_START: Final[dict[str, bytes]] = {
+    "string": b'"',
+    "number": b"[-0-9NI]",
+    "object": b"\\{",
+    "array": b"\\[",
+    "bool": b"[tf]",
+}
+"""First byte(s) of a JSON value of each kind, as a regex class."""
+
+
 @dataclass(slots=True)
 class _SlowRow:
     values: dict[str, Any] = field(default_factory=dict)
     extra: _Partial = field(default_factory=_Partial)
     unknown: set[str] = field(default_factory=set)
-    mistyped: int = 0
+    mistyped: list[tuple[Leaf, str]] = field(default_factory=list)
+    """(leaf, JSON kind) of every value that went to _extra because its column could not hold it;
+    containers that were not objects count with a None-column pseudo leaf."""
 
 
-# --------------------------------------------------------------------------------------------
-# Per-call bookkeeping
+_CONTAINER: Final = Leaf("", ("",), "", pa.null())
+"""Pseudo leaf for mistyped containers (a key object or Repeater that is not an object/array)."""
 
 
-@dataclass(slots=True)
-class _Run:
-    unknown: set[str] = field(default_factory=set)
-    mistyped: int = 0
-    enums: set[tuple[str, str]] = field(default_factory=set)
-    failed_parses: int = 0
-    fast: list[tuple[list[int], pa.Table]] = field(default_factory=list)
-    slow: list[int] = field(default_factory=list)
+# ---------------------------------------------------------------------------------------------
+# Bookkeeping
 
 
 class _ChunkFailed(Exception):
     """The fast path cannot hold this chunk as a whole."""
 
 
-# --------------------------------------------------------------------------------------------
+class _Chunk:
+    """Drift and rows-to-redo-slowly collected while converting one parsed chunk."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.unknown: set[str] = set()
+        self.mistyped = 0
+        self._masks: list[_Arr] = []
+        self._rows: set[int] = set()
+
+    def redo_slowly(self, mask: _Arr) -> None:
+        """Rows where ``mask`` is true go through the slow path."""
+        self._masks.append(mask)
+
+    def redo_rows_slowly(self, rows: Iterable[int]) -> None:
+        self._rows.update(rows)
+
+    def slow_rows(self) -> set[int]:
+        out = set(self._rows)
+        for mask in self._masks:
+            if pc.any(mask).as_py():
+                out.update(pc.indices_nonzero(mask).to_pylist())
+        return out
+
+
+@dataclass(slots=True)
+class _Run:
+    """State of one ``decode`` call."""
+
+    read_budget: int
+    unknown: set[str] = field(default_factory=set)
+    mistyped: int = 0
+    failed_reads: int = 0
+    fast: list[tuple[list[int], pa.Table]] = field(default_factory=list)
+    slow: list[int] = field(default_factory=list)
+
+
+_ROW_HINT: Final = re.compile(r" in row (\d+)\s*$")
+_VALUE_HINTS: Final = (
+    re.compile(r"couldn't parse:(.+)$", re.S),
+    re.compile(r"Failed to parse string: '(.+)' as a scalar of type", re.S),
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # The decoder
 
 
 class BatchDecoder:
     """Decodes batches of raw JSON bodies of one message type into ``self.schema`` batches.
 
-    Not thread-safe per instance (it keeps no state between calls except caches, but use one
-    decoder per worker). Construction is cheap after the first one per type.
+    ``decode`` is synchronous and CPU-bound: call it from a worker thread. An instance is meant
+    to be reused for every batch of its type (one per worker, not shared between threads): it
+    learns from the rows that needed the slow path. A known field whose values turn out not to
+    fit the wire type (an Int above 2**31, a Float sent as a string...) is from then on read by
+    inference and sorted into column or ``_extra`` with Arrow compute ("loose" fields); a field
+    that arrives with mixed JSON kinds (sometimes a number, sometimes a string), which the
+    reader cannot hold in one column, gets a byte-pattern pre-screen that sends exactly those
+    bodies to the slow path without a failed read first.
     """
 
     def __init__(self, msg_type: str) -> None:
         self.msg_type = msg_type
         self.schema: pa.Schema = arrow_schema(msg_type)
         self._msg: MessageDef | None = lookup(msg_type)
-        self._core_schema = pa.schema(
-            [f for f in self.schema if f.name not in _METADATA_NAMES]
-        )
+        self._core_schema = pa.schema([f for f in self.schema if f.name not in _METADATA_NAMES])
         self._columns: tuple[Column, ...] = ()
         self._spec = _ObjectSpec()
         self._items: dict[str, _ObjectSpec] = {}
+        self._enum_sets: dict[str, pa.Array] = {}
+        self._loose: set[str] = set()
+        self._screen_patterns: set[bytes] = set()
+        self._screen: re.Pattern[bytes] | None = None
         if self._msg is None:
-            return
+            return  # generic schema: the slow path renders the message as JSON text
         self._columns = layout(self._msg).columns
         self._spec = _ObjectSpec.build(self._columns)
         self._items = {
@@ -468,21 +537,30 @@ class BatchDecoder:
             for c in self._columns
             if isinstance(c, RepeaterColumn)
         }
+        self._read_options = pj.ReadOptions(use_threads=True, block_size=_READ_BLOCK_SIZE)
+        self._rebuild_parse_options()
+        by_name = {f.name: f for f in self._msg.fields if f.repeater is None}
+        for col in self._columns:
+            if isinstance(col, Leaf) and col.ftype in ENUM_TYPES:
+                fdef = by_name.get(col.path[-1])
+                if col.path[-1] not in _KEY_ENUM_PARTS and fdef is not None:
+                    self._enum_sets[col.column] = pa.array(fdef.enum_values, pa.utf8())
+
+    @property
+    def loose_fields(self) -> frozenset[str]:
+        """Columns read by inference because their values did not fit the wire type."""
+        return frozenset(self._loose)
+
+    def _rebuild_parse_options(self) -> None:
         wire = pa.schema(
             [
                 pa.field("header", _HEADER_WIRE),
-                pa.field("message", _wire_struct(self._spec, self._items)),
+                pa.field("message", _wire_struct(self._spec, self._items, self._loose)),
             ]
         )
         self._parse_options = pj.ParseOptions(
             explicit_schema=wire, unexpected_field_behavior="infer"
         )
-        self._read_options = pj.ReadOptions(use_threads=True, block_size=_READ_BLOCK_SIZE)
-        self._enum_sets = {
-            c.column: pa.array(sorted(_enum_values(self._msg, c)), pa.utf8())
-            for c in self._columns
-            if isinstance(c, Leaf) and c.ftype in ENUM_TYPES and c.path[-1] not in _KEY_ENUMS
-        }
 
     # -- public -------------------------------------------------------------------------------
 
@@ -507,24 +585,28 @@ class BatchDecoder:
             if len(values) != n:
                 raise ValueError(f"{name} has {len(values)} entries for {n} bodies")
 
-        run = _Run()
-        rejected: list[tuple[int, bytes, str]] = []
+        run = _Run(read_budget=max(_MAX_FAILED_READS, n // 32))
         if self._msg is not None and n:
             self._fast_path(bodies, run)
         else:
             run.slow = list(range(n))
 
+        rejected: list[tuple[int, bytes, str]] = []
         slow_rows: list[_SlowRow] = []
         slow_index: list[int] = []
+        learned: list[tuple[Leaf, str]] = []
         for i in sorted(run.slow):
             row = self._slow_row(bodies[i])
             if isinstance(row, str):
                 rejected.append((i, bodies[i], row))
                 continue
             run.unknown |= row.unknown
-            run.mistyped += row.mistyped
+            run.mistyped += len(row.mistyped)
+            learned += row.mistyped
             slow_rows.append(row)
             slow_index.append(i)
+        if learned and self._msg is not None:
+            self._learn(learned)
 
         parts = [table for _, table in run.fast]
         order = [i for idx, _ in run.fast for i in idx]
@@ -532,438 +614,381 @@ class BatchDecoder:
             parts.append(self._slow_table(slow_rows))
             order += slow_index
         core = pa.concat_tables(parts) if parts else self._core_schema.empty_table()
-        if any(a > b for a, b in zip(order, order[1:], strict=False)):
+        if len(parts) > 1:
             core = core.take(pc.sort_indices(pa.array(order, pa.int64())))
             order.sort()
-        if len(order) == n:
-            meta = self._metadata(type_numbers, recv_ns, snapshot, seq, stripe, session)
-        else:
-            meta = self._metadata(
-                [type_numbers[i] for i in order],
-                [recv_ns[i] for i in order],
-                [snapshot[i] for i in order],
-                [seq[i] for i in order],
-                stripe,
-                session,
-            )
         core = core.combine_chunks()
-        arrays = meta + [core.column(i).chunks[0] if core.num_rows else
-                         pa.array([], f.type) for i, f in enumerate(self._core_schema)]
+
+        if len(order) != n:  # rejected bodies have no row
+            type_numbers = [type_numbers[i] for i in order]
+            recv_ns = [recv_ns[i] for i in order]
+            snapshot = [snapshot[i] for i in order]
+            seq = [seq[i] for i in order]
+        arrays = _metadata_arrays(type_numbers, recv_ns, snapshot, seq, stripe, session)
+        arrays += [_single_chunk(core.column(i), f.type) for i, f in enumerate(self._core_schema)]
         batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
         drift = DriftReport(
             unknown_fields=frozenset(run.unknown),
             mistyped_values=run.mistyped,
             slow_path_rows=len(run.slow),
-            unknown_enum_values=frozenset(run.enums),
+            unknown_enum_values=self._unknown_enum_values(batch),
         )
         return DecodeResult(batch=batch, drift=drift, rejected=rejected)
 
-    # -- metadata -----------------------------------------------------------------------------
+    # -- learning from the slow path ----------------------------------------------------------
 
-    def _metadata(
-        self,
-        type_numbers: Sequence[int],
-        recv_ns: Sequence[int],
-        snapshot: Sequence[bool],
-        seq: Sequence[int],
-        stripe: str,
-        session: str,
-    ) -> list[pa.Array]:
-        n = len(recv_ns)
-        zeros = pa.repeat(pa.scalar(0, pa.int32()), n)
-        types = dict(CAPTURE_COLUMNS)
-        return [
-            pa.array(recv_ns, pa.int64()).view(types["_recv_time"]),
-            pa.DictionaryArray.from_arrays(zeros, pa.array([stripe], pa.utf8())),
-            pa.DictionaryArray.from_arrays(zeros, pa.array([session], pa.utf8())),
-            pa.array(snapshot, pa.bool_()),
-            pa.array(seq, pa.int64()),
-            pa.array(type_numbers, TYPE_NUMBER_COLUMN[1]),
-        ]
+    def _learn(self, mistyped: list[tuple[Leaf, str]]) -> None:
+        loose_before = len(self._loose)
+        patterns_before = len(self._screen_patterns)
+        top_leaves = {c.column for c in self._columns if isinstance(c, Leaf)}
+        for leaf, kind in mistyped:
+            if not leaf.column:
+                continue  # a container of the wrong kind: handled by the pattern below
+            expected = _WIRE_KIND.get(leaf.ftype)
+            if expected == kind and leaf.column in top_leaves:
+                self._loose.add(leaf.column)  # right kind, wrong value: sort it out vectorised
+            elif kind != "number" or expected is not None:
+                name = re.escape(json.dumps(leaf.path[-1]).encode())
+                self._screen_patterns.add(name + b":" + _KIND_START[kind])
+        if len(self._loose) != loose_before:
+            self._rebuild_parse_options()
+        if len(self._screen_patterns) != patterns_before:
+            self._screen = re.compile(b"|".join(sorted(self._screen_patterns)))
 
     # -- fast path ----------------------------------------------------------------------------
 
     def _fast_path(self, bodies: Sequence[bytes], run: _Run) -> None:
         n = len(bodies)
         joined = b"\n".join(bodies)
-        framed = (
-            joined[:1] == b"{"
-            and joined[-1:] == b"}"
-            and joined.count(b"\n") == n - 1
-            and joined.count(b"\n{") == n - 1
-            and joined.count(b"}\n") == n - 1
-        )
-        if framed and _valid_utf8(joined):
-            self._fast_chunk(list(range(n)), list(bodies), run, joined)
+        # Every body starts a line with "{", so each yields at least one row or a read error;
+        # with exactly n rows read, row i is body i. (A raw LF inside a body can only split it
+        # into unbalanced lines, which fail to parse, or add rows.)
+        if (
+            all(map(bytes.startswith, bodies, repeat(b"{")))
+            and _is_utf8(joined)
+            and (self._screen is None or self._screen.search(joined) is None)
+        ):
+            self._fast_lines(list(range(n)), list(bodies), joined, run)
             return
-        # Screen bodies one by one: keep the well-formed ones on the fast path.
         idx: list[int] = []
         lines: list[bytes] = []
+        screen = self._screen
         for i, body in enumerate(bodies):
             line = body.strip(b" \t\r\n")
-            if line[:1] != b"{" or line[-1:] != b"}" or not _valid_utf8(line):
+            if (
+                line[:1] != b"{"
+                or line[-1:] != b"}"
+                or not _is_utf8(line)
+                or (screen is not None and screen.search(line) is not None)
+            ):
                 run.slow.append(i)
                 continue
             if b"\n" in line or b"\r" in line:
-                # Raw CR/LF can only be whitespace between JSON tokens: blank them out.
+                # A raw CR/LF can only be whitespace between JSON tokens: blank it.
                 line = line.replace(b"\r", b" ").replace(b"\n", b" ")
             idx.append(i)
             lines.append(line)
         if idx:
-            self._fast_chunk(idx, lines, run, None)
+            self._fast_lines(idx, lines, None, run)
 
-    def _fast_chunk(
-        self, idx: list[int], lines: list[bytes], run: _Run, joined: bytes | None
+    def _fast_lines(
+        self, idx: list[int], lines: list[bytes], joined: bytes | None, run: _Run
     ) -> None:
-        try:
-            table = self._read(lines, joined)
-            keep_table, slow_positions = self._convert(table)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, _ChunkFailed):
-            run.failed_parses += 1
-            if len(idx) <= _MIN_BISECT_ROWS or run.failed_parses > _MAX_FAILED_PARSES:
-                run.slow += idx
-                return
-            mid = len(idx) // 2
-            self._fast_chunk(idx[:mid], lines[:mid], run, None)
-            self._fast_chunk(idx[mid:], lines[mid:], run, None)
-            return
-        if slow_positions:
-            run.slow += [idx[p] for p in slow_positions]
-            idx = [i for p, i in enumerate(idx) if p not in slow_positions]
-        run.fast.append((idx, keep_table))
+        """Decode ``lines`` (the bodies ``idx``) fast; isolate the bodies the reader rejects.
 
-    def _read(self, lines: list[bytes], joined: bytes | None) -> pa.Table:
-        data = joined if joined is not None else b"\n".join(lines)
+        A failed read is retried as a single block, which makes Arrow's "in row N" absolute;
+        such a row, or the rows holding the value a conversion error quotes, go to the slow
+        path and the rest is read again. Without a usable hint the piece is bisected.
+        """
+        pending: list[tuple[list[int], list[bytes], bytes | None, int]] = [(idx, lines, joined, 0)]
+        while pending:
+            idx, lines, joined, tries = pending.pop()
+            data = joined if joined is not None else b"\n".join(lines)
+            single_block = tries > 0
+            try:
+                table = self._read(data, len(lines), single_block)
+                core, chunk = self._convert(table)
+            except (pa.ArrowException, _ChunkFailed) as exc:
+                run.failed_reads += 1
+                if len(idx) <= _MIN_BISECT_ROWS or run.failed_reads > run.read_budget:
+                    run.slow += idx
+                    continue
+                if not single_block and len(data) >= _READ_BLOCK_SIZE:
+                    pending.append((idx, lines, data, 1))  # re-read for an absolute row hint
+                    continue
+                suspects = _suspects(exc, lines) if tries <= _DIRECTED_TRIES else set()
+                if suspects:
+                    run.slow += [idx[p] for p in sorted(suspects)]
+                    keep = [p for p in range(len(idx)) if p not in suspects]
+                    pending.append(
+                        ([idx[p] for p in keep], [lines[p] for p in keep], None, tries + 1)
+                    )
+                else:
+                    mid = len(idx) // 2
+                    pending.append((idx[mid:], lines[mid:], None, 1))
+                    pending.append((idx[:mid], lines[:mid], None, 1))
+                continue
+            run.unknown |= chunk.unknown
+            run.mistyped += chunk.mistyped
+            slow = chunk.slow_rows()
+            if slow:
+                keep_mask = [p not in slow for p in range(len(idx))]
+                run.slow += [i for p, i in enumerate(idx) if p in slow]
+                idx = [i for p, i in enumerate(idx) if keep_mask[p]]
+                core = core.filter(pa.array(keep_mask, pa.bool_()))
+            if idx:
+                run.fast.append((idx, core))
+
+    def _read(self, data: bytes, rows: int, single_block: bool) -> pa.Table:
+        options = self._read_options
+        if single_block:
+            options = pj.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 16))
         table = pj.read_json(
-            io.BytesIO(data),
-            read_options=self._read_options,
-            parse_options=self._parse_options,
+            io.BytesIO(data), read_options=options, parse_options=self._parse_options
         )
-        if table.num_rows != len(lines):
-            raise _ChunkFailed("row count mismatch")  # a line held no object, or two
+        if table.num_rows != rows:
+            raise _ChunkFailed("row count mismatch")  # some line held no object, or two
         return table
 
-    def _convert(self, table: pa.Table) -> tuple[pa.Table, set[int]]:
-        """Wire table -> core columns (header, data, _extra); also rows to redo slowly."""
+    def _convert(self, table: pa.Table) -> tuple[pa.Table, _Chunk]:
+        """Wire table -> core columns (header, data, _extra), plus rows to redo slowly."""
         n = table.num_rows
-        ctx = _FastContext(n)
-        top_fragments: list[Any] = []
+        chunk = _Chunk(n)
+        flat = _flatten(table)  # "message.pkey.okey.xx" -> values (structs only, not lists)
+        columns: list[_Arr] = []
+        top: list[_Arr] = []
 
         header = table.column("header")
-        header_fragments = self._unknown_members(header, _HEADER_WIRE, (), "header", ctx)
-        mtyp = pc.struct_field(header, "mTyp")
-        wrong_type = pc.fill_null(pc.not_equal(mtyp, self.msg_type), False)
-        header_fragments.append(
-            _fragment("mTyp", pc.if_else(wrong_type, _json_string_text(mtyp), _NULL_STR))
-        )
-        columns: list[Any] = []
-        for name, ftype in HEADER_FIELDS:
-            leaf = _HEADER_SPEC.members[name]
-            assert isinstance(leaf, Leaf)
-            columns.append(self._finish_leaf(leaf, pc.struct_field(header, name), ctx))
-        top_fragments.append(_fragment("header", _join_fragments(header_fragments, n)))
+        header_known = {f.name for f in _HEADER_WIRE}
+        header_extra = self._unknown_members(header, header_known, "header", chunk)
+        mtyp = flat["header.mTyp"]
+        other_type = pc.fill_null(pc.not_equal(mtyp, self.msg_type), False)
+        if pc.any(other_type).as_py():
+            mtyp_text = pc.if_else(other_type, _json_string_text(mtyp), _NULL_STR)
+            header_extra.append(_fragment("mTyp", mtyp_text))
+        for leaf in _HEADER_LEAVES:
+            columns.append(_strict_leaf(leaf, flat.get("header." + leaf.path[0])))
+        if (text := _join_fragments(header_extra)) is not None:
+            top.append(_fragment("header", text))
 
+        loose_extra: dict[tuple[str, ...], list[_Arr]] = {}
+        for col in self._columns:
+            arr = flat.get(".".join(("message", *col.path)))
+            if isinstance(col, RepeaterColumn):
+                columns.append(self._repeater_array(col, flat["message." + col.name], chunk))
+            elif col.ftype != "TimeSpan" and col.column not in self._loose:
+                columns.append(_strict_leaf(col, arr))
+            else:
+                value, text, slow = _loose_leaf(col, arr, n)
+                columns.append(value)
+                if text is not None:
+                    chunk.mistyped += pc.count(text).as_py()
+                    fragment = _fragment(col.path[-1], text)
+                    loose_extra.setdefault(col.path[:-1], []).append(fragment)
+                if slow is not None:
+                    chunk.redo_slowly(slow)
         message = table.column("message")
-        message_text = self._object_columns(message, self._spec, "message", columns, ctx)
-        top_fragments.append(_fragment("message", message_text))
+        if (text := self._object_extra(message, self._spec, (), loose_extra, chunk)) is not None:
+            top.append(_fragment("message", text))
 
         for name in table.column_names:
             if name not in ("header", "message"):
-                self._unknown_value(name, table.column(name), name, top_fragments, ctx)
+                self._unknown_value(name, table.column(name), name, top, chunk)
 
-        columns.append(_join_fragments(top_fragments, n))
-        core = pa.Table.from_arrays(columns, schema=self._core_schema)
-        return core, ctx.slow_rows()
+        extra = _join_fragments(top)
+        columns.append(extra if extra is not None else pa.nulls(n, pa.utf8()))
+        return pa.Table.from_arrays(columns, schema=self._core_schema), chunk
 
-    def _object_columns(
-        self, obj: Any, spec: _ObjectSpec, path: str, columns: list[Any], ctx: _FastContext
-    ) -> Any:
-        """Append the columns of ``spec``'s leaves (in layout order) and return _extra text
-        for the unknown members of ``obj``. Only called for the message tree."""
-        fragments = self._unknown_members(obj, None, spec, path, ctx)
-        # Nested objects first (their leaves are emitted in layout order below).
-        nested_text: dict[str, Any] = {}
-        for name, member in spec.members.items():
-            if isinstance(member, _ObjectSpec):
-                child = pc.struct_field(obj, name)
-                nested_text[name] = self._object_columns_collect(
-                    child, member, f"{path}.{name}", ctx
-                )
-                fragments.append(_fragment(name, nested_text[name][1]))
-        if path == "message":
-            for col in self._columns:
-                columns.append(self._column_array(obj, col, nested_text, ctx))
-        return _join_fragments(fragments, ctx.length)
-
-    def _object_columns_collect(
-        self, obj: Any, spec: _ObjectSpec, path: str, ctx: _FastContext
-    ) -> tuple[Any, Any]:
-        fragments = self._unknown_members(obj, None, spec, path, ctx)
-        for name, member in spec.members.items():
-            if isinstance(member, _ObjectSpec):
-                child = pc.struct_field(obj, name)
-                _, text = self._object_columns_collect(child, member, f"{path}.{name}", ctx)
-                fragments.append(_fragment(name, text))
-        return obj, _join_fragments(fragments, ctx.length)
-
-    def _column_array(
-        self, message: Any, col: Column, nested: dict[str, Any], ctx: _FastContext
-    ) -> Any:
-        if isinstance(col, RepeaterColumn):
-            return self._finish_repeater(col, pc.struct_field(message, col.name), ctx)
-        arr = message
-        for part in col.path:
-            if part not in {f.name for f in arr.type}:
-                return pa.nulls(ctx.length, col.type)  # inferred field absent from this chunk
-            arr = pc.struct_field(arr, part)
-        return self._finish_leaf(col, arr, ctx)
-
-    def _finish_leaf(self, leaf: Leaf, arr: Any, ctx: _FastContext) -> Any:
-        ftype = leaf.ftype
-        if ftype in ENUM_TYPES:
-            encoded = pc.dictionary_encode(arr)
-            allowed = self._enum_sets.get(leaf.column)
-            if allowed is not None:
-                self._check_enum(leaf.column, encoded, allowed, ctx)
-            return encoded
-        if ftype == "DateKey":
-            return pc.cast(arr, pa.date32())  # ArrowInvalid -> chunk goes to bisection
-        if ftype == "TimeSpan":
-            if pa.types.is_string(arr.type):
-                return arr
-            if pa.types.is_integer(arr.type):
-                return pc.cast(arr, pa.utf8())
-            if pa.types.is_null(arr.type):
-                return pa.nulls(len(arr), pa.utf8())
-            ctx.mark_slow(pc.is_valid(arr))  # float/bool/object: exact text lives in the body
-            return pa.nulls(len(arr), pa.utf8())
-        return arr
-
-    def _check_enum(self, column: str, encoded: Any, allowed: pa.Array, ctx: _FastContext) -> None:
-        chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
-        for chunk in chunks:
-            values = chunk.dictionary
-            unknown = pc.filter(values, pc.invert(pc.is_in(values, value_set=allowed)))
-            for value in unknown.to_pylist():
-                ctx.enums.add((column, value))
-
-    def _finish_repeater(self, col: RepeaterColumn, arr: Any, ctx: _FastContext) -> Any:
-        spec = self._items[col.column]
-        chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
-        out = []
-        offset = 0
-        for chunk in chunks:
-            items = chunk.values
-            unknown = self._unknown_paths(items.type, spec)
-            for upath in unknown:
-                ctx.unknown.add(f"message.{col.name}[].{upath}")
-                hit = pc.is_valid(_field_path(chunk.flatten(), upath))
-                parents = pc.filter(pc.list_parent_indices(chunk), hit)
-                ctx.mark_slow_positions(p + offset for p in parents.to_pylist())
-            members = []
-            for leaf in col.members:
-                sub = items
-                for part in leaf.path:
-                    sub = pc.struct_field(sub, part) if sub is not None else None
-                members.append(self._finish_leaf_array(leaf, sub, len(items), ctx))
-            item_type = col.type.value_type
-            rebuilt = pa.StructArray.from_arrays(
-                members, fields=list(item_type), mask=items.is_null()
-            )
-            out.append(
-                pa.ListArray.from_arrays(
-                    chunk.offsets, rebuilt, type=col.type, mask=chunk.is_null()
-                )
-            )
-            offset += len(chunk)
-        return pa.chunked_array(out, col.type)
-
-    def _finish_leaf_array(self, leaf: Leaf, arr: Any, length: int, ctx: _FastContext) -> Any:
-        result = self._finish_leaf(leaf, arr, ctx)
-        if isinstance(result, pa.ChunkedArray):
-            result = result.combine_chunks()
-        if result.type != leaf.type:
-            result = result.cast(leaf.type)
-        return result
-
-    def _unknown_paths(self, struct_type: pa.DataType, spec: _ObjectSpec) -> list[str]:
-        """Dotted paths of members of ``struct_type`` that ``spec`` does not know."""
-        out = []
-        for f in struct_type:
-            member = spec.members.get(f.name)
-            if member is None:
-                out.append(f.name)
-            elif isinstance(member, _ObjectSpec) and pa.types.is_struct(f.type):
-                out += [f"{f.name}.{p}" for p in self._unknown_paths(f.type, member)]
-        return out
-
-    def _unknown_members(
+    def _object_extra(
         self,
-        obj: Any,
-        wire: pa.StructType | None,
-        spec: _ObjectSpec | tuple[()],
-        path: str,
-        ctx: _FastContext,
-    ) -> list[Any]:
-        """``,"k":v`` fragments for the members of ``obj`` that are neither in ``wire`` nor in
-        ``spec`` (inferred by the reader), and the drift bookkeeping for them."""
-        known: set[str]
-        if isinstance(spec, _ObjectSpec):
-            known = set(spec.members)
-        else:
-            assert wire is not None
-            known = {f.name for f in wire}
-        fragments: list[Any] = []
+        obj: _Arr,
+        spec: _ObjectSpec,
+        path: tuple[str, ...],
+        loose_extra: dict[tuple[str, ...], list[_Arr]],
+        chunk: _Chunk,
+    ) -> _Arr | None:
+        """``_extra`` text for what ``obj`` holds beyond its columns (recursively), or None."""
+        dotted = ".".join(("message", *path))
+        fragments = self._unknown_members(obj, set(spec.members), dotted, chunk)
+        fragments += loose_extra.get(path, [])
+        for name, member in spec.members.items():
+            if isinstance(member, _ObjectSpec):
+                child = pc.struct_field(obj, name)
+                text = self._object_extra(child, member, (*path, name), loose_extra, chunk)
+                if text is not None:
+                    fragments.append(_fragment(name, text))
+        return _join_fragments(fragments)
+
+    def _unknown_members(self, obj: _Arr, known: set[str], path: str, chunk: _Chunk) -> list[_Arr]:
+        fragments: list[_Arr] = []
         for f in obj.type:
-            if f.name in known:
-                continue
-            self._unknown_value(f.name, pc.struct_field(obj, f.name), f"{path}.{f.name}",
-                                fragments, ctx)
+            if f.name not in known:
+                member = pc.struct_field(obj, f.name)
+                self._unknown_value(f.name, member, f"{path}.{f.name}", fragments, chunk)
         return fragments
 
+    @staticmethod
     def _unknown_value(
-        self, name: str, arr: Any, path: str, fragments: list[Any], ctx: _FastContext
+        name: str, arr: _Arr, path: str, fragments: list[_Arr], chunk: _Chunk
     ) -> None:
         if pa.types.is_null(arr.type):
             return  # only JSON nulls: nothing to keep (null means absent)
-        ctx.unknown.add(path)
+        chunk.unknown.add(path)
         text, inexact = _json_value_text(arr)
         if inexact is not None:
-            ctx.mark_slow(inexact)
+            chunk.redo_slowly(inexact)
         if text is not None:
             fragments.append(_fragment(name, text))
+
+    def _repeater_array(self, col: RepeaterColumn, arr: _Arr, chunk: _Chunk) -> _Arr:
+        spec = self._items[col.column]
+        item_fields = list(col.type.value_type)
+        out = []
+        row_offset = 0
+        for lists in arr.chunks:
+            items = lists.flatten()  # the items of the non-null lists, in order
+            parents = pc.list_parent_indices(lists)
+            bad_items = []
+            for path in _unknown_paths(items.type, spec):
+                chunk.unknown.add(f"message.{col.name}[].{path}")
+                bad_items.append(pc.is_valid(_member(items, tuple(path.split(".")))))
+            members = []
+            for leaf in col.members:
+                arr_leaf = _member(items, leaf.path)
+                if leaf.ftype == "TimeSpan":
+                    value, text, slow = _loose_leaf(leaf, arr_leaf, len(items))
+                    if text is not None:  # values the item cannot hold: redo the row slowly
+                        bad_items.append(pc.is_valid(text))
+                    if slow is not None:
+                        bad_items.append(slow)
+                else:
+                    value = _strict_leaf(leaf, arr_leaf)
+                members.append(_as_array(value))
+            for bad in bad_items:
+                rows = pc.unique(pc.filter(parents, bad)).to_pylist()
+                chunk.redo_rows_slowly(r + row_offset for r in rows)
+            lengths = pc.fill_null(pc.list_value_length(lists), 0)
+            offsets = pa.concat_arrays(
+                [pa.array([0], pa.int32()), pc.cast(pc.cumulative_sum(lengths), pa.int32())]
+            )
+            rebuilt = pa.StructArray.from_arrays(members, fields=item_fields, mask=items.is_null())
+            out.append(
+                pa.ListArray.from_arrays(offsets, rebuilt, type=col.type, mask=lists.is_null())
+            )
+            row_offset += len(lists)
+        return pa.chunked_array(out, col.type)
+
+    def _unknown_enum_values(self, batch: pa.RecordBatch) -> frozenset[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for column, allowed in self._enum_sets.items():
+            arr = batch.column(column)
+            used = arr.dictionary.take(pc.unique(arr.indices.drop_null()))
+            for value in pc.filter(used, pc.invert(pc.is_in(used, value_set=allowed))).to_pylist():
+                found.add((column, value))
+        return frozenset(found)
 
     # -- slow path ----------------------------------------------------------------------------
 
     def _slow_row(self, body: bytes) -> _SlowRow | str:
-        """Decode one body exactly in Python; a str return value is the rejection reason."""
+        """Decode one body exactly in Python; a str result is the reason to reject it."""
         try:
-            text = body.decode("utf-8", "surrogateescape")
-            obj = _DECODER.decode(text)
+            obj = _DECODER.decode(body.decode("utf-8", "surrogateescape"))
         except (ValueError, RecursionError) as exc:
             return f"invalid JSON: {exc}"
         if not isinstance(obj, _JsonObject):
-            return f"JSON {type(obj).__name__} is not an object"
+            return f"a JSON {_json_kind(obj) if obj is not None else 'null'}, not an object"
         row = _SlowRow()
-        message_seen = False
+        seen_header = seen_message = False
         for key, value in obj.pairs():
-            if key == "header" and isinstance(value, _JsonObject) and "header" not in row.values:
-                row.values["header"] = True
+            if key == "header" and not seen_header and isinstance(value, _JsonObject):
+                seen_header = True
                 sub = _Partial()
                 for hkey, hvalue in value.pairs():
-                    if hkey == "mTyp":
-                        if hvalue != self.msg_type:
-                            sub.append((hkey, hvalue))
-                        continue
-                    self._slow_member(hkey, hvalue, _HEADER_SPEC, row, sub, "header", row.values)
+                    if hkey != "mTyp":
+                        self._slow_member(
+                            hkey, hvalue, _HEADER_SPEC, "header", row, sub, row.values
+                        )
+                    elif self._msg is None and _is_text(hvalue):
+                        row.values[GENERIC_MTYP_COLUMN] = hvalue
+                    elif self._msg is None or hvalue != self.msg_type:
+                        sub.append((hkey, hvalue))
                 if sub:
                     row.extra.append((key, sub))
-            elif key == "message" and isinstance(value, _JsonObject) and not message_seen:
-                message_seen = True
+            elif key == "message" and not seen_message and isinstance(value, _JsonObject):
+                seen_message = True
                 if self._msg is None:
-                    mtyp = obj.get("header", {}).get("mTyp") if isinstance(
-                        obj.get("header"), _JsonObject
-                    ) else None
-                    row.values[GENERIC_MTYP_COLUMN] = mtyp if _is_text(mtyp) else None
                     row.values[GENERIC_MESSAGE_COLUMN] = _dumps(value)
                     continue
                 sub = _Partial()
-                self._slow_object(value, self._spec, row, sub, "message", row.values)
+                for mkey, mvalue in value.pairs():
+                    self._slow_member(mkey, mvalue, self._spec, "message", row, sub, row.values)
                 if sub:
                     row.extra.append((key, sub))
             else:
                 if key in ("header", "message"):
-                    row.mistyped += 1
+                    row.mistyped.append((_CONTAINER, _json_kind(value)))
                 else:
                     row.unknown.add(key)
                 row.extra.append((key, value))
-        row.values.pop("header", None)
         return row
-
-    def _slow_object(
-        self,
-        obj: _JsonObject,
-        spec: _ObjectSpec,
-        row: _SlowRow,
-        extra: _Partial,
-        path: str,
-        out: dict[str, Any],
-    ) -> None:
-        for key, value in obj.pairs():
-            self._slow_member(key, value, spec, row, extra, path, out)
 
     def _slow_member(
         self,
         key: str,
         value: Any,
         spec: _ObjectSpec,
+        path: str,
         row: _SlowRow,
         extra: _Partial,
-        path: str,
         out: dict[str, Any],
     ) -> None:
+        """Store one member of an object into ``out`` (column -> value) or into ``extra``."""
         member = spec.members.get(key)
         if member is None:
             row.unknown.add(f"{path}.{key}")
             extra.append((key, value))
-            return
-        if value is None:
-            return
-        if isinstance(member, Leaf):
+        elif value is None:
+            pass  # JSON null: same as absent
+        elif isinstance(member, Leaf):
             converted = _CONVERTERS[member.ftype](value)
             if converted is _BAD or member.column in out:
-                row.mistyped += 1
+                row.mistyped.append((member, _json_kind(value)))
                 extra.append((key, value))
             else:
                 out[member.column] = converted
-                if member.ftype in ENUM_TYPES:
-                    allowed = self._enum_sets.get(member.column)
-                    if allowed is not None and converted not in allowed.to_pylist():
-                        pass  # reported from the table below, like the fast path
         elif isinstance(member, _ObjectSpec):
             if not isinstance(value, _JsonObject):
-                row.mistyped += 1
+                row.mistyped.append((_CONTAINER, _json_kind(value)))
                 extra.append((key, value))
                 return
             sub = _Partial()
-            self._slow_object(value, member, row, sub, f"{path}.{key}", out)
+            for k, v in value.pairs():
+                self._slow_member(k, v, member, f"{path}.{key}", row, sub, out)
             if sub:
                 extra.append((key, sub))
-        else:
-            self._slow_repeater(key, value, member, row, extra, path, out)
-
-    def _slow_repeater(
-        self,
-        key: str,
-        value: Any,
-        col: RepeaterColumn,
-        row: _SlowRow,
-        extra: _Partial,
-        path: str,
-        out: dict[str, Any],
-    ) -> None:
-        if not isinstance(value, list) or col.column in out:
-            row.mistyped += 1
+        elif not isinstance(value, list) or member.column in out:
+            row.mistyped.append((_CONTAINER, _json_kind(value)))
             extra.append((key, value))
-            return
-        spec = self._items[col.column]
-        items: list[dict[str, Any] | None] = []
-        complete = True
-        for item in value:
-            if not isinstance(item, _JsonObject):
-                complete = complete and item is None
-                if item is not None:
-                    row.mistyped += 1
-                items.append(None)
-                continue
-            values: dict[str, Any] = {}
-            sub = _Partial()
-            self._slow_object(item, spec, row, sub, f"{path}.{key}[]", values)
-            complete = complete and not sub
-            items.append(values)
-        out[col.column] = items
-        if not complete:
-            extra.append((key, value))  # the whole original array: item positions stay exact
+        else:
+            items_spec = self._items[member.column]
+            items: list[dict[str, Any] | None] = []
+            complete = True
+            for item in value:
+                if not isinstance(item, _JsonObject):
+                    if item is not None:
+                        row.mistyped.append((_CONTAINER, _json_kind(item)))
+                        complete = False
+                    items.append(None)
+                    continue
+                values: dict[str, Any] = {}
+                sub = _Partial()
+                for k, v in item.pairs():
+                    self._slow_member(k, v, items_spec, f"{path}.{key}[]", row, sub, values)
+                complete = complete and not sub
+                items.append(values)
+            out[member.column] = items
+            if not complete:
+                extra.append((key, value))  # the whole array, so item positions stay exact
 
     def _slow_table(self, rows: list[_SlowRow]) -> pa.Table:
         arrays = []
@@ -976,24 +1001,138 @@ class BatchDecoder:
         return pa.Table.from_arrays(arrays, schema=self._core_schema)
 
 
-# --------------------------------------------------------------------------------------------
-# helpers
+# ---------------------------------------------------------------------------------------------
+# Leaf conversion (fast path)
 
 
-_METADATA_NAMES: Final = frozenset([name for name, _ in CAPTURE_COLUMNS] + [TYPE_NUMBER_COLUMN[0]])
-_KEY_ENUMS: Final = frozenset({"at", "ts", "cp"})
+def _strict_leaf(leaf: Leaf, arr: _Arr | None) -> _Arr:
+    """Values read with the leaf's wire type -> its storage type."""
+    if arr is None:  # pragma: no cover - explicit wire members are always present
+        raise _ChunkFailed(f"{leaf.column} missing from the wire table")
+    if leaf.ftype in ENUM_TYPES:
+        return pc.dictionary_encode(arr)
+    if leaf.ftype == "DateKey":
+        return pc.cast(arr, pa.date32())  # ArrowInvalid -> isolation of the bad body
+    return arr
 
 
-def _enum_values(msg: MessageDef, leaf: Column) -> tuple[str, ...]:
-    assert isinstance(leaf, Leaf)
-    name = leaf.path[-1]
-    for f in msg.fields:
-        if f.name == name and f.repeater is None:
-            return f.enum_values
-    return ()
+def _loose_leaf(leaf: Leaf, arr: _Arr | None, length: int) -> tuple[_Arr, _Arr | None, _Arr | None]:
+    """Inferred values of one leaf -> (column values, JSON text of the values the column cannot
+    hold (or None), rows whose exact text only the slow path can keep (or None))."""
+    if arr is None or pa.types.is_null(arr.type):
+        return pa.nulls(length, leaf.type), None, None
+    t, ftype = arr.type, leaf.ftype
+    if ftype == "TimeSpan":
+        if pa.types.is_string(t):
+            return arr, None, None
+        if pa.types.is_integer(t):
+            return pc.cast(arr, pa.utf8()), None, None
+        return pa.nulls(length, pa.utf8()), None, pc.is_valid(arr)
+    if ftype in INTEGER_RANGES and (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        lo, hi = INTEGER_RANGES[ftype]
+        fits = pc.and_(pc.greater_equal(arr, lo), pc.less_equal(arr, hi))
+        inexact = None
+        if pa.types.is_floating(t):
+            # A JSON integer among fractions is inferred as double: keep exact ones only.
+            small = pc.less(pc.abs(arr), _MAX_EXACT_DOUBLE)
+            fits = pc.and_(fits, pc.and_(small, pc.equal(pc.floor(arr), arr)))
+            inexact = pc.fill_null(pc.invert(small), False)
+        fits = pc.fill_null(fits, False)
+        value = pc.cast(pc.if_else(fits, arr, pa.scalar(None, t)), leaf.type, safe=False)
+        text, _ = _json_value_text(pc.if_else(fits, pa.scalar(None, t), arr))
+        return value, text, inexact
+    if ftype in FLOAT_TYPES and (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        return pc.cast(arr, pa.float64(), safe=False), None, None
+    if (ftype in ENUM_TYPES or ftype in STRING_TYPES) and pa.types.is_string(t):
+        return _strict_leaf(leaf, arr), None, None
+    if ftype == "DateKey" and pa.types.is_string(t):
+        return pc.cast(arr, pa.date32()), None, None
+    if ftype == "DateTime" and pa.types.is_timestamp(t):
+        return pc.cast(arr, TIMESTAMP_US), None, None
+    if ftype == "DateTime" and pa.types.is_string(t):
+        return pa.nulls(length, leaf.type), None, pc.is_valid(arr)
+    text, inexact = _json_value_text(arr)  # wrong kind altogether: all values to _extra
+    return pa.nulls(length, leaf.type), text, inexact
 
 
-def _valid_utf8(data: bytes) -> bool:
+def _suspects(exc: Exception, lines: Sequence[bytes]) -> set[int]:
+    """Lines a read error points at (empty when it does not point anywhere useful)."""
+    message = str(exc)
+    if (m := _ROW_HINT.search(message)) is not None:
+        row = int(m.group(1))
+        return {row} if row < len(lines) else set()
+    for pattern in _VALUE_HINTS:
+        if (m := pattern.search(message)) is not None:
+            value = m.group(1).encode("utf-8", "surrogateescape")
+            needles = (b":" + value + b",", b":" + value + b"}", b'"' + value + b'"')
+            found = {p for p, line in enumerate(lines) if any(x in line for x in needles)}
+            return found if len(found) <= max(_MIN_BISECT_ROWS, len(lines) // 8) else set()
+    return set()
+
+
+def _flatten(table: pa.Table) -> dict[str, pa.ChunkedArray]:
+    """Every non-struct value of the table by dotted path (parent nulls propagate)."""
+    while any(pa.types.is_struct(f.type) for f in table.schema):
+        table = table.flatten()
+    names = table.column_names
+    if len(set(names)) != len(names):  # a member name with a dot in it shadows a path
+        raise _ChunkFailed("ambiguous member names")
+    return dict(zip(names, table.columns, strict=True))
+
+
+def _member(obj: _Arr, path: Sequence[str]) -> _Arr | None:
+    """Nested struct member, or None when the reader produced no such child (inferred field)."""
+    for part in path:
+        if obj.type.get_field_index(part) < 0:
+            return None
+        obj = pc.struct_field(obj, part)
+    return obj
+
+
+def _unknown_paths(struct_type: pa.DataType, spec: _ObjectSpec) -> list[str]:
+    """Dotted paths of the members of ``struct_type`` that ``spec`` does not know."""
+    out = []
+    for f in struct_type:
+        member = spec.members.get(f.name)
+        if member is None:
+            if not pa.types.is_null(f.type):
+                out.append(f.name)
+        elif isinstance(member, _ObjectSpec) and pa.types.is_struct(f.type):
+            out += [f"{f.name}.{p}" for p in _unknown_paths(f.type, member)]
+    return out
+
+
+def _as_array(arr: _Arr) -> pa.Array:
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def _single_chunk(col: pa.ChunkedArray, dtype: pa.DataType) -> pa.Array:
+    if col.num_chunks == 1:
+        return col.chunk(0)
+    return pa.concat_arrays(col.chunks) if col.num_chunks else pa.array([], dtype)
+
+
+def _metadata_arrays(
+    type_numbers: Sequence[int],
+    recv_ns: Sequence[int],
+    snapshot: Sequence[bool],
+    seq: Sequence[int],
+    stripe: str,
+    session: str,
+) -> list[pa.Array]:
+    types = dict(CAPTURE_COLUMNS)
+    zeros = pa.repeat(pa.scalar(0, pa.int32()), len(recv_ns))
+    return [
+        pa.array(recv_ns, pa.int64()).view(types["_recv_time"]),
+        pa.DictionaryArray.from_arrays(zeros, pa.array([stripe], pa.utf8())),
+        pa.DictionaryArray.from_arrays(zeros, pa.array([session], pa.utf8())),
+        pa.array(snapshot, pa.bool_()),
+        pa.array(seq, pa.int64()),
+        pa.array(type_numbers, TYPE_NUMBER_COLUMN[1]),
+    ]
+
+
+def _is_utf8(data: bytes) -> bool:
     if data.isascii():
         return True
     try:
@@ -1001,33 +1140,3 @@ def _valid_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _field_path(arr: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        arr = pc.struct_field(arr, part)
-    return arr
-
-
-class _FastContext:
-    """Drift and slow-row bookkeeping while converting one parsed chunk."""
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-        self.unknown: set[str] = set()
-        self.enums: set[tuple[str, str]] = set()
-        self._masks: list[Any] = []
-        self._positions: set[int] = set()
-
-    def mark_slow(self, mask: Any) -> None:
-        self._masks.append(mask)
-
-    def mark_slow_positions(self, positions: Iterable[int]) -> None:
-        self._positions.update(positions)
-
-    def slow_rows(self) -> set[int]:
-        out = set(self._positions)
-        for mask in self._masks:
-            if pc.any(mask).as_py():
-                out.update(pc.indices_nonzero(mask).to_pylist())
-        return out

@@ -111,6 +111,7 @@ async def _demo(
 
 def show(root: Path, *, out: Any = None, sample_rows: int = 3) -> None:
     """Rows per message type and stripe, where the files are, and a few rows read back."""
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
     stream = out if out is not None else sys.stdout
@@ -131,9 +132,12 @@ def show(root: Path, *, out: Any = None, sample_rows: int = 3) -> None:
             file=stream,
         )
         print(f"  e.g. {files[0].relative_to(root)}", file=stream)
-        preview_cols = [c for c in table.column_names if not c.startswith("h_")][:9]
-        for row in table.select(preview_cols).slice(0, sample_rows).to_pylist():
-            print("   ", {k: v for k, v in row.items() if v is not None}, file=stream)
+        preview_cols = [c for c in table.column_names if not c.startswith(("h_", "_"))][:8]
+        preview = table.select(["_recv_time", *preview_cols]).slice(0, sample_rows)
+        preview = preview.set_column(0, "_recv_time", preview.column(0).cast(pa.string()))
+        for row in preview.to_pylist():
+            cells = (f"{k}={v}" for k, v in row.items() if v is not None)
+            print("    " + "  ".join(cells), file=stream)
     print(
         "\nRead it with DuckDB:  SELECT * FROM read_parquet('"
         f"{root}/OptionNbboQuote/**/*.parquet', hive_partitioning = true) LIMIT 5;",

@@ -99,6 +99,7 @@ class _WriteOutcome:
     rejected: int
     slow_rows: int
     latest_sent_ns: int | None
+    unknown_fields: frozenset[str] = frozenset()
 
 
 class StripeWorker:
@@ -133,6 +134,7 @@ class StripeWorker:
             t: 1000 * (i + 1) + _stripe_number(stripe)
             for i, t in enumerate(cfg.source.message_types)
         }
+        self._unknown_fields: dict[str, set[str]] = {}
         self._highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
         out = cfg.output
         n_stripes = max(1, len(cfg.source.stripes))
@@ -426,8 +428,12 @@ class StripeWorker:
         try:
             send.send_nowait(item)
         except trio.WouldBlock:
+            # The writer is behind: this is the backpressure point.  Shielded, because the item
+            # has already left the pending map: a stop arriving now must not drop it.  The
+            # wait is bounded by the writer, which keeps draining until the channel closes.
             t0 = trio.current_time()
-            await send.send(item)  # the writer is behind: this is the backpressure point
+            with trio.CancelScope(shield=True):
+                await send.send(item)
             self.stats.reader_wait_s += trio.current_time() - t0
 
     async def _quarantine(
@@ -500,6 +506,16 @@ class StripeWorker:
         stats.rows_written += outcome.rows
         stats.quarantined += outcome.rejected
         stats.drift_rows += outcome.slow_rows
+        if outcome.unknown_fields:
+            seen = self._unknown_fields.setdefault(msg_type, set())
+            new = outcome.unknown_fields - seen
+            if new:  # once per field per type: drift is news, not noise
+                seen |= new
+                self.log.warning(
+                    "schema drift: fields not in the dictionary kept in _extra",
+                    msg_type=msg_type,
+                    fields=sorted(new),
+                )
         latest = outcome.latest_sent_ns
         if latest is not None and latest > self._highwater.get(msg_type, 0):
             self._highwater[msg_type] = latest
@@ -537,7 +553,8 @@ class StripeWorker:
             committed=committed,
             rows=batch.num_rows,
             rejected=len(result.rejected),
-            slow_rows=result.drift.slow_rows,
+            slow_rows=result.drift.slow_path_rows,
+            unknown_fields=result.drift.unknown_fields,
             latest_sent_ns=latest,
         )
 

@@ -18,6 +18,7 @@ from capture.logs import get_logger
 from capture.sdnotify import Notifier
 from capture.sink import CommittedFile, cleanup_in_progress
 from capture.supervisor import Supervisor
+from capture.transport import StreamFactory
 from capture.worker import StripeWorker, new_session_id
 
 log = get_logger(component="app")
@@ -35,6 +36,7 @@ class Daemon:
     notifier: Notifier = field(default_factory=Notifier)
     environ: dict[str, str] | None = None
     install_signals: bool = True
+    stream_factory: StreamFactory | None = None  # tests: in-memory streams on the mock clock
 
     def __post_init__(self) -> None:
         self._stop = trio.Event()
@@ -50,6 +52,7 @@ class Daemon:
                 credentials=credentials,
                 run_id=self.run_id,
                 on_commit=self.committed.append,
+                stream_factory=self.stream_factory,
             )
             for stripe in self.cfg.source.stripes
         ]

@@ -13,9 +13,12 @@ TimeSpan fields (JSON form unknown) are left out of the wire schema on purpose a
 inferred route, so a string or an integer both stay on the fast path.
 
 Anything the reader cannot hold (a mistyped value, a number out of range, a body that is not one
-JSON object, a DateTime it cannot parse) makes the read fail for the whole chunk. The chunk is then
-bisected until the offending bodies are isolated; only those go through the Python slow path,
-which stores every value it can in its column and moves the rest, verbatim, to ``_extra``.
+JSON object, a DateTime it cannot parse) makes the read fail for the whole chunk. The offending
+bodies are then isolated: Arrow's error names the row (or quotes the value) and those bodies are
+set aside, or, without a usable hint, the chunk is bisected. Only the isolated bodies go through
+the Python slow path, which stores every value it can in its column and moves the rest, verbatim,
+to ``_extra``. The decoder learns from them so that a lasting server-side change does not keep
+costing failed reads (see ``BatchDecoder``).
 
 This module must stay free of trio: the capture worker calls it from a worker thread.
 """
@@ -26,10 +29,11 @@ import io
 import json
 import math
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import Any, Final
 
 import pyarrow as pa
@@ -405,6 +409,8 @@ _CONVERTERS: Final[dict[str, Callable[[Any], Any]]] = {
 
 def _json_kind(value: Any) -> str:
     """Kind of a slow-path JSON value, as the reader would see it."""
+    if value is None:
+        return "null"
     if isinstance(value, _JsonInt | _JsonFloat):
         return "number"
     if isinstance(value, str):
@@ -429,8 +435,23 @@ _KIND_START: Final[dict[str, bytes]] = {
     "object": b"\\{",
     "array": b"\\[",
     "bool": b"[tf]",
+    "null": b"n",
 }
 """First byte(s) of a JSON value of each kind, as a regex class."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Mistyped:
+    """A value the slow path had to move to ``_extra``, and what the decoder can learn from it."""
+
+    name: str
+    """JSON member name."""
+    expected: str | None
+    """JSON kind the wire schema expects there (None: inferred, or not worth learning from)."""
+    kind: str
+    """JSON kind that arrived."""
+    loose_column: str | None = None
+    """The column, if the fast path can read it loosely (message leaves, not header/items)."""
 
 
 @dataclass(slots=True)
@@ -438,13 +459,7 @@ class _SlowRow:
     values: dict[str, Any] = field(default_factory=dict)
     extra: _Partial = field(default_factory=_Partial)
     unknown: set[str] = field(default_factory=set)
-    mistyped: list[tuple[Leaf, str]] = field(default_factory=list)
-    """(leaf, JSON kind) of every value that went to _extra because its column could not hold it;
-    containers that were not objects count with a None-column pseudo leaf."""
-
-
-_CONTAINER: Final = Leaf("", ("",), "", pa.null())
-"""Pseudo leaf for mistyped containers (a key object or Repeater that is not an object/array)."""
+    mistyped: list[_Mistyped] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,6 +541,7 @@ class BatchDecoder:
         self._items: dict[str, _ObjectSpec] = {}
         self._enum_sets: dict[str, pa.Array] = {}
         self._loose: set[str] = set()
+        self._loose_capable: frozenset[str] = frozenset()
         self._screen_patterns: set[bytes] = set()
         self._screen: re.Pattern[bytes] | None = None
         if self._msg is None:
@@ -537,6 +553,7 @@ class BatchDecoder:
             for c in self._columns
             if isinstance(c, RepeaterColumn)
         }
+        self._loose_capable = frozenset(c.column for c in self._columns if isinstance(c, Leaf))
         self._read_options = pj.ReadOptions(use_threads=True, block_size=_READ_BLOCK_SIZE)
         self._rebuild_parse_options()
         by_name = {f.name: f for f in self._msg.fields if f.repeater is None}
@@ -594,7 +611,7 @@ class BatchDecoder:
         rejected: list[tuple[int, bytes, str]] = []
         slow_rows: list[_SlowRow] = []
         slow_index: list[int] = []
-        learned: list[tuple[Leaf, str]] = []
+        learned: list[_Mistyped] = []
         for i in sorted(run.slow):
             row = self._slow_row(bodies[i])
             if isinstance(row, str):
@@ -637,19 +654,22 @@ class BatchDecoder:
 
     # -- learning from the slow path ----------------------------------------------------------
 
-    def _learn(self, mistyped: list[tuple[Leaf, str]]) -> None:
+    def _learn(self, mistyped: list[_Mistyped]) -> None:
         loose_before = len(self._loose)
         patterns_before = len(self._screen_patterns)
-        top_leaves = {c.column for c in self._columns if isinstance(c, Leaf)}
-        for leaf, kind in mistyped:
-            if not leaf.column:
-                continue  # a container of the wrong kind: handled by the pattern below
-            expected = _WIRE_KIND.get(leaf.ftype)
-            if expected == kind and leaf.column in top_leaves:
-                self._loose.add(leaf.column)  # right kind, wrong value: sort it out vectorised
-            elif kind != "number" or expected is not None:
-                name = re.escape(json.dumps(leaf.path[-1]).encode())
-                self._screen_patterns.add(name + b":" + _KIND_START[kind])
+        for m in mistyped:
+            if m.expected == m.kind:
+                # Right JSON kind, value out of reach of the wire type (range, fraction, an
+                # unparsable date): read the column by inference and sort values vectorised.
+                # Header and Repeater-item values cannot be read loosely: isolated per batch.
+                if m.loose_column is not None:
+                    self._loose.add(m.loose_column)
+            elif m.expected is not None:
+                # A JSON kind the reader cannot mix with the expected one in a column: send
+                # bodies with exactly this member/kind pairing to the slow path up front. The
+                # pattern cannot match a body holding the expected kind there.
+                name = re.escape(json.dumps(m.name, ensure_ascii=False).encode())
+                self._screen_patterns.add(name + b":" + _KIND_START[m.kind])
         if len(self._loose) != loose_before:
             self._rebuild_parse_options()
         if len(self._screen_patterns) != patterns_before:
@@ -663,24 +683,20 @@ class BatchDecoder:
         # Every body starts a line with "{", so each yields at least one row or a read error;
         # with exactly n rows read, row i is body i. (A raw LF inside a body can only split it
         # into unbalanced lines, which fail to parse, or add rows.)
-        if (
-            all(map(bytes.startswith, bodies, repeat(b"{")))
-            and _is_utf8(joined)
-            and (self._screen is None or self._screen.search(joined) is None)
-        ):
-            self._fast_lines(list(range(n)), list(bodies), joined, run)
+        if all(map(bytes.startswith, bodies, repeat(b"{"))) and _is_utf8(joined):
+            hits = self._screened(bodies, joined)
+            if not hits:
+                self._fast_lines(list(range(n)), list(bodies), joined, run)
+                return
+            run.slow += sorted(hits)
+            idx = [i for i in range(n) if i not in hits]
+            self._fast_lines(idx, [bodies[i] for i in idx], None, run)
             return
-        idx: list[int] = []
-        lines: list[bytes] = []
-        screen = self._screen
+        idx = []
+        lines = []
         for i, body in enumerate(bodies):
             line = body.strip(b" \t\r\n")
-            if (
-                line[:1] != b"{"
-                or line[-1:] != b"}"
-                or not _is_utf8(line)
-                or (screen is not None and screen.search(line) is not None)
-            ):
+            if line[:1] != b"{" or line[-1:] != b"}" or not _is_utf8(line):
                 run.slow.append(i)
                 continue
             if b"\n" in line or b"\r" in line:
@@ -688,8 +704,22 @@ class BatchDecoder:
                 line = line.replace(b"\r", b" ").replace(b"\n", b" ")
             idx.append(i)
             lines.append(line)
+        hits = self._screened(lines, None)
+        if hits:
+            run.slow += [idx[p] for p in sorted(hits)]
+            idx = [i for p, i in enumerate(idx) if p not in hits]
+            lines = [line for p, line in enumerate(lines) if p not in hits]
         if idx:
             self._fast_lines(idx, lines, None, run)
+
+    def _screened(self, lines: Sequence[bytes], joined: bytes | None) -> set[int]:
+        """Positions of the lines that match a learned pre-screen pattern."""
+        if self._screen is None:
+            return set()
+        if joined is None:
+            return {p for p, line in enumerate(lines) if self._screen.search(line) is not None}
+        ends = list(accumulate(len(line) + 1 for line in lines))  # offset after each "\n"
+        return {bisect_right(ends, m.start()) for m in self._screen.finditer(joined)}
 
     def _fast_lines(
         self, idx: list[int], lines: list[bytes], joined: bytes | None, run: _Run
@@ -713,9 +743,12 @@ class BatchDecoder:
                 if len(idx) <= _MIN_BISECT_ROWS or run.failed_reads > run.read_budget:
                     run.slow += idx
                     continue
-                if not single_block and len(data) >= _READ_BLOCK_SIZE:
-                    pending.append((idx, lines, data, 1))  # re-read for an absolute row hint
-                    continue
+                if tries == 0:
+                    # Row hints count lines: make sure a body is exactly one line from here on.
+                    lines = [line.replace(b"\n", b" ") if b"\n" in line else line for line in lines]
+                    if not single_block and len(data) >= _READ_BLOCK_SIZE:
+                        pending.append((idx, lines, None, 1))  # re-read for an absolute row hint
+                        continue
                 suspects = _suspects(exc, lines) if tries <= _DIRECTED_TRIES else set()
                 if suspects:
                     run.slow += [idx[p] for p in sorted(suspects)]
@@ -773,10 +806,11 @@ class BatchDecoder:
 
         loose_extra: dict[tuple[str, ...], list[_Arr]] = {}
         for col in self._columns:
-            arr = flat.get(".".join(("message", *col.path)))
             if isinstance(col, RepeaterColumn):
                 columns.append(self._repeater_array(col, flat["message." + col.name], chunk))
-            elif col.ftype != "TimeSpan" and col.column not in self._loose:
+                continue
+            arr = flat.get(".".join(("message", *col.path)))
+            if col.ftype != "TimeSpan" and col.column not in self._loose:
                 columns.append(_strict_leaf(col, arr))
             else:
                 value, text, slow = _loose_leaf(col, arr, n)
@@ -896,7 +930,7 @@ class BatchDecoder:
         except (ValueError, RecursionError) as exc:
             return f"invalid JSON: {exc}"
         if not isinstance(obj, _JsonObject):
-            return f"a JSON {_json_kind(obj) if obj is not None else 'null'}, not an object"
+            return f"a JSON {_json_kind(obj)}, not an object"
         row = _SlowRow()
         seen_header = seen_message = False
         for key, value in obj.pairs():
@@ -924,9 +958,11 @@ class BatchDecoder:
                     self._slow_member(mkey, mvalue, self._spec, "message", row, sub, row.values)
                 if sub:
                     row.extra.append((key, sub))
+            elif value is None and key in ("header", "message"):
+                pass  # JSON null: same as absent, as on the fast path
             else:
-                if key in ("header", "message"):
-                    row.mistyped.append((_CONTAINER, _json_kind(value)))
+                if key in ("header", "message"):  # not an object, or a repeated member
+                    row.mistyped.append(_Mistyped(key, "object", _json_kind(value)))
                 else:
                     row.unknown.add(key)
                 row.extra.append((key, value))
@@ -951,14 +987,19 @@ class BatchDecoder:
             pass  # JSON null: same as absent
         elif isinstance(member, Leaf):
             converted = _CONVERTERS[member.ftype](value)
-            if converted is _BAD or member.column in out:
-                row.mistyped.append((member, _json_kind(value)))
+            if member.column in out:  # a repeated member name: keep the later value
+                row.mistyped.append(_Mistyped(key, None, "duplicate"))
+                extra.append((key, value))
+            elif converted is _BAD:
+                loose = member.column if member.column in self._loose_capable else None
+                kind = _json_kind(value)
+                row.mistyped.append(_Mistyped(key, _WIRE_KIND.get(member.ftype), kind, loose))
                 extra.append((key, value))
             else:
                 out[member.column] = converted
         elif isinstance(member, _ObjectSpec):
             if not isinstance(value, _JsonObject):
-                row.mistyped.append((_CONTAINER, _json_kind(value)))
+                row.mistyped.append(_Mistyped(key, "object", _json_kind(value)))
                 extra.append((key, value))
                 return
             sub = _Partial()
@@ -967,7 +1008,8 @@ class BatchDecoder:
             if sub:
                 extra.append((key, sub))
         elif not isinstance(value, list) or member.column in out:
-            row.mistyped.append((_CONTAINER, _json_kind(value)))
+            expected = "array" if member.column not in out else None
+            row.mistyped.append(_Mistyped(key, expected, _json_kind(value)))
             extra.append((key, value))
         else:
             items_spec = self._items[member.column]
@@ -975,8 +1017,8 @@ class BatchDecoder:
             complete = True
             for item in value:
                 if not isinstance(item, _JsonObject):
-                    if item is not None:
-                        row.mistyped.append((_CONTAINER, _json_kind(item)))
+                    if item is not None:  # cannot be pre-screened by name: isolated per batch
+                        row.mistyped.append(_Mistyped(key, None, _json_kind(item)))
                         complete = False
                     items.append(None)
                     continue

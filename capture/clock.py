@@ -21,15 +21,20 @@ class SystemClock:
 
 
 class TrioWallClock:
-    """Wall time = ``base_ns`` + trio's clock; with ``trio.testing.MockClock`` it jumps too."""
+    """Wall time = ``base_ns`` + trio's clock; with ``trio.testing.MockClock`` it jumps too.
 
-    __slots__ = ("_base",)
+    Usable from worker threads as well (the sink asks for the time there): it reads the run's
+    clock object directly rather than through ``trio.current_time()``.
+    """
+
+    __slots__ = ("_base", "_clock")
 
     def __init__(self, base_ns: int) -> None:
-        self._base = base_ns - int(trio.current_time() * 1e9)
+        self._clock = trio.lowlevel.current_clock()
+        self._base = base_ns - int(self._clock.current_time() * 1e9)
 
     def now_ns(self) -> int:
-        return self._base + int(trio.current_time() * 1e9)
+        return self._base + int(self._clock.current_time() * 1e9)
 
 
 def trio_deadline_for(clock: WallClock, wall_ns: int) -> float:

@@ -120,4 +120,5 @@ def _same_worker(w: StripeWorker) -> StripeWorker:
         run_id=w.run_id,
         rng=w.rng,
         on_commit=w.on_commit,
+        stream_factory=w.stream_factory,
     )

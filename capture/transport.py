@@ -6,7 +6,7 @@ Its errors are translated here into ours, each with the supervisor's reaction in
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -69,6 +69,23 @@ def _describe(exc: BaseException) -> str:
 
 
 @asynccontextmanager
+async def _single_errors() -> AsyncIterator[None]:
+    """A nursery wraps even a lone error in an ExceptionGroup; callers classify errors by type,
+    so a group of one is unwrapped (as trio-websocket does for its own connections)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+StreamFactory = Callable[[], Awaitable[trio.abc.Stream]]
+"""Opens the byte stream under the WebSocket instead of a TCP/TLS connection (tests use
+in-memory stream pairs so that they can run on trio's mock clock)."""
+
+
+@asynccontextmanager
 async def connect(
     url: str,
     bearer: Secret | None,
@@ -77,6 +94,7 @@ async def connect(
     max_message_size: int = 64 * 2**20,
     message_queue_size: int = 64,
     receive_buffer_size: int = 256 * 2**10,
+    stream_factory: StreamFactory | None = None,
 ) -> AsyncIterator[Connection]:
     """Open the WebSocket with ``Authorization: Bearer <token>`` (PROTOCOL.md §2.1).
 
@@ -87,17 +105,40 @@ async def connect(
     parts = urlsplit(url)
     ssl_context = ssl.create_default_context() if parts.scheme == "wss" else None
     try:
-        async with tw.open_websocket_url(
-            url,
-            ssl_context,
-            extra_headers=headers,
-            message_queue_size=message_queue_size,
-            max_message_size=max_message_size,
-            connect_timeout=connect_timeout,
-            disconnect_timeout=2,
-            receive_buffer_size=receive_buffer_size,
-        ) as ws:
-            yield Connection(ws)
+        if stream_factory is None:
+            async with tw.open_websocket_url(
+                url,
+                ssl_context,
+                extra_headers=headers,
+                message_queue_size=message_queue_size,
+                max_message_size=max_message_size,
+                connect_timeout=connect_timeout,
+                disconnect_timeout=2,
+                receive_buffer_size=receive_buffer_size,
+            ) as ws:
+                yield Connection(ws)
+        else:
+            async with _single_errors(), trio.open_nursery() as nursery:
+                with trio.fail_after(connect_timeout):
+                    stream = await stream_factory()
+                    resource = parts.path + (f"?{parts.query}" if parts.query else "")
+                    ws = await tw.wrap_client_stream(
+                        nursery,
+                        stream,  # type: ignore[arg-type]  # any trio Stream works (tests use memory)
+                        parts.hostname or "localhost",
+                        resource,
+                        extra_headers=headers,
+                        message_queue_size=message_queue_size,
+                        max_message_size=max_message_size,
+                    )
+                try:
+                    yield Connection(ws)
+                finally:
+                    with trio.move_on_after(2, shield=True):
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
+    except trio.TooSlowError:
+        raise TransportError(f"connect to {parts.hostname}:{parts.port} timed out") from None
     except tw.ConnectionRejected as exc:
         if exc.status_code in (401, 403):
             raise AuthRejected(f"WebSocket upgrade refused with HTTP {exc.status_code}") from None

@@ -44,7 +44,14 @@ from capture.frames import FrameDecoder, Garbage, encode_client_frame, peek_mtyp
 from capture.logs import get_logger, redact
 from capture.sink import CommittedFile, PartitionSink, SinkSettings, partition_date
 from capture.stats import StripeStats
-from capture.transport import AuthRejected, Connection, StaleConnection, TransportError, connect
+from capture.transport import (
+    AuthRejected,
+    Connection,
+    StaleConnection,
+    StreamFactory,
+    TransportError,
+    connect,
+)
 
 
 def new_session_id(now_ns: int) -> str:
@@ -115,8 +122,10 @@ class StripeWorker:
         run_id: str,
         rng: random.Random | None = None,
         on_commit: Callable[[CommittedFile], None] | None = None,
+        stream_factory: StreamFactory | None = None,
     ) -> None:
         self.cfg = cfg
+        self.stream_factory = stream_factory
         self.stripe = stripe
         self.clock = clock
         self.credentials = credentials
@@ -226,7 +235,10 @@ class StripeWorker:
         self.stats.connects += 1
         self.log.info("connecting", url=cfg.source.url, session=session)
         async with connect(
-            cfg.source.url, bearer, connect_timeout=cfg.supervision.connect_timeout
+            cfg.source.url,
+            bearer,
+            connect_timeout=cfg.supervision.connect_timeout,
+            stream_factory=self.stream_factory,
         ) as conn:
             self.stats.session = session
             self.stats.connected_since_ns = self.clock.now_ns()

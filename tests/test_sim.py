@@ -7,6 +7,7 @@ deterministically, nothing asserts on wall-clock durations.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import math
@@ -27,7 +28,7 @@ from capture import stripes
 from capture.config import ConfigError
 from capture.frames import Frame, FrameDecoder, Garbage, encode_client_frame
 from capture.schemas import lookup, registry
-from capture.sim import build_parser, config_from_args
+from capture.sim import build_parser, config_from_args, main
 from capture.sim.config import SimConfig
 from capture.sim.faults import UNKNOWN_TYPE_NUMBER, Faults
 from capture.sim.market import (
@@ -99,8 +100,6 @@ def parse_utc_ns(text: str) -> int:
     y, mo, d = (int(x) for x in date.split("-"))
     hh, mm, rest = clock.split(":")
     ss, us = rest.split(".")
-    import datetime as dt
-
     t = dt.datetime(y, mo, d, int(hh), int(mm), int(ss), int(us), tzinfo=dt.UTC)
     return (t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1) * 1000
 
@@ -1020,3 +1019,40 @@ def test_cli_arguments_and_key_from_environment() -> None:
     assert config_from_args(build_parser().parse_args([]), {}).api_keys == frozenset()
     with pytest.raises(ConfigError, match=r"sim\.stripes"):
         config_from_args(build_parser().parse_args(["--stripes", "A,Q"]), {})
+
+
+@mock_trio
+async def test_periodic_checkpoints_and_highwater_knob() -> None:
+    async with (
+        running(rate=20, checkpoint_interval=30.0, checkpoint_highwater=True) as sim,
+        connect(sim.port or 0) as c,
+    ):
+        await logged_on(c)
+        await c.stream("StockBookQuote", queryID=5)
+        msgs = await c.until("MLinkStreamCheckPt", state="Complete")
+        active = next(m for m in msgs if m.message.get("state") == "Active")
+        snap = data_msgs(msgs)
+        assert active.message["highwaterTs"] == max(m.stim_ns for m in snap)
+        assert active.message["numBytesSent"] == sum(len(m.frame.body) + 14 for m in snap)
+        later = await c.until("MLinkStreamCheckPt", state="Active")
+        periodic = later[-1]
+        assert periodic.header["sTim"] == active.header["sTim"]
+        assert periodic.message["numMessagesSent"] == len(snap) + len(data_msgs(later))
+
+
+@mock_trio
+async def test_restarted_simulator_continues_connection_ids(tmp_path: Path) -> None:
+    received = 0
+    for _ in range(2):
+        async with running(rate=0, record_dir=tmp_path) as sim, connect(sim.port or 0) as c:
+            await logged_on(c)
+            await c.stream("StockBookQuote", stripeFilter="D")
+            received += len(data_msgs(await c.until("MLinkStreamCheckPt", state="Complete")))
+    assert list(recorded_bytes(tmp_path)) == [("D", "c0001"), ("D", "c0002")]
+    assert received > 0
+    assert len(load_sent_data(tmp_path)[("StockBookQuote", "D")]) == received
+
+
+def test_main_reports_configuration_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--stripes", "A,Q", "--port", "0"]) == 2
+    assert "sim.stripes" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from capture import stripes as stripe_rules
 from capture.config import ConfigError
 from capture.schemas import lookup
 from capture.sim.faults import Faults
-from capture.sim.market import CORE_TYPES
+from capture.sim.market import CORE_TYPES, DEFAULT_UNIVERSE
 
 __all__ = ["BAD_KEY_MODES", "SimConfig"]
 
@@ -304,6 +304,10 @@ def _problems(c: SimConfig) -> list[str]:
     for t, r in c.type_rates.items():
         need(lookup(t) is not None, f"type_rates.{t}", "unknown message type")
         need(r >= 0, f"type_rates.{t}", "must be >= 0")
+    if c.symbols is not None:
+        universe = {u.tk for u in DEFAULT_UNIVERSE}
+        unknown = [s for s in c.symbols if s not in universe]
+        need(not unknown, "symbols", f"not in the simulated universe: {unknown}")
     if c.stripes is not None:
         table = c.stripe_table if c.stripe_table in stripe_rules.TABLES else "2024"
         bad = [s for s in c.stripes if not stripe_rules.is_known(s, table)]

@@ -99,7 +99,7 @@ class Faults:
             raise ValueError(f"faults.oversized_frame_bytes: must be 1000..{MAX_BODY_LEN}")
 
     @property
-    def any(self) -> bool:
+    def enabled(self) -> bool:
         """Whether any fault is switched on."""
         return self != Faults()
 

@@ -198,6 +198,8 @@ def encode_message(
         v = values.get(f.name)
         if is_default(f.ftype, v):
             continue
+        if isinstance(v, float) and not math.isfinite(v):
+            continue  # NaN/Infinity have no known JSON form (§5.5): leave the field out
         if view is not None and f.name.casefold() not in view:
             continue
         parts.append(f'"{f.name}":{_enc_value(f, v, mdef)}')
@@ -512,6 +514,7 @@ class Market:
         self._sec_of: dict[tuple[Hashable, ...], _Sec] = {}
         self._stripes_of: dict[tuple[Hashable, ...], frozenset[str]] = {}
         self._seq: dict[int, int] = {}
+        self._counters: dict[Hashable, int] = {}
         self.tickers = [s for s in self._securities("ticker") if self._keep(s)]
         self.options = [s for s in self._securities("option") if self._keep(s)]
         self.expiry_keys = [s for s in self._securities("expiry") if self._keep(s)]
@@ -718,6 +721,12 @@ class Market:
 
     def _next_seq(self, sid: int) -> int:
         self._seq[sid] = n = self._seq.get(sid, _seq_base(sid)) + 1
+        return n
+
+    def _bump(self, counter: Hashable) -> int:
+        """A named counter that starts at a plausible mid-day value and rises by one."""
+        n = self._counters.get(counter, 1_000 + self.rng.randrange(50_000)) + 1
+        self._counters[counter] = n
         return n
 
     def _make(self, mdef: MessageDef, pkey: tuple[Hashable, ...], now_ns: int) -> Record:
@@ -1180,8 +1189,8 @@ def _gen_surface(
         "tradingSession": "RegularMkt",
         "tradeableStatus": "OK",
         "surfaceResult": "OK",
-        "skewCounter": m._next_seq(1),
-        "sdivCounter": m._next_seq(2),
+        "skewCounter": m._bump(("skew", pkey)),
+        "sdivCounter": m._bump(("sdiv", sec.u.tk)),
         "sTimestamp": fit_ts,
         "timestamp": fit_ts + rng.randint(50_000, 400_000),
     }

@@ -58,6 +58,11 @@ class Recorder:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
+    def next_connection_number(self) -> int:
+        """1 + the highest ``cNNNN`` already recorded here (1 for a fresh directory)."""
+        numbers = [_conn_number(p.stem) for p in self.root.glob("*/*.jsonf")]
+        return max([n for n in numbers if n is not None], default=0) + 1
+
     def connection(self, conn_id: str) -> ConnectionRecording:
         if not _SAFE.match(conn_id):
             raise ValueError(f"unsafe connection id {conn_id!r}")
@@ -105,7 +110,7 @@ class ConnectionRecording:
         directory.mkdir(parents=True, exist_ok=True)
         self.stripe = stripe
         self.path = directory / f"{self.conn_id}.jsonf"
-        self._file = self.path.open("ab")
+        self._file = self.path.open("xb")  # ids are never reused: never append to a stranger
         for chunk in self._held:
             self._file.write(chunk)
         self._file.flush()
@@ -113,10 +118,20 @@ class ConnectionRecording:
         self._held_bytes = 0
 
 
+def _conn_number(stem: str) -> int | None:
+    return int(stem[1:]) if stem[:1] == "c" and stem[1:].isdigit() else None
+
+
+def _recordings(record_dir: Path) -> list[Path]:
+    """Recording files by stripe, then connection number (= connection order)."""
+    paths = record_dir.glob("*/*.jsonf")
+    return sorted(paths, key=lambda p: (p.parent.name, _conn_number(p.stem) or 0, p.stem))
+
+
 def recorded_bytes(record_dir: Path) -> dict[tuple[str, str], bytes]:
     """Every recording as raw bytes, keyed by ``(stripe, connection id)``."""
     out: dict[tuple[str, str], bytes] = {}
-    for path in sorted(record_dir.glob("*/*.jsonf")):
+    for path in _recordings(record_dir):
         out[(path.parent.name, path.stem)] = path.read_bytes()
     return out
 

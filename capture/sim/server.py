@@ -85,7 +85,12 @@ class AuthState(enum.Enum):
 
 
 class Simulator:
-    """One simulated MLink server: the market, the listener and every live connection."""
+    """One simulated MLink server: the market, the listener and every live connection.
+
+    :meth:`run` listens on TCP and runs the market; tests that join client and server with
+    in-memory streams run :meth:`run_market` and hand each server-side stream to
+    :meth:`serve_stream`.  ``errors`` collects unexpected per-connection exceptions.
+    """
 
     def __init__(self, config: SimConfig, *, clock_ns: ClockNs | None = None) -> None:
         self.cfg = config
@@ -105,7 +110,10 @@ class Simulator:
         self.recorder = Recorder(config.record_dir) if config.record_dir is not None else None
         self.connections: dict[str, Connection] = {}
         self._subs: dict[str, list[Subscription]] = defaultdict(list)
-        self._ids = itertools.count(1)
+        # Connection ids continue after any recording already in record_dir (a restarted
+        # simulator must not overwrite what the previous one recorded).
+        self._ids = itertools.count(self.recorder.next_connection_number() if self.recorder else 1)
+        self._accepted = itertools.count(1)
         self._acc: dict[str, float] = {}
         self.errors: list[BaseException] = []
         """Unexpected exceptions of connection tasks (logged; a test asserts this is empty)."""
@@ -120,8 +128,8 @@ class Simulator:
             listeners = listeners[:1]
         self.port = int(listeners[0].socket.getsockname()[1])
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._market_loop)
-            await nursery.start(trio.serve_listeners, self._handle, listeners)
+            nursery.start_soon(self.run_market)
+            await nursery.start(trio.serve_listeners, self.serve_stream, listeners)
             log.info(
                 "sim.listening",
                 url=f"ws://{self.cfg.host}:{self.port}{self.cfg.path}",
@@ -130,7 +138,11 @@ class Simulator:
             )
             task_status.started(self.port)
 
-    async def _market_loop(self) -> None:
+    async def run_market(self) -> None:
+        """The market alone (no listener): pair it with :meth:`serve_stream` for in-memory tests.
+
+        Knobs are re-read every step, so a test may swap ``self.cfg`` (e.g. to change ``rate``).
+        """
         tick = self.cfg.tick_interval
         tick_ns = int(tick * 1e9)
         while True:
@@ -158,7 +170,8 @@ class Simulator:
 
     # -- connections ----------------------------------------------------------------------------
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one client connection on any byte stream (TCP, or an in-memory pair)."""
         conn_no = next(self._ids)
         conn_id = f"c{conn_no:04d}"
         try:
@@ -171,7 +184,7 @@ class Simulator:
                         reader_nursery, stream, max_message_size=self.cfg.max_inbound_bytes
                     )
                 if request is not None:
-                    await self._serve_request(conn_no, conn_id, request, stream, reader_scope)
+                    await self._serve_request(conn_id, request, stream, reader_scope)
                 nursery.cancel_scope.cancel()
         except Exception as exc:
             # One broken connection must not take the server down; tests check ``errors``.
@@ -182,10 +195,9 @@ class Simulator:
 
     async def _serve_request(
         self,
-        conn_no: int,
         conn_id: str,
         request: tw.WebSocketRequest,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         reader_scope: trio.CancelScope,
     ) -> None:
         cfg = self.cfg
@@ -194,7 +206,8 @@ class Simulator:
             log.info("sim.rejected", conn=conn_id, status=404, path=target.path)
             await request.reject(404, body=b"not found\n")
             return
-        faulty = cfg.faults.faulty_connections is None or conn_no <= cfg.faults.faulty_connections
+        nth = next(self._accepted)  # faulty_connections counts this run's connections
+        faulty = cfg.faults.faulty_connections is None or nth <= cfg.faults.faulty_connections
         faults = FaultState(cfg.faults, random.Random(f"{cfg.seed}:{conn_id}"), active=faulty)
         cred, via = _credentials(request.headers, target.query, cfg.accept_query_apikey)
         if cred is None:
@@ -281,7 +294,7 @@ class Connection:
         sim: Simulator,
         conn_id: str,
         ws: tw.WebSocketConnection,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         faults: FaultState,
         recording: ConnectionRecording | None,
         reader_scope: trio.CancelScope,
@@ -379,14 +392,14 @@ class Connection:
         elif action is Action.CLOSE:
             code = item.close_code if action is item.then else 1001
             reason = item.close_reason if action is item.then else "going away"
-            await self.ws.aclose(code, reason)
+            await self._close(code, reason)
             self.end(f"closed ({code} {reason})")
         elif action is Action.GOODNIGHT:
             frame = self.make_frame("MLinkAdmin", ADMIN.number, _admin_json("GoodNight"))
             if not await self._ws_send(frame):
                 return
             self.frames_sent += 1
-            await self.ws.aclose(1000, "good night")
+            await self._close(1000, "good night")
             self.end("fault: good night")
         elif action is Action.STALL:
             self._end_reason = "fault: stalled"
@@ -395,6 +408,12 @@ class Connection:
             self._end_reason = "fault: half-open"
             self.reader_scope.cancel()
             await trio.sleep_forever()
+
+    async def _close(self, code: int, reason: str) -> None:
+        """WebSocket close handshake, bounded: a peer that never answers is dropped."""
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await self.ws.aclose(code, reason)
+        await self.stream.aclose()
 
     async def _ws_send(self, payload: bytes) -> bool:
         """Send one WebSocket message and record it; False (and the connection ends) if gone."""
@@ -475,7 +494,8 @@ class Connection:
         if state is AuthState.FAILED:
             if not detail:
                 frame = self.control(ADMIN, {"state": state.value, "detail": "invalid api key"})
-            if self.cfg.bad_key_mode == "logon_failed_close":
+            # After the upgrade, "http_401" can only close too; only "wait" keeps the socket.
+            if self.cfg.bad_key_mode != "logon_failed_wait":
                 await self.send([frame], Action.CLOSE, close_code=1008, close_reason="logon failed")
                 return
         await self.send([frame])
@@ -602,7 +622,7 @@ class Connection:
             await self.send([self.checkpoint(old, "Replaced")])
         await self._ack(req, "OK")
         sub = Subscription(self, mdef, req, stripe, where, view)
-        # Register and take the snapshot with no checkpoint in between: every later update
+        # Register and take the snapshot with no await in between: every later update
         # lands in the stream's pending map, none is lost between snapshot and live.
         self.sim.register(sub)
         snapshot = [r for r in self.sim.market.snapshot(mdef.name) if sub.wants_snapshot(r)]

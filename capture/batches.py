@@ -65,9 +65,10 @@ __all__ = ["BatchDecoder", "DecodeResult", "DriftReport"]
 
 _MIN_BISECT_ROWS: Final = 4
 """A failing chunk this small goes to the slow path whole instead of being split further."""
-_MAX_FAILED_READS: Final = 64
-"""Failed reads allowed per ``decode`` call (at least; n/32 for big batches) before failing
-pieces go to the slow path whole: bounds the cost when many rows are bad."""
+_FAILED_READ_BUDGET: Final = 6
+"""Bytes of failed reads allowed per ``decode`` call, in multiples of the batch's size, before
+failing pieces go to the slow path whole. A read costs about a tenth of decoding the same rows
+slowly, so isolating bad bodies pays off until then; past it, most rows are bad anyway."""
 _DIRECTED_TRIES: Final = 4
 """Rows pointed at by read errors that are removed from one piece before it is bisected."""
 _READ_BLOCK_SIZE: Final = 1 << 20
@@ -500,9 +501,9 @@ class _Run:
     """State of one ``decode`` call."""
 
     read_budget: int
+    """Bytes of failed reads still allowed."""
     unknown: set[str] = field(default_factory=set)
     mistyped: int = 0
-    failed_reads: int = 0
     fast: list[tuple[list[int], pa.Table]] = field(default_factory=list)
     slow: list[int] = field(default_factory=list)
 
@@ -602,7 +603,7 @@ class BatchDecoder:
             if len(values) != n:
                 raise ValueError(f"{name} has {len(values)} entries for {n} bodies")
 
-        run = _Run(read_budget=max(_MAX_FAILED_READS, n // 32))
+        run = _Run(read_budget=_FAILED_READ_BUDGET * sum(map(len, bodies)))
         if self._msg is not None and n:
             self._fast_path(bodies, run)
         else:
@@ -739,8 +740,8 @@ class BatchDecoder:
                 table = self._read(data, len(lines), single_block)
                 core, chunk = self._convert(table)
             except (pa.ArrowException, _ChunkFailed) as exc:
-                run.failed_reads += 1
-                if len(idx) <= _MIN_BISECT_ROWS or run.failed_reads > run.read_budget:
+                run.read_budget -= len(data)
+                if len(idx) <= _MIN_BISECT_ROWS or run.read_budget < 0:
                     run.slow += idx
                     continue
                 if tries == 0:

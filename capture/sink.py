@@ -117,6 +117,9 @@ def _check_interval(interval_s: int, name: str = "rotate_interval_s") -> None:
         )
 
 
+_FileKey = tuple[str, dt.date, int]  # (message type, local date, interval end ns)
+
+
 @dataclass(frozen=True, slots=True)
 class SinkSettings:
     root: Path
@@ -136,10 +139,19 @@ class SinkSettings:
     compression_level: int | None = None
     #: IANA zone for the date partition and for rotation alignment (DST-correct).
     tz: str = "UTC"
+    #: Rows belong to the interval of their receive time.  A file stays open this long past
+    #: its boundary for rows received before the boundary that are still on their way from
+    #: the socket (pending batches, the decode queue); later ones go to a file of their own.
+    commit_grace_s: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))  # tolerate str from config code
         _check_interval(self.rotate_interval_s)
+        if not 0 <= self.commit_grace_s < self.rotate_interval_s:
+            raise ValueError(
+                "commit_grace_s must be >= 0 and below rotate_interval_s, "
+                f"got {self.commit_grace_s!r}"
+            )
         for name in ("max_file_bytes", "row_group_rows", "row_group_bytes", "memory_budget_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -469,7 +481,9 @@ class PartitionSink:
         self._now_ns = now_ns
         self._compression = settings.compression.lower()
         self._lock = threading.Lock()
-        self._files: dict[tuple[str, dt.date], _OpenFile] = {}
+        # One open file per (message type, local date, interval end): rows are filed by the
+        # interval of their receive time, whenever they reach the sink.
+        self._files: dict[_FileKey, _OpenFile] = {}
         self._known_dirs: set[Path] = set()
         self._checked_msg_types: set[str] = set()
         self._counter = 0
@@ -530,24 +544,26 @@ class PartitionSink:
                 return out
             recv = self._validated_recv(batch)
             try:
-                for day, part in self._split_by_date(batch, recv):
-                    self._write_part(msg_type, day, part, out)
+                for day, day_part in self._split_by_date(batch, recv):
+                    for boundary, part in self._split_by_interval(day_part):
+                        self._write_part(msg_type, day, boundary, part, out)
             except SinkError as exc:
                 exc.committed = tuple(out) + exc.committed
                 raise
         return out
 
     def rotate_due(self) -> list[CommittedFile]:
-        """Commit files whose rotation boundary has passed or that had no write for
+        """Commit files whose interval ended ``commit_grace_s`` ago or that had no write for
         ``rotate_interval_s``."""
         with self._lock:
             now = self._now_ns()
             idle_ns = self._settings.rotate_interval_s * NS_PER_S
-            due: list[tuple[tuple[str, dt.date], str]] = []
+            grace_ns = int(self._settings.commit_grace_s * NS_PER_S)
+            due: list[tuple[_FileKey, str]] = []
             for key, f in self._files.items():
                 if now - f.last_write_ns >= idle_ns:
                     due.append((key, "idle"))
-                elif now >= f.boundary_ns:
+                elif now >= f.boundary_ns + grace_ns:
                     due.append((key, "interval"))
             return self._commit_many(due)
 
@@ -615,20 +631,40 @@ class PartitionSink:
                 yield day, part
             start, end, day = _day_window(end, tz)
 
-    def _write_part(self, msg_type: str, day: dt.date, part: Any, out: list[CommittedFile]) -> None:
+    def _split_by_interval(self, part: Any) -> Iterator[tuple[int, Any]]:
+        """(interval end, rows received in that interval) for the rows of one local date."""
         s = self._settings
-        key = (msg_type, day)
+        recv = part.column(RECV_TIME_COLUMN).cast(pa.int64())
+        mm = pc.min_max(recv)
+        lo, hi = mm["min"].as_py(), mm["max"].as_py()
+        boundary = _next_boundary_ns(lo, s.rotate_interval_s, s.tz)
+        if hi < boundary:  # the common case: one interval
+            yield boundary, part
+            return
+        start = lo
+        while start <= hi:
+            chunk = part.filter(pc.and_(pc.greater_equal(recv, start), pc.less(recv, boundary)))
+            if chunk.num_rows:
+                yield boundary, chunk
+            start, boundary = boundary, _next_boundary_ns(boundary, s.rotate_interval_s, s.tz)
+
+    def _write_part(
+        self, msg_type: str, day: dt.date, boundary: int, part: Any, out: list[CommittedFile]
+    ) -> None:
+        s = self._settings
+        key = (msg_type, day, boundary)
         now = self._now_ns()
+        # Rows of a later interval arrived: this type's earlier intervals are complete (each
+        # type's batches reach the sink in receive order), so commit them without waiting for
+        # the grace period.
+        for earlier in [k for k in self._files if k[0] == msg_type and k[2] < boundary]:
+            self._commit(earlier, "interval", out)
         f = self._files.get(key)
-        if f is not None:
-            if now >= f.boundary_ns:
-                self._commit(key, "interval", out)
-                f = None
-            elif not f.schema.equals(part.schema, check_metadata=False):
-                self._commit(key, "schema", out)
-                f = None
+        if f is not None and not f.schema.equals(part.schema, check_metadata=False):
+            self._commit(key, "schema", out)
+            f = None
         if f is None:
-            f = self._open(msg_type, day, part, now)
+            f = self._open(msg_type, day, part, now, boundary)
 
         seq = pc.min_max(part.column(SEQ_COLUMN))
         seq_lo, seq_hi = seq["min"].as_py(), seq["max"].as_py()
@@ -720,7 +756,7 @@ class PartitionSink:
             self._known_dirs.clear()
         self._known_dirs.add(path)
 
-    def _open(self, msg_type: str, day: dt.date, first: Any, now: int) -> _OpenFile:
+    def _open(self, msg_type: str, day: dt.date, first: Any, now: int, boundary: int) -> _OpenFile:
         s = self._settings
         directory = self._partition_dir(msg_type, day)
         first_recv = pc.min(first.column(RECV_TIME_COLUMN)).value
@@ -786,10 +822,10 @@ class PartitionSink:
             stream=stream,
             writer=writer,
             opened_ns=now,
-            boundary_ns=_next_boundary_ns(now, s.rotate_interval_s, s.tz),
+            boundary_ns=boundary,
             last_write_ns=now,
         )
-        self._files[(msg_type, day)] = f
+        self._files[(msg_type, day, boundary)] = f
         return f
 
     @staticmethod
@@ -802,7 +838,7 @@ class PartitionSink:
         except OSError as exc:
             log.warning("sink.discard_failed", path=str(inprogress), error=str(exc))
 
-    def _commit_many(self, due: list[tuple[tuple[str, dt.date], str]]) -> list[CommittedFile]:
+    def _commit_many(self, due: list[tuple[_FileKey, str]]) -> list[CommittedFile]:
         """Commit each listed file; one failure does not stop the others.  The first error
         is raised at the end, carrying everything that was committed."""
         out: list[CommittedFile] = []
@@ -820,7 +856,7 @@ class PartitionSink:
             raise first_error
         return out
 
-    def _commit(self, key: tuple[str, dt.date], reason: str, out: list[CommittedFile]) -> None:
+    def _commit(self, key: _FileKey, reason: str, out: list[CommittedFile]) -> None:
         f = self._files[key]
         self._flush(f, full=True)  # on failure _flush aborts the file and raises
         del self._files[key]
@@ -896,7 +932,7 @@ class PartitionSink:
         """Close an in-progress file after an error and leave it in place (hidden) for
         cleanup_in_progress() and journal replay.  Never raises."""
         if registered:
-            self._files.pop((f.msg_type, f.date), None)
+            self._files.pop((f.msg_type, f.date, f.boundary_ns), None)
         self._buffered_bytes -= f.buffered_bytes
         f.buffer = []
         f.buffered_bytes = 0

@@ -155,6 +155,8 @@ class StripeWorker:
             memory_budget_bytes=max(16, out.memory_budget_mb // n_stripes) * 2**20,
             compression=out.compression,
             tz=out.timezone,
+            # Long enough for a pending batch and the decode queue to reach the sink.
+            commit_grace_s=min(max(2.0, 4 * cfg.pipeline.flush_interval), out.rotate_interval / 2),
         )
         self._backoff = Backoff(
             cfg.supervision.backoff_initial,

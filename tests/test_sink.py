@@ -126,7 +126,13 @@ def test_nothing_visible_until_boundary_then_one_file_readable_everywhere(tmp_pa
     assert sink.rotate_due() == []
     assert visible(tmp_path) == []
 
+    # At the boundary the file waits commit_grace_s for rows received before it that are still
+    # on their way; such a row goes into this file, not the next interval's.
     clock.now = ns("2024-06-03T14:05:00+00:00")
+    assert sink.rotate_due() == []
+    clock.now = ns("2024-06-03T14:05:01.999+00:00")
+    assert sink.rotate_due() == []
+    clock.now = ns("2024-06-03T14:05:02+00:00")
     committed = sink.rotate_due()
     assert len(committed) == 1
     cf = committed[0]
@@ -580,8 +586,8 @@ def test_date_partition_in_non_utc_zone(tmp_path: Path) -> None:
 def test_batch_straddling_local_midnight_is_split(tmp_path: Path) -> None:
     midnight = ns("2024-06-04T00:00:00-04:00")
     sink = new_sink(tmp_path, Clock(midnight), tz=NY)
-    sink.write("T", make_batch(10, seq0=1, recv0=midnight - 5 * NS, step_ns=NS))
-    files = {cf.date: cf for cf in sink.close()}
+    written = sink.write("T", make_batch(10, seq0=1, recv0=midnight - 5 * NS, step_ns=NS))
+    files = {cf.date: cf for cf in [*written, *sink.close()]}
     assert sorted(files) == [dt.date(2024, 6, 3), dt.date(2024, 6, 4)]
     assert (files[dt.date(2024, 6, 3)].seq_min, files[dt.date(2024, 6, 3)].seq_max) == (1, 5)
     assert (files[dt.date(2024, 6, 4)].seq_min, files[dt.date(2024, 6, 4)].seq_max) == (6, 10)
@@ -837,3 +843,26 @@ def test_one_failed_commit_does_not_block_the_others(
     assert info.value.msg_type == "A"
     assert [cf.msg_type for cf in info.value.committed] == ["B"]
     assert visible(tmp_path) == [info.value.committed[0].path]
+
+
+def test_rows_are_filed_by_the_interval_of_their_receive_time(tmp_path: Path) -> None:
+    boundary = ns("2024-06-03T14:05:00+00:00")
+    clock = Clock(boundary - 10 * NS)
+    sink = new_sink(tmp_path, clock)
+    # A batch that spans the boundary is split; the earlier interval's file is committed at
+    # once, since rows of the later interval have arrived for that type.
+    first = sink.write("T", make_batch(10, seq0=1, recv0=boundary - 5 * NS, step_ns=NS))
+    assert [(cf.rows, cf.seq_min, cf.seq_max) for cf in first] == [(5, 1, 5)]
+    # Another type's rows received before the boundary but written after it go to a file of
+    # the earlier interval, committed once the grace period is over.
+    clock.now = boundary + NS
+    late = sink.write("U", make_batch(3, seq0=11, recv0=boundary - 3 * NS, step_ns=NS))
+    assert late == []
+    clock.now = boundary + 2 * NS  # grace (2 s) over: the straggler file is committed
+    u_files = sink.rotate_due()
+    assert [(cf.msg_type, cf.rows) for cf in u_files] == [("U", 3)]
+    for path in visible(tmp_path):  # both committed files hold only rows before the boundary
+        recv = pq.read_table(path).column("_recv_time").cast(pa.int64()).to_pylist()
+        assert max(recv) < boundary
+    closed = sink.close()
+    assert [(cf.msg_type, cf.rows, cf.seq_min) for cf in closed] == [("T", 5, 6)]

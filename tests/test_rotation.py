@@ -1,0 +1,63 @@
+"""Rotation through the whole daemon on the mock clock: files commit at aligned clock
+boundaries, each holding only rows received inside its interval; "rotate now" (SIGHUP)
+commits everything open at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import trio
+from memnet import BASE_NS, KEY, MemoryNet, config, mock_clock, run, wait_for
+
+from capture.app import Daemon
+from capture.sim.config import SimConfig
+from capture.sim.record import load_sent_data
+from capture.sim.server import Simulator
+
+S = 1_000_000_000
+
+
+def committed(root: Path) -> list[Path]:
+    return sorted(root.glob("OptionNbboQuote/**/*.parquet"))
+
+
+def test_files_rotate_on_aligned_boundaries_and_hold_only_their_interval(tmp_path: Path) -> None:
+    root, record = tmp_path / "data", tmp_path / "sent"
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=10, seed=8, record_dir=record)
+    cfg = config(root, ["A"], ["OptionNbboQuote"], output={"rotate_interval": 60})
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        await trio.sleep(200)  # 14:45:00 + 200 s: boundaries at 14:46, 14:47, 14:48
+        sim.cfg = sim.cfg.with_overrides(rate=0.0)
+        sent = lambda: sum(len(v) for v in load_sent_data(record).values())  # noqa: E731
+        await wait_for(lambda: daemon.workers[0].stats.messages == sent())
+
+    trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
+    files = committed(root)
+    assert len(files) == 4  # three interval files and the remainder at shutdown
+    total = 0
+    for path in files:
+        table = pq.read_table(path)
+        recv = table.column("_recv_time").cast("int64").to_pylist()
+        window = (min(recv) - BASE_NS) // (60 * S)
+        assert (max(recv) - BASE_NS) // (60 * S) == window, f"{path.name} spans two intervals"
+        total += table.num_rows
+    assert total == len(load_sent_data(record)[("OptionNbboQuote", "A")])
+
+
+def test_rotate_now_commits_every_open_file(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=10, seed=9, record_dir=tmp_path / "s")
+    cfg = config(root, ["A", "M"], ["OptionNbboQuote"], output={"rotate_interval": 3600})
+    counts: list[int] = []
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        await wait_for(lambda: all(w.stats.rows_written > 0 for w in daemon.workers))
+        counts.append(len(committed(root)))
+        daemon.rotate()
+        await wait_for(lambda: len(committed(root)) == 2)
+        counts.append(len(committed(root)))
+
+    trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
+    assert counts == [0, 2]

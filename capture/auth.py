@@ -9,6 +9,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from capture.config import AuthConfig
 from capture.logs import get_logger, register_secret
@@ -30,6 +31,18 @@ class Secret:
         return "Secret([redacted])"
 
     __str__ = __repr__
+
+
+class CredentialProvider(Protocol):
+    """Where the Bearer token comes from.  ``bearer()`` may block; the worker calls it in a
+    thread at every connection attempt."""
+
+    @property
+    def source(self) -> str:
+        """Where the secret is read from, for error messages (never the secret itself)."""
+        ...
+
+    def bearer(self) -> Secret: ...
 
 
 class ApiKeyProvider:

@@ -90,7 +90,8 @@ class DriftReport:
     """Paths of members the dictionary does not know: ``message.prcFramework``,
     ``message.pkey.okey.zz``, ``header.newHdr``, ``message.Legs[].foo``, ``other`` (top level)."""
     mistyped_values: int = 0
-    """Values of known fields with an unexpected JSON type or range (kept in ``_extra``)."""
+    """Values of known fields that their column cannot hold (unexpected JSON kind, out of range,
+    unparsable, repeated member name); each is kept verbatim in ``_extra``."""
     slow_path_rows: int = 0
     """Bodies decoded by the Python slow path (rejected bodies included)."""
     unknown_enum_values: frozenset[tuple[str, str]] = frozenset()
@@ -474,8 +475,7 @@ class _ChunkFailed(Exception):
 class _Chunk:
     """Drift and rows-to-redo-slowly collected while converting one parsed chunk."""
 
-    def __init__(self, length: int) -> None:
-        self.length = length
+    def __init__(self) -> None:
         self.unknown: set[str] = set()
         self.mistyped = 0
         self._masks: list[_Arr] = []
@@ -500,13 +500,19 @@ class _Chunk:
 class _Run:
     """State of one ``decode`` call."""
 
+    bodies: Sequence[bytes]
     read_budget: int
     """Bytes of failed reads still allowed."""
+    decoded: dict[int, _SlowRow | str] = field(default_factory=dict)
+    """Slow-path results computed early (while isolating), by body index."""
     unknown: set[str] = field(default_factory=set)
     mistyped: int = 0
     fast: list[tuple[list[int], pa.Table]] = field(default_factory=list)
     slow: list[int] = field(default_factory=list)
 
+
+_Piece = tuple[list[int], list[bytes], bytes | None, int, int]
+"""(body indices, their lines, the lines joined if at hand, read attempts, pre-screen version)."""
 
 _ROW_HINT: Final = re.compile(r" in row (\d+)\s*$")
 _VALUE_HINTS: Final = (
@@ -545,6 +551,7 @@ class BatchDecoder:
         self._loose_capable: frozenset[str] = frozenset()
         self._screen_patterns: set[bytes] = set()
         self._screen: re.Pattern[bytes] | None = None
+        self._screen_version = 0
         if self._msg is None:
             return  # generic schema: the slow path renders the message as JSON text
         self._columns = layout(self._msg).columns
@@ -603,7 +610,7 @@ class BatchDecoder:
             if len(values) != n:
                 raise ValueError(f"{name} has {len(values)} entries for {n} bodies")
 
-        run = _Run(read_budget=_FAILED_READ_BUDGET * sum(map(len, bodies)))
+        run = _Run(bodies, read_budget=_FAILED_READ_BUDGET * sum(map(len, bodies)))
         if self._msg is not None and n:
             self._fast_path(bodies, run)
         else:
@@ -614,7 +621,7 @@ class BatchDecoder:
         slow_index: list[int] = []
         learned: list[_Mistyped] = []
         for i in sorted(run.slow):
-            row = self._slow_row(bodies[i])
+            row = run.decoded[i] if i in run.decoded else self._slow_row(bodies[i])
             if isinstance(row, str):
                 rejected.append((i, bodies[i], row))
                 continue
@@ -655,7 +662,8 @@ class BatchDecoder:
 
     # -- learning from the slow path ----------------------------------------------------------
 
-    def _learn(self, mistyped: list[_Mistyped]) -> None:
+    def _learn(self, mistyped: list[_Mistyped]) -> bool:
+        """Update loose fields and pre-screen patterns; True if the pre-screen changed."""
         loose_before = len(self._loose)
         patterns_before = len(self._screen_patterns)
         for m in mistyped:
@@ -673,8 +681,11 @@ class BatchDecoder:
                 self._screen_patterns.add(name + b":" + _KIND_START[m.kind])
         if len(self._loose) != loose_before:
             self._rebuild_parse_options()
-        if len(self._screen_patterns) != patterns_before:
-            self._screen = re.compile(b"|".join(sorted(self._screen_patterns)))
+        if len(self._screen_patterns) == patterns_before:
+            return False
+        self._screen = re.compile(b"|".join(sorted(self._screen_patterns)))
+        self._screen_version += 1
+        return True
 
     # -- fast path ----------------------------------------------------------------------------
 
@@ -731,9 +742,19 @@ class BatchDecoder:
         such a row, or the rows holding the value a conversion error quotes, go to the slow
         path and the rest is read again. Without a usable hint the piece is bisected.
         """
-        pending: list[tuple[list[int], list[bytes], bytes | None, int]] = [(idx, lines, joined, 0)]
+        version = self._screen_version
+        pending: list[_Piece] = [(idx, lines, joined, 0, version)]
         while pending:
-            idx, lines, joined, tries = pending.pop()
+            idx, lines, joined, tries, version = pending.pop()
+            if version != self._screen_version:  # learned something since it was queued
+                if hits := self._screened(lines, None):
+                    run.slow += [idx[p] for p in sorted(hits)]
+                    idx = [i for p, i in enumerate(idx) if p not in hits]
+                    lines = [line for p, line in enumerate(lines) if p not in hits]
+                    joined = None
+                if not idx:
+                    continue
+            version = self._screen_version
             data = joined if joined is not None else b"\n".join(lines)
             single_block = tries > 0
             try:
@@ -748,19 +769,18 @@ class BatchDecoder:
                     # Row hints count lines: make sure a body is exactly one line from here on.
                     lines = [line.replace(b"\n", b" ") if b"\n" in line else line for line in lines]
                     if not single_block and len(data) >= _READ_BLOCK_SIZE:
-                        pending.append((idx, lines, None, 1))  # re-read for an absolute row hint
+                        pending.append((idx, lines, None, 1, version))  # for an absolute row hint
                         continue
                 suspects = _suspects(exc, lines) if tries <= _DIRECTED_TRIES else set()
                 if suspects:
-                    run.slow += [idx[p] for p in sorted(suspects)]
+                    self._isolate([idx[p] for p in sorted(suspects)], run)
                     keep = [p for p in range(len(idx)) if p not in suspects]
-                    pending.append(
-                        ([idx[p] for p in keep], [lines[p] for p in keep], None, tries + 1)
-                    )
+                    rest = ([idx[p] for p in keep], [lines[p] for p in keep])
+                    pending.append((*rest, None, tries + 1, version))
                 else:
                     mid = len(idx) // 2
-                    pending.append((idx[mid:], lines[mid:], None, 1))
-                    pending.append((idx[:mid], lines[:mid], None, 1))
+                    pending.append((idx[mid:], lines[mid:], None, 1, version))
+                    pending.append((idx[:mid], lines[:mid], None, 1, version))
                 continue
             run.unknown |= chunk.unknown
             run.mistyped += chunk.mistyped
@@ -772,6 +792,18 @@ class BatchDecoder:
                 core = core.filter(pa.array(keep_mask, pa.bool_()))
             if idx:
                 run.fast.append((idx, core))
+
+    def _isolate(self, indices: list[int], run: _Run) -> None:
+        """Send bodies a read error pointed at to the slow path now, and learn from them at
+        once: the rest of the batch is then pre-screened instead of failing read after read."""
+        run.slow += indices
+        learned: list[_Mistyped] = []
+        for i in indices:
+            row = run.decoded[i] = self._slow_row(run.bodies[i])
+            if not isinstance(row, str):
+                learned += row.mistyped
+        if learned:
+            self._learn(learned)
 
     def _read(self, data: bytes, rows: int, single_block: bool) -> pa.Table:
         options = self._read_options
@@ -787,7 +819,7 @@ class BatchDecoder:
     def _convert(self, table: pa.Table) -> tuple[pa.Table, _Chunk]:
         """Wire table -> core columns (header, data, _extra), plus rows to redo slowly."""
         n = table.num_rows
-        chunk = _Chunk(n)
+        chunk = _Chunk()
         flat = _flatten(table)  # "message.pkey.okey.xx" -> values (structs only, not lists)
         columns: list[_Arr] = []
         top: list[_Arr] = []
@@ -805,16 +837,16 @@ class BatchDecoder:
         if (text := _join_fragments(header_extra)) is not None:
             top.append(_fragment("header", text))
 
+        message = table.column("message")
         loose_extra: dict[tuple[str, ...], list[_Arr]] = {}
         for col in self._columns:
             if isinstance(col, RepeaterColumn):
                 columns.append(self._repeater_array(col, flat["message." + col.name], chunk))
-                continue
-            arr = flat.get(".".join(("message", *col.path)))
-            if col.ftype != "TimeSpan" and col.column not in self._loose:
-                columns.append(_strict_leaf(col, arr))
+            elif col.ftype != "TimeSpan" and col.column not in self._loose:
+                columns.append(_strict_leaf(col, flat.get(".".join(("message", *col.path)))))
             else:
-                value, text, slow = _loose_leaf(col, arr, n)
+                # Inferred: may be anything, an object included (which _flatten took apart).
+                value, text, slow = _loose_leaf(col, _member(message, col.path), n)
                 columns.append(value)
                 if text is not None:
                     chunk.mistyped += pc.count(text).as_py()
@@ -822,7 +854,6 @@ class BatchDecoder:
                     loose_extra.setdefault(col.path[:-1], []).append(fragment)
                 if slow is not None:
                     chunk.redo_slowly(slow)
-        message = table.column("message")
         if (text := self._object_extra(message, self._spec, (), loose_extra, chunk)) is not None:
             top.append(_fragment("message", text))
 
@@ -1089,7 +1120,11 @@ def _loose_leaf(leaf: Leaf, arr: _Arr | None, length: int) -> tuple[_Arr, _Arr |
     if (ftype in ENUM_TYPES or ftype in STRING_TYPES) and pa.types.is_string(t):
         return _strict_leaf(leaf, arr), None, None
     if ftype == "DateKey" and pa.types.is_string(t):
-        return pc.cast(arr, pa.date32()), None, None
+        # strptime rolls impossible dates over (02-30 -> 03-02): keep only exact round trips.
+        parsed = pc.strptime(arr, format="%Y-%m-%d", unit="s", error_is_null=True)
+        exact = pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), arr), False)
+        value = pc.cast(pc.if_else(exact, parsed, pa.scalar(None, parsed.type)), pa.date32())
+        return value, _json_string_text(pc.if_else(exact, _NULL_STR, arr)), None
     if ftype == "DateTime" and pa.types.is_timestamp(t):
         return pc.cast(arr, TIMESTAMP_US), None, None
     if ftype == "DateTime" and pa.types.is_string(t):

@@ -133,7 +133,7 @@ class FrameDecoder:
             self._garbage_bytes += len(skipped)
         return nxt
 
-    def flush(self) -> list[Event]:
+    def flush(self) -> list[Garbage]:
         """End of stream: whatever is still buffered can never complete a frame."""
         rest, self._buf = self._buf, b""
         if rest.strip(b"\r\n"):

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import trio
 
 from capture import protocol
-from capture.auth import ApiKeyProvider, CredentialError
+from capture.auth import CredentialError, CredentialProvider
 from capture.backoff import Backoff
 from capture.batches import BatchDecoder
 from capture.clock import WallClock, trio_deadline_for
@@ -118,7 +118,7 @@ class StripeWorker:
         stripe: str,
         *,
         clock: WallClock,
-        credentials: ApiKeyProvider,
+        credentials: CredentialProvider,
         run_id: str,
         rng: random.Random | None = None,
         on_commit: Callable[[CommittedFile], None] | None = None,
@@ -231,7 +231,8 @@ class StripeWorker:
 
     async def _session(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
         cfg = self.cfg
-        bearer = self.credentials.bearer()
+        # Providers may block (file reads; Cognito's SRP login over HTTPS): never on the loop.
+        bearer = await trio.to_thread.run_sync(self.credentials.bearer)
         session = new_session_id(self.clock.now_ns())
         streams = self._stream_states()
         self.stats.connects += 1
@@ -291,66 +292,78 @@ class StripeWorker:
         by_name = {t.lower(): st for t, st in streams.items()}
         snapshot_types: set[str] = set()
 
-        while True:
-            deadline = last_frame + sup.stale_after
-            if not requested:
-                deadline = min(deadline, logon_deadline)
-            with trio.move_on_at(deadline) as scope:
-                message = await conn.recv()
-            if scope.cancelled_caught:
-                if not requested and trio.current_time() >= logon_deadline:
-                    # No MLinkAdmin yet: some servers wait for the request first (§7.1, [I]).
-                    self.log.warning("no MLinkAdmin within logon_timeout; requesting anyway")
-                    await self._send_requests(conn, streams)
-                    requested = True
-                    continue
-                raise StaleConnection(f"no frame for {sup.stale_after:g} s")
-            last_frame = trio.current_time()
-            recv_ns = now_ns()
-            stats.last_frame_ns = recv_ns
-            stats.bytes += len(message)
-            for event in decoder.feed(message):
-                if isinstance(event, Garbage):
-                    stats.garbage_bytes += len(event.data)
-                    await self._quarantine(send, recv_ns, session, event.reason, event.data)
-                    continue
-                body = event.body
-                mtyp = peek_mtyp(body) or _slow_mtyp(body)
-                if mtyp is None:
-                    await self._quarantine(send, recv_ns, session, "no header.mTyp", body)
-                    continue
-                if mtyp in control_types:
-                    stats.control_messages += 1
-                    try:
-                        ctl = protocol.parse_control(mtyp, body)
-                    except protocol.ControlParseError as exc:
-                        await self._quarantine(send, recv_ns, session, str(exc), body)
+        try:
+            while True:
+                deadline = last_frame + sup.stale_after
+                if not requested:
+                    deadline = min(deadline, logon_deadline)
+                with trio.move_on_at(deadline) as scope:
+                    message = await conn.recv()
+                if scope.cancelled_caught:
+                    if not requested and trio.current_time() >= logon_deadline:
+                        # No MLinkAdmin yet: some servers wait for the request first (§7.1, [I]).
+                        self.log.warning("no MLinkAdmin within logon_timeout; requesting anyway")
+                        await self._send_requests(conn, streams)
+                        requested = True
                         continue
-                    if isinstance(ctl, protocol.Admin) and not requested:
-                        requested = await self._on_admin(ctl, conn, streams, api_key)
-                    else:
-                        self._on_control(ctl, streams, by_query, by_name, snapshot_types)
-                    continue
-                pb = pending.get(mtyp)
-                if pb is None or pb.session != session:
-                    if pb is not None:
+                    raise StaleConnection(f"no frame for {sup.stale_after:g} s")
+                last_frame = trio.current_time()
+                recv_ns = now_ns()
+                stats.last_frame_ns = recv_ns
+                stats.bytes += len(message)
+                for event in decoder.feed(message):
+                    if isinstance(event, Garbage):
+                        stats.garbage_bytes += len(event.data)
+                        await self._quarantine(send, recv_ns, session, event.reason, event.data)
+                        continue
+                    body = event.body
+                    mtyp = peek_mtyp(body) or _slow_mtyp(body)
+                    if mtyp is None:
+                        await self._quarantine(send, recv_ns, session, "no header.mTyp", body)
+                        continue
+                    if mtyp in control_types:
+                        stats.control_messages += 1
+                        try:
+                            ctl = protocol.parse_control(mtyp, body)
+                        except protocol.ControlParseError as exc:
+                            await self._quarantine(send, recv_ns, session, str(exc), body)
+                            continue
+                        if isinstance(ctl, protocol.Admin) and not requested:
+                            requested = await self._on_admin(ctl, conn, streams, api_key)
+                        else:
+                            self._on_control(ctl, streams, by_query, by_name, snapshot_types)
+                        continue
+                    pb = pending.get(mtyp)
+                    if pb is None or pb.session != session:
+                        if pb is not None:
+                            await self._hand_over(send, pending.pop(mtyp))
+                        pb = pending[mtyp] = PendingBatch(mtyp, session, first_ns=recv_ns)
+                    in_snapshot = mtyp in snapshot_types
+                    pb.bodies.append(body)
+                    pb.type_numbers.append(event.type_number)
+                    pb.recv_ns.append(recv_ns)
+                    pb.snapshot.append(in_snapshot)
+                    pb.seq.append(self._seq)
+                    self._seq += 1
+                    stats.messages += 1
+                    stats.last_data_ns = recv_ns
+                    if in_snapshot:
+                        stats.snapshot_rows += 1
+                    if len(pb.bodies) >= batch_rows:
                         await self._hand_over(send, pending.pop(mtyp))
-                    pb = pending[mtyp] = PendingBatch(mtyp, session, first_ns=recv_ns)
-                in_snapshot = mtyp in snapshot_types
-                pb.bodies.append(body)
-                pb.type_numbers.append(event.type_number)
-                pb.recv_ns.append(recv_ns)
-                pb.snapshot.append(in_snapshot)
-                pb.seq.append(self._seq)
-                self._seq += 1
-                stats.messages += 1
-                stats.last_data_ns = recv_ns
-                if in_snapshot:
-                    stats.snapshot_rows += 1
-                if len(pb.bodies) >= batch_rows:
-                    await self._hand_over(send, pending.pop(mtyp))
-            if requested and stats.state != "streaming" and stats.session is not None:
-                stats.state = "streaming"
+                if requested and stats.state != "streaming" and stats.session is not None:
+                    stats.state = "streaming"
+        finally:
+            # Bytes still waiting for the rest of a frame can never complete now: keep them.
+            with trio.CancelScope(shield=True):
+                for leftover in decoder.flush():
+                    stats.garbage_bytes += len(leftover.data)
+                    try:
+                        await self._quarantine(
+                            send, now_ns(), session, leftover.reason, leftover.data
+                        )
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.log.error("writer gone; could not quarantine a truncated frame")
 
     async def _on_admin(
         self,
@@ -519,6 +532,11 @@ class StripeWorker:
         stats = self.stats
         stats.rows_written += outcome.rows
         stats.quarantined += outcome.rejected
+        if outcome.rejected:
+            self.log.warning(
+                "quarantined bytes", msg_type=msg_type, frames=outcome.rejected,
+                reason="data frame body is not a JSON object",
+            )
         stats.drift_rows += outcome.slow_rows
         if outcome.unknown_fields:
             seen = self._unknown_fields.setdefault(msg_type, set())

@@ -444,6 +444,28 @@ def test_decoder_learns_value_drift() -> None:
     assert second.batch.schema == decoder.schema
 
 
+def test_decoder_learns_bad_dates() -> None:
+    def with_expiry(value: str) -> bytes:
+        body = json.loads(
+            next(
+                b for _, b in parse_frames(SAMPLES.read_bytes()) if b'"mTyp":"OptionNbboQuote"' in b
+            )
+        )
+        body["message"]["pkey"]["okey"]["dt"] = value
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    decoder = BatchDecoder("OptionNbboQuote")
+    bad, odd = with_expiry("2025-02-30"), with_expiry("2025-6-20")
+    first = decode(decoder, [CLEAN] * 20 + [bad] + [CLEAN] * 20)
+    assert first.drift.mistyped_values == 1 and decoder.loose_fields == {"okey_dt"}
+    second = decode(decoder, [CLEAN, bad, odd, CLEAN])
+    assert second.drift.slow_path_rows == 0 and second.drift.mistyped_values == 2
+    rows = second.batch.drop_columns(["_recv_time"]).to_pylist()
+    assert [r["okey_dt"] for r in rows] == [date(2025, 6, 20), None, None, date(2025, 6, 20)]
+    assert json.loads(rows[1]["_extra"]) == {"message": {"pkey": {"okey": {"dt": "2025-02-30"}}}}
+    assert json.loads(rows[2]["_extra"]) == {"message": {"pkey": {"okey": {"dt": "2025-6-20"}}}}
+
+
 def test_decoder_learns_kind_drift() -> None:
     """A field that sometimes arrives as a string is pre-screened: only those rows go slow."""
     decoder = BatchDecoder("OptionNbboQuote")
@@ -497,6 +519,12 @@ def test_timespan_keeps_the_raw_json_text(tmp_path: Path) -> None:
     rows = read_back(result.batch, tmp_path / "ts.parquet")
     assert [r["time"] for r in rows] == ["00:00:10.5000000", "1.50", "105000000"]
     assert all(r["_extra"] is None for r in rows)
+    # Neither string nor number: not a TimeSpan the column can hold; kept whole in _extra.
+    result = decode(decoder, [with_time({"ticks": 5}), as_string])
+    rows = read_back(result.batch, tmp_path / "ts2.parquet")
+    assert rows[0]["time"] is None
+    assert rows[0]["_extra"] == '{"message":{"time":{"ticks":5}}}'
+    assert rows[1]["time"] == "00:00:10.5000000"
 
 
 def test_repeaters_with_key_members(tmp_path: Path) -> None:

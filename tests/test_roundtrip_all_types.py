@@ -118,9 +118,7 @@ class Generator:
             if fdef.ftype == "Repeater":
                 count = self.rng.randint(1, 3) if complete else self.rng.randint(0, 3)
                 members = msg.members(fdef.name)
-                out[fdef.name] = [
-                    self.fields(msg, members, complete, ts_int) for _ in range(count)
-                ]
+                out[fdef.name] = [self.fields(msg, members, complete, ts_int) for _ in range(count)]
             else:
                 out[fdef.name] = self.value(fdef, complete, ts_int)
         return out

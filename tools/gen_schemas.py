@@ -18,8 +18,9 @@ rules the runtime relies on (see ``_validate``).
 Repeater membership: the CSV is flat. A ``Repeater`` row opens a group and every following row of
 the same message belongs to it until the next ``Repeater`` row; in the dictionary, repeaters are
 always the last rows of a message (checked against the SDK protobuf files, e.g. AccountRouteConfig:
-``ClearingFlip`` 130 owns 193, 187..191 and ``ExchControl`` 157 owns 194, 163). Members' field
-numbers are always above their Repeater's, and no member is a key field; both are checked.
+``ClearingFlip`` 130 owns 193, 187..191 and ``ExchControl`` 157 owns 194, 163). Members are
+always numbered above their Repeater (checked) and are never key fields (fNum 10..17 only marks
+a key outside Repeaters).
 """
 
 from __future__ import annotations

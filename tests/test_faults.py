@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import trio
+from e2e_util import assert_rows_equal, data_bodies, read_table
+from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
 
 from capture.app import Daemon
 from capture.frames import Frame, FrameDecoder, Garbage
@@ -18,8 +20,6 @@ from capture.sim.config import SimConfig
 from capture.sim.faults import Faults
 from capture.sim.record import recorded_bytes
 from capture.sim.server import Simulator
-from e2e_util import assert_rows_equal, data_bodies, read_table
-from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
 
 TYPES = ["OptionNbboQuote", "StockBookQuote", "StockPrint"]
 
@@ -34,7 +34,9 @@ CASES: dict[str, tuple[Faults, bool, bool]] = {
     "invalid json": (Faults(bad_json_every=9), False, True),
     "invalid utf-8": (Faults(invalid_utf8_every=9), False, False),  # rows kept, value in _extra
     "truncated frame": (Faults(corrupt_length_every=11), False, True),
-    "oversized frame": (Faults(oversized_frame_every=40, oversized_frame_bytes=200_000), False, False),
+    "oversized frame": (
+        Faults(oversized_frame_every=40, oversized_frame_bytes=200_000), False, False
+    ),
     "split frames": (Faults(split_frames=True), False, False),
     "slow sending": (Faults(send_delay=0.05), False, False),
 }

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import trio
 
 from capture import health
-from capture.auth import ApiKeyProvider
+from capture.auth import make_provider
 from capture.clock import SystemClock, WallClock
 from capture.config import Config
 from capture.logs import get_logger
@@ -43,7 +43,8 @@ class Daemon:
         self.started_ns = self.clock.now_ns()
         self.run_id = new_session_id(self.started_ns)
         self.committed: list[CommittedFile] = []
-        credentials = ApiKeyProvider(self.cfg.auth, self.environ)
+        # One provider for every stripe (auth.method): a Cognito login is shared, not repeated.
+        credentials = make_provider(self.cfg, self.environ, clock=self.clock)
         self.workers = [
             StripeWorker(
                 self.cfg,

@@ -8,6 +8,7 @@ file, systemd credential), never the secret itself.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -42,10 +43,60 @@ class SourceConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    method: str = "api_key"
+    """``[auth]``: where credentials come from (never the credentials themselves).
+
+    Each secret has three possible sources, the first configured wins: ``*_credential`` (a
+    systemd credential name), ``*_file``, ``*_env``.
+    """
+
+    method: str = "api_key"  # api_key | cognito
     api_key_env: str | None = "MLINK_API_KEY"
     api_key_file: Path | None = None
     api_key_credential: str | None = None
+    # method = "cognito": a JWT from the vendor's AWS Cognito user pool (PROTOCOL.md §2.4)
+    cognito_user_pool_id: str | None = None
+    cognito_client_id: str | None = None
+    cognito_region: str | None = None  # None: the pool id's prefix (us-east-1_abc -> us-east-1)
+    cognito_username: str | None = None
+    cognito_password_env: str | None = "MLINK_COGNITO_PASSWORD"
+    cognito_password_file: Path | None = None
+    cognito_password_credential: str | None = None
+    cognito_totp_secret_env: str | None = None  # none configured: MFA challenges fail clearly
+    cognito_totp_secret_file: Path | None = None
+    cognito_totp_secret_credential: str | None = None
+    cognito_client_secret_env: str | None = None  # only for app clients that have a secret
+    cognito_client_secret_file: Path | None = None
+    cognito_client_secret_credential: str | None = None
+    cognito_flow: str = "srp"  # srp (USER_SRP_AUTH) | password (USER_PASSWORD_AUTH)
+    cognito_token: str = "access"  # which JWT is the Bearer value: access | id
+    cognito_refresh_margin: float = 300.0  # refresh this many seconds before `exp`
+    cognito_endpoint_url: str | None = None  # None: AWS's regional endpoint
+
+
+def _check_pool_id(v: str) -> str | None:
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+_[0-9A-Za-z]+", v):
+        return "must be a Cognito user pool id like us-east-1_AbCdEf123"
+    return None
+
+
+def _check_client_id(v: str) -> str | None:
+    if not re.fullmatch(r"[\w+]{1,128}", v):
+        return "must be a Cognito app client id (letters and digits)"
+    return None
+
+
+def _check_region(v: str) -> str | None:
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", v):
+        return "must be an AWS region like us-east-1"
+    return None
+
+
+def _check_http_url(v: str) -> str | None:
+    return None if v.startswith(("https://", "http://")) else "must start with https://"
+
+
+def _non_empty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,21 +197,73 @@ class Config:
             resume=r.get(s, "source.resume", bool, default=True),
         )
 
-        a = r.section("auth", {"method", "api_key_env", "api_key_file", "api_key_credential"})
-        if "api_key" in a or "password" in a:
-            r.problem(
-                "auth.api_key",
-                "secrets are not read from the TOML; use api_key_env, "
-                "api_key_file or api_key_credential",
-            )
-        method = r.get(a, "auth.method", str, default="api_key", check=_one_of("api_key"))
-        key_file = r.get(a, "auth.api_key_file", str, default=None)
+        # A secret written into the file itself is refused (by its key, never echoing it).
+        secret_keys = {
+            "api_key": "api_key",
+            "password": "api_key",  # KEY.PASSWORD is one secret, read from api_key_*
+            "cognito_password": "cognito_password",
+            "totp_secret": "cognito_totp_secret",
+            "cognito_totp_secret": "cognito_totp_secret",
+            "client_secret": "cognito_client_secret",
+            "cognito_client_secret": "cognito_client_secret",
+        }
+        a = r.section("auth", set(AuthConfig.__dataclass_fields__) | set(secret_keys))
+        for key, stem in secret_keys.items():
+            if key in a:
+                r.problem(
+                    f"auth.{key}",
+                    f"secrets are not read from the TOML; use {stem}_env, {stem}_file or "
+                    f"{stem}_credential",
+                )
+
+        def a_str(name: str, default: str | None = None, **kw: Any) -> Any:
+            return r.get(a, f"auth.{name}", str, default=default, **kw)
+
+        def a_path(name: str) -> Path | None:
+            text = a_str(name)
+            return r.path(text) if text else None
+
+        method = a_str("method", "api_key", check=_one_of("api_key", "cognito"))
         auth_cfg = AuthConfig(
             method=method,
-            api_key_env=r.get(a, "auth.api_key_env", str, default="MLINK_API_KEY"),
-            api_key_file=r.path(key_file) if key_file else None,
-            api_key_credential=r.get(a, "auth.api_key_credential", str, default=None),
+            api_key_env=a_str("api_key_env", "MLINK_API_KEY"),
+            api_key_file=a_path("api_key_file"),
+            api_key_credential=a_str("api_key_credential"),
+            cognito_user_pool_id=a_str("cognito_user_pool_id", check=_check_pool_id),
+            cognito_client_id=a_str("cognito_client_id", check=_check_client_id),
+            cognito_region=a_str("cognito_region", check=_check_region),
+            cognito_username=a_str("cognito_username", check=_non_empty),
+            cognito_password_env=a_str("cognito_password_env", "MLINK_COGNITO_PASSWORD"),
+            cognito_password_file=a_path("cognito_password_file"),
+            cognito_password_credential=a_str("cognito_password_credential"),
+            cognito_totp_secret_env=a_str("cognito_totp_secret_env"),
+            cognito_totp_secret_file=a_path("cognito_totp_secret_file"),
+            cognito_totp_secret_credential=a_str("cognito_totp_secret_credential"),
+            cognito_client_secret_env=a_str("cognito_client_secret_env"),
+            cognito_client_secret_file=a_path("cognito_client_secret_file"),
+            cognito_client_secret_credential=a_str("cognito_client_secret_credential"),
+            cognito_flow=a_str("cognito_flow", "srp", check=_one_of("srp", "password")),
+            cognito_token=a_str("cognito_token", "access", check=_one_of("access", "id")),
+            cognito_refresh_margin=r.num(a, "auth.cognito_refresh_margin", 300.0, _positive),
+            cognito_endpoint_url=a_str("cognito_endpoint_url", check=_check_http_url),
         )
+        if method == "api_key" and not (
+            auth_cfg.api_key_env or auth_cfg.api_key_file or auth_cfg.api_key_credential
+        ):
+            r.problem("auth.api_key_env", "no API key source (api_key_env, _file or _credential)")
+        if method == "cognito":
+            for name in ("cognito_user_pool_id", "cognito_client_id", "cognito_username"):
+                if name not in a:
+                    r.problem(f"auth.{name}", 'required when auth.method = "cognito"')
+            if not (
+                auth_cfg.cognito_password_env
+                or auth_cfg.cognito_password_file
+                or auth_cfg.cognito_password_credential
+            ):
+                r.problem(
+                    "auth.cognito_password_env",
+                    "no password source (cognito_password_env, _file or _credential)",
+                )
 
         o = r.section(
             "output",

@@ -25,9 +25,10 @@ from capture.schemas import lookup
 from capture.sim.faults import Faults
 from capture.sim.market import CORE_TYPES, DEFAULT_UNIVERSE
 
-__all__ = ["BAD_KEY_MODES", "SimConfig"]
+__all__ = ["AUTH_MODES", "BAD_KEY_MODES", "SimConfig"]
 
 BAD_KEY_MODES = ("logon_failed_close", "logon_failed_wait", "http_401")
+AUTH_MODES = ("api_key", "jwt", "either")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,21 @@ class SimConfig:
     ``logon_failed_wait`` (LogonFailed, then wait for an MLinkLogon) or ``http_401``."""
     unauthorized_tokens: frozenset[str] = frozenset()
     """Dictionary mTokens the key is not entitled to: MLinkStream answers ``UnauthMsgType``."""
+    auth_mode: str = "api_key"
+    """Which credentials log on: ``api_key`` (``api_keys``), ``jwt`` (only a JWT from the
+    Cognito user pool ``jwt_issuer``, PROTOCOL §2.4) or ``either``."""
+    jwt_issuer: str | None = None
+    """Required ``iss`` of a JWT: ``https://cognito-idp.<region>.amazonaws.com/<pool id>``."""
+    jwt_jwks_url: str | None = None
+    """Where the pool publishes its signing keys (JWKS).  None: ``<jwt_issuer>/.well-known/
+    jwks.json`` (AWS's location; moto serves it on its own endpoint, so give that here)."""
+    jwt_jwks: Mapping[str, Any] | None = None
+    """The JWKS document itself, instead of fetching ``jwt_jwks_url``."""
+    jwt_audiences: frozenset[str] = frozenset()
+    """Accepted app client ids (``client_id`` of access tokens, ``aud`` of ID tokens); empty:
+    any client of the pool."""
+    jwt_token_uses: frozenset[str] = frozenset({"access", "id"})
+    """Accepted ``token_use`` values."""
 
     # -- stream behaviour ([I] choices, §6, §7) ------------------------------------------------
     echo_query_id: bool = True
@@ -199,6 +215,14 @@ def _convert(key: str, value: Any, base_dir: Path) -> Any:
     """TOML value -> field value, type-checked (range checks happen in ``_problems``)."""
     if key in ("host", "path", "bad_key_mode", "env", "realm", "app_name", "machine", "git"):
         return _expect(value, str)
+    if key in ("auth_mode", "jwt_issuer", "jwt_jwks_url"):
+        return _expect(value, str)
+    if key in ("jwt_audiences", "jwt_token_uses"):
+        return frozenset(_expect_str_list(value))
+    if key == "jwt_jwks":
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a table (a JWKS document with a keys array)")
+        return dict(value)
     if key == "stripe_table":
         return _expect(value, str)
     if key in (
@@ -274,6 +298,21 @@ def _problems(c: SimConfig) -> list[str]:
     need(0 <= c.port <= 65_535, "port", "must be 0..65535")
     need(c.path.startswith("/"), "path", "must start with /")
     need(c.bad_key_mode in BAD_KEY_MODES, "bad_key_mode", f"must be one of {BAD_KEY_MODES}")
+    need(c.auth_mode in AUTH_MODES, "auth_mode", f"must be one of {AUTH_MODES}")
+    if c.auth_mode != "api_key":
+        need(c.jwt_issuer is not None, "jwt_issuer", f"required with auth_mode {c.auth_mode!r}")
+    for name in ("jwt_issuer", "jwt_jwks_url"):
+        url = getattr(c, name)
+        need(
+            url is None or url.startswith(("https://", "http://")),
+            name,
+            "must be an http(s):// URL",
+        )
+    if c.jwt_jwks is not None:
+        keys = c.jwt_jwks.get("keys")
+        need(isinstance(keys, list) and bool(keys), "jwt_jwks", "must have a non-empty keys array")
+    bad_uses = sorted(c.jwt_token_uses - {"access", "id"})
+    need(not bad_uses, "jwt_token_uses", f"unknown token_use value(s) {bad_uses}")
     need(
         c.stripe_table in stripe_rules.TABLES, "stripe_table", f"one of {list(stripe_rules.TABLES)}"
     )

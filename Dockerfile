@@ -14,12 +14,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/mlink-capture --create-home mlink
 COPY --from=build /opt/mlink-capture /opt/mlink-capture
-COPY config/capture.toml /etc/mlink-capture/capture.toml
+# The container's configuration (every option is documented in config/capture.toml); mount
+# your own over it.  Data and the health file live on the volume.
+COPY config/docker.toml /etc/mlink-capture/capture.toml
 ENV PATH=/opt/mlink-capture/bin:$PATH PYTHONUNBUFFERED=1
 USER mlink
 VOLUME ["/var/lib/mlink-capture"]
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["mlink-capture", "health", "--config", "/etc/mlink-capture/capture.toml", "--max-age", "30"]
+  CMD ["mlink-capture", "health", "--file", "/var/lib/mlink-capture/health.json", "--max-age", "30"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["mlink-capture"]
 CMD ["run", "--config", "/etc/mlink-capture/capture.toml"]

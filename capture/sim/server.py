@@ -1,7 +1,9 @@
 """The MLink simulator: a trio-websocket server that speaks JSONFramed like PROTOCOL.md says.
 
 Session (§7.1): the upgrade is authenticated from ``Authorization: Bearer KEY[.PASSWORD]``
-(optionally ``?apikey=``) and MLinkAdmin is sent at once, unprompted.  Each MLinkStream gets an
+(optionally ``?apikey=``), or from a Cognito JWT (``auth_mode``: RS256 signature checked against
+the pool's published keys, issuer, expiry, token use, app client), and MLinkAdmin is sent at
+once, unprompted.  Each MLinkStream gets an
 MLinkStreamAck, then CheckPt ``Begin``, the snapshot (latest cached record of every pkey of the
 type in the stripe, original ``sTim``, fresh ``encT``), CheckPt ``Active`` with
 ``numMessagesSent``, CheckPt ``Complete``, then live updates.  MLinkHeartbeat every
@@ -19,6 +21,8 @@ run on ``trio.testing.MockClock``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import hmac
 import itertools
@@ -26,6 +30,7 @@ import json
 import random
 import re
 import time
+import urllib.request
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +40,9 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 import trio
 import trio_websocket as tw
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from capture import stripes as stripe_rules
 from capture.frames import Frame, FrameDecoder, encode_frame
@@ -44,7 +52,7 @@ from capture.sim.faults import Action, FaultState, OutFrame
 from capture.sim.market import Market, Record, encode_message, fmt_double, utc_text
 from capture.sim.record import ConnectionRecording, Recorder
 
-__all__ = ["ClockNs", "Simulator", "WhereError", "compile_where", "serve"]
+__all__ = ["ClockNs", "Simulator", "WhereError", "compile_where", "serve", "verify_jwt"]
 
 log = structlog.get_logger("capture.sim")
 
@@ -117,6 +125,8 @@ class Simulator:
         self._acc: dict[str, float] = {}
         self.errors: list[BaseException] = []
         """Unexpected exceptions of connection tasks (logged; a test asserts this is empty)."""
+        self._jwt_keys: dict[str, rsa.RSAPublicKey] = {}  # fetched from jwt_jwks_url, by kid
+        self._jwks_fetched_at: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -210,6 +220,8 @@ class Simulator:
         faulty = cfg.faults.faulty_connections is None or nth <= cfg.faults.faulty_connections
         faults = FaultState(cfg.faults, random.Random(f"{cfg.seed}:{conn_id}"), active=faulty)
         cred, via = _credentials(request.headers, target.query, cfg.accept_query_apikey)
+        if cred is not None:
+            await self.prepare_credential(cred)
         if cred is None:
             state = AuthState.WAITING
         elif self.key_ok(cred, faults):
@@ -233,8 +245,20 @@ class Simulator:
             del self.connections[conn_id]
 
     def key_ok(self, cred: str, faults: FaultState) -> bool:
-        """Whether a bearer token / apiKey is accepted (never logged)."""
+        """Whether a bearer token / apiKey / JWT is accepted (never logged).
+
+        A JWT (``auth_mode`` ``jwt`` or ``either``) needs the pool's keys at hand: await
+        :meth:`prepare_credential` first.
+        """
         if faults.faults.auth_reject:
+            return False
+        if self.cfg.auth_mode != "api_key" and looks_like_jwt(cred):
+            why = self.jwt_problem(cred)
+            if why is not None:
+                log.info("sim.jwt_rejected", reason=why)
+            return why is None
+        if self.cfg.auth_mode == "jwt":
+            log.info("sim.jwt_rejected", reason="an API key, but only JWTs are accepted")
             return False
         if not self.cfg.api_keys:
             return bool(cred)
@@ -243,6 +267,129 @@ class Simulator:
         for key in self.cfg.api_keys:  # no early exit: do not leak which prefix matched
             ok |= hmac.compare_digest(given, key.encode())
         return ok
+
+    def jwt_problem(self, token: str) -> str | None:
+        """Why ``token`` is not a valid JWT of the configured pool (None: it is)."""
+        cfg = self.cfg
+        keys = rsa_public_keys(cfg.jwt_jwks) if cfg.jwt_jwks is not None else self._jwt_keys
+        return verify_jwt(
+            token,
+            keys,
+            issuer=cfg.jwt_issuer or "",
+            audiences=cfg.jwt_audiences,
+            token_uses=cfg.jwt_token_uses,
+            now_s=self.clock_ns() / 1e9,
+        )
+
+    async def prepare_credential(self, cred: str) -> None:
+        """Fetch the pool's signing keys (JWKS) if ``cred`` is a JWT signed by a key not yet
+        known; at most once a minute, in a thread (it is blocking HTTP)."""
+        cfg = self.cfg
+        if cfg.auth_mode == "api_key" or cfg.jwt_jwks is not None or not looks_like_jwt(cred):
+            return
+        if _jwt_kid(cred) in self._jwt_keys:
+            return
+        now = trio.current_time()
+        if self._jwks_fetched_at is not None and now - self._jwks_fetched_at < 60:
+            return
+        self._jwks_fetched_at = now
+        url = cfg.jwt_jwks_url or f"{(cfg.jwt_issuer or '').rstrip('/')}/.well-known/jwks.json"
+        try:
+            document = await trio.to_thread.run_sync(_fetch_json, url)
+            self._jwt_keys = rsa_public_keys(document)
+        except (OSError, ValueError) as exc:
+            log.warning("sim.jwks_unavailable", url=url, error=f"{type(exc).__name__}: {exc}")
+            return
+        log.info("sim.jwks_loaded", url=url, keys=len(self._jwt_keys))
+
+
+# ---------------------------------------------------------------------------------------------
+# JWT (PROTOCOL §2.4): RS256 signature, issuer, expiry, token use, app client
+# ---------------------------------------------------------------------------------------------
+
+
+def looks_like_jwt(cred: str) -> bool:
+    """Three base64url parts, the first a JSON object (API keys have at most one dot)."""
+    return cred.startswith("eyJ") and cred.count(".") == 2
+
+
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _jwt_kid(token: str) -> str:
+    try:
+        header = json.loads(_b64url(token.split(".", 1)[0]))
+    except (ValueError, binascii.Error):
+        return ""
+    return str(header.get("kid", "")) if isinstance(header, dict) else ""
+
+
+def rsa_public_keys(jwks: Mapping[str, Any]) -> dict[str, rsa.RSAPublicKey]:
+    """The RSA signing keys of a JWKS document, by ``kid`` (other keys are ignored)."""
+    out: dict[str, rsa.RSAPublicKey] = {}
+    keys = jwks.get("keys")
+    for jwk in keys if isinstance(keys, list) else []:
+        if not isinstance(jwk, Mapping) or jwk.get("kty") != "RSA":
+            continue
+        if jwk.get("use", "sig") != "sig" or jwk.get("alg", "RS256") != "RS256":
+            continue
+        try:
+            n = int.from_bytes(_b64url(str(jwk["n"])), "big")
+            e = int.from_bytes(_b64url(str(jwk["e"])), "big")
+            out[str(jwk.get("kid", ""))] = rsa.RSAPublicNumbers(e, n).public_key()
+        except (KeyError, ValueError, binascii.Error):
+            continue
+    return out
+
+
+def verify_jwt(
+    token: str,
+    keys: Mapping[str, rsa.RSAPublicKey],
+    *,
+    issuer: str,
+    audiences: frozenset[str] = frozenset(),
+    token_uses: frozenset[str] = frozenset({"access", "id"}),
+    now_s: float,
+) -> str | None:
+    """None if ``token`` is a valid Cognito JWT of ``issuer``; else why not (no token text).
+
+    Only RS256 is accepted (no ``none``, no HMAC with a public key), with a key of ``keys``.
+    """
+    try:
+        h64, p64, s64 = token.split(".")
+        header, claims, signature = json.loads(_b64url(h64)), json.loads(_b64url(p64)), _b64url(s64)
+    except (ValueError, binascii.Error):
+        return "not a JWT"
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        return "not a JWT"
+    if header.get("alg") != "RS256":
+        return f"algorithm {str(header.get('alg'))[:10]!r} is not RS256"
+    key = keys.get(str(header.get("kid", "")))
+    if key is None:
+        return "signed by an unknown key (kid not in the pool's JWKS)"
+    try:
+        key.verify(signature, f"{h64}.{p64}".encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+    except (InvalidSignature, UnicodeEncodeError):
+        return "bad signature"
+    if claims.get("iss") != issuer:
+        return "issued by another user pool"
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or exp <= now_s:
+        return "expired"
+    use = claims.get("token_use")
+    if use not in token_uses:
+        return f"token_use {str(use)[:10]!r} not accepted"
+    if audiences:
+        client = claims.get("client_id") if use == "access" else claims.get("aud")
+        if client not in audiences:
+            return "issued to another app client"
+    return None
+
+
+def _fetch_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:  # http(s) only: checked in config
+        return json.loads(response.read())
 
 
 async def _hosted_nursery(
@@ -503,10 +650,15 @@ class Connection:
     async def _on_logon(self, message: Mapping[str, Any]) -> None:
         api_key = _opt_str(message.get("apiKey"))
         password = _opt_str(message.get("password")) or _opt_str(message.get("apiPassword"))
-        if api_key is None:
-            await self._logon_reply(AuthState.FAILED, "MLinkLogon needs an apiKey")
+        jwt_token = _opt_str(message.get("jwtToken"))  # "Cognito JWT token" (§2.3)
+        if jwt_token is not None:
+            cred = jwt_token
+        elif api_key is not None:
+            cred = f"{api_key}.{password}" if password else api_key
+        else:
+            await self._logon_reply(AuthState.FAILED, "MLinkLogon needs an apiKey or jwtToken")
             return
-        cred = f"{api_key}.{password}" if password else api_key
+        await self.sim.prepare_credential(cred)
         ok = self.sim.key_ok(cred, self.faults)
         log.info("sim.logon", conn=self.conn_id, ok=ok)
         await self._logon_reply(AuthState.LOGGED_ON if ok else AuthState.FAILED)

@@ -1,0 +1,1231 @@
+"""Per-stripe raw journal: every WebSocket message, byte-exact, before anything else.
+
+A Parquet file has no footer until it is closed, so a crash loses the file being written, and
+the vendor's WebSocket cannot replay.  Each stripe worker therefore appends every message it
+receives to this journal *before* decoding it (a kdb+ tickerplant log), fsyncs it at least every
+``durability_interval`` and deletes a segment only once every frame in it is in committed
+Parquet.  Recovery and ``replay`` feed the journal's messages through the same decode pipeline
+as live data, so the journal holds raw WebSocket payloads, not parsed frames.
+
+This module is synchronous and imports neither trio nor pyarrow.
+
+Directory and segments
+----------------------
+One directory per stripe (``ROOT/_journal/stripe=<S>/``) holds::
+
+    seg-<name_seq: 20 digits>-<generation: 10 digits>.mlj   segments, name order = append order
+    LOCK                                                     flock(2): one writer (or recover)
+    corrupt/<segment>.<offset>.cut                           bytes recover() cut as corrupt
+
+A writer always starts a *new* segment (it never appends to a file a crash may have torn) and
+rolls to a new one when the next record would take the segment past ``segment_bytes``, or on
+:meth:`JournalWriter.roll`.  ``name_seq`` is the sequence number the segment's first data frame
+gets (a lower bound for the first segment a writer opens); ``generation`` grows by one per
+segment, so names are unique and sort in creation order.  A rolled segment begins with a copy of
+the current SESSION record marked *resumed*, so every segment names its session.
+
+A segment that is closed cleanly ends with a SEAL record: a summary (record count, seq range)
+written only after the data before it was fsynced.  recover() trusts a seal and does not read
+the segment; only unsealed segments (the one or two a crash left open) are scanned.
+
+Record layout (little-endian; 40-byte header, then ``payload_len`` payload bytes)::
+
+    offset size  field
+      0     4    magic        b"MLJR"
+      4     1    version      1
+      5     1    kind         1 SESSION, 2 MESSAGE, 3 SEAL
+      6     1    flags        MESSAGE: bit 0 = text message; SESSION: bit 0 = resumed; SEAL: 0
+      7     1    reserved     0
+      8     4    payload_len  u32
+     12     8    time_ns      i64  MESSAGE: recv_ns; SESSION: wall_ns; SEAL: time sealed
+     20     8    first_seq    u64  MESSAGE: seq of its first data frame; otherwise 0
+     28     4    n_data       u32  MESSAGE: data frames completed in it; otherwise 0
+     32     4    header_crc   CRC-32 of bytes 0..31
+     36     4    record_crc   CRC-32 of bytes 0..31 followed by the payload
+                              (computed as zlib.crc32(payload, header_crc))
+
+    MESSAGE payload  the WebSocket message; a text message is stored UTF-8 encoded
+    SESSION payload  UTF-8 JSON {"session": str, "stripe": str, "context": {...}}
+    SEAL payload     48 bytes: u64 offset of this record, u64 records before it (SESSION and
+                     MESSAGE), u64 min_seq, u64 max_seq, u64 next_seq, u32 flags (bit 0:
+                     min/max valid, bit 1: next_seq valid), u32 reserved = 0
+
+Because the header has its own CRC, ``payload_len`` is trusted only when the header is intact,
+so a reader tells apart a *torn header* (fewer than 40 bytes left), a *torn payload* (an intact
+header announcing more bytes than the file has), *bad magic*, a *header crc mismatch* and a
+*crc mismatch* (payload or record crc).  Nothing resynchronises: the valid prefix of a segment
+is every whole record before the first bad one.  A header with a good CRC but a different
+``version`` is not corruption: it raises :class:`JournalFormatError` and nothing is changed.
+
+Sequence numbers
+----------------
+The worker numbers data frames consecutively per stripe and tells :meth:`JournalWriter.append`
+the ``first_seq`` and count ``n_data`` of the data frames *completed* in each message, so the
+message's frames are ``first_seq .. first_seq + n_data - 1`` and ``first_seq + n_data`` is the
+next number.  ``first_seq`` must never decrease, across restarts too (the writer refuses with
+ValueError): start the worker's counter at :attr:`JournalWriter.next_seq`.
+
+A frame split across two messages completes in (and is numbered with) the later one, but its
+first bytes are in the earlier message, perhaps in the previous segment.  So a segment also
+holds the start of frame ``next_seq`` (its ``last_seq + 1``), and :meth:`JournalWriter.retire`
+deletes a segment only when ``next_seq < committed_below``: one frame more conservative than
+"every frame completed in it is committed", so replay never lacks the head of a frame.
+
+Replay
+------
+``read_records`` yields SESSION and MESSAGE records in append order (never SEAL records).
+Reset the frame decoder at every SESSION record whose ``resumed`` is False (a new connection is
+a new byte stream); a resumed copy only repeats the session at a segment boundary.  A reader
+that starts at a later segment (``from_seq``) may see the tail of a frame split across the
+boundary first; the decoder resyncs, and that frame is numbered below ``from_seq``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import errno
+import fcntl
+import json
+import os
+import re
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Final, cast
+from zlib import crc32
+
+__all__ = [
+    "DEFAULT_SEGMENT_BYTES",
+    "HEADER_SIZE",
+    "CutReason",
+    "JournalBrokenError",
+    "JournalClosedError",
+    "JournalError",
+    "JournalFormatError",
+    "JournalLockedError",
+    "JournalStatistics",
+    "JournalWriter",
+    "MessageRecord",
+    "Record",
+    "RecoveryReport",
+    "SegmentInfo",
+    "SegmentReport",
+    "SessionRecord",
+    "list_segments",
+    "read_records",
+    "recover",
+]
+
+MAGIC: Final = b"MLJR"
+VERSION: Final = 1
+KIND_SESSION: Final = 1
+KIND_MESSAGE: Final = 2
+KIND_SEAL: Final = 3
+FLAG_TEXT: Final = 0x01  # MESSAGE
+FLAG_RESUMED: Final = 0x01  # SESSION
+_ALLOWED_FLAGS: Final = {KIND_SESSION: FLAG_RESUMED, KIND_MESSAGE: FLAG_TEXT, KIND_SEAL: 0}
+
+_PREFIX: Final = struct.Struct("<4sBBBBIqQI")  # the CRC-covered header fields
+_HEADER: Final = struct.Struct("<4sBBBBIqQIII")
+_CRCS: Final = struct.Struct("<II")
+_SEAL_BODY: Final = struct.Struct("<QQQQQII")
+_SEAL_HAS_RANGE: Final = 0x01
+_SEAL_HAS_NEXT: Final = 0x02
+
+HEADER_SIZE: Final = _HEADER.size  # 40
+_PREFIX_SIZE: Final = _PREFIX.size  # 32
+SEAL_SIZE: Final = HEADER_SIZE + _SEAL_BODY.size  # 88
+DEFAULT_SEGMENT_BYTES: Final = 64 * 2**20
+MAX_SESSION_PAYLOAD: Final = 2**20
+
+_WRITE_BUFFER: Final = 1 << 18  # bytes a writer holds before the OS sees them
+_SMALL_PAYLOAD: Final = 1 << 12  # up to this, header + payload are joined into one write
+_READ_CHUNK: Final = 1 << 22
+_COPY_CHUNK: Final = 1 << 20
+_SEGMENT_RE: Final = re.compile(r"seg-(\d{20})-(\d{10})\.mlj")
+_LOCK_NAME: Final = "LOCK"
+_CORRUPT_DIR: Final = "corrupt"
+_FILE_MODE: Final = 0o640
+
+# Bound once: the hot path calls these per message.
+_pack_prefix = _PREFIX.pack
+_pack_crcs = _CRCS.pack
+
+
+# --------------------------------------------------------------------------------------------
+# Records, reports, errors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """Start of a connection session.  ``resumed`` marks the copy a rolled segment begins with:
+    the same session continuing, so a replay must not reset its frame decoder there."""
+
+    session: str
+    stripe: str
+    wall_ns: int
+    context: Mapping[str, Any]
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One received WebSocket message (``payload`` is UTF-8 when ``is_text``)."""
+
+    recv_ns: int
+    first_seq: int
+    n_data: int
+    is_text: bool
+    payload: bytes
+
+
+Record = SessionRecord | MessageRecord
+
+
+class CutReason(enum.StrEnum):
+    """Why a segment's valid prefix ends before its last byte."""
+
+    TORN_HEADER = "torn header"  # fewer than HEADER_SIZE bytes after the last whole record
+    TORN_PAYLOAD = "torn payload"  # an intact header announces more bytes than the file has
+    BAD_MAGIC = "bad magic"
+    HEADER_CRC = "header crc mismatch"
+    CRC_MISMATCH = "crc mismatch"  # payload (or the record crc field) does not match
+    INVALID_RECORD = "invalid record"  # intact CRCs, but not a record a writer produces
+    AFTER_SEAL = "data after seal"
+
+    @property
+    def torn(self) -> bool:
+        """A write cut short by a crash, as opposed to bytes that changed after writing."""
+        return self in (CutReason.TORN_HEADER, CutReason.TORN_PAYLOAD)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """What a segment holds.  ``min_seq``/``max_seq``: its data frames (None if none);
+    ``next_seq``: first_seq + n_data of its last MESSAGE (None if it has no MESSAGE)."""
+
+    path: Path
+    size: int
+    records: int
+    min_seq: int | None
+    max_seq: int | None
+    next_seq: int | None
+    sealed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentReport:
+    """recover()'s verdict on one segment."""
+
+    path: Path
+    size_before: int
+    bytes_cut: int
+    records_kept: int
+    reason: CutReason | None  # None: nothing cut
+    detail: str
+    removed: bool  # empty after truncation (or empty to begin with), so deleted
+    was_sealed: bool  # trusted without reading (see recover(verify_sealed=...))
+    sealed: bool  # sealed now
+    preserved: Path | None  # where corrupt cut bytes were copied to
+    min_seq: int | None
+    max_seq: int | None
+    next_seq: int | None
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    directory: Path
+    segments: list[SegmentReport]
+    bytes_cut: int
+    records_kept: int
+
+    @property
+    def removed(self) -> list[Path]:
+        return [s.path for s in self.segments if s.removed]
+
+    @property
+    def cut(self) -> list[SegmentReport]:
+        return [s for s in self.segments if s.bytes_cut]
+
+    @property
+    def clean(self) -> bool:
+        """Nothing was cut or removed."""
+        return not self.bytes_cut and not self.removed
+
+
+@dataclass(frozen=True, slots=True)
+class JournalStatistics:
+    segments: int  # on disk, the open one included
+    bytes_on_disk: int  # their sizes, bytes still in the write buffer included
+    open_segment: Path | None
+    appended_records: int  # SESSION and MESSAGE records written by this writer
+    appended_bytes: int
+    unsynced_bytes: int  # appended since the last flush_and_sync took its snapshot
+    next_seq: int
+    durable_seq: int | None  # every data frame up to this one is fsynced
+    oldest_seq: int | None  # lowest data frame seq still in the journal
+    last_sync_ns: int | None  # wall time the last flush_and_sync finished
+    syncs: int
+    rolls: int
+    retired_segments: int
+    retired_bytes: int
+
+
+class JournalError(Exception):
+    """Base class of this module's errors."""
+
+
+class JournalFormatError(JournalError):
+    """A segment holds an intact record this version does not understand (a newer format):
+    nothing is changed, so a newer writer's data is never cut."""
+
+
+class JournalLockedError(JournalError):
+    """Another writer (or recover) holds this journal directory."""
+
+
+class JournalClosedError(JournalError):
+    """The writer was closed."""
+
+
+class JournalBrokenError(JournalError):
+    """An earlier write or fsync failed; the writer accepts nothing more.  After a failed
+    fsync the kernel may have dropped the pages, so retrying could claim durability falsely:
+    restart, run recover() and open a new writer."""
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------
+
+
+def _record(kind: int, flags: int, time_ns: int, first_seq: int, n_data: int, payload: bytes) -> bytes:
+    prefix = _pack_prefix(MAGIC, VERSION, kind, flags, 0, len(payload), time_ns, first_seq, n_data)
+    hcrc = crc32(prefix)
+    return prefix + _pack_crcs(hcrc, crc32(payload, hcrc)) + payload
+
+
+def _session_payload(session: str, stripe: str, context: Mapping[str, Any]) -> bytes:
+    if not isinstance(session, str) or not isinstance(stripe, str):
+        raise TypeError("session and stripe must be str")
+    text = json.dumps(
+        {"session": session, "stripe": stripe, "context": dict(context)},
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    payload = text.encode("utf-8")
+    if len(payload) > MAX_SESSION_PAYLOAD:
+        raise ValueError(f"session context too large ({len(payload)} bytes of JSON)")
+    return payload
+
+
+def _parse_session(payload: bytes, wall_ns: int, flags: int) -> SessionRecord | None:
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    session, stripe, context = obj.get("session"), obj.get("stripe"), obj.get("context")
+    if not (isinstance(session, str) and isinstance(stripe, str) and isinstance(context, dict)):
+        return None
+    return SessionRecord(session, stripe, wall_ns, context, bool(flags & FLAG_RESUMED))
+
+
+def _seal_record(
+    offset: int,
+    records: int,
+    min_seq: int | None,
+    max_seq: int | None,
+    next_seq: int | None,
+    now_ns: int,
+) -> bytes:
+    flags = (_SEAL_HAS_RANGE if min_seq is not None else 0) | (
+        _SEAL_HAS_NEXT if next_seq is not None else 0
+    )
+    body = _SEAL_BODY.pack(offset, records, min_seq or 0, max_seq or 0, next_seq or 0, flags, 0)
+    return _record(KIND_SEAL, 0, now_ns, 0, 0, body)
+
+
+# --------------------------------------------------------------------------------------------
+# Filesystem helpers (module-level so tests can observe exactly these syscalls)
+# --------------------------------------------------------------------------------------------
+
+
+def _fsync(fd: int) -> None:
+    os.fsync(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        _fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ensure_dir(path: Path) -> None:
+    """mkdir -p, fsyncing the parent of every directory created, so the journal directory
+    itself survives a power loss."""
+    missing: list[Path] = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            continue
+        _fsync_dir(d.parent)
+
+
+class _DirLock:
+    """An exclusive flock(2) on ``<dir>/LOCK`` for as long as the object lives; the kernel
+    releases it when the process dies, so a stale lock cannot outlive a crash."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, directory: Path) -> None:
+        fd = os.open(directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise JournalLockedError(
+                    f"journal {directory} is in use by another writer or recovery"
+                ) from exc
+            raise
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor releases the lock
+
+
+def _segment_paths(directory: Path) -> list[tuple[Path, int, int]]:
+    """(path, name_seq, generation) of every segment, in append order."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    out: list[tuple[Path, int, int]] = []
+    for name in names:
+        m = _SEGMENT_RE.fullmatch(name)
+        if m is not None:
+            out.append((directory / name, int(m.group(1)), int(m.group(2))))
+    out.sort(key=lambda t: (t[1], t[2]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Scan:
+    """What a pass over one segment found; filled in as records are read."""
+
+    size: int
+    end: int = 0  # end of the valid prefix
+    records: int = 0
+    min_seq: int | None = None
+    max_seq: int | None = None
+    next_seq: int | None = None
+    sealed: bool = False
+    reason: CutReason | None = None
+    detail: str = ""
+
+    def stop(self, reason: CutReason, detail: str) -> None:
+        self.reason = reason
+        self.detail = f"offset {self.end}: {detail}"
+
+    def info(self, path: Path) -> SegmentInfo:
+        return SegmentInfo(
+            path, self.end, self.records, self.min_seq, self.max_seq, self.next_seq, self.sealed
+        )
+
+
+class _Chunks:
+    """A window of a file read in large chunks; ``ensure(n)`` makes ``buf[pos:pos+n]`` valid."""
+
+    __slots__ = ("base", "buf", "f", "pos", "size")
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self.f = f
+        self.size = size  # the file is read no further than this
+        self.buf = b""
+        self.base = 0  # file offset of buf[0]
+        self.pos = 0
+
+    def ensure(self, n: int) -> bool:
+        have = len(self.buf) - self.pos
+        if have >= n:
+            return True
+        offset = self.base + self.pos
+        if offset + n > self.size:
+            return False
+        want = min(max(n - have, _READ_CHUNK), self.size - offset - have)
+        parts = [self.buf[self.pos :]]
+        got = 0
+        while have + got < n:
+            data = self.f.read(want - got)
+            if not data:
+                return False  # the file shrank under us: treat as its end
+            parts.append(data)
+            got += len(data)
+        self.buf = b"".join(parts)
+        self.base = offset
+        self.pos = 0
+        return True
+
+
+def _scan(f: BinaryIO, out: _Scan, *, build: bool) -> Iterator[Record]:
+    """Verify the records of a segment from the start, stopping at the first one that is not
+    whole and intact; yield them when ``build``.  ``out`` says where and why it stopped."""
+    r = _Chunks(f, out.size)
+    size = out.size
+    unpack = _HEADER.unpack_from
+    while True:
+        offset = r.base + r.pos
+        out.end = offset
+        if offset >= size:
+            return
+        if not r.ensure(HEADER_SIZE):
+            left = size - offset
+            tail = r.buf[r.pos : r.pos + left] if r.ensure(left) else b""
+            if tail[:4] != MAGIC[: len(tail[:4])]:
+                out.stop(CutReason.BAD_MAGIC, f"{left} trailing bytes, not a record")
+            else:
+                out.stop(CutReason.TORN_HEADER, f"{left} of {HEADER_SIZE} header bytes")
+            return
+        buf, pos = r.buf, r.pos
+        magic, version, kind, flags, reserved, n, t, fs, nd, hcrc, rcrc = unpack(buf, pos)
+        if magic != MAGIC:
+            out.stop(CutReason.BAD_MAGIC, f"magic {magic!r}")
+            return
+        if crc32(buf[pos : pos + _PREFIX_SIZE]) != hcrc:
+            out.stop(CutReason.HEADER_CRC, "header crc mismatch")
+            return
+        if version != VERSION:
+            raise JournalFormatError(
+                f"{getattr(f, 'name', '?')}: record at offset {offset} has format version "
+                f"{version}; this program reads version {VERSION}"
+            )
+        allowed = _ALLOWED_FLAGS.get(kind)
+        if allowed is None or flags & ~allowed or reserved:
+            out.stop(CutReason.INVALID_RECORD, f"kind {kind} flags {flags:#x} reserved {reserved}")
+            return
+        need = HEADER_SIZE + n
+        if not r.ensure(need):
+            out.stop(CutReason.TORN_PAYLOAD, f"{size - offset - HEADER_SIZE} of {n} payload bytes")
+            return
+        buf, pos = r.buf, r.pos
+        start = pos + HEADER_SIZE
+        stop = pos + need
+        if crc32(memoryview(buf)[start:stop], hcrc) != rcrc:
+            out.stop(CutReason.CRC_MISMATCH, "record crc mismatch")
+            return
+        if kind == KIND_MESSAGE:
+            if nd:
+                if out.min_seq is None:
+                    out.min_seq = fs
+                out.max_seq = fs + nd - 1
+            out.next_seq = fs + nd
+            r.pos = stop
+            out.records += 1
+            if build:
+                yield MessageRecord(t, fs, nd, bool(flags & FLAG_TEXT), buf[start:stop])
+            continue
+        if kind == KIND_SESSION:
+            rec = _parse_session(buf[start:stop], t, flags)
+            if rec is None:
+                out.stop(CutReason.INVALID_RECORD, "SESSION payload is not the expected JSON")
+                return
+            r.pos = stop
+            out.records += 1
+            if build:
+                yield rec
+            continue
+        # KIND_SEAL: must describe exactly what precedes it, and end the segment.
+        if n != _SEAL_BODY.size or not _seal_matches(buf, start, offset, out):
+            out.stop(CutReason.INVALID_RECORD, "seal does not match the records before it")
+            return
+        out.sealed = True
+        out.end = offset + need
+        if out.end < size:
+            out.stop(CutReason.AFTER_SEAL, f"{size - out.end} bytes after the seal")
+        return
+
+
+def _seal_matches(buf: bytes, start: int, offset: int, scanned: _Scan) -> bool:
+    seal_offset, records, lo, hi, nxt, flags, reserved = _SEAL_BODY.unpack_from(buf, start)
+    return (
+        seal_offset == offset
+        and records == scanned.records
+        and reserved == 0
+        and (lo if flags & _SEAL_HAS_RANGE else None) == scanned.min_seq
+        and (hi if flags & _SEAL_HAS_RANGE else None) == scanned.max_seq
+        and (nxt if flags & _SEAL_HAS_NEXT else None) == scanned.next_seq
+    )
+
+
+def _read_seal(f: BinaryIO, size: int) -> _Scan | None:
+    """The summary in a segment's final SEAL record, or None if it does not end with one."""
+    if size < SEAL_SIZE:
+        return None
+    f.seek(size - SEAL_SIZE)
+    data = f.read(SEAL_SIZE)
+    if len(data) != SEAL_SIZE:
+        return None
+    magic, version, kind, flags, reserved, n, _t, _fs, _nd, hcrc, rcrc = _HEADER.unpack_from(data)
+    if (
+        magic != MAGIC
+        or crc32(data[:_PREFIX_SIZE]) != hcrc
+        or version != VERSION
+        or kind != KIND_SEAL
+        or flags
+        or reserved
+        or n != _SEAL_BODY.size
+        or crc32(data[HEADER_SIZE:], hcrc) != rcrc
+    ):
+        return None
+    seal_offset, records, lo, hi, nxt, sflags, sres = _SEAL_BODY.unpack_from(data, HEADER_SIZE)
+    if seal_offset != size - SEAL_SIZE or sres:
+        return None
+    has_range = bool(sflags & _SEAL_HAS_RANGE)
+    return _Scan(
+        size=size,
+        end=size,
+        records=records,
+        min_seq=lo if has_range else None,
+        max_seq=hi if has_range else None,
+        next_seq=nxt if sflags & _SEAL_HAS_NEXT else None,
+        sealed=True,
+    )
+
+
+def _inspect(f: BinaryIO, *, trust_seal: bool = True) -> _Scan:
+    size = os.fstat(f.fileno()).st_size
+    if trust_seal:
+        sealed = _read_seal(f, size)
+        if sealed is not None:
+            return sealed
+        f.seek(0)
+    out = _Scan(size)
+    collections.deque(_scan(f, out, build=False), maxlen=0)
+    return out
+
+
+def list_segments(directory: Path) -> list[SegmentInfo]:
+    """Every segment in append order with what it holds: from its seal when sealed, else by
+    reading its valid prefix (``size`` is then the valid prefix, not the file size)."""
+    out: list[SegmentInfo] = []
+    for path, _, _ in _segment_paths(Path(directory)):
+        try:
+            with open(path, "rb", buffering=0) as f:
+                out.append(_inspect(f).info(path))
+        except FileNotFoundError:
+            continue  # retired meanwhile
+    return out
+
+
+def read_records(
+    directory: Path,
+    *,
+    from_seq: int | None = None,
+    on_cut: Callable[[Path, CutReason, int, int], None] | None = None,
+) -> Iterator[tuple[Path, Record]]:
+    """Every valid SESSION and MESSAGE record of every segment, in append order.
+
+    Each segment is read up to the end of its valid prefix; a torn or corrupt tail never
+    raises but, when given, ``on_cut(path, reason, offset, size)`` is called for it (the live
+    segment of a running writer may legitimately end mid-record).  With ``from_seq``, leading
+    segments that hold nothing at or above ``from_seq`` (by the same rule as retire: their
+    ``next_seq < from_seq``) are skipped; records below ``from_seq`` in the first segment read
+    are still yielded, so filter frames by seq.
+    """
+    directory = Path(directory)
+    paths = [p for p, _, _ in _segment_paths(directory)]
+    if from_seq is not None:
+        infos = list_segments(directory)
+        skip = 0
+        for i, info in enumerate(infos):
+            if info.next_seq is not None and info.next_seq < from_seq:
+                skip = i + 1
+        keep = {info.path for info in infos[skip:]}
+        paths = [p for p in paths if p in keep]
+    for path in paths:
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, also on early exit
+        except FileNotFoundError:
+            continue  # retired after listing: everything in it is committed
+        with f:
+            out = _Scan(os.fstat(f.fileno()).st_size)
+            for record in _scan(f, out, build=True):
+                yield path, record
+            if out.reason is not None and on_cut is not None:
+                on_cut(path, out.reason, out.end, out.size)
+
+
+# --------------------------------------------------------------------------------------------
+# Recovery
+# --------------------------------------------------------------------------------------------
+
+
+def recover(
+    directory: Path, *, verify_sealed: bool = False, preserve_corrupt: bool = True
+) -> RecoveryReport:
+    """Start-up pass: make every segment end with its last whole, intact record.
+
+    Run it before opening a :class:`JournalWriter` (it takes the same directory lock).  For
+    each segment in order: a sealed one is trusted unless ``verify_sealed``; otherwise its
+    valid prefix is found, the file is truncated to it and fsynced, and it is sealed (so the
+    next start-up need not read it).  A segment with no record left is deleted.  Bytes cut for
+    a reason other than a torn write (a CRC mismatch, bad magic...) are first copied to
+    ``corrupt/<segment>.<offset>.cut`` when ``preserve_corrupt`` (unless all zero, which is
+    what a power loss leaves in unwritten blocks).  Idempotent: a second run changes nothing.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return RecoveryReport(directory, [], 0, 0)
+    lock = _DirLock(directory)
+    try:
+        reports: list[SegmentReport] = []
+        removed_any = False
+        for path, _, _ in _segment_paths(directory):
+            report = _recover_segment(path, verify_sealed, preserve_corrupt)
+            removed_any |= report.removed
+            reports.append(report)
+        if removed_any:
+            _fsync_dir(directory)
+    finally:
+        lock.release()
+    return RecoveryReport(
+        directory,
+        reports,
+        bytes_cut=sum(r.bytes_cut for r in reports),
+        records_kept=sum(r.records_kept for r in reports),
+    )
+
+
+def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> SegmentReport:
+    preserved: Path | None = None
+    was_sealed = False
+    with open(path, "r+b", buffering=0) as f:
+        scan = _inspect(f, trust_seal=not verify_sealed)
+        size = scan.size
+        was_sealed = scan.sealed and scan.end == size and scan.reason is None and not verify_sealed
+        if scan.end < size:
+            if preserve and scan.reason is not None and not scan.reason.torn:
+                preserved = _preserve(f, path, scan.end, size)
+            f.truncate(scan.end)
+            _fsync(f.fileno())
+        if scan.records and not scan.sealed:
+            if scan.end == size:
+                _fsync(f.fileno())  # the seal must never reach the disk before the data
+            f.seek(scan.end)
+            f.write(
+                _seal_record(
+                    scan.end, scan.records, scan.min_seq, scan.max_seq, scan.next_seq, time.time_ns()
+                )
+            )
+            _fsync(f.fileno())
+            scan.sealed = True
+    removed = scan.records == 0
+    if removed:
+        path.unlink()
+    return SegmentReport(
+        path=path,
+        size_before=size,
+        bytes_cut=size - scan.end,
+        records_kept=scan.records,
+        reason=scan.reason,
+        detail=scan.detail,
+        removed=removed,
+        was_sealed=was_sealed,
+        sealed=scan.sealed and not removed,
+        preserved=preserved,
+        min_seq=scan.min_seq,
+        max_seq=scan.max_seq,
+        next_seq=scan.next_seq,
+    )
+
+
+def _preserve(f: BinaryIO, path: Path, start: int, end: int) -> Path | None:
+    """Copy bytes [start, end) of ``f`` next to the journal before they are cut."""
+    f.seek(start)
+    chunks: list[bytes] = []
+    left = end - start
+    while left > 0:
+        data = f.read(min(left, _COPY_CHUNK))
+        if not data:
+            break
+        chunks.append(data)
+        left -= len(data)
+    if not any(c.strip(b"\0") for c in chunks):
+        return None
+    directory = path.parent / _CORRUPT_DIR
+    _ensure_dir(directory)
+    dest = directory / f"{path.name}.{start}.cut"
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            for c in chunks:
+                out.write(c)
+        _fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(directory)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+class _State(enum.Enum):
+    OPEN = "open"  # the writer appends to it
+    CLOSING = "closing"  # rolled; the syncing thread will fsync, seal and close it
+    CLOSED = "closed"
+
+
+@dataclass(slots=True, eq=False)
+class _Segment:
+    path: Path
+    state: _State
+    file: BinaryIO | None = None
+    size: int = 0
+    records: int = 0
+    carried: int = 0  # leading resumed SESSION copies: not a reason to roll or keep it
+    min_seq: int | None = None
+    max_seq: int | None = None
+    next_seq: int | None = None
+    sealed: bool = False
+
+
+class JournalWriter:
+    """Appends to one stripe's journal.  Not re-entrant; safe for one appending thread plus
+    one thread calling :meth:`flush_and_sync` (and :meth:`retire`/:meth:`statistics` from any
+    thread).
+
+    ``append`` and ``begin_session`` only pack a header, compute two CRCs and copy into a
+    write buffer under a short lock; the buffer reaches the OS when it fills (every 256 KiB)
+    or at ``flush_and_sync``, which fsyncs outside the append lock.  Rolling to a new segment
+    happens inside ``append`` (one ``open``); fsyncing, sealing and closing the old segment is
+    left to the next ``flush_and_sync``.
+
+    Construction takes the directory lock, reads what the existing segments hold (seals make
+    that cheap) and opens a new segment; it does blocking I/O, so call it from a thread.
+    ``next_seq``, when the caller knows it, names the first segment exactly.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        next_seq: int = 0,
+    ) -> None:
+        if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int):
+            raise TypeError("segment_bytes must be an int")
+        if segment_bytes <= 0:
+            raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
+        if next_seq < 0:
+            raise ValueError(f"next_seq must be >= 0, got {next_seq}")
+        self._dir = Path(directory)
+        self._limit = segment_bytes
+        self._lock = threading.Lock()  # state; held briefly, by append too
+        self._sync_lock = threading.Lock()  # one sync/close/retire at a time; outside _lock
+        self._segments: list[_Segment] = []
+        self._closing: list[_Segment] = []
+        self._session_copy: bytes | None = None  # current SESSION record, flagged resumed
+        self._state = _State.OPEN
+        self._broken: BaseException | None = None
+        self._dir_dirty = True
+        self._appended_seq: int | None = None
+        self._durable_seq: int | None = None
+        self._appended_records = 0
+        self._appended_bytes = 0
+        self._synced_bytes = 0
+        self._last_sync_ns: int | None = None
+        self._syncs = 0
+        self._rolls = 0
+        self._retired_segments = 0
+        self._retired_bytes = 0
+        _ensure_dir(self._dir)
+        self._dirlock = _DirLock(self._dir)
+        try:
+            self._next_seq = next_seq
+            self._generation = 0
+            self._adopt_existing()
+            self._seg = self._new_segment()
+        except BaseException:
+            self._dirlock.release()
+            raise
+
+    def _adopt_existing(self) -> None:
+        for path, _, generation in _segment_paths(self._dir):
+            with open(path, "rb", buffering=0) as f:
+                scan = _inspect(f)
+                if not scan.sealed:
+                    _fsync(f.fileno())  # left by a crash: make it as durable as it will be
+            self._segments.append(
+                _Segment(
+                    path,
+                    _State.CLOSED,
+                    size=scan.size,
+                    records=scan.records,
+                    min_seq=scan.min_seq,
+                    max_seq=scan.max_seq,
+                    next_seq=scan.next_seq,
+                    sealed=scan.sealed,
+                )
+            )
+            self._generation = max(self._generation, generation + 1)
+            if scan.next_seq is not None:
+                self._next_seq = max(self._next_seq, scan.next_seq)
+            if scan.max_seq is not None and (
+                self._durable_seq is None or scan.max_seq > self._durable_seq
+            ):
+                self._durable_seq = scan.max_seq
+
+    # -- properties ------------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    @property
+    def next_seq(self) -> int:
+        """The lowest ``first_seq`` the next append may use (monotonic, across restarts)."""
+        return self._next_seq
+
+    # -- hot path ------------------------------------------------------------------------------
+
+    def append(self, recv_ns: int, first_seq: int, n_data: int, payload: bytes | str) -> None:
+        """Journal one received WebSocket message (text is stored UTF-8 encoded)."""
+        if isinstance(payload, str):
+            data = payload.encode("utf-8", "surrogatepass")
+            flags = FLAG_TEXT
+        else:
+            data = payload
+            flags = 0
+        n = len(data)
+        prefix = _pack_prefix(MAGIC, VERSION, KIND_MESSAGE, flags, 0, n, recv_ns, first_seq, n_data)
+        hcrc = crc32(prefix)
+        head = prefix + _pack_crcs(hcrc, crc32(data, hcrc))
+        size = HEADER_SIZE + n
+        with self._lock:
+            if self._state is not _State.OPEN or self._broken is not None:
+                self._raise_unusable()
+            if first_seq < self._next_seq:
+                raise ValueError(
+                    f"first_seq {first_seq} is below the journal's next_seq {self._next_seq}: "
+                    "seq numbers must not decrease (start the counter at JournalWriter.next_seq)"
+                )
+            seg = self._seg
+            try:
+                if seg.size + size > self._limit and seg.records > seg.carried:
+                    seg = self._roll_locked()
+                f = cast(BinaryIO, seg.file)
+                if n <= _SMALL_PAYLOAD:
+                    f.write(head + data)
+                else:
+                    f.write(head)
+                    f.write(data)
+            except BaseException as exc:
+                self._broken = exc
+                raise
+            seg.size += size
+            seg.records += 1
+            if n_data:
+                last = first_seq + n_data - 1
+                if seg.min_seq is None:
+                    seg.min_seq = first_seq
+                seg.max_seq = self._appended_seq = last
+            seg.next_seq = self._next_seq = first_seq + n_data
+            self._appended_records += 1
+            self._appended_bytes += size
+
+    def begin_session(
+        self, session: str, stripe: str, wall_ns: int, context: Mapping[str, Any]
+    ) -> None:
+        """Journal the start of a connection (replay resets its frame decoder here)."""
+        payload = _session_payload(session, stripe, context)
+        record = _record(KIND_SESSION, 0, wall_ns, 0, 0, payload)
+        copy = _record(KIND_SESSION, FLAG_RESUMED, wall_ns, 0, 0, payload)
+        with self._lock:
+            if self._state is not _State.OPEN or self._broken is not None:
+                self._raise_unusable()
+            seg = self._seg
+            try:
+                if seg.size + len(record) > self._limit and seg.records > seg.carried:
+                    seg = self._roll_locked(carry=False)
+                cast(BinaryIO, seg.file).write(record)
+            except BaseException as exc:
+                self._broken = exc
+                raise
+            self._session_copy = copy
+            seg.size += len(record)
+            seg.records += 1
+            self._appended_records += 1
+            self._appended_bytes += len(record)
+
+    # -- segments ------------------------------------------------------------------------------
+
+    def roll(self) -> None:
+        """Start a new segment now (no-op if the open one holds nothing of its own)."""
+        with self._lock:
+            if self._state is not _State.OPEN or self._broken is not None:
+                self._raise_unusable()
+            if self._seg.records > self._seg.carried:
+                try:
+                    self._roll_locked()
+                except BaseException as exc:
+                    self._broken = exc
+                    raise
+
+    def _roll_locked(self, *, carry: bool = True) -> _Segment:
+        old = self._seg
+        old.state = _State.CLOSING
+        self._closing.append(old)
+        seg = self._seg = self._new_segment()
+        self._rolls += 1
+        if carry and self._session_copy is not None:
+            cast(BinaryIO, seg.file).write(self._session_copy)
+            seg.size += len(self._session_copy)
+            seg.records += 1
+            seg.carried = 1
+            self._appended_bytes += len(self._session_copy)
+        return seg
+
+    def _new_segment(self) -> _Segment:
+        for _ in range(1000):
+            generation = self._generation
+            self._generation += 1
+            path = self._dir / f"seg-{self._next_seq:020d}-{generation:010d}.mlj"
+            try:
+                fd = os.open(
+                    path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE
+                )
+            except FileExistsError:
+                continue
+            f = cast(BinaryIO, os.fdopen(fd, "wb", buffering=_WRITE_BUFFER))
+            seg = _Segment(path, _State.OPEN, file=f)
+            self._segments.append(seg)
+            self._dir_dirty = True
+            return seg
+        raise JournalError(f"could not create a new segment name in {self._dir}")
+
+    # -- durability ------------------------------------------------------------------------------
+
+    def flush_and_sync(self) -> int | None:
+        """Write out the buffer and fsync: the open segment, segments rolled since the last
+        call (then sealed and closed) and, when a segment was created, the directory.
+
+        Returns the highest data frame seq now durable (None if none).  Raises the OSError of
+        a failed write or fsync, after which the writer is broken (JournalBrokenError).
+        """
+        with self._sync_lock:
+            with self._lock:
+                if self._broken is not None:
+                    self._raise_unusable()
+                if self._state is _State.CLOSED:
+                    return self._durable_seq
+                seg = self._seg
+                f = cast(BinaryIO, seg.file)
+                try:
+                    f.flush()
+                except BaseException as exc:
+                    self._broken = exc
+                    raise
+                seq = self._appended_seq
+                closing, self._closing = self._closing, []
+                dir_dirty, self._dir_dirty = self._dir_dirty, False
+                appended = self._appended_bytes
+                dirty = appended != self._synced_bytes or bool(closing)
+                fd = f.fileno()
+            # The appender may roll meanwhile: `seg` then moves to _closing but stays open
+            # until a sync (serialised by _sync_lock) closes it, so `fd` stays valid.
+            try:
+                for old in closing:
+                    self._seal_and_close(old)
+                if dirty:
+                    _fsync(fd)
+                if dir_dirty:
+                    _fsync_dir(self._dir)
+            except BaseException as exc:
+                with self._lock:
+                    self._broken = exc
+                raise
+            with self._lock:
+                self._synced_bytes = appended
+                if seq is not None and (self._durable_seq is None or seq > self._durable_seq):
+                    self._durable_seq = seq
+                self._last_sync_ns = time.time_ns()
+                self._syncs += 1
+                return self._durable_seq
+
+    def _seal_and_close(self, seg: _Segment) -> None:
+        """fsync a segment no one appends to any more, then seal it, fsync again, close it."""
+        f = cast(BinaryIO, seg.file)
+        f.flush()
+        _fsync(f.fileno())  # the data is durable before the seal can be
+        seal = _seal_record(
+            seg.size, seg.records, seg.min_seq, seg.max_seq, seg.next_seq, time.time_ns()
+        )
+        f.write(seal)
+        f.flush()
+        _fsync(f.fileno())
+        f.close()
+        with self._lock:
+            seg.size += len(seal)
+            seg.sealed = True
+            seg.file = None
+            seg.state = _State.CLOSED
+
+    def retire(self, committed_below: int) -> list[Path]:
+        """Delete the oldest closed segments whose data is all in committed Parquet, i.e. whose
+        ``next_seq < committed_below`` (see the module docstring for why not ``<=``); segments
+        with no MESSAGE go with them.  Stops at the first segment to keep, never deletes the
+        open segment or one not yet sealed by flush_and_sync; fsyncs the directory."""
+        with self._sync_lock:
+            with self._lock:
+                if self._broken is not None or self._state is _State.CLOSED:
+                    self._raise_unusable()
+                victims: list[_Segment] = []
+                for seg in self._segments:
+                    if seg.state is not _State.CLOSED:
+                        break
+                    if seg.next_seq is not None and seg.next_seq >= committed_below:
+                        break
+                    victims.append(seg)
+                del self._segments[: len(victims)]
+            deleted: list[Path] = []
+            try:
+                for seg in victims:
+                    with contextlib.suppress(FileNotFoundError):
+                        seg.path.unlink()
+                    deleted.append(seg.path)
+            finally:
+                with self._lock:
+                    kept = victims[len(deleted) :]
+                    self._segments[:0] = kept  # a failed unlink keeps its segment listed
+                    self._retired_segments += len(deleted)
+                    self._retired_bytes += sum(s.size for s in victims[: len(deleted)])
+                if deleted:
+                    _fsync_dir(self._dir)
+            return deleted
+
+    def close(self) -> None:
+        """Flush, fsync, seal and close every segment; release the directory.  Idempotent.
+        A segment holding nothing of its own (no record, or only a resumed SESSION copy) is
+        deleted instead of sealed.  On a broken writer it only releases the files."""
+        with self._sync_lock:
+            with self._lock:
+                if self._state is _State.CLOSED:
+                    return
+                self._state = _State.CLOSED
+                pending = [*self._closing, self._seg]
+                self._closing = []
+                seq = self._appended_seq
+                broken = self._broken is not None
+                dir_dirty = self._dir_dirty
+                self._dir_dirty = False
+            try:
+                if broken:
+                    for seg in pending:
+                        _close_quietly(seg)
+                    return
+                try:
+                    for seg in pending:
+                        if seg.records > seg.carried:
+                            self._seal_and_close(seg)
+                        else:
+                            _close_quietly(seg)
+                            with contextlib.suppress(FileNotFoundError):
+                                seg.path.unlink()
+                            with self._lock:
+                                self._segments.remove(seg)
+                            dir_dirty = True
+                    if dir_dirty:
+                        _fsync_dir(self._dir)
+                except BaseException as exc:
+                    with self._lock:
+                        self._broken = exc
+                    for seg in pending:
+                        _close_quietly(seg)
+                    raise
+                with self._lock:
+                    if seq is not None and (self._durable_seq is None or seq > self._durable_seq):
+                        self._durable_seq = seq
+                    self._synced_bytes = self._appended_bytes
+                    self._last_sync_ns = time.time_ns()
+                    self._syncs += 1
+            finally:
+                self._dirlock.release()
+
+    def __enter__(self) -> JournalWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    def segments(self) -> list[SegmentInfo]:
+        """The segments this writer knows, oldest first (sizes include buffered bytes)."""
+        with self._lock:
+            return [
+                SegmentInfo(s.path, s.size, s.records, s.min_seq, s.max_seq, s.next_seq, s.sealed)
+                for s in self._segments
+            ]
+
+    def statistics(self) -> JournalStatistics:
+        with self._lock:
+            mins = [s.min_seq for s in self._segments if s.min_seq is not None]
+            return JournalStatistics(
+                segments=len(self._segments),
+                bytes_on_disk=sum(s.size for s in self._segments),
+                open_segment=self._seg.path if self._state is _State.OPEN else None,
+                appended_records=self._appended_records,
+                appended_bytes=self._appended_bytes,
+                unsynced_bytes=self._appended_bytes - self._synced_bytes,
+                next_seq=self._next_seq,
+                durable_seq=self._durable_seq,
+                oldest_seq=min(mins) if mins else None,
+                last_sync_ns=self._last_sync_ns,
+                syncs=self._syncs,
+                rolls=self._rolls,
+                retired_segments=self._retired_segments,
+                retired_bytes=self._retired_bytes,
+            )
+
+    def _raise_unusable(self) -> None:
+        if self._broken is not None:
+            raise JournalBrokenError(
+                f"journal writer for {self._dir} failed earlier: {self._broken!r}"
+            ) from self._broken
+        raise JournalClosedError(f"journal writer for {self._dir} is closed")
+
+
+def _close_quietly(seg: _Segment) -> None:
+    f, seg.file = seg.file, None
+    seg.state = _State.CLOSED
+    if f is not None:
+        with contextlib.suppress(OSError, ValueError):
+            f.close()

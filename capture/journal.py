@@ -669,7 +669,7 @@ def read_records(
         paths = [p for p in paths if p in keep]
     for path in paths:
         try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, also on early exit
+            f = open(path, "rb", buffering=0)
         except FileNotFoundError:
             continue  # retired after listing: everything in it is committed
         with f:

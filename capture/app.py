@@ -155,7 +155,9 @@ class Daemon:
             started_ns=self.started_ns,
             data_root=self.cfg.output.root,
             quiet_after_s=self.cfg.health.quiet_after,
-            open_files=0,
+            open_files=sum(
+                w.sink.open_file_count for w in self.supervisor.workers.values() if w.sink
+            ),
         )
 
     def _write_health(self) -> None:

@@ -87,6 +87,7 @@ import contextlib
 import enum
 import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -96,7 +97,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final, cast
+from typing import Any, BinaryIO, Final, NoReturn, cast
 from zlib import crc32
 
 __all__ = [
@@ -230,7 +231,7 @@ class SegmentReport:
     reason: CutReason | None  # None: nothing cut
     detail: str
     removed: bool  # empty after truncation (or empty to begin with), so deleted
-    was_sealed: bool  # trusted without reading (see recover(verify_sealed=...))
+    scanned: bool  # read and checked (False: trusted on its seal, see verify_sealed)
     sealed: bool  # sealed now
     preserved: Path | None  # where corrupt cut bytes were copied to
     min_seq: int | None
@@ -305,7 +306,9 @@ class JournalBrokenError(JournalError):
 # --------------------------------------------------------------------------------------------
 
 
-def _record(kind: int, flags: int, time_ns: int, first_seq: int, n_data: int, payload: bytes) -> bytes:
+def _record(
+    kind: int, flags: int, time_ns: int, first_seq: int, n_data: int, payload: bytes
+) -> bytes:
     prefix = _pack_prefix(MAGIC, VERSION, kind, flags, 0, len(payload), time_ns, first_seq, n_data)
     hcrc = crc32(prefix)
     return prefix + _pack_crcs(hcrc, crc32(payload, hcrc)) + payload
@@ -463,7 +466,7 @@ class _Chunks:
 
     __slots__ = ("base", "buf", "f", "pos", "size")
 
-    def __init__(self, f: BinaryIO, size: int) -> None:
+    def __init__(self, f: io.FileIO, size: int) -> None:
         self.f = f
         self.size = size  # the file is read no further than this
         self.buf = b""
@@ -492,7 +495,7 @@ class _Chunks:
         return True
 
 
-def _scan(f: BinaryIO, out: _Scan, *, build: bool) -> Iterator[Record]:
+def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
     """Verify the records of a segment from the start, stopping at the first one that is not
     whole and intact; yield them when ``build``.  ``out`` says where and why it stopped."""
     r = _Chunks(f, out.size)
@@ -521,7 +524,7 @@ def _scan(f: BinaryIO, out: _Scan, *, build: bool) -> Iterator[Record]:
             return
         if version != VERSION:
             raise JournalFormatError(
-                f"{getattr(f, 'name', '?')}: record at offset {offset} has format version "
+                f"{f.name!r}: record at offset {offset} has format version "
                 f"{version}; this program reads version {VERSION}"
             )
         allowed = _ALLOWED_FLAGS.get(kind)
@@ -582,7 +585,7 @@ def _seal_matches(buf: bytes, start: int, offset: int, scanned: _Scan) -> bool:
     )
 
 
-def _read_seal(f: BinaryIO, size: int) -> _Scan | None:
+def _read_seal(f: io.FileIO, size: int) -> _Scan | None:
     """The summary in a segment's final SEAL record, or None if it does not end with one."""
     if size < SEAL_SIZE:
         return None
@@ -617,7 +620,7 @@ def _read_seal(f: BinaryIO, size: int) -> _Scan | None:
     )
 
 
-def _inspect(f: BinaryIO, *, trust_seal: bool = True) -> _Scan:
+def _inspect(f: io.FileIO, *, trust_seal: bool = True) -> _Scan:
     size = os.fstat(f.fileno()).st_size
     if trust_seal:
         sealed = _read_seal(f, size)
@@ -723,11 +726,10 @@ def recover(
 
 def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> SegmentReport:
     preserved: Path | None = None
-    was_sealed = False
     with open(path, "r+b", buffering=0) as f:
         scan = _inspect(f, trust_seal=not verify_sealed)
         size = scan.size
-        was_sealed = scan.sealed and scan.end == size and scan.reason is None and not verify_sealed
+        scanned = verify_sealed or not scan.sealed or scan.reason is not None or scan.end < size
         if scan.end < size:
             if preserve and scan.reason is not None and not scan.reason.torn:
                 preserved = _preserve(f, path, scan.end, size)
@@ -739,7 +741,12 @@ def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> Segment
             f.seek(scan.end)
             f.write(
                 _seal_record(
-                    scan.end, scan.records, scan.min_seq, scan.max_seq, scan.next_seq, time.time_ns()
+                    scan.end,
+                    scan.records,
+                    scan.min_seq,
+                    scan.max_seq,
+                    scan.next_seq,
+                    time.time_ns(),
                 )
             )
             _fsync(f.fileno())
@@ -755,7 +762,7 @@ def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> Segment
         reason=scan.reason,
         detail=scan.detail,
         removed=removed,
-        was_sealed=was_sealed,
+        scanned=scanned,
         sealed=scan.sealed and not removed,
         preserved=preserved,
         min_seq=scan.min_seq,
@@ -764,7 +771,7 @@ def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> Segment
     )
 
 
-def _preserve(f: BinaryIO, path: Path, start: int, end: int) -> Path | None:
+def _preserve(f: io.FileIO, path: Path, start: int, end: int) -> Path | None:
     """Copy bytes [start, end) of ``f`` next to the journal before they are cut."""
     f.seek(start)
     chunks: list[bytes] = []
@@ -1019,12 +1026,10 @@ class JournalWriter:
             self._generation += 1
             path = self._dir / f"seg-{self._next_seq:020d}-{generation:010d}.mlj"
             try:
-                fd = os.open(
-                    path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE
-                )
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
             except FileExistsError:
                 continue
-            f = cast(BinaryIO, os.fdopen(fd, "wb", buffering=_WRITE_BUFFER))
+            f = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
             seg = _Segment(path, _State.OPEN, file=f)
             self._segments.append(seg)
             self._dir_dirty = True
@@ -1215,7 +1220,7 @@ class JournalWriter:
                 retired_bytes=self._retired_bytes,
             )
 
-    def _raise_unusable(self) -> None:
+    def _raise_unusable(self) -> NoReturn:
         if self._broken is not None:
             raise JournalBrokenError(
                 f"journal writer for {self._dir} failed earlier: {self._broken!r}"

@@ -580,6 +580,12 @@ class PartitionSink:
             self._closed = True
             return self._commit_many([(key, "shutdown") for key in self._files])
 
+    @property
+    def open_file_count(self) -> int:
+        """Files currently open (lock-free: safe to read from the event loop while a worker
+        thread writes; ``len`` of a dict is atomic)."""
+        return len(self._files)
+
     def statistics(self) -> SinkStatistics:
         with self._lock:
             return SinkStatistics(

@@ -138,6 +138,7 @@ class StripeWorker:
         self._stopping = False
         self._rotate_now = trio.Event()
         self._pending: dict[str, PendingBatch] = {}
+        self.sink: PartitionSink | None = None
         self._seq = 0
         self._query_ids = {
             t: 1000 * (i + 1) + _stripe_number(stripe)
@@ -178,7 +179,7 @@ class StripeWorker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
-        sink = PartitionSink(
+        sink = self.sink = PartitionSink(
             self._sink_settings, stripe=self.stripe, session=self.run_id, now_ns=self.clock.now_ns
         )
         async with trio.open_nursery() as nursery:

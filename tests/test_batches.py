@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -593,3 +594,52 @@ def test_drift_report_merge() -> None:
     b = DriftReport(frozenset({"y"}), 3, 4)
     assert a.merged(b) == DriftReport(frozenset({"x", "y"}), 4, 6, frozenset({("c", "v")}))
     assert not DriftReport() and a
+
+
+def test_batches_of_random_good_and_bad_bodies_lose_nothing() -> None:
+    """Every body ends up exactly once, in order, as a row or a rejection, and its row equals
+    the row of the same body decoded on its own, whatever the batch around it."""
+    variants = [CLEAN] * 12 + [
+        nbbo_body(bidSize=1.5),
+        nbbo_body(prcFramework="X"),
+        nbbo_body(bidExch={"o": 1}),
+        nbbo_body(askMask=-1),
+        nbbo_body(bidPrice="s"),
+        nbbo_body(newNum=2**60),
+        nbbo_body(newObj={"a": 1}),
+        CLEAN.replace(b'"tk":"AAPL"', b'"tk":"A\xffB"'),
+        CLEAN.replace(b',"askPrice"', b',\n"askPrice"'),
+        CLEAN.replace(b'"dt":"2025-06-20"', b'"dt":"2025-02-30"'),
+        CLEAN.replace(b'"mTyp":"OptionNbboQuote"', b'"mTyp":"X"'),
+        CLEAN.replace(b"14:45:09.876720", b"14:45:0x.876720"),
+        b" " + CLEAN + b" ",
+        b'{"header":5}',
+        b'{"a":1}{"b":2}',
+        b"[]",
+        b"",
+    ]
+    rng = random.Random(5)
+    alone: dict[bytes, dict[str, Any] | None] = {}
+    for body in variants:
+        result = decode(BatchDecoder("OptionNbboQuote"), [body])
+        rows = result.batch.drop_columns(["_recv_time", "_seq", "_snapshot"]).to_pylist()
+        alone[body] = rows[0] if rows else None
+    decoder = BatchDecoder("OptionNbboQuote")
+    for trial in range(40):
+        if trial % 10 == 0:
+            decoder = BatchDecoder("OptionNbboQuote")  # fresh, and then learning
+        bodies = [rng.choice(variants) for _ in range(rng.choice([1, 3, 8, 40, 300]))]
+        result = decode(decoder, bodies)
+        seqs = result.batch.column("_seq").to_pylist()
+        rejected = [1000 + i for i, _, _ in result.rejected]
+        assert sorted(seqs + rejected) == [1000 + i for i in range(len(bodies))]
+        assert seqs == sorted(seqs)
+        rows = result.batch.drop_columns(["_recv_time", "_seq", "_snapshot"]).to_pylist()
+        for seq, row in zip(seqs, rows, strict=True):
+            expected = alone[bodies[seq - 1000]]
+            assert expected is not None
+            same_nan = {k for k, v in row.items() if isinstance(v, float) and math.isnan(v)}
+            assert {k: v for k, v in row.items() if k not in same_nan} == {
+                k: v for k, v in expected.items() if k not in same_nan
+            }
+        assert all(alone[bodies[s - 1000]] is None for s in rejected)

@@ -19,7 +19,7 @@ from capture.sdnotify import Notifier
 from capture.sink import CommittedFile, cleanup_in_progress
 from capture.supervisor import Supervisor
 from capture.transport import StreamFactory
-from capture.worker import StripeWorker, new_session_id
+from capture.worker import Offload, StripeWorker, new_session_id
 
 log = get_logger(component="app")
 
@@ -37,6 +37,7 @@ class Daemon:
     environ: dict[str, str] | None = None
     install_signals: bool = True
     stream_factory: StreamFactory | None = None  # tests: in-memory streams on the mock clock
+    offload: Offload | None = None  # tests on the mock clock: blocking work inline, no threads
 
     def __post_init__(self) -> None:
         self._stop = trio.Event()
@@ -54,6 +55,7 @@ class Daemon:
                 run_id=self.run_id,
                 on_commit=self.committed.append,
                 stream_factory=self.stream_factory,
+                offload=self.offload,
             )
             for stripe in self.cfg.source.stripes
         ]
@@ -67,7 +69,8 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         cfg = self.cfg
-        moved = await trio.to_thread.run_sync(cleanup_in_progress, cfg.output.root)
+        offload = self.offload or trio.to_thread.run_sync
+        moved = await offload(cleanup_in_progress, cfg.output.root)
         for path in moved:
             log.warning("moved an unfinished file left by an earlier run", path=str(path))
         log.info(

@@ -265,7 +265,7 @@ class JournalStatistics:
     segments: int  # on disk, the open one included
     bytes_on_disk: int  # their sizes, bytes still in the write buffer included
     open_segment: Path | None
-    appended_records: int  # SESSION and MESSAGE records written by this writer
+    appended_records: int  # SESSION and MESSAGE records written (resumed copies too)
     appended_bytes: int
     unsynced_bytes: int  # appended since the last flush_and_sync took its snapshot
     next_seq: int
@@ -399,6 +399,7 @@ class _DirLock:
     __slots__ = ("_fd",)
 
     def __init__(self, directory: Path) -> None:
+        self._fd: int | None = None
         fd = os.open(directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -409,12 +410,15 @@ class _DirLock:
                     f"journal {directory} is in use by another writer or recovery"
                 ) from exc
             raise
-        self._fd: int | None = fd
+        self._fd = fd
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # closing the only descriptor releases the lock
+
+    def __del__(self) -> None:  # a writer dropped without close() must not pin the lock
+        self.release()
 
 
 def _segment_paths(directory: Path) -> list[tuple[Path, int, int]]:
@@ -1017,6 +1021,7 @@ class JournalWriter:
             seg.size += len(self._session_copy)
             seg.records += 1
             seg.carried = 1
+            self._appended_records += 1
             self._appended_bytes += len(self._session_copy)
         return seg
 

@@ -121,4 +121,5 @@ def _same_worker(w: StripeWorker) -> StripeWorker:
         rng=w.rng,
         on_commit=w.on_commit,
         stream_factory=w.stream_factory,
+        offload=w.offload,
     )

@@ -26,9 +26,10 @@ import json
 import os
 import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -97,6 +98,7 @@ class Quarantined:
 
 
 _WriterItem = PendingBatch | Quarantined
+Offload = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +125,13 @@ class StripeWorker:
         rng: random.Random | None = None,
         on_commit: Callable[[CommittedFile], None] | None = None,
         stream_factory: StreamFactory | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.cfg = cfg
         self.stream_factory = stream_factory
+        # Blocking work (decode, Parquet, credential reads) runs here: worker threads by
+        # default; tests on the mock clock run it inline so that time stays exact.
+        self.offload: Offload = offload or trio.to_thread.run_sync
         self.stripe = stripe
         self.clock = clock
         self.credentials = credentials
@@ -233,7 +239,7 @@ class StripeWorker:
     async def _session(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
         cfg = self.cfg
         # Providers may block (file reads; Cognito's SRP login over HTTPS): never on the loop.
-        bearer = await trio.to_thread.run_sync(self.credentials.bearer)
+        bearer = await self.offload(self.credentials.bearer)
         session = new_session_id(self.clock.now_ns())
         streams = self._stream_states()
         self.stats.connects += 1
@@ -508,26 +514,26 @@ class StripeWorker:
                     with trio.move_on_at(trio_deadline_for(self.clock, boundary)):
                         if self._rotate_now.is_set():
                             self._rotate_now = trio.Event()
-                            self._committed(await trio.to_thread.run_sync(sink.rotate_all))
+                            self._committed(await self.offload(sink.rotate_all))
                         try:
                             item = await recv.receive()
                         except trio.EndOfChannel:
                             break
                     if item is None:
-                        self._committed(await trio.to_thread.run_sync(sink.rotate_due))
+                        self._committed(await self.offload(sink.rotate_due))
                     elif isinstance(item, PendingBatch):
                         dec = decoders.get(item.msg_type)
                         if dec is None:
                             dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
-                        outcome = await trio.to_thread.run_sync(
+                        outcome = await self.offload(
                             self._decode_and_write, dec, sink, item
                         )
                         self._written(item.msg_type, outcome)
                     else:
-                        await trio.to_thread.run_sync(self._write_quarantine, item)
+                        await self.offload(self._write_quarantine, item)
         finally:
             with trio.CancelScope(shield=True):
-                self._committed(await trio.to_thread.run_sync(sink.close))
+                self._committed(await self.offload(sink.close))
 
     def _written(self, msg_type: str, outcome: _WriteOutcome) -> None:
         stats = self.stats

@@ -75,9 +75,13 @@ async def run_capture(
             await during(daemon, sim)
         await trio.sleep(seconds)
         sim.cfg = sim.cfg.with_overrides(rate=0.0, type_rates={})  # quiesce the market
+        # The simulator may still flush a record it generated just before the rate dropped:
+        # wait until everything sent has been received and nothing more came for a while.
         with trio.fail_after(20):
-            # The condition lives in two processes' worth of state (files, counters): poll it.
-            while received(daemon) != sent_count(sim_cfg.record_dir):  # noqa: ASYNC110
+            stable_since = trio.current_time()
+            while trio.current_time() - stable_since < 0.5:
+                if received(daemon) != sent_count(sim_cfg.record_dir):
+                    stable_since = trio.current_time()
                 await trio.sleep(0.05)
         daemon.stop()
         with trio.fail_after(30):

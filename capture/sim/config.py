@@ -299,7 +299,7 @@ def _problems(c: SimConfig) -> list[str]:
     need(c.path.startswith("/"), "path", "must start with /")
     need(c.bad_key_mode in BAD_KEY_MODES, "bad_key_mode", f"must be one of {BAD_KEY_MODES}")
     need(c.auth_mode in AUTH_MODES, "auth_mode", f"must be one of {AUTH_MODES}")
-    if c.auth_mode != "api_key":
+    if c.auth_mode in ("jwt", "either"):
         need(c.jwt_issuer is not None, "jwt_issuer", f"required with auth_mode {c.auth_mode!r}")
     for name in ("jwt_issuer", "jwt_jwks_url"):
         url = getattr(c, name)

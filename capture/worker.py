@@ -144,6 +144,9 @@ class StripeWorker:
         self._stopping = False
         self._rotate_now = trio.Event()
         self._pending: dict[str, PendingBatch] = {}
+        self._handed = 0  # items given to the writer ...
+        self._processed = 0  # ... and done by it
+        self._progress = trio.lowlevel.ParkingLot()
         self.sink: PartitionSink | None = None
         self._seq = 0
         self._query_ids = {
@@ -151,7 +154,7 @@ class StripeWorker:
             for i, t in enumerate(cfg.source.message_types)
         }
         self._unknown_fields: dict[str, set[str]] = {}
-        self._highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
+        self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
         out = cfg.output
         n_stripes = max(1, len(cfg.source.stripes))
         self._sink_settings = SinkSettings(
@@ -241,6 +244,11 @@ class StripeWorker:
         # Providers may block (file reads; Cognito's SRP login over HTTPS): never on the loop.
         bearer = await self.offload(self.credentials.bearer)
         session = new_session_id(self.clock.now_ns())
+        if self.cfg.source.resume and self.stats.connects:
+            # Resume from the last record *received*: everything received must be decoded
+            # first, because the high-water mark is taken from decoded batches.
+            await self._flush_pending(send, older_than_ns=None)
+            await self._writer_caught_up()
         streams = self._stream_states()
         self.stats.connects += 1
         self.log.info("connecting", url=cfg.source.url, session=session)
@@ -259,7 +267,7 @@ class StripeWorker:
         src = self.cfg.source
         out: dict[str, StreamState] = {}
         for msg_type in src.message_types:
-            hw = self._highwater.get(msg_type) if src.resume else None
+            hw = self.highwater.get(msg_type) if src.resume else None
             out[msg_type] = StreamState(
                 protocol.StreamRequest(
                     msg_name=msg_type,
@@ -449,16 +457,23 @@ class StripeWorker:
                 stats.streams[name] = ctl.state.lower()
                 self.log.warning("stream ended by server", msg_type=name, state=ctl.state)
             if ctl.highwater_ts and ctl.highwater_ts > 0:
-                self._highwater[name] = max(self._highwater.get(name, 0), ctl.highwater_ts)
+                self.highwater[name] = max(self.highwater.get(name, 0), ctl.highwater_ts)
             return
         if isinstance(ctl, protocol.DataAck):
             self.log.warning("server reported a problem", result=ctl.result, detail=ctl.detail)
 
     # -- hand-over to the writer ------------------------------------------------------------------
 
+    async def _writer_caught_up(self) -> None:
+        """Wait until the writer has processed every item handed over so far."""
+        target = self._handed
+        while self._processed < target:
+            await self._progress.park()
+
     async def _hand_over(
         self, send: trio.MemorySendChannel[_WriterItem], item: _WriterItem
     ) -> None:
+        self._handed += 1
         try:
             send.send_nowait(item)
         except trio.WouldBlock:
@@ -531,6 +546,9 @@ class StripeWorker:
                         self._written(item.msg_type, outcome)
                     else:
                         await self.offload(self._write_quarantine, item)
+                    if item is not None:
+                        self._processed += 1
+                        self._progress.unpark_all()
         finally:
             with trio.CancelScope(shield=True):
                 self._committed(await self.offload(sink.close))
@@ -556,8 +574,8 @@ class StripeWorker:
                     fields=sorted(new),
                 )
         latest = outcome.latest_sent_ns
-        if latest is not None and latest > self._highwater.get(msg_type, 0):
-            self._highwater[msg_type] = latest
+        if latest is not None and latest > self.highwater.get(msg_type, 0):
+            self.highwater[msg_type] = latest
         self._committed(outcome.committed)
 
     def _committed(self, files: list[CommittedFile]) -> None:

@@ -134,9 +134,10 @@ class Pool:
 def pool(moto_url: str, moto_checks_totp: None) -> Pool:
     admin = boto3.client(
         "cognito-idp", region_name=REGION, endpoint_url=moto_url,
-        aws_access_key_id="testing", aws_secret_access_key="testing",  # noqa: S106 - moto
+        aws_access_key_id="testing", aws_secret_access_key="testing",  # moto ignores them
     )
-    pool_id = admin.create_user_pool(PoolName=f"spiderrock-{uuid.uuid4().hex[:8]}")["UserPool"]["Id"]
+    name = f"spiderrock-{uuid.uuid4().hex[:8]}"
+    pool_id = admin.create_user_pool(PoolName=name)["UserPool"]["Id"]
     admin.set_user_pool_mfa_config(
         UserPoolId=pool_id,
         SoftwareTokenMfaConfiguration={"Enabled": True},
@@ -278,7 +279,7 @@ def test_a_wrong_totp_secret_is_a_clear_rejection(pool: Pool) -> None:
 
 
 def test_mfa_without_a_configured_totp_secret_says_what_is_missing(pool: Pool) -> None:
-    with pytest.raises(CredentialError, match="no auth.cognito_totp_secret_env/_file"):
+    with pytest.raises(CredentialError, match=r"no auth\.cognito_totp_secret_env/_file"):
         provider(pool, "trader2").bearer()
 
 

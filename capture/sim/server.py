@@ -127,6 +127,7 @@ class Simulator:
         """Unexpected exceptions of connection tasks (logged; a test asserts this is empty)."""
         self._jwt_keys: dict[str, rsa.RSAPublicKey] = {}  # fetched from jwt_jwks_url, by kid
         self._jwks_fetched_at: float | None = None
+        self._jwks_lock = trio.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -287,20 +288,22 @@ class Simulator:
         cfg = self.cfg
         if cfg.auth_mode == "api_key" or cfg.jwt_jwks is not None or not looks_like_jwt(cred):
             return
-        if _jwt_kid(cred) in self._jwt_keys:
-            return
-        now = trio.current_time()
-        if self._jwks_fetched_at is not None and now - self._jwks_fetched_at < 60:
-            return
-        self._jwks_fetched_at = now
-        url = cfg.jwt_jwks_url or f"{(cfg.jwt_issuer or '').rstrip('/')}/.well-known/jwks.json"
-        try:
-            document = await trio.to_thread.run_sync(_fetch_json, url)
-            self._jwt_keys = rsa_public_keys(document)
-        except (OSError, ValueError) as exc:
-            log.warning("sim.jwks_unavailable", url=url, error=f"{type(exc).__name__}: {exc}")
-            return
-        log.info("sim.jwks_loaded", url=url, keys=len(self._jwt_keys))
+        async with self._jwks_lock:  # connections arriving meanwhile wait for this fetch
+            if _jwt_kid(cred) in self._jwt_keys:
+                return
+            now = trio.current_time()
+            if self._jwks_fetched_at is not None and now - self._jwks_fetched_at < 60:
+                return
+            self._jwks_fetched_at = now
+            issuer = (cfg.jwt_issuer or "").rstrip("/")
+            url = cfg.jwt_jwks_url or f"{issuer}/.well-known/jwks.json"
+            try:
+                document = await trio.to_thread.run_sync(_fetch_json, url)
+                self._jwt_keys = rsa_public_keys(document)
+            except (OSError, ValueError) as exc:
+                log.warning("sim.jwks_unavailable", url=url, error=f"{type(exc).__name__}: {exc}")
+                return
+            log.info("sim.jwks_loaded", url=url, keys=len(self._jwt_keys))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,13 +10,13 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import trio
+from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
 
 from capture.app import Daemon
 from capture.sim.config import SimConfig
 from capture.sim.faults import Faults
 from capture.sim.record import load_sent_data
 from capture.sim.server import Simulator
-from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
 
 TYPES = ["OptionNbboQuote", "StockBookQuote"]
 

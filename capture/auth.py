@@ -311,7 +311,10 @@ class CognitoProvider:
         client: Any = None,
     ) -> None:
         if not (cfg.cognito_user_pool_id and cfg.cognito_client_id and cfg.cognito_username):
-            raise ValueError("auth.cognito_user_pool_id, cognito_client_id, cognito_username")
+            raise ValueError(
+                "CognitoProvider needs auth.cognito_user_pool_id, cognito_client_id and "
+                "cognito_username"
+            )
         self._cfg = cfg
         self._pool_id = cfg.cognito_user_pool_id
         self._client_id = cfg.cognito_client_id
@@ -541,6 +544,7 @@ class CognitoProvider:
             from pycognito.aws_srp import AWSSRP
             from pycognito.exceptions import SoftwareTokenMFAChallengeException
 
+            self._secret_hash(self._username, client_secret)  # registers what AWSSRP will send
             srp = AWSSRP(
                 username=self._username,
                 password=password.value,

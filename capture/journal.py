@@ -94,8 +94,9 @@ import re
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final, NoReturn, cast
 from zlib import crc32
@@ -144,8 +145,11 @@ SEAL_SIZE: Final = HEADER_SIZE + _SEAL_BODY.size  # 88
 DEFAULT_SEGMENT_BYTES: Final = 64 * 2**20
 MAX_SESSION_PAYLOAD: Final = 2**20
 
-_WRITE_BUFFER: Final = 1 << 18  # bytes a writer holds before the OS sees them
-_SMALL_PAYLOAD: Final = 1 << 12  # up to this, header + payload are joined into one write
+_DRAIN_BYTES: Final = 1 << 18  # queued bytes that wake the writing thread
+_DRAIN_INTERVAL: Final = 0.2  # seconds queued bytes may wait for the writing thread at most
+_MAX_PENDING_BYTES: Final = 64 * 2**20  # beyond this, append writes itself (disk stalled)
+_SMALL_PAYLOAD: Final = 1 << 12  # up to this, header + payload are queued as one chunk
+_IOV_MAX: Final = max(16, min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16))
 _READ_CHUNK: Final = 1 << 22
 _COPY_CHUNK: Final = 1 << 20
 _SEGMENT_RE: Final = re.compile(r"seg-(\d{20})-(\d{10})\.mlj")
@@ -267,7 +271,8 @@ class JournalStatistics:
     open_segment: Path | None
     appended_records: int  # SESSION and MESSAGE records written (resumed copies too)
     appended_bytes: int
-    unsynced_bytes: int  # appended since the last flush_and_sync took its snapshot
+    pending_bytes: int  # appended, not yet handed to the OS (lost if the process dies)
+    unsynced_bytes: int  # appended, not yet fsynced (lost if the power fails)
     next_seq: int
     durable_seq: int | None  # every data frame up to this one is fsynced
     oldest_seq: int | None  # lowest data frame seq still in the journal
@@ -276,6 +281,7 @@ class JournalStatistics:
     rolls: int
     retired_segments: int
     retired_bytes: int
+    broken: str | None  # the error that stopped the writer, if one did
 
 
 class JournalError(Exception):
@@ -810,7 +816,7 @@ def _preserve(f: io.FileIO, path: Path, start: int, end: int) -> Path | None:
 
 class _State(enum.Enum):
     OPEN = "open"  # the writer appends to it
-    CLOSING = "closing"  # rolled; the syncing thread will fsync, seal and close it
+    CLOSING = "closing"  # rolled: the next flush_and_sync fsyncs, seals and closes it
     CLOSED = "closed"
 
 
@@ -818,8 +824,9 @@ class _State(enum.Enum):
 class _Segment:
     path: Path
     state: _State
-    file: BinaryIO | None = None
-    size: int = 0
+    file: io.FileIO | None = None  # created with its first bytes, by the writing thread
+    pending: list[bytes] = field(default_factory=list)  # appended, not yet written
+    size: int = 0  # bytes appended (pending ones included)
     records: int = 0
     carried: int = 0  # leading resumed SESSION copies: not a reason to roll or keep it
     min_seq: int | None = None
@@ -828,20 +835,58 @@ class _Segment:
     sealed: bool = False
 
 
-class JournalWriter:
-    """Appends to one stripe's journal.  Not re-entrant; safe for one appending thread plus
-    one thread calling :meth:`flush_and_sync` (and :meth:`retire`/:meth:`statistics` from any
-    thread).
+def _open_segment_file(path: Path) -> io.FileIO:
+    """O_CREAT | O_EXCL: never append to (or clobber) a file that already exists."""
+    return open(path, "xb", buffering=0, opener=lambda p, flags: os.open(p, flags, _FILE_MODE))
 
-    ``append`` and ``begin_session`` only pack a header, compute two CRCs and copy into a
-    write buffer under a short lock; the buffer reaches the OS when it fills (every 256 KiB)
-    or at ``flush_and_sync``, which fsyncs outside the append lock.  Rolling to a new segment
-    happens inside ``append`` (one ``open``); fsyncing, sealing and closing the old segment is
-    left to the next ``flush_and_sync``.
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """writev in batches of IOV_MAX, finishing any short write."""
+    for i in range(0, len(chunks), _IOV_MAX):
+        batch = chunks[i : i + _IOV_MAX]
+        done = os.writev(fd, batch)
+        if done == sum(map(len, batch)):
+            continue
+        for chunk in batch:  # short write (a signal, a nearly full disk): finish it slowly
+            if done >= len(chunk):
+                done -= len(chunk)
+                continue
+            view = memoryview(chunk)[done:]
+            done = 0
+            while view:
+                view = view[os.write(fd, view) :]
+
+
+def _drain(ref: weakref.ReferenceType[JournalWriter], wake: threading.Event) -> None:
+    """The writing thread: hands appended bytes to the OS soon after they are appended.
+
+    Holds the writer only weakly between rounds, so a writer dropped without close() is
+    collected (its descriptors closed, its lock released) and this thread then ends."""
+    while True:
+        wake.wait(_DRAIN_INTERVAL)
+        wake.clear()
+        writer = ref()
+        if writer is None or not writer._drain_round():
+            return
+        del writer
+
+
+class JournalWriter:
+    """Appends to one stripe's journal.
+
+    Thread model: one thread appends (``append``, ``begin_session``, ``roll``: the event loop),
+    one thread calls ``flush_and_sync`` every durability interval; ``retire``, ``segments``
+    and ``statistics`` may be called from any thread.  The appending thread never makes a
+    system call: it packs the header, computes the CRCs and queues references to the bytes
+    under a short lock.  A small internal thread writes queued bytes to the OS as soon as
+    256 KiB are queued, and at least every 0.2 s, so a *process* crash loses only that much;
+    ``flush_and_sync`` writes the rest and fsyncs, so a *power* loss loses only what followed
+    it.  Should the disk stall, at most 64 MiB are queued before ``append`` writes itself.
 
     Construction takes the directory lock, reads what the existing segments hold (seals make
-    that cheap) and opens a new segment; it does blocking I/O, so call it from a thread.
-    ``next_seq``, when the caller knows it, names the first segment exactly.
+    that cheap) and starts a new segment (the file appears with its first record); it does
+    blocking I/O, so call it from a thread.  ``next_seq``, when the caller knows it, names the
+    first segment exactly.  Use it as a context manager or call :meth:`close`.
     """
 
     def __init__(
@@ -859,14 +904,17 @@ class JournalWriter:
             raise ValueError(f"next_seq must be >= 0, got {next_seq}")
         self._dir = Path(directory)
         self._limit = segment_bytes
-        self._lock = threading.Lock()  # state; held briefly, by append too
-        self._sync_lock = threading.Lock()  # one sync/close/retire at a time; outside _lock
-        self._segments: list[_Segment] = []
-        self._closing: list[_Segment] = []
+        # Lock order: _sync_lock -> _io_lock -> _lock.  The appending thread takes only _lock.
+        self._lock = threading.Lock()  # all state below; held for microseconds
+        self._io_lock = threading.Lock()  # one thread hands bytes to the OS at a time, in order
+        self._sync_lock = threading.Lock()  # one flush_and_sync / retire / close at a time
+        self._segments: list[_Segment] = []  # on disk or to be, oldest first
         self._session_copy: bytes | None = None  # current SESSION record, flagged resumed
         self._state = _State.OPEN
         self._broken: BaseException | None = None
-        self._dir_dirty = True
+        self._dir_dirty = False  # a segment file was created since the last directory fsync
+        self._pending_bytes = 0
+        self._drain_requested = False
         self._appended_seq: int | None = None
         self._durable_seq: int | None = None
         self._appended_records = 0
@@ -887,6 +935,14 @@ class JournalWriter:
         except BaseException:
             self._dirlock.release()
             raise
+        self._wake = threading.Event()
+        self._drainer = threading.Thread(
+            target=_drain,
+            args=(weakref.ref(self), self._wake),
+            name=f"journal-writer:{self._dir.name}",
+            daemon=True,
+        )
+        self._drainer.start()
 
     def _adopt_existing(self) -> None:
         for path, _, generation in _segment_paths(self._dir):
@@ -925,10 +981,13 @@ class JournalWriter:
         """The lowest ``first_seq`` the next append may use (monotonic, across restarts)."""
         return self._next_seq
 
-    # -- hot path ------------------------------------------------------------------------------
+    # -- the appending thread --------------------------------------------------------------------
 
     def append(self, recv_ns: int, first_seq: int, n_data: int, payload: bytes | str) -> None:
-        """Journal one received WebSocket message (text is stored UTF-8 encoded)."""
+        """Journal one received WebSocket message (text is stored UTF-8 encoded).
+
+        ``first_seq``: seq of the first data frame completed in this message (or, with
+        ``n_data`` 0, of the next one); it must not be below :attr:`next_seq`."""
         if isinstance(payload, str):
             data = payload.encode("utf-8", "surrogatepass")
             flags = FLAG_TEXT
@@ -949,18 +1008,13 @@ class JournalWriter:
                     "seq numbers must not decrease (start the counter at JournalWriter.next_seq)"
                 )
             seg = self._seg
-            try:
-                if seg.size + size > self._limit and seg.records > seg.carried:
-                    seg = self._roll_locked()
-                f = cast(BinaryIO, seg.file)
-                if n <= _SMALL_PAYLOAD:
-                    f.write(head + data)
-                else:
-                    f.write(head)
-                    f.write(data)
-            except BaseException as exc:
-                self._broken = exc
-                raise
+            if seg.size + size > self._limit and seg.records > seg.carried:
+                seg = self._roll_locked()
+            if n <= _SMALL_PAYLOAD:
+                seg.pending.append(head + data)
+            else:
+                seg.pending.append(head)
+                seg.pending.append(data)
             seg.size += size
             seg.records += 1
             if n_data:
@@ -971,11 +1025,20 @@ class JournalWriter:
             seg.next_seq = self._next_seq = first_seq + n_data
             self._appended_records += 1
             self._appended_bytes += size
+            pending = self._pending_bytes = self._pending_bytes + size
+            wake = pending >= _DRAIN_BYTES and not self._drain_requested
+            if wake:
+                self._drain_requested = True
+        if wake:
+            self._wake.set()
+            if pending >= _MAX_PENDING_BYTES:
+                self._write_out()  # the writing thread cannot keep up: wait for the disk here
 
     def begin_session(
         self, session: str, stripe: str, wall_ns: int, context: Mapping[str, Any]
     ) -> None:
-        """Journal the start of a connection (replay resets its frame decoder here)."""
+        """Journal the start of a connection (replay resets its frame decoder here).
+        ``context`` must be JSON-serialisable (at most 1 MiB of JSON)."""
         payload = _session_payload(session, stripe, context)
         record = _record(KIND_SESSION, 0, wall_ns, 0, 0, payload)
         copy = _record(KIND_SESSION, FLAG_RESUMED, wall_ns, 0, 0, payload)
@@ -983,20 +1046,15 @@ class JournalWriter:
             if self._state is not _State.OPEN or self._broken is not None:
                 self._raise_unusable()
             seg = self._seg
-            try:
-                if seg.size + len(record) > self._limit and seg.records > seg.carried:
-                    seg = self._roll_locked(carry=False)
-                cast(BinaryIO, seg.file).write(record)
-            except BaseException as exc:
-                self._broken = exc
-                raise
+            if seg.size + len(record) > self._limit and seg.records > seg.carried:
+                seg = self._roll_locked(carry=False)
+            seg.pending.append(record)
             self._session_copy = copy
             seg.size += len(record)
             seg.records += 1
             self._appended_records += 1
             self._appended_bytes += len(record)
-
-    # -- segments ------------------------------------------------------------------------------
+            self._pending_bytes += len(record)
 
     def roll(self) -> None:
         """Start a new segment now (no-op if the open one holds nothing of its own)."""
@@ -1004,77 +1062,113 @@ class JournalWriter:
             if self._state is not _State.OPEN or self._broken is not None:
                 self._raise_unusable()
             if self._seg.records > self._seg.carried:
-                try:
-                    self._roll_locked()
-                except BaseException as exc:
-                    self._broken = exc
-                    raise
+                self._roll_locked()
 
     def _roll_locked(self, *, carry: bool = True) -> _Segment:
-        old = self._seg
-        old.state = _State.CLOSING
-        self._closing.append(old)
+        self._seg.state = _State.CLOSING
         seg = self._seg = self._new_segment()
         self._rolls += 1
         if carry and self._session_copy is not None:
-            cast(BinaryIO, seg.file).write(self._session_copy)
-            seg.size += len(self._session_copy)
+            copy = self._session_copy
+            seg.pending.append(copy)
+            seg.size += len(copy)
             seg.records += 1
             seg.carried = 1
             self._appended_records += 1
-            self._appended_bytes += len(self._session_copy)
+            self._appended_bytes += len(copy)
+            self._pending_bytes += len(copy)
         return seg
 
     def _new_segment(self) -> _Segment:
-        for _ in range(1000):
-            generation = self._generation
-            self._generation += 1
-            path = self._dir / f"seg-{self._next_seq:020d}-{generation:010d}.mlj"
+        """A segment in name only: its file is created by whoever first writes to it."""
+        seg = _Segment(self._segment_path(), _State.OPEN)
+        self._segments.append(seg)
+        return seg
+
+    def _segment_path(self) -> Path:
+        generation = self._generation
+        self._generation += 1
+        return self._dir / f"seg-{self._next_seq:020d}-{generation:010d}.mlj"
+
+    # -- handing bytes to the OS -----------------------------------------------------------------
+
+    def _drain_round(self) -> bool:
+        """One round of the writing thread; False when it should end."""
+        if self._state is _State.CLOSED or self._broken is not None:
+            return False
+        try:
+            self._write_out()
+        except BaseException:
+            return False  # recorded in _broken; the next call on the writer raises it
+        return True
+
+    def _write_out(self) -> tuple[int | None, int, list[_Segment], _Segment | None]:
+        """Write every queued byte, in order, creating segment files as needed.
+
+        Returns what was appended when the queue was taken (everything before it is now in
+        the OS): the highest seq, the byte count, the rolled segments and the open one."""
+        with self._io_lock:
+            with self._lock:
+                if self._broken is not None:
+                    self._raise_unusable()
+                work = [(s, s.pending) for s in self._segments if s.pending]
+                for s, _ in work:
+                    s.pending = []
+                self._pending_bytes = 0
+                self._drain_requested = False
+                snapshot = (
+                    self._appended_seq,
+                    self._appended_bytes,
+                    [s for s in self._segments if s.state is _State.CLOSING],
+                    self._seg if self._state is _State.OPEN else None,
+                )
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-            except FileExistsError:
-                continue
-            f = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
-            seg = _Segment(path, _State.OPEN, file=f)
-            self._segments.append(seg)
+                for seg, chunks in work:
+                    if seg.file is None:
+                        self._create_file(seg)
+                    _write_all(cast(io.FileIO, seg.file).fileno(), chunks)
+            except BaseException as exc:
+                with self._lock:
+                    self._broken = exc
+                raise
+            return snapshot
+
+    def _create_file(self, seg: _Segment) -> None:
+        while True:
+            try:
+                seg.file = _open_segment_file(seg.path)
+                break
+            except FileExistsError:  # a stray file took the name: take the next generation
+                with self._lock:
+                    seg.path = self._segment_path()
+        with self._lock:
             self._dir_dirty = True
-            return seg
-        raise JournalError(f"could not create a new segment name in {self._dir}")
 
     # -- durability ------------------------------------------------------------------------------
 
     def flush_and_sync(self) -> int | None:
-        """Write out the buffer and fsync: the open segment, segments rolled since the last
-        call (then sealed and closed) and, when a segment was created, the directory.
+        """Write what is queued and fsync: the open segment, the segments rolled since the last
+        call (which are then sealed and closed) and, when a segment file was created, the
+        directory.  Returns the highest data frame seq now durable (None if none).
 
-        Returns the highest data frame seq now durable (None if none).  Raises the OSError of
-        a failed write or fsync, after which the writer is broken (JournalBrokenError).
-        """
+        Raises the OSError of a failed write or fsync; the writer is then broken and every
+        later call raises JournalBrokenError (restart, recover, open a new writer)."""
         with self._sync_lock:
             with self._lock:
                 if self._broken is not None:
                     self._raise_unusable()
                 if self._state is _State.CLOSED:
                     return self._durable_seq
-                seg = self._seg
-                f = cast(BinaryIO, seg.file)
-                try:
-                    f.flush()
-                except BaseException as exc:
-                    self._broken = exc
-                    raise
-                seq = self._appended_seq
-                closing, self._closing = self._closing, []
-                dir_dirty, self._dir_dirty = self._dir_dirty, False
-                appended = self._appended_bytes
-                dirty = appended != self._synced_bytes or bool(closing)
-                fd = f.fileno()
-            # The appender may roll meanwhile: `seg` then moves to _closing but stays open
-            # until a sync (serialised by _sync_lock) closes it, so `fd` stays valid.
+            seq, appended, rolled, current = self._write_out()
             try:
-                for old in closing:
-                    self._seal_and_close(old)
-                if dirty:
+                for seg in rolled:
+                    self._seal_and_close(seg)
+                with self._lock:
+                    fd = current.file.fileno() if current and current.file else None
+                    dir_dirty, self._dir_dirty = self._dir_dirty, False
+                # `current` may be rolled meanwhile, but only this (serialised) method closes
+                # rolled segments, so `fd` stays valid until then.
+                if fd is not None and (appended != self._synced_bytes or rolled):
                     _fsync(fd)
                 if dir_dirty:
                     _fsync_dir(self._dir)
@@ -1091,15 +1185,14 @@ class JournalWriter:
                 return self._durable_seq
 
     def _seal_and_close(self, seg: _Segment) -> None:
-        """fsync a segment no one appends to any more, then seal it, fsync again, close it."""
-        f = cast(BinaryIO, seg.file)
-        f.flush()
+        """fsync a rolled segment, then seal it, fsync again and close it.  Its bytes are all
+        written: it was rolled before the queue was last taken, and it receives no more."""
+        f = cast(io.FileIO, seg.file)
         _fsync(f.fileno())  # the data is durable before the seal can be
         seal = _seal_record(
             seg.size, seg.records, seg.min_seq, seg.max_seq, seg.next_seq, time.time_ns()
         )
-        f.write(seal)
-        f.flush()
+        _write_all(f.fileno(), [seal])
         _fsync(f.fileno())
         f.close()
         with self._lock:
@@ -1133,8 +1226,7 @@ class JournalWriter:
                     deleted.append(seg.path)
             finally:
                 with self._lock:
-                    kept = victims[len(deleted) :]
-                    self._segments[:0] = kept  # a failed unlink keeps its segment listed
+                    self._segments[:0] = victims[len(deleted) :]  # a failed unlink keeps it
                     self._retired_segments += len(deleted)
                     self._retired_bytes += sum(s.size for s in victims[: len(deleted)])
                 if deleted:
@@ -1142,52 +1234,71 @@ class JournalWriter:
             return deleted
 
     def close(self) -> None:
-        """Flush, fsync, seal and close every segment; release the directory.  Idempotent.
+        """Write, fsync, seal and close every segment; release the directory.  Idempotent.
         A segment holding nothing of its own (no record, or only a resumed SESSION copy) is
         deleted instead of sealed.  On a broken writer it only releases the files."""
         with self._sync_lock:
             with self._lock:
                 if self._state is _State.CLOSED:
                     return
-                self._state = _State.CLOSED
-                pending = [*self._closing, self._seg]
-                self._closing = []
-                seq = self._appended_seq
-                broken = self._broken is not None
-                dir_dirty = self._dir_dirty
-                self._dir_dirty = False
+                self._state = _State.CLOSED  # appends now raise; the writing thread ends
+            self._wake.set()
+            if self._drainer is not threading.current_thread():
+                self._drainer.join()
             try:
-                if broken:
-                    for seg in pending:
-                        _close_quietly(seg)
-                    return
-                try:
-                    for seg in pending:
-                        if seg.records > seg.carried:
-                            self._seal_and_close(seg)
-                        else:
-                            _close_quietly(seg)
-                            with contextlib.suppress(FileNotFoundError):
-                                seg.path.unlink()
-                            with self._lock:
-                                self._segments.remove(seg)
-                            dir_dirty = True
-                    if dir_dirty:
-                        _fsync_dir(self._dir)
-                except BaseException as exc:
-                    with self._lock:
-                        self._broken = exc
-                    for seg in pending:
-                        _close_quietly(seg)
-                    raise
-                with self._lock:
-                    if seq is not None and (self._durable_seq is None or seq > self._durable_seq):
-                        self._durable_seq = seq
-                    self._synced_bytes = self._appended_bytes
-                    self._last_sync_ns = time.time_ns()
-                    self._syncs += 1
+                if self._broken is None:
+                    self._close_segments()
             finally:
+                with self._lock:
+                    for seg in self._segments:
+                        _close_quietly(seg)
                 self._dirlock.release()
+
+    def _close_segments(self) -> None:
+        try:
+            seq, appended, _, _ = self._write_out()
+            unlinked = False
+            for seg in [s for s in self._segments if s.state is not _State.CLOSED]:
+                if seg.records > seg.carried:
+                    self._seal_and_close(seg)
+                    continue
+                _close_quietly(seg)
+                if seg.size:  # only a resumed copy: the previous segment names the session
+                    with contextlib.suppress(FileNotFoundError):
+                        seg.path.unlink()
+                    unlinked = True
+                with self._lock:
+                    self._segments.remove(seg)
+            with self._lock:
+                dir_dirty = self._dir_dirty or unlinked
+                self._dir_dirty = False
+            if dir_dirty:
+                _fsync_dir(self._dir)
+        except BaseException as exc:
+            with self._lock:
+                self._broken = exc
+            raise
+        with self._lock:
+            if seq is not None and (self._durable_seq is None or seq > self._durable_seq):
+                self._durable_seq = seq
+            self._synced_bytes = appended
+            self._last_sync_ns = time.time_ns()
+            self._syncs += 1
+
+    def _abandon(self) -> None:
+        """What a crash does to this writer: queued bytes are dropped, descriptors closed, the
+        lock released; nothing is written or synced.  For tests and benchmarks."""
+        with self._lock:
+            self._state = _State.CLOSED
+            for seg in self._segments:
+                seg.pending = []
+        self._wake.set()
+        if self._drainer is not threading.current_thread():
+            self._drainer.join()
+        with self._lock:
+            for seg in self._segments:
+                _close_quietly(seg)
+        self._dirlock.release()
 
     def __enter__(self) -> JournalWriter:
         return self
@@ -1198,7 +1309,7 @@ class JournalWriter:
     # -- introspection ---------------------------------------------------------------------------
 
     def segments(self) -> list[SegmentInfo]:
-        """The segments this writer knows, oldest first (sizes include buffered bytes)."""
+        """The segments this writer knows, oldest first (sizes include queued bytes)."""
         with self._lock:
             return [
                 SegmentInfo(s.path, s.size, s.records, s.min_seq, s.max_seq, s.next_seq, s.sealed)
@@ -1214,6 +1325,7 @@ class JournalWriter:
                 open_segment=self._seg.path if self._state is _State.OPEN else None,
                 appended_records=self._appended_records,
                 appended_bytes=self._appended_bytes,
+                pending_bytes=self._pending_bytes,
                 unsynced_bytes=self._appended_bytes - self._synced_bytes,
                 next_seq=self._next_seq,
                 durable_seq=self._durable_seq,
@@ -1223,6 +1335,7 @@ class JournalWriter:
                 rolls=self._rolls,
                 retired_segments=self._retired_segments,
                 retired_bytes=self._retired_bytes,
+                broken=repr(self._broken) if self._broken is not None else None,
             )
 
     def _raise_unusable(self) -> NoReturn:
@@ -1235,7 +1348,8 @@ class JournalWriter:
 
 def _close_quietly(seg: _Segment) -> None:
     f, seg.file = seg.file, None
-    seg.state = _State.CLOSED
+    if seg.state is not _State.CLOSED:
+        seg.state = _State.CLOSED
     if f is not None:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError):
             f.close()

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import trio
 
+from capture import events as capture_events
 from capture import protocol
 from capture.auth import CredentialError, CredentialProvider
 from capture.backoff import Backoff
@@ -97,7 +98,14 @@ class Quarantined:
     data: bytes
 
 
-_WriterItem = PendingBatch | Quarantined
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Rows for the capture-events table."""
+
+    events: list[capture_events.Event]
+
+
+_WriterItem = PendingBatch | Quarantined | EventBatch
 Offload = Callable[..., Awaitable[Any]]
 
 
@@ -144,6 +152,8 @@ class StripeWorker:
         self._stopping = False
         self._rotate_now = trio.Event()
         self._pending: dict[str, PendingBatch] = {}
+        self._events: list[capture_events.Event] = []
+        self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
         self._handed = 0  # items given to the writer ...
         self._processed = 0  # ... and done by it
         self._progress = trio.lowlevel.ParkingLot()
@@ -201,6 +211,9 @@ class StripeWorker:
                         await self._connect_loop(send)
                 # Stopping: hand over what is pending; closing `send` lets the writer drain.
                 self.stats.state = "stopping"
+                self._event(
+                    "disconnect", detail="daemon stopping", gap_start_ns=self.stats.last_frame_ns
+                )
                 with trio.CancelScope(shield=True):
                     await self._flush_pending(send, older_than_ns=None)
         self.stats.state = "stopped"
@@ -226,6 +239,9 @@ class StripeWorker:
                 delay = self._backoff.delay(attempt, self.rng)
                 self.stats.state = "backoff"
             self.stats.last_error = reason
+            if self.stats.last_frame_ns is not None:
+                self._gap_from_ns = self._gap_from_ns or self.stats.last_frame_ns
+            self._event("disconnect", detail=reason, gap_start_ns=self._gap_from_ns)
             self.stats.session = None
             self.stats.connected_since_ns = None
             if trio.current_time() - started >= sup.healthy_after:
@@ -260,6 +276,7 @@ class StripeWorker:
         ) as conn:
             self.stats.session = session
             self.stats.connected_since_ns = self.clock.now_ns()
+            self._event("connect", result="ok", detail=cfg.source.url)
             self.stats.streams = {t: "requested" for t in streams}
             await self._read(conn, session, streams, send, bearer.value)
 
@@ -324,6 +341,9 @@ class StripeWorker:
                     raise StaleConnection(f"no frame for {sup.stale_after:g} s")
                 last_frame = trio.current_time()
                 recv_ns = now_ns()
+                if self._gap_from_ns is not None:  # first frame after a disconnect
+                    self._event("gap", gap_start_ns=self._gap_from_ns, gap_end_ns=recv_ns)
+                    self._gap_from_ns = None
                 stats.last_frame_ns = recv_ns
                 stats.bytes += len(message)
                 for event in decoder.feed(message):
@@ -388,6 +408,7 @@ class StripeWorker:
         api_key: str,
     ) -> bool:
         verdict = admin.verdict
+        self._event("logon", result=admin.state, detail=admin.detail)
         if verdict is protocol.AdminVerdict.LOGGED_ON:
             self.log.info("logged on", session=self.stats.session)
             await self._send_requests(conn, streams)
@@ -418,6 +439,7 @@ class StripeWorker:
                 return
             st.acked = True
             name = st.request.msg_name
+            self._event("stream_ack", msg_type=name, result=ctl.result, detail=ctl.detail)
             if ctl.ok:
                 stats.streams[name] = "acked"
                 snapshot_types.add(name)  # until Active/Complete: this stream's snapshot
@@ -442,6 +464,13 @@ class StripeWorker:
             if st is None:
                 return
             name = st.request.msg_name
+            self._event(
+                "checkpoint",
+                msg_type=name,
+                result=ctl.state,
+                count=ctl.num_messages_sent,
+                highwater_ts=ctl.highwater_ts,
+            )
             if ctl.state == "Begin":
                 st.begun = True
                 st.in_snapshot = True
@@ -497,9 +526,23 @@ class StripeWorker:
         self.log.warning("quarantined bytes", reason=reason, size=len(data))
         await self._hand_over(send, Quarantined(recv_ns, session, reason, data))
 
+    def _event(self, kind: str, **fields: Any) -> None:
+        self._events.append(
+            capture_events.Event(
+                time_ns=self.clock.now_ns(),
+                session=self.stats.session,
+                seq=self._seq,
+                event=kind,
+                **fields,
+            )
+        )
+
     async def _flush_pending(
         self, send: trio.MemorySendChannel[_WriterItem], older_than_ns: int | None
     ) -> None:
+        if self._events:
+            events, self._events = self._events, []
+            await self._hand_over(send, EventBatch(events))
         for msg_type in list(self._pending):
             pb = self._pending[msg_type]
             if older_than_ns is None or pb.first_ns <= older_than_ns:
@@ -544,6 +587,11 @@ class StripeWorker:
                             self._decode_and_write, dec, sink, item
                         )
                         self._written(item.msg_type, outcome)
+                    elif isinstance(item, EventBatch):
+                        batch = capture_events.to_batch(item.events, self.stripe)
+                        self._committed(
+                            await self.offload(sink.write, capture_events.TABLE, batch)
+                        )
                     else:
                         await self.offload(self._write_quarantine, item)
                     if item is not None:

@@ -235,7 +235,7 @@ def raw_config(**auth: Any) -> dict[str, Any]:
     return {
         "source": {"url": "wss://example.invalid/mlink/jsonf", "stripes": ["A"]},
         "auth": auth,
-        "output": {"root": "/tmp/x"},  # never written
+        "output": {"root": "data"},  # never written
     }
 
 

@@ -64,3 +64,45 @@ def test_reconnect_resumes_from_the_high_water_mark(tmp_path: Path) -> None:
         assert pc.min(s2_snap["h_sTim"]).value > high_water  # ... and only those
         if msg_type == "OptionNbboQuote":  # hundreds of keys: most did not change
             assert s2_snap.num_rows < len(held[msg_type]) / 2
+
+
+def test_capture_events_answer_which_intervals_are_missing(tmp_path: Path) -> None:
+    import duckdb
+
+    root, record = tmp_path / "data", tmp_path / "sent"
+    sim_cfg = SimConfig(
+        api_keys=frozenset({KEY}), rate=20, seed=13, record_dir=record,
+        faults=Faults(disconnect_after_messages=300, faulty_connections=1),
+    )
+    cfg = config(root, ["A"], TYPES, supervision={"backoff_initial": 5.0})
+    seen: dict[str, int] = {}
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        worker = daemon.supervisor.workers["A"]
+        last = worker.stats.last_frame_ns
+        while len(net.opened_at) < 2:  # remember the last frame before the reconnect
+            last = worker.stats.last_frame_ns
+            await trio.sleep(0.01)
+        seen["last_before"] = last or 0
+        await wait_for(lambda: worker.stats.last_frame_ns != last)
+        seen["first_after"] = worker.stats.last_frame_ns or 0
+        await trio.sleep(5)
+
+    trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
+    glob = f"{root}/capture_events/**/*.parquet"
+    gaps = duckdb.sql(
+        f"""SELECT epoch_ns(gap_start), epoch_ns(gap_end)
+            FROM read_parquet('{glob}', hive_partitioning = true)
+            WHERE event = 'gap' AND stripe = 'A' AND date = DATE '2025-06-02'"""
+    ).fetchall()
+    assert gaps == [(seen["last_before"], seen["first_after"])]
+    query = f"SELECT DISTINCT event FROM read_parquet('{glob}')"
+    kinds = {r[0] for r in duckdb.sql(query).fetchall()}
+    assert kinds == {"checkpoint", "connect", "disconnect", "gap", "logon", "stream_ack"}
+    reasons = duckdb.sql(
+        f"SELECT detail FROM read_parquet('{glob}') WHERE event = 'disconnect' ORDER BY _seq"
+    ).fetchall()
+    assert [r[0] for r in reasons] == [
+        "connection closed (1006 ABNORMAL_CLOSURE)",
+        "daemon stopping",
+    ]

@@ -157,16 +157,7 @@ def crashed_segment(root: Path, size: int) -> tuple[Path, int]:
         written += size + 40
         i += 1
     w.flush_and_sync()
-    # Abandon the writer the way a crash does: no seal, no close.  Its descriptors are pointed
-    # at /dev/null before they are closed, so nothing more reaches the segment.
-    null = os.open(os.devnull, os.O_WRONLY)
-    for seg in [w._seg, *w._closing]:
-        if seg.file is not None:
-            os.dup2(null, seg.file.fileno())
-            seg.file.close()
-            seg.file = None
-    os.close(null)
-    w._dirlock.release()
+    w._abandon()  # as a crash leaves it: no seal, no close
     return directory, i
 
 

@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=20.0, help="capture duration (default 20)")
     demo.add_argument("--root", type=Path, help="output directory (overrides the config)")
 
+    ver = sub.add_parser("verify", help="check a capture tree; exit 1 if anything is wrong")
+    ver.add_argument("root", nargs="?", type=Path, help="data root (default: the config's)")
+    ver.add_argument("--config", "-c", type=Path, help="read output.root from this config")
+    ver.add_argument("--deep", action="store_true", help="decode every page, not just footers")
+    ver.add_argument("--json", action="store_true", help="machine-readable report")
+
     sim = sub.add_parser("simulate", help="run the MLink simulator", add_help=False)
     sim.add_argument("args", nargs=argparse.REMAINDER)
     return p
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "health":
         return _health(args)
+    if args.command == "verify":
+        return _verify(args)
     if args.command == "demo":
         from capture.demo import main as demo_main
 
@@ -108,6 +116,22 @@ def _run(path: Path) -> int:
     logs.configure(cfg.logging.level, cfg.logging.format)
     daemon = Daemon(cfg)
     return trio.run(daemon.run)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from capture import verify
+    from capture.config import Config
+
+    root: Path | None = args.root
+    if root is None and args.config is not None:
+        cfg = _load(args.config)
+        if not isinstance(cfg, Config):
+            return EXIT_USAGE
+        root = cfg.output.root
+    if root is None:
+        print("mlink-capture verify: give ROOT or --config", file=sys.stderr)
+        return EXIT_USAGE
+    return verify.main(root, deep=args.deep, as_json=args.json)
 
 
 def _health(args: argparse.Namespace) -> int:

@@ -98,7 +98,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Final, NoReturn, cast
+from typing import Any, Final, NoReturn, cast
 from zlib import crc32
 
 __all__ = [
@@ -1026,13 +1026,13 @@ class JournalWriter:
             self._appended_records += 1
             self._appended_bytes += size
             pending = self._pending_bytes = self._pending_bytes + size
-            wake = pending >= _DRAIN_BYTES and not self._drain_requested
-            if wake:
-                self._drain_requested = True
+            wake = False
+            if pending >= _DRAIN_BYTES and not self._drain_requested:
+                self._drain_requested = wake = True
         if wake:
             self._wake.set()
-            if pending >= _MAX_PENDING_BYTES:
-                self._write_out()  # the writing thread cannot keep up: wait for the disk here
+        if pending >= _MAX_PENDING_BYTES:
+            self._write_out()  # the writing thread cannot keep up: wait for the disk here
 
     def begin_session(
         self, session: str, stripe: str, wall_ns: int, context: Mapping[str, Any]
@@ -1098,8 +1098,8 @@ class JournalWriter:
             return False
         try:
             self._write_out()
-        except BaseException:
-            return False  # recorded in _broken; the next call on the writer raises it
+        except BaseException:  # noqa: BLE001 - kept in _broken; the next append raises it
+            return False
         return True
 
     def _write_out(self) -> tuple[int | None, int, list[_Segment], _Segment | None]:
@@ -1134,13 +1134,12 @@ class JournalWriter:
             return snapshot
 
     def _create_file(self, seg: _Segment) -> None:
-        while True:
-            try:
-                seg.file = _open_segment_file(seg.path)
-                break
-            except FileExistsError:  # a stray file took the name: take the next generation
-                with self._lock:
-                    seg.path = self._segment_path()
+        try:
+            seg.file = _open_segment_file(seg.path)
+        except FileExistsError as exc:
+            # Names come from the highest generation on disk and the directory is locked:
+            # only something writing here behind the lock's back can have taken this one.
+            raise JournalError(f"{seg.path} appeared behind the writer's back") from exc
         with self._lock:
             self._dir_dirty = True
 

@@ -151,18 +151,9 @@ class Model:
 
 
 def crash(w: JournalWriter) -> None:
-    """What dying does to a writer: bytes still in its write buffer never reach the files
-    (its descriptors are pointed at /dev/null first), and the kernel drops its lock."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for seg in [w._seg, *w._closing]:
-            if seg.file is not None:
-                os.dup2(null, seg.file.fileno())
-                seg.file.close()
-                seg.file = None
-    finally:
-        os.close(null)
-    w._dirlock.release()
+    """What dying does to a writer: bytes it has queued but not yet written are lost, its
+    descriptors are closed and the kernel drops its lock."""
+    w._abandon()
 
 
 def fill(m: Model, count: int, size: int = 40) -> None:
@@ -942,6 +933,51 @@ def test_one_appender_and_one_syncing_thread(jdir: Path) -> None:
     assert not seen or seen[-1] <= m.seq - 1
     assert own(records(jdir)) == m.appended
     assert recover(jdir).clean
+
+
+def test_the_writing_thread_hands_bytes_to_the_os_without_a_sync(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsyncs = FsyncLog()
+    monkeypatch.setattr(journal, "_fsync", fsyncs)
+    written = threading.Event()
+    real_write_all = journal._write_all
+
+    def observed(fd: int, chunks: list[bytes]) -> None:
+        real_write_all(fd, chunks)
+        if threading.current_thread().name.startswith("journal-writer:"):
+            written.set()
+
+    monkeypatch.setattr(journal, "_write_all", observed)
+    w = JournalWriter(jdir)
+    fsyncs.calls.clear()
+    payload = os.urandom(100_000)
+    for i in range(3):  # 300 KB: past the 256 KiB that wake the writing thread
+        w.append(i, i, 1, payload)
+    assert written.wait(60), "the writing thread never wrote"
+    (path,) = segment_files(jdir)
+    assert path.stat().st_size == 3 * (HEADER_SIZE + len(payload))
+    assert w.statistics().pending_bytes == 0
+    assert fsyncs.calls == []  # in the OS (safe from a process crash), not yet durable
+    w.close()
+
+
+def test_a_stalled_writing_thread_bounds_the_queue(
+    jdir: Path, no_fsync: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "_DRAIN_BYTES", 2**62)  # never woken by volume ...
+    monkeypatch.setattr(journal, "_DRAIN_INTERVAL", 3600.0)  # ... nor by time
+    monkeypatch.setattr(journal, "_MAX_PENDING_BYTES", 10_000)
+    w = JournalWriter(jdir)
+    for i in range(9):
+        w.append(i, i, 1, b"p" * 1000)
+    assert w.statistics().pending_bytes == 9 * (HEADER_SIZE + 1000)
+    assert segment_files(jdir) == []
+    w.append(9, 9, 1, b"p" * 1000)  # crosses the cap: the appender writes
+    assert w.statistics().pending_bytes == 0
+    (path,) = segment_files(jdir)
+    assert path.stat().st_size == 10 * (HEADER_SIZE + 1000)
+    w.close()
 
 
 def test_statistics(jdir: Path, no_fsync: None) -> None:

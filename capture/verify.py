@@ -1,0 +1,159 @@
+"""``mlink-capture verify ROOT``: check a capture tree and say what is wrong.
+
+For every committed Parquet file: it opens (footer and, with ``deep``, every page), its footer
+metadata agrees with its rows, its ``_seq`` range agrees with the footer, and no two files of
+one table and stripe hold the same receive sequence numbers (a row captured twice).  It also
+reports unfinished (in-progress) files and quarantined frames.  Rows are counted per table,
+date and stripe.  Exit status 0: no problem; 1: problems found.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from capture.sink import (
+    META_MSG_TYPE,
+    META_ROWS,
+    META_SEQ_MAX,
+    META_SEQ_MIN,
+    META_STRIPE,
+)
+
+_PARTITION = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+
+
+@dataclass
+class Report:
+    files: int = 0
+    rows: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (table, date, stripe)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render(self) -> str:
+        lines = [f"{self.files} files, {sum(self.rows.values())} rows"]
+        for (table, date, stripe), n in sorted(self.rows.items()):
+            lines.append(f"  {table:<24} date={date} stripe={stripe:<4} {n:>12,} rows")
+        lines += [f"note: {n}" for n in self.notes]
+        lines += [f"PROBLEM: {p}" for p in self.problems]
+        lines.append("OK" if self.ok else f"{len(self.problems)} problem(s)")
+        return "\n".join(lines)
+
+
+def _tables(root: Path) -> Iterator[Path]:
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and not d.name.startswith(("_", ".")):
+            yield d
+
+
+def verify(root: Path, *, deep: bool = False) -> Report:
+    report = Report()
+    if not root.is_dir():
+        report.problems.append(f"{root} is not a directory")
+        return report
+    ranges: dict[tuple[str, str], list[tuple[int, int, Path]]] = defaultdict(list)
+    for table_dir in _tables(root):
+        for path in sorted(table_dir.rglob("*")):
+            if path.name.endswith(".inprogress"):
+                report.notes.append(
+                    f"unfinished file {path.relative_to(root)} (a running daemon's, or left by a "
+                    "crash: the next start moves it to _quarantine)"
+                )
+            elif path.suffix == ".parquet":
+                _check_file(root, table_dir.name, path, report, ranges, deep)
+    for (table, stripe), spans in ranges.items():
+        spans.sort()
+        for (_, hi1, p1), (lo2, hi2, p2) in itertools.pairwise(spans):
+            if lo2 <= hi1 and table != "capture_events":
+                report.problems.append(
+                    f"{table} stripe {stripe}: receive sequence {lo2}..{min(hi1, hi2)} is in "
+                    f"both {p1.relative_to(root)} and {p2.relative_to(root)} (rows twice)"
+                )
+    quarantine = root / "_quarantine"
+    if quarantine.is_dir():
+        count = sum(
+            1 for f in quarantine.rglob("*.jsonl") for line in f.open() if line.strip()
+        )
+        if count:
+            where = quarantine.relative_to(root)
+            report.notes.append(f"{count} quarantined frame(s) under {where}")
+    return report
+
+
+def _check_file(
+    root: Path,
+    table: str,
+    path: Path,
+    report: Report,
+    ranges: dict[tuple[str, str], list[tuple[int, int, Path]]],
+    deep: bool,
+) -> None:
+    rel = path.relative_to(root)
+    report.files += 1
+    date_dir, stripe_dir = path.parent.parent.name, path.parent.name
+    match = _PARTITION.match(date_dir)
+    if not match or not stripe_dir.startswith("stripe="):
+        report.problems.append(f"{rel}: not under date=YYYY-MM-DD/stripe=S")
+        return
+    date, stripe = match.group(1), stripe_dir.removeprefix("stripe=")
+    try:
+        pf = pq.ParquetFile(path)
+        meta = {k.decode(): v.decode() for k, v in (pf.metadata.metadata or {}).items()}
+        rows = pf.metadata.num_rows
+        seq = pf.read(columns=["_seq"]).column("_seq") if rows else None
+        if deep:
+            for i in range(pf.num_row_groups):
+                pf.read_row_group(i)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the finding itself
+        report.problems.append(f"{rel}: cannot be read: {type(exc).__name__}: {exc}")
+        return
+    key = (table, date, stripe)
+    report.rows[key] = report.rows.get(key, 0) + rows
+    expected = {META_MSG_TYPE: table, META_STRIPE: stripe, META_ROWS: str(rows)}
+    for k, v in expected.items():
+        if meta.get(k) != v:
+            report.problems.append(f"{rel}: footer {k}={meta.get(k)!r}, expected {v!r}")
+    if seq is not None:
+        bounds = pc.min_max(seq)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if (str(lo), str(hi)) != (meta.get(META_SEQ_MIN), meta.get(META_SEQ_MAX)):
+            report.problems.append(
+                f"{rel}: _seq spans {lo}..{hi} but the footer says "
+                f"{meta.get(META_SEQ_MIN)}..{meta.get(META_SEQ_MAX)}"
+            )
+        ranges[(table, stripe)].append((lo, hi, path))
+
+
+def main(root: Path, *, deep: bool, as_json: bool) -> int:
+    report = verify(root, deep=deep)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "files": report.files,
+                    "rows": [
+                        {"table": t, "date": d, "stripe": s, "rows": n}
+                        for (t, d, s), n in sorted(report.rows.items())
+                    ],
+                    "problems": report.problems,
+                    "notes": report.notes,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(report.render())
+    return 0 if report.ok else 1

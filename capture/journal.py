@@ -26,7 +26,17 @@ the current SESSION record marked *resumed*, so every segment names its session.
 
 A segment that is closed cleanly ends with a SEAL record: a summary (record count, seq range)
 written only after the data before it was fsynced.  recover() trusts a seal and does not read
-the segment; only unsealed segments (the one or two a crash left open) are scanned.
+the segment; only unsealed segments (the one or two a crash left open) are scanned.  The seal
+comes on top of ``segment_bytes``.
+
+Writing and durability
+----------------------
+``append`` makes no system call (it runs on the event loop): it packs the header, computes the
+CRCs and queues the bytes.  A thread of the writer hands them to the OS once 256 KiB are queued
+and at least every 0.2 s, so a *process* crash (kill -9, OOM) loses at most that;
+``flush_and_sync`` (every ``durability_interval``) writes the rest and fsyncs, so a *power
+loss* loses at most what was appended after its last return.  If the disk stalls, ``append``
+writes itself once 64 MiB are queued: memory stays bounded, the stall reaches the event loop.
 
 Record layout (little-endian; 40-byte header, then ``payload_len`` payload bytes)::
 
@@ -748,17 +758,11 @@ def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> Segment
         if scan.records and not scan.sealed:
             if scan.end == size:
                 _fsync(f.fileno())  # the seal must never reach the disk before the data
-            f.seek(scan.end)
-            f.write(
-                _seal_record(
-                    scan.end,
-                    scan.records,
-                    scan.min_seq,
-                    scan.max_seq,
-                    scan.next_seq,
-                    time.time_ns(),
-                )
+            seal = _seal_record(
+                scan.end, scan.records, scan.min_seq, scan.max_seq, scan.next_seq, time.time_ns()
             )
+            f.seek(scan.end)
+            _write_all(f.fileno(), [seal])
             _fsync(f.fileno())
             scan.sealed = True
     removed = scan.records == 0
@@ -782,26 +786,28 @@ def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> Segment
 
 
 def _preserve(f: io.FileIO, path: Path, start: int, end: int) -> Path | None:
-    """Copy bytes [start, end) of ``f`` next to the journal before they are cut."""
-    f.seek(start)
-    chunks: list[bytes] = []
-    left = end - start
-    while left > 0:
-        data = f.read(min(left, _COPY_CHUNK))
-        if not data:
-            break
-        chunks.append(data)
-        left -= len(data)
-    if not any(c.strip(b"\0") for c in chunks):
+    """Copy bytes [start, end) of ``f`` to ``corrupt/`` before they are cut, unless they are
+    all zero (what a power loss leaves in blocks allocated but never written)."""
+
+    def chunks() -> Iterator[bytes]:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            data = f.read(min(left, _COPY_CHUNK))
+            if not data:
+                return
+            left -= len(data)
+            yield data
+
+    if not any(c.strip(b"\0") for c in chunks()):
         return None
     directory = path.parent / _CORRUPT_DIR
     _ensure_dir(directory)
     dest = directory / f"{path.name}.{start}.cut"
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
     try:
-        with os.fdopen(fd, "wb", closefd=False) as out:
-            for c in chunks:
-                out.write(c)
+        for c in chunks():
+            _write_all(fd, [c])
         _fsync(fd)
     finally:
         os.close(fd)
@@ -1111,7 +1117,8 @@ class JournalWriter:
             with self._lock:
                 if self._broken is not None:
                     self._raise_unusable()
-                work = [(s, s.pending) for s in self._segments if s.pending]
+                active = self._active_locked()
+                work = [(s, s.pending) for s in active if s.pending]
                 for s, _ in work:
                     s.pending = []
                 self._pending_bytes = 0
@@ -1119,7 +1126,7 @@ class JournalWriter:
                 snapshot = (
                     self._appended_seq,
                     self._appended_bytes,
-                    [s for s in self._segments if s.state is _State.CLOSING],
+                    [s for s in active if s.state is _State.CLOSING],
                     self._seg if self._state is _State.OPEN else None,
                 )
             try:
@@ -1132,6 +1139,14 @@ class JournalWriter:
                     self._broken = exc
                 raise
             return snapshot
+
+    def _active_locked(self) -> list[_Segment]:
+        """The segments not yet closed: always the newest ones (segments close in order)."""
+        segments = self._segments
+        i = len(segments)
+        while i and segments[i - 1].state is not _State.CLOSED:
+            i -= 1
+        return segments[i:]
 
     def _create_file(self, seg: _Segment) -> None:
         try:

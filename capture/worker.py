@@ -75,6 +75,28 @@ class StreamState:
 
 
 @dataclass(slots=True)
+class _Session:
+    """One connection session's protocol state (live, or rebuilt when replaying a journal)."""
+
+    id: str
+    streams: dict[str, StreamState]
+    by_query: dict[int, StreamState]
+    by_name: dict[str, StreamState]
+    snapshot_types: set[str] = field(default_factory=set)
+    decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    requested: bool = False
+
+    @classmethod
+    def start(cls, session: str, streams: dict[str, StreamState]) -> _Session:
+        return cls(
+            session,
+            streams,
+            {st.request.query_id: st for st in streams.values()},
+            {t.lower(): st for t, st in streams.items()},
+        )
+
+
+@dataclass(slots=True)
 class PendingBatch:
     """Undecoded data frames of one message type, in arrival order."""
 
@@ -313,30 +335,22 @@ class StripeWorker:
         sup = self.cfg.supervision
         stats = self.stats
         now_ns = self.clock.now_ns
-        decoder = FrameDecoder()
-        pending = self._pending
-        batch_rows = self.cfg.pipeline.batch_rows
-        control_types = protocol.CONTROL_TYPES
-        requested = False
+        sess = _Session.start(session, streams)
         logon_deadline = trio.current_time() + sup.logon_timeout
         last_frame = trio.current_time()
-        by_query = {st.request.query_id: st for st in streams.values()}
-        by_name = {t.lower(): st for t, st in streams.items()}
-        snapshot_types: set[str] = set()
-
         try:
             while True:
                 deadline = last_frame + sup.stale_after
-                if not requested:
+                if not sess.requested:
                     deadline = min(deadline, logon_deadline)
                 with trio.move_on_at(deadline) as scope:
                     message = await conn.recv()
                 if scope.cancelled_caught:
-                    if not requested and trio.current_time() >= logon_deadline:
+                    if not sess.requested and trio.current_time() >= logon_deadline:
                         # No MLinkAdmin yet: some servers wait for the request first (§7.1, [I]).
                         self.log.warning("no MLinkAdmin within logon_timeout; requesting anyway")
                         await self._send_requests(conn, streams)
-                        requested = True
+                        sess.requested = True
                         continue
                     raise StaleConnection(f"no frame for {sup.stale_after:g} s")
                 last_frame = trio.current_time()
@@ -346,66 +360,103 @@ class StripeWorker:
                     self._gap_from_ns = None
                 stats.last_frame_ns = recv_ns
                 stats.bytes += len(message)
-                for event in decoder.feed(message):
-                    if isinstance(event, Garbage):
-                        stats.garbage_bytes += len(event.data)
-                        await self._quarantine(send, recv_ns, session, event.reason, event.data)
-                        continue
-                    body = event.body
-                    mtyp = peek_mtyp(body) or _slow_mtyp(body)
-                    if mtyp is None:
-                        await self._quarantine(send, recv_ns, session, "no header.mTyp", body)
-                        continue
-                    if mtyp in control_types:
-                        stats.control_messages += 1
-                        try:
-                            ctl = protocol.parse_control(mtyp, body)
-                        except protocol.ControlParseError as exc:
-                            await self._quarantine(send, recv_ns, session, str(exc), body)
-                            continue
-                        if isinstance(ctl, protocol.Admin) and not requested:
-                            requested = await self._on_admin(ctl, conn, streams, api_key)
-                        else:
-                            self._on_control(ctl, streams, by_query, by_name, snapshot_types)
-                        continue
-                    pb = pending.get(mtyp)
-                    if pb is None or pb.session != session:
-                        if pb is not None:
-                            await self._hand_over(send, pending.pop(mtyp))
-                        pb = pending[mtyp] = PendingBatch(mtyp, session, first_ns=recv_ns)
-                    in_snapshot = mtyp in snapshot_types
-                    pb.bodies.append(body)
-                    pb.type_numbers.append(event.type_number)
-                    pb.recv_ns.append(recv_ns)
-                    pb.snapshot.append(in_snapshot)
-                    pb.seq.append(self._seq)
-                    self._seq += 1
-                    stats.messages += 1
-                    stats.last_data_ns = recv_ns
-                    if in_snapshot:
-                        stats.snapshot_rows += 1
-                    if len(pb.bodies) >= batch_rows:
-                        await self._hand_over(send, pending.pop(mtyp))
-                if requested and stats.state != "streaming" and stats.session is not None:
+                await self._process(sess, message, recv_ns, send, conn, api_key)
+                if sess.requested and stats.state != "streaming" and stats.session is not None:
                     stats.state = "streaming"
         finally:
             # Bytes still waiting for the rest of a frame can never complete now: keep them.
             with trio.CancelScope(shield=True):
-                for leftover in decoder.flush():
-                    stats.garbage_bytes += len(leftover.data)
-                    try:
-                        await self._quarantine(
-                            send, now_ns(), session, leftover.reason, leftover.data
-                        )
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        self.log.error("writer gone; could not quarantine a truncated frame")
+                await self._end_of_stream(sess, send)
+
+    async def _process(
+        self,
+        sess: _Session,
+        message: bytes | str,
+        recv_ns: int,
+        send: trio.MemorySendChannel[_WriterItem],
+        conn: Connection | None,
+        api_key: str | None = None,
+        *,
+        live: bool = True,
+        committed: Callable[[str, int], bool] | None = None,
+    ) -> None:
+        """One received WebSocket message: frames -> control handling / pending batches.
+
+        The same code runs live (``conn`` given) and when the journal is replayed (``conn``
+        None, ``live`` False): the rows come out identical.  ``committed(msg_type, seq)`` tells
+        a replay which frames already are in committed Parquet.
+        """
+        stats = self.stats
+        pending = self._pending
+        batch_rows = self.cfg.pipeline.batch_rows
+        control_types = protocol.CONTROL_TYPES
+        session = sess.id
+        for event in sess.decoder.feed(message):
+            if isinstance(event, Garbage):
+                stats.garbage_bytes += len(event.data)
+                await self._quarantine(send, recv_ns, session, event.reason, event.data)
+                continue
+            body = event.body
+            mtyp = peek_mtyp(body) or _slow_mtyp(body)
+            if mtyp is None:
+                await self._quarantine(send, recv_ns, session, "no header.mTyp", body)
+                continue
+            if mtyp in control_types:
+                stats.control_messages += 1
+                try:
+                    ctl = protocol.parse_control(mtyp, body)
+                except protocol.ControlParseError as exc:
+                    await self._quarantine(send, recv_ns, session, str(exc), body)
+                    continue
+                if isinstance(ctl, protocol.Admin) and not sess.requested:
+                    if conn is not None:
+                        sess.requested = await self._on_admin(ctl, conn, sess.streams, api_key)
+                    else:  # replay: the requests were sent when this was live
+                        sess.requested = ctl.verdict is protocol.AdminVerdict.LOGGED_ON
+                else:
+                    self._on_control(ctl, sess)
+                continue
+            seq = self._seq
+            self._seq += 1
+            if committed is not None and committed(mtyp, seq):
+                continue  # replay: already in a committed file
+            pb = pending.get(mtyp)
+            if pb is None or pb.session != session:
+                if pb is not None:
+                    await self._hand_over(send, pending.pop(mtyp))
+                pb = pending[mtyp] = PendingBatch(mtyp, session, first_ns=recv_ns)
+            in_snapshot = mtyp in sess.snapshot_types
+            pb.bodies.append(body)
+            pb.type_numbers.append(event.type_number)
+            pb.recv_ns.append(recv_ns)
+            pb.snapshot.append(in_snapshot)
+            pb.seq.append(seq)
+            if live:
+                stats.messages += 1
+                stats.last_data_ns = recv_ns
+                if in_snapshot:
+                    stats.snapshot_rows += 1
+            if len(pb.bodies) >= batch_rows:
+                await self._hand_over(send, pending.pop(mtyp))
+
+    async def _end_of_stream(
+        self, sess: _Session, send: trio.MemorySendChannel[_WriterItem]
+    ) -> None:
+        for leftover in sess.decoder.flush():
+            self.stats.garbage_bytes += len(leftover.data)
+            try:
+                await self._quarantine(
+                    send, self.clock.now_ns(), sess.id, leftover.reason, leftover.data
+                )
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.log.error("writer gone; could not quarantine a truncated frame")
 
     async def _on_admin(
         self,
         admin: protocol.Admin,
         conn: Connection,
         streams: dict[str, StreamState],
-        api_key: str,
+        api_key: str | None,
     ) -> bool:
         verdict = admin.verdict
         self._event("logon", result=admin.state, detail=admin.detail)
@@ -413,27 +464,20 @@ class StripeWorker:
             self.log.info("logged on", session=self.stats.session)
             await self._send_requests(conn, streams)
             return True
-        if verdict is protocol.AdminVerdict.SEND_LOGON:
+        if verdict is protocol.AdminVerdict.SEND_LOGON and api_key is not None:
             await conn.send(encode_client_frame(protocol.logon_body(api_key, self.clock.now_ns())))
             return False
         if verdict is protocol.AdminVerdict.GOOD_NIGHT:
             raise TransportError(f"server said GoodNight ({admin.detail or 'no detail'})")
         raise AuthRejected(f"MLinkAdmin {admin.state}: {admin.detail or 'no detail'}")
 
-    def _on_control(
-        self,
-        ctl: protocol.Control,
-        streams: dict[str, StreamState],
-        by_query: dict[int, StreamState],
-        by_name: dict[str, StreamState],
-        snapshot_types: set[str],
-    ) -> None:
+    def _on_control(self, ctl: protocol.Control, sess: _Session) -> None:
         stats = self.stats
         if isinstance(ctl, protocol.Heartbeat):
             stats.heartbeats += 1
             return
         if isinstance(ctl, protocol.StreamAck):
-            st = _match(ctl.query_id, ctl.msg_name, by_query, by_name, streams, lambda s: s.acked)
+            st = _match(ctl.query_id, ctl.msg_name, sess, lambda s: s.acked)
             if st is None:
                 self.log.warning("stream ack matches no request", msg_name=ctl.msg_name)
                 return
@@ -442,7 +486,7 @@ class StripeWorker:
             self._event("stream_ack", msg_type=name, result=ctl.result, detail=ctl.detail)
             if ctl.ok:
                 stats.streams[name] = "acked"
-                snapshot_types.add(name)  # until Active/Complete: this stream's snapshot
+                sess.snapshot_types.add(name)  # until Active/Complete: this stream's snapshot
                 st.in_snapshot = True
             else:
                 st.failed = f"{ctl.result}: {ctl.detail or ''}".strip(": ")
@@ -456,9 +500,7 @@ class StripeWorker:
             st = _match(
                 ctl.query_id,
                 None,
-                by_query,
-                by_name,
-                streams,
+                sess,
                 lambda s: not s.acked or s.failed is not None or _checkpoint_done(s, ctl.state),
             )
             if st is None:
@@ -474,15 +516,15 @@ class StripeWorker:
             if ctl.state == "Begin":
                 st.begun = True
                 st.in_snapshot = True
-                snapshot_types.add(name)
+                sess.snapshot_types.add(name)
                 stats.streams[name] = "snapshot"
             elif ctl.state in ("Active", "Complete"):
                 st.in_snapshot = False
                 st.completed = st.completed or ctl.state == "Complete"
-                snapshot_types.discard(name)
+                sess.snapshot_types.discard(name)
                 stats.streams[name] = "live"
             elif ctl.state in ("Replaced", "Terminated"):
-                snapshot_types.discard(name)
+                sess.snapshot_types.discard(name)
                 stats.streams[name] = ctl.state.lower()
                 self.log.warning("stream ended by server", msg_type=name, state=ctl.state)
             if ctl.highwater_ts and ctl.highwater_ts > 0:
@@ -697,17 +739,15 @@ def _checkpoint_done(st: StreamState, state: str) -> bool:
 def _match(
     query_id: int | None,
     msg_name: str | None,
-    by_query: dict[int, StreamState],
-    by_name: dict[str, StreamState],
-    streams: dict[str, StreamState],
+    sess: _Session,
     skip: Callable[[StreamState], bool],
 ) -> StreamState | None:
     """Match a reply to its request: by queryID, else msgName, else the first still waiting."""
-    if query_id is not None and query_id in by_query:
-        return by_query[query_id]
-    if msg_name is not None and msg_name.lower() in by_name:
-        return by_name[msg_name.lower()]
-    for st in streams.values():
+    if query_id is not None and query_id in sess.by_query:
+        return sess.by_query[query_id]
+    if msg_name is not None and msg_name.lower() in sess.by_name:
+        return sess.by_name[msg_name.lower()]
+    for st in sess.streams.values():
         if not skip(st):
             return st
     return None

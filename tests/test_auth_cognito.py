@@ -217,6 +217,14 @@ def assert_nothing_leaks(secrets: set[str], *texts: str) -> None:
             assert secret not in text, f"text #{i} contains a secret ({secret[:6]}...)"
 
 
+def streaming(health_file: Path) -> bool:
+    try:
+        doc = json.loads(health_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return {s["state"] for s in doc["stripes"].values()} == {"streaming"}
+
+
 def process_title() -> str:
     parts = []
     for name in ("cmdline", "comm"):
@@ -412,7 +420,7 @@ def test_daemon_captures_with_a_cognito_jwt_and_no_secret_leaks(
             with trio.fail_after(30):
                 while not all(w.stats.rows_written > 0 for w in workers):  # noqa: ASYNC110
                     await trio.sleep(0.1)
-                while not (root / "health.json").exists():  # noqa: ASYNC110
+                while not streaming(root / "health.json"):  # noqa: ASYNC110 - another task writes it
                     await trio.sleep(0.1)
             seen["health"] = json.loads((root / "health.json").read_text())
             seen["title"] = process_title()

@@ -866,10 +866,32 @@ def test_write_errors_break_the_writer_until_restart(
         w.append(9, 100, 1, b"x")
     with pytest.raises(JournalBrokenError):
         w.roll()
+    assert "Input/output" in (w.statistics().broken or "")
     w.close()  # releases the files and the lock; does not raise again
     w.close()
     monkeypatch.undo()
     assert recover(jdir).records_kept == 3
+    JournalWriter(jdir).close()
+
+
+def test_a_failed_write_in_the_writing_thread_surfaces_on_the_next_append(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def enospc(fd: int, chunks: list[bytes]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal, "_write_all", enospc)
+    w = JournalWriter(jdir)
+    for i in range(3):  # past the 256 KiB that wake the writing thread
+        w.append(i, i, 1, b"x" * 100_000)
+    w._drainer.join(60)  # it ends after a failed round
+    assert not w._drainer.is_alive()
+    with pytest.raises(JournalBrokenError, match="No space left") as info:
+        w.append(3, 3, 1, b"y")
+    assert isinstance(info.value.__cause__, OSError)
+    assert "No space left" in (w.statistics().broken or "")
+    w.close()  # releases the lock without raising
+    monkeypatch.undo()
     JournalWriter(jdir).close()
 
 
@@ -940,23 +962,28 @@ def test_the_writing_thread_hands_bytes_to_the_os_without_a_sync(
 ) -> None:
     fsyncs = FsyncLog()
     monkeypatch.setattr(journal, "_fsync", fsyncs)
+    payload = os.urandom(100_000)
+    expected = 3 * (HEADER_SIZE + len(payload))
     written = threading.Event()
+    total = 0
     real_write_all = journal._write_all
 
     def observed(fd: int, chunks: list[bytes]) -> None:
+        nonlocal total
         real_write_all(fd, chunks)
-        if threading.current_thread().name.startswith("journal-writer:"):
+        assert threading.current_thread().name.startswith("journal-writer:")
+        total += sum(map(len, chunks))
+        if total >= expected:  # in one round or several (its timer may fire in between)
             written.set()
 
     monkeypatch.setattr(journal, "_write_all", observed)
     w = JournalWriter(jdir)
     fsyncs.calls.clear()
-    payload = os.urandom(100_000)
     for i in range(3):  # 300 KB: past the 256 KiB that wake the writing thread
         w.append(i, i, 1, payload)
     assert written.wait(60), "the writing thread never wrote"
     (path,) = segment_files(jdir)
-    assert path.stat().st_size == 3 * (HEADER_SIZE + len(payload))
+    assert path.stat().st_size == expected
     assert w.statistics().pending_bytes == 0
     assert fsyncs.calls == []  # in the OS (safe from a process crash), not yet durable
     w.close()

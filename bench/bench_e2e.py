@@ -1,0 +1,694 @@
+#!/usr/bin/env python3
+"""End-to-end capture benchmark: the real daemon process against a replay server, with baselines.
+
+Usage (``make bench`` runs the default: 1 M messages, 1 and 11 stripes, baselines a-d)::
+
+    python bench/bench_e2e.py [--messages 1000000] [--stripes 1,11] [--baselines a,b,c,d]
+        [--rotate-interval 10] [--minutes N] [--profile] [--no-save]
+
+1. ``gen_stream.py`` pre-generates the byte stream once (cached in ``bench/data``): simulator
+   frames, mostly OptionNbboQuote plus StockBookQuote, OptionPrint and StockPrint, per stripe
+   (11-stripe run) and all together (1-stripe run).
+2. For each stripe count, ``replay_server.py`` (its own process) serves the MLink handshake and
+   then the frames at full speed over loopback to ``mlink-capture run --config FILE`` (its own
+   process, the real daemon).  Once the server has sent everything and the daemon's health file
+   counts every message received, the daemon gets SIGTERM and commits what is open.
+3. Measured: end-to-end time from the first data byte the server sends to the last file
+   committed (``committed`` log lines), and to the last row received (max ``_recv_time``);
+   messages/s, MB/s (frame bytes), daemon CPU seconds (``wait4`` rusage: user + system, all
+   threads) per million messages and as cores used, peak RSS (``ru_maxrss``, plus ``VmRSS``
+   sampled from ``/proc``), receive-to-visible latency per row (commit time of its file minus
+   its ``_recv_time``) and receive-to-durable (see ``durable_latency``).  The run is INVALID
+   unless Parquet holds exactly one row per data frame sent, per type and stripe.
+4. Baselines on the same frames, each in a fresh process (``baselines.py``): (a) the vendor
+   sample client, (b) a straightforward json.loads/from_pylist/write_table writer, (c) pyarrow's
+   C++ JSON reader + Parquet writer in one process (this design's limit), (d) the package's
+   decode+sink pipeline in one thread without network (for the profile account).
+
+``--minutes N``: soak instead: 11 stripes, the stream replayed in a loop for N minutes, RSS
+sampled every few seconds; reports whether it stays flat (within 10 % after the first minute).
+
+Cores: this machine has 2.  The daemon may use both (it is not pinned); the replay server is
+pinned to the last core (``--server-cpu``) and its own CPU time is reported, so what it takes
+from the daemon is visible.  Results are printed and written to ``bench/results/<date>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+# bench/ is sys.path[0] when this runs as a script
+from gen_stream import DEFAULT_DIR, STRIPES, TYPE_MIX, generate, load_manifest
+
+HERE = Path(__file__).resolve().parent
+
+BIN = Path(sys.executable).parent / "mlink-capture"
+WORK = HERE / "work"
+RESULTS = HERE / "results"
+KEY_ENV = "MLINK_BENCH_KEY"
+DURABLE_EVENT = "journal synced"
+"""Hook for receive-to-durable: a daemon log line with this ``event``, a ``stripe`` and a
+``durable_seq`` (every data frame of that stripe with ``_seq <= durable_seq`` is fsynced), at
+the time in its ``synced_ns`` (else its ``timestamp``).  Until the journal logs such lines a row
+is durable when its Parquet file is committed (fsynced before the rename), i.e. durable ==
+visible."""
+
+BASELINE_NAMES = {
+    "a": "(a) vendor sample client: CRLF split + json.loads, keep nothing",
+    "b": "(b) straightforward: json.loads + dict lists + from_pylist + write_table",
+    "c": "(c) limit: C++ JSON reader (explicit schema) + Parquet, in memory",
+    "d": "(d) package decode+sink, 1 thread, in memory (no network/trio)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine and helpers
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    mem_kb = 0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    versions = {}
+    for mod in ("pyarrow", "trio", "trio_websocket", "wsproto", "structlog"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError):
+            versions[mod] = "?"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        **versions,
+    }
+
+
+def iso_ns(text: str) -> int:
+    t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1) * 1000
+
+
+def quantiles(values: pa.Array, qs: tuple[float, ...] = (0.5, 0.99)) -> list[float]:
+    if len(values) == 0:
+        return [float("nan")] * len(qs)
+    return [float(v) for v in pc.quantile(values, q=list(qs), interpolation="nearest").to_pylist()]
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def exited(proc: subprocess.Popen[Any]) -> bool:
+    """Whether ``proc`` has exited, without reaping it (its rusage is still to be had)."""
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None
+
+
+def wait_rusage(proc: subprocess.Popen[Any]) -> tuple[int, Any]:
+    """Reap ``proc`` with wait4: exit status and the rusage of that child alone."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage
+
+
+@dataclass
+class Sampler:
+    """VmRSS and CPU of a process every ``interval`` seconds, in a thread."""
+
+    pid: int
+    interval: float
+    samples: list[tuple[float, int, float]] = field(default_factory=list)  # (t, rss kB, cpu s)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Sampler:
+        threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            st = proc_status(self.pid)
+            cpu = proc_cpu_s(self.pid)
+            if st and cpu is not None:
+                self.samples.append((time.monotonic() - t0, st.get("VmRSS", 0), cpu))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class ServerOutput:
+    """JSON lines of the replay server, read in a thread."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.listening = threading.Event()
+        self._lock = threading.Lock()
+        assert proc.stdout is not None
+        self._stdout = proc.stdout
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        for line in self._stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            with self._lock:
+                self.events.append(event)
+            if event.get("event") == "listening":
+                self.listening.set()
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.events if e.get("event") == name]
+
+
+# ---------------------------------------------------------------------------------------------
+# One daemon run
+
+
+def write_config(work: Path, port: int, stripes: list[str], rotate_interval: int) -> Path:
+    cfg = work / "capture.toml"
+    stripe_list = ", ".join(f'"{s}"' for s in stripes)
+    type_list = ", ".join(f'"{t}"' for t in TYPE_MIX)
+    cfg.write_text(
+        f"""# written by bench/bench_e2e.py
+[source]
+url = "ws://127.0.0.1:{port}/mlink/jsonf"
+stripes = [{stripe_list}]
+message_types = [{type_list}]
+resume = false
+
+[auth]
+api_key_env = "{KEY_ENV}"
+
+[output]
+root = "data"
+rotate_interval = {rotate_interval}
+
+[health]
+path = "health.json"
+interval = 0.1
+
+[logging]
+level = "info"
+format = "json"
+"""
+    )
+    return cfg
+
+
+def read_health(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def durable_latency(
+    events: list[dict[str, Any]], files: list[tuple[int, str, pa.Array, pa.Array]]
+) -> tuple[pa.Array, str]:
+    """Receive-to-durable per row, and the definition used.
+
+    ``files``: (commit ns, stripe, _recv_time ns, _seq) per committed file.  If the daemon logs
+    ``DURABLE_EVENT`` lines (the journal's fsyncs), a row is durable at the first of them for
+    its stripe whose ``durable_seq`` reaches its ``_seq``; otherwise at its file's commit.
+    """
+    syncs: dict[str, tuple[list[int], list[int]]] = {}
+    for e in events:
+        if e.get("event") == DURABLE_EVENT and "durable_seq" in e and "stripe" in e:
+            t = int(e["synced_ns"]) if "synced_ns" in e else iso_ns(e["timestamp"])
+            seqs, times = syncs.setdefault(str(e["stripe"]), ([], []))
+            seqs.append(int(e["durable_seq"]))
+            times.append(t)
+    if not syncs:
+        parts = [pc.subtract(pa.scalar(c, pa.int64()), r) for c, _, r, _ in files]
+        return (pa.concat_arrays(parts) if parts else pa.array([], pa.int64())), (
+            "committed Parquet (fsynced before rename): durable == visible, no journal yet"
+        )
+    out: list[int] = []
+    for commit, stripe, recv, seq in files:
+        seqs, times = syncs.get(stripe, ([], []))
+        # durable_seq only grows, so the first sync covering a row is found by bisection
+        for r, s in zip(recv.to_pylist(), seq.to_pylist(), strict=True):
+            i = bisect.bisect_left(seqs, s)
+            out.append((times[i] if i < len(times) else commit) - r)
+    return pa.array(out, pa.int64()), f"journal fsync ({DURABLE_EVENT!r} log lines)"
+
+
+def run_daemon(
+    ds_dir: Path,
+    manifest: dict[str, Any],
+    n_stripes: int,
+    args: argparse.Namespace,
+    *,
+    loop_seconds: float = 0.0,
+) -> dict[str, Any]:
+    work = WORK / (f"soak-{n_stripes}" if loop_seconds else f"e2e-{n_stripes}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    if n_stripes == 1:
+        stripes = ["A"]
+        mapping = {"A": str(ds_dir / "all.jsonf")}
+        expect = {("A", t): n for t, n in manifest["per_type"].items()}
+    elif n_stripes == len(STRIPES):
+        stripes = list(STRIPES)
+        mapping = {s: str(ds_dir / f"{s}.jsonf") for s in STRIPES}
+        expect = {
+            (s, t): n for s, types in manifest["stripe_types"].items() for t, n in types.items()
+        }
+    else:
+        raise SystemExit(f"--stripes: 1 or {len(STRIPES)}, not {n_stripes}")
+
+    server_cmd = [
+        sys.executable, str(HERE / "replay_server.py"), "--map", json.dumps(mapping),
+        "--types", str(len(TYPE_MIX)), "--frames-per-message", str(args.frames_per_message),
+        "--loop-seconds", str(loop_seconds),
+    ]
+    pin = {int(c) for c in args.server_cpu.split(",")} if args.server_cpu else None
+
+    def pin_server() -> None:
+        if pin is not None:
+            os.sched_setaffinity(0, pin)
+
+    with (work / "server.log").open("w") as server_log:
+        server = subprocess.Popen(
+            server_cmd, stdout=subprocess.PIPE, stderr=server_log, text=True,
+            preexec_fn=pin_server,  # affinity is set in the child before exec
+        )
+    out = ServerOutput(server)
+    if not out.listening.wait(120):
+        server.kill()
+        raise SystemExit("replay server did not start (see server.log)")
+    port = out.of("listening")[0]["port"]
+    cfg = write_config(work, port, stripes, args.rotate_interval)
+    log_path = work / "daemon.log"
+    env = {**os.environ, KEY_ENV: "bench-key"}
+    cmd = [str(BIN), "run", "--config", str(cfg)]
+    with log_path.open("w") as log:
+        daemon = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=log)
+    pid = daemon.pid
+    profile_out = spy_proc = None
+    if args.profile:  # sampled from outside; ends by itself when the daemon exits
+        profile_out = work / f"profile-{args.profile}.collapsed.txt"
+        spy = Path(sys.executable).parent / "py-spy"
+        spy_proc = subprocess.Popen(
+            [str(spy), "record", "--threads", "--rate", "250", "--format", "raw",
+             *(["--gil"] if args.profile == "gil" else []),
+             "--pid", str(pid), "-o", str(profile_out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    sampler = Sampler(pid, args.sample_interval).start()
+    health_path = work / "health.json"
+    total_expected = sum(expect.values())
+    deadline = time.monotonic() + args.timeout + loop_seconds
+    received = 0
+    failure = None
+    while True:
+        sent = out.of("sent")
+        if len(sent) == n_stripes:
+            total_expected = sum(e["frames"] for e in sent)
+        doc = read_health(health_path)
+        if doc is not None:
+            received = sum(s.get("messages", 0) for s in doc["stripes"].values())
+        if len(sent) == n_stripes and received >= total_expected:
+            break
+        if exited(daemon):
+            failure = "daemon exited early (see daemon.log)"
+            break
+        if time.monotonic() > deadline:
+            failure = f"timed out: {received} of {total_expected} messages received"
+            break
+        time.sleep(0.02)
+    t_sigterm = time.time_ns()
+    if not exited(daemon):
+        daemon.send_signal(signal.SIGTERM)
+    code, usage = wait_rusage(daemon)
+    if spy_proc is not None:
+        spy_proc.wait(60)
+    t_exit = time.time_ns()
+    sampler.stop()
+    server.terminate()
+    _, server_usage = wait_rusage(server)
+
+    events = []
+    for line in log_path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    levels: dict[str, int] = defaultdict(int)
+    for e in events:
+        levels[e.get("level", "?")] += 1
+    commits = [e for e in events if e.get("event") == "committed"]
+    files: list[tuple[int, str, pa.Array, pa.Array]] = []
+    rows: dict[tuple[str, str], int] = defaultdict(int)
+    other_rows: dict[str, int] = defaultdict(int)
+    root = work / "data"
+    for c in commits:
+        path = Path(c["path"])
+        path = path if path.is_absolute() else work / path
+        table = pq.read_table(path, columns=["_recv_time", "_seq"])
+        rel = path.relative_to(root).parts  # <MsgType>/date=.../stripe=S/part-...
+        stripe = rel[2].split("=", 1)[1]
+        if rel[0] not in TYPE_MIX:  # the daemon's own tables (capture_events)
+            other_rows[rel[0]] += table.num_rows
+            continue
+        rows[(stripe, rel[0])] += table.num_rows
+        recv = pc.cast(table.column("_recv_time"), pa.int64()).combine_chunks()
+        files.append((iso_ns(c["timestamp"]), stripe, recv, table.column("_seq").combine_chunks()))
+    leftovers = [p for p in root.rglob("*") if p.name.endswith(".inprogress")]
+    total_rows = sum(rows.values())
+    problems = []
+    if failure:
+        problems.append(failure)
+    if code != 0:
+        problems.append(f"daemon exit code {code}")
+    if loop_seconds:
+        if total_rows != total_expected:
+            problems.append(f"{total_rows} rows in Parquet for {total_expected} frames sent")
+    elif dict(rows) != {k: v for k, v in expect.items() if v}:
+        bad = {f"{s}/{t}": (rows.get((s, t), 0), n) for (s, t), n in expect.items()
+               if rows.get((s, t), 0) != n}
+        problems.append(f"rows != frames sent (stripe/type: (rows, sent)) {bad}")
+    if leftovers:
+        problems.append(f"{len(leftovers)} in-progress files left")
+
+    sent = out.of("sent")
+    t_first = min((e["t_first_ns"] for e in out.of("sending")), default=t_sigterm)
+    t_last_sent = max((e["t_last_ns"] for e in sent), default=t_sigterm)
+    t_last_commit = max((f[0] for f in files), default=t_exit)
+    t_last_recv = max((pc.max(f[2]).as_py() for f in files if len(f[2])), default=t_sigterm)
+    wire = sum(e["bytes"] for e in sent)
+    e2e_s = (t_last_commit - t_first) / 1e9
+    recv_s = (t_last_recv - t_first) / 1e9
+    visible = (
+        pa.concat_arrays([pc.subtract(pa.scalar(c, pa.int64()), r) for c, _, r, _ in files])
+        if files else pa.array([], pa.int64())
+    )
+    durable, durable_def = durable_latency(events, files)
+    vis_q = quantiles(visible)
+    dur_q = quantiles(durable)
+    health = read_health(health_path) or {"stripes": {}}
+    stripes_h = health["stripes"].values()
+    cpu_s = usage.ru_utime + usage.ru_stime
+    peak_rss_mb = usage.ru_maxrss / 1024
+    rss_samples = [(round(t, 1), round(kb / 1024, 1)) for t, kb, _ in sampler.samples]
+    result = {
+        "stripes": n_stripes,
+        "valid": not problems,
+        "problems": problems,
+        "messages": total_rows,
+        "messages_sent": total_expected,
+        "wire_bytes": wire,
+        "files_committed": len(commits),
+        "other_rows": dict(other_rows),
+        "e2e_seconds": e2e_s,
+        "recv_seconds": recv_s,
+        "send_seconds": (t_last_sent - t_first) / 1e9,
+        "shutdown_seconds": (t_last_commit - t_sigterm) / 1e9,
+        "sigterm_after_last_recv_s": (t_sigterm - t_last_recv) / 1e9,
+        "msgs_per_s": total_rows / e2e_s if e2e_s > 0 else 0.0,
+        "recv_msgs_per_s": total_rows / recv_s if recv_s > 0 else 0.0,
+        "mb_per_s": wire / 1e6 / e2e_s if e2e_s > 0 else 0.0,
+        "cpu_seconds": cpu_s,
+        "user_seconds": usage.ru_utime,
+        "system_seconds": usage.ru_stime,
+        "cpu_s_per_million": cpu_s / total_rows * 1e6 if total_rows else float("nan"),
+        "cores_used": cpu_s / ((t_exit - t_first) / 1e9),
+        "peak_rss_mb": peak_rss_mb,
+        "sampled_max_rss_mb": max((kb for _, kb, _ in sampler.samples), default=0) / 1024,
+        "server_cpu_seconds": server_usage.ru_utime + server_usage.ru_stime,
+        "server_pinned_to": sorted(pin) if pin else None,
+        "visible_p50_s": vis_q[0] / 1e9,
+        "visible_p99_s": vis_q[1] / 1e9,
+        "visible_max_s": (pc.max(visible).as_py() or 0) / 1e9 if len(visible) else None,
+        "durable_p50_s": dur_q[0] / 1e9,
+        "durable_p99_s": dur_q[1] / 1e9,
+        "durable_definition": durable_def,
+        "reader_wait_seconds": sum(s.get("reader_wait_seconds", 0) for s in stripes_h),
+        "quarantined": sum(s.get("quarantined_frames", 0) for s in stripes_h),
+        "log_levels": dict(levels),
+        "rotate_interval_s": args.rotate_interval,
+        "rss_samples_mb": rss_samples,
+        "profile": str(profile_out.relative_to(HERE.parent)) if profile_out else None,
+    }
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines
+
+
+def run_baseline(kind: str, ds_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    WORK.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(HERE / "baselines.py"), kind, str(ds_dir / "all.jsonf"),
+           "--out", str(WORK / f"baseline-{kind}"),
+           "--frames-per-message", str(args.frames_per_message)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"baseline {kind} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["msgs_per_s"] = result["rows"] / result["seconds"]
+    result["cpu_s_per_million"] = result["cpu_seconds"] / result["rows"] * 1e6
+    result["name"] = BASELINE_NAMES[kind]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def print_report(doc: dict[str, Any]) -> None:
+    m = doc["machine"]
+    ds = doc["dataset"]
+    print()
+    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, "
+          f"Python {m['python']}, pyarrow {m['pyarrow']}, trio {m['trio']}, "
+          f"trio-websocket {m['trio_websocket']}")
+    print(f"date: {doc['date']}   dataset: {ds['messages']:,} messages, "
+          f"{ds['wire_bytes'] / 1e6:,.0f} MB of frames, mix {ds['per_type']}, mean body bytes "
+          f"{ds['mean_body_bytes']}")
+    runs = doc["runs"]
+    if runs:
+        print()
+        print("| end to end (daemon process) | " + " | ".join(
+            f"{r['stripes']} stripe{'s' if r['stripes'] > 1 else ''}" for r in runs) + " |")
+        print("|---|" + "---:|" * len(runs))
+        rows = [
+            ("valid (rows == frames sent)", lambda r: "yes" if r["valid"] else "NO"),
+            ("messages", lambda r: f"{r['messages']:,}"),
+            ("msgs/s, first byte sent -> last file committed",
+             lambda r: f"{r['msgs_per_s']:,.0f}"),
+            ("MB/s (frame bytes), same window", lambda r: f"{r['mb_per_s']:.1f}"),
+            ("msgs/s, first byte sent -> last row received",
+             lambda r: f"{r['recv_msgs_per_s']:,.0f}"),
+            ("seconds: e2e / receive / shutdown commit",
+             lambda r: f"{r['e2e_seconds']:.1f} / {r['recv_seconds']:.1f} / "
+                       f"{r['shutdown_seconds']:.2f}"),
+            ("CPU s per million messages (daemon)", lambda r: f"{r['cpu_s_per_million']:.1f}"),
+            ("cores used (daemon CPU / wall)", lambda r: f"{r['cores_used']:.2f}"),
+            ("peak RSS MB (daemon)", lambda r: f"{r['peak_rss_mb']:.0f}"),
+            ("receive->visible p50 / p99 s",
+             lambda r: f"{r['visible_p50_s']:.2f} / {r['visible_p99_s']:.2f}"),
+            ("receive->durable p50 / p99 s",
+             lambda r: f"{r['durable_p50_s']:.2f} / {r['durable_p99_s']:.2f}"),
+            ("reader waited on writer (s, summed)", lambda r: f"{r['reader_wait_seconds']:.1f}"),
+            ("replay server CPU s", lambda r: f"{r['server_cpu_seconds']:.1f}"),
+        ]
+        for label, fn in rows:
+            print(f"| {label} | " + " | ".join(fn(r) for r in runs) + " |")
+        for r in runs:
+            for p in r["problems"]:
+                print(f"!! {r['stripes']} stripe(s) INVALID: {p}")
+        print(f"(durable = {runs[0]['durable_definition']}; files rotate every "
+              f"{runs[0]['rotate_interval_s']} s)")
+    base = doc["baselines"]
+    if base:
+        print()
+        print("| baseline, same frames, one process | msgs/s | CPU s / M msgs | peak RSS MB "
+              "(input held) |")
+        print("|---|---:|---:|---:|")
+        for b in base.values():
+            print(f"| {b['name']} | {b['msgs_per_s']:,.0f} | {b['cpu_s_per_million']:.1f} | "
+                  f"{b['peak_rss_mb']:.0f} ({b['input_rss_mb']:.0f}) |")
+    if runs and base:
+        print()
+        print("| ratio: daemon e2e msgs/s vs | " + " | ".join(
+            f"{r['stripes']} stripe(s)" for r in runs) + " | target |")
+        print("|---|" + "---:|" * len(runs) + "---|")
+        targets = {"a": "", "b": ">= 3x", "c": ">= 0.6x", "d": ""}
+        for k, b in base.items():
+            print(f"| {b['name'][:3]} | " + " | ".join(
+                f"{r['msgs_per_s'] / b['msgs_per_s']:.2f}x" for r in runs) + f" | {targets[k]} |")
+    if doc.get("targets"):
+        print()
+        for t in doc["targets"]:
+            print(f"target {t['target']}: {'MET' if t['met'] else 'NOT MET'} ({t['value']})")
+    soak = doc.get("soak")
+    if soak:
+        print()
+        print(f"soak: {soak['minutes']} min, 11 stripes, {soak['messages']:,} messages "
+              f"({soak['msgs_per_s']:,.0f}/s), valid={soak['valid']}, peak RSS "
+              f"{soak['peak_rss_mb']:.0f} MB, RSS after warm-up {soak['rss_min_mb']:.0f}.."
+              f"{soak['rss_max_mb']:.0f} MB (spread {soak['rss_spread_pct']:.1f} %, "
+              f"flat={soak['flat']})")
+        for p in soak["problems"]:
+            print(f"!! soak INVALID: {p}")
+
+
+def evaluate_targets(doc: dict[str, Any], durability_interval: float) -> list[dict[str, Any]]:
+    out = []
+    base = doc["baselines"]
+    for r in doc["runs"]:
+        tag = f"{r['stripes']} stripe(s)"
+        if "c" in base:
+            ratio = r["msgs_per_s"] / base["c"]["msgs_per_s"]
+            out.append({"target": f"e2e >= 0.6 x (c), {tag}", "met": ratio >= 0.6,
+                        "value": f"{ratio:.2f}x"})
+        if "b" in base:
+            ratio = r["msgs_per_s"] / base["b"]["msgs_per_s"]
+            out.append({"target": f"e2e >= 3 x (b), {tag}", "met": ratio >= 3,
+                        "value": f"{ratio:.2f}x"})
+        limit = durability_interval + 0.1
+        out.append({"target": f"receive->durable p99 <= durability_interval + 100 ms, {tag}",
+                    "met": r["durable_p99_s"] <= limit,
+                    "value": f"{r['durable_p99_s']:.2f} s vs {limit:.2f} s "
+                             f"(durability_interval {durability_interval:g} s)"})
+        if r["stripes"] == len(STRIPES):
+            out.append({"target": "peak RSS <= 300 MB, 11 stripes x 4 types",
+                        "met": r["peak_rss_mb"] <= 300, "value": f"{r['peak_rss_mb']:.0f} MB"})
+    soak = doc.get("soak")
+    if soak:
+        out.append({"target": "RSS flat within 10 % over the soak", "met": soak["flat"],
+                    "value": f"{soak['rss_spread_pct']:.1f} %"})
+        out.append({"target": "peak RSS <= 300 MB over the soak",
+                    "met": soak["peak_rss_mb"] <= 300, "value": f"{soak['peak_rss_mb']:.0f} MB"})
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--stripes", default="1,11", help="comma list of 1 and/or 11")
+    parser.add_argument("--baselines", default="a,b,c,d", help="comma list of a,b,c,d or ''")
+    parser.add_argument("--rotate-interval", type=int, default=60,
+                        help="daemon output.rotate_interval (s; >= 60, divides 86400)")
+    parser.add_argument("--durability-interval", type=float, default=1.0,
+                        help="the journal's fsync interval the durable target is checked against")
+    parser.add_argument("--frames-per-message", type=int, default=16)
+    parser.add_argument("--server-cpu", default=str((os.cpu_count() or 1) - 1),
+                        help="CPU list the replay server is pinned to ('' = not pinned)")
+    parser.add_argument("--minutes", type=float, default=0.0, help="soak mode: minutes to run")
+    parser.add_argument("--sample-interval", type=float, default=None,
+                        help="RSS sampling period (s); default 0.25, or 5 in soak mode")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--profile", choices=("cpu", "gil"), default=None,
+                        help="sample the daemon with py-spy (pip install py-spy) into "
+                             "bench/work/*/profile.collapsed.txt (slows the daemon a little); "
+                             "gil: only samples of the thread holding the GIL")
+    parser.add_argument("--keep", action="store_true", help="keep the Parquet output")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+    args = parser.parse_args()
+    if args.sample_interval is None:
+        args.sample_interval = 5.0 if args.minutes else 0.25
+
+    ds_dir = generate(DEFAULT_DIR, args.messages, args.seed)
+    manifest = load_manifest(ds_dir)
+    assert manifest is not None
+    now = dt.datetime.now(dt.UTC)
+    doc: dict[str, Any] = {
+        "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "dataset": {k: manifest[k] for k in
+                    ("messages", "seed", "wire_bytes", "per_type", "mean_body_bytes")},
+        "settings": {k: v for k, v in vars(args).items()},
+        "baselines": {},
+        "runs": [],
+    }
+    if args.minutes:
+        print(f"soak: 11 stripes for {args.minutes:g} min ...", file=sys.stderr)
+        r = run_daemon(ds_dir, manifest, len(STRIPES), args, loop_seconds=args.minutes * 60)
+        warm = [mb for t, mb in r["rss_samples_mb"] if t >= 60] or [
+            mb for _, mb in r["rss_samples_mb"]]
+        lo, hi = min(warm), max(warm)
+        doc["soak"] = {
+            "minutes": args.minutes, "messages": r["messages"], "msgs_per_s": r["msgs_per_s"],
+            "valid": r["valid"], "problems": r["problems"], "peak_rss_mb": r["peak_rss_mb"],
+            "rss_min_mb": lo, "rss_max_mb": hi, "rss_spread_pct": (hi - lo) / lo * 100,
+            "flat": (hi - lo) / lo <= 0.10, "run": r,
+        }
+    else:
+        for kind in [k for k in args.baselines.split(",") if k]:
+            print(f"baseline {kind} ...", file=sys.stderr)
+            doc["baselines"][kind] = run_baseline(kind, ds_dir, args)
+        for n in [int(s) for s in args.stripes.split(",") if s]:
+            print(f"daemon, {n} stripe(s) ...", file=sys.stderr)
+            doc["runs"].append(run_daemon(ds_dir, manifest, n, args))
+    doc["targets"] = evaluate_targets(doc, args.durability_interval)
+    print_report(doc)
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        stem = now.strftime("%Y-%m-%d") + ("-soak" if args.minutes else "")
+        path = RESULTS / f"{stem}.json"
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"\nresults: {path.relative_to(HERE.parent)}")
+    invalid = [r for r in doc["runs"] if not r["valid"]]
+    return 1 if invalid or (doc.get("soak") and not doc["soak"]["valid"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

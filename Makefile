@@ -30,8 +30,11 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# End-to-end benchmark (bench/README.md): the daemon process against a replay server, 1 and 11
+# stripes, baselines on the same bytes; a few minutes. BENCH_ARGS passes options, e.g.
+#   make bench BENCH_ARGS="--minutes 10"   (soak)     make bench BENCH_ARGS="--profile gil"
 bench: $(STAMP)
-	$(BIN)/python bench/bench_decode.py
+	$(BIN)/python bench/bench_e2e.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -17,6 +17,8 @@ packing) before the clock starts; then, timed:
        reader with the daemon's explicit wire schema (``BatchDecoder``'s parse options, all
        bodies of a type in one read, reader threads on) and ``write_table`` (zstd, row groups of
        131072).  No network, no per-message Python beyond the split.
+``c1`` the same with the JSON reader's threads off (faster on this 2-vCPU machine; the
+       benchmark takes the faster of ``c`` and ``c1`` as the limit).
 ``d``  the package's own pipeline in one thread, no network and no trio: ``FrameDecoder.feed``
        per message, ``peek_mtyp``, per-type batches of ``batch_rows``, ``BatchDecoder.decode``,
        ``PartitionSink.write``/``close`` (what the worker's reader and writer tasks do).
@@ -104,11 +106,11 @@ def run_b(messages: list[bytes], out: Path) -> int:
     return n
 
 
-def run_c(messages: list[bytes], out: Path) -> int:
+def run_c(messages: list[bytes], out: Path, *, threads: bool = True) -> int:
     from capture.schemas import by_number
 
     n = 0
-    read_options = pj.ReadOptions(use_threads=True, block_size=1 << 20)
+    read_options = pj.ReadOptions(use_threads=threads, block_size=1 << 20)
     for number, bodies in split_bodies(messages).items():
         mdef = by_number(int(number))
         assert mdef is not None
@@ -164,7 +166,11 @@ def run_d(messages: list[bytes], out: Path) -> int:
     return n
 
 
-KINDS = {"a": run_a, "b": run_b, "c": run_c, "d": run_d}
+def run_c1(messages: list[bytes], out: Path) -> int:
+    return run_c(messages, out, threads=False)
+
+
+KINDS = {"a": run_a, "b": run_b, "c": run_c, "c1": run_c1, "d": run_d}
 
 
 def main() -> int:

@@ -81,6 +81,14 @@ class CredentialProvider(Protocol):
 
     def bearer(self) -> Secret: ...
 
+    #: The MLinkLogon field the token goes in when the server asks for an in-band logon
+    #: (PROTOCOL.md §2.3): ``apiKey`` for keys, ``jwtToken`` for Cognito JWTs.
+    logon_field: str
+
+    def invalidate(self) -> None:
+        """The server refused the last token: do not hand it out again."""
+        ...
+
 
 def make_provider(
     cfg: Config, environ: Mapping[str, str] | None = None, *, clock: WallClock | None = None
@@ -196,6 +204,8 @@ class ApiKeyProvider:
     """API key (``KEY`` or ``KEY.PASSWORD``, PROTOCOL.md §2.1) from a systemd credential, a file
     or the environment; the first configured source wins, in that order."""
 
+    logon_field = "apiKey"
+
     def __init__(self, cfg: AuthConfig, environ: Mapping[str, str] | None = None) -> None:
         self._key = SecretSource(
             "API key",
@@ -212,6 +222,9 @@ class ApiKeyProvider:
     def bearer(self) -> Secret:
         """The current key, read now (a small local read)."""
         return self._key.read()
+
+    def invalidate(self) -> None:
+        """Nothing cached: the key is read again at the next connection anyway."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,6 +312,8 @@ class CognitoProvider:
     Thread-safe: one login at a time, shared by every stripe.
     """
 
+    logon_field = "jwtToken"
+
     def __init__(
         self,
         cfg: AuthConfig,
@@ -374,6 +389,11 @@ class CognitoProvider:
 
     def __repr__(self) -> str:
         return f"CognitoProvider({self.source})"
+
+    def invalidate(self) -> None:
+        """MLink refused the token: the next ``bearer()`` refreshes or logs in again."""
+        with self._lock:
+            self._token = None
 
     # -- the one public operation -----------------------------------------------------------
 

@@ -200,9 +200,10 @@ class StreamRequest:
         return _envelope("MLinkStream", message, now_ns)
 
 
-def logon_body(api_key: str, now_ns: int) -> bytes:
-    """In-band MLinkLogon (§2.3), only sent when the server answers WaitingLogon."""
-    return _envelope("MLinkLogon", {"apiKey": api_key}, now_ns)
+def logon_body(token: str, now_ns: int, field: str = "apiKey") -> bytes:
+    """In-band MLinkLogon (§2.3), only sent when the server answers WaitingLogon: the token in
+    ``apiKey`` (API or session key) or ``jwtToken`` (Cognito JWT)."""
+    return _envelope("MLinkLogon", {field: token}, now_ns)
 
 
 def header_time_ns(text: str) -> int | None:

@@ -253,6 +253,9 @@ class StripeWorker:
                 self.stats.state = "backoff"
             except (AuthRejected, CredentialError) as exc:
                 reason = redact(str(exc))
+                if isinstance(exc, AuthRejected):  # the server refused what the source gave
+                    reason = f"{reason} (credential: {self.credentials.source})"
+                    self.credentials.invalidate()
                 delay = sup.auth_backoff * (1 + self.rng.uniform(0, sup.backoff_jitter))
                 self.stats.state = "auth_failed"
                 self.log.error("authentication failed; backing off", error=reason, delay=delay)
@@ -465,7 +468,10 @@ class StripeWorker:
             await self._send_requests(conn, streams)
             return True
         if verdict is protocol.AdminVerdict.SEND_LOGON and api_key is not None:
-            await conn.send(encode_client_frame(protocol.logon_body(api_key, self.clock.now_ns())))
+            body = protocol.logon_body(
+                api_key, self.clock.now_ns(), self.credentials.logon_field
+            )
+            await conn.send(encode_client_frame(body))
             return False
         if verdict is protocol.AdminVerdict.GOOD_NIGHT:
             raise TransportError(f"server said GoodNight ({admin.detail or 'no detail'})")

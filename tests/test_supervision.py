@@ -154,5 +154,7 @@ def test_a_rejected_key_backs_off_long_and_says_auth_failed(tmp_path: Path) -> N
     assert isinstance(stripes, dict)
     assert {s["state"] for s in stripes.values()} == {"auth_failed"}
     assert all("LogonFailed" in s["last_error"] for s in stripes.values())
+    # The error names where the key came from, never the key.
+    assert all("environment variable MLINK_TEST_KEY" in s["last_error"] for s in stripes.values())
     text = (root / "health.json").read_text()
     assert wrong not in text and "healthy\": false" in text

@@ -113,10 +113,15 @@ def bench_throughput(root: Path, size: int, total: int, interval: float) -> None
         w.close()
         end_to_end = time.perf_counter() - t0
     rate = count / end_to_end
+    syncs = syncer.durations
+    sync = (
+        f"{len(syncs)} flush_and_sync, median {statistics.median(syncs) * 1e3:.0f} ms"
+        if syncs
+        else "done before the first periodic flush_and_sync"
+    )
     print(
         f"  {size:>6} B: {rate:>9,.0f} appends/s {rate * size / 1e6:>6.0f} MB/s end to end "
-        f"(fsynced); append call mean {api / count * 1e6:6.2f} µs; "
-        f"flush_and_sync median {statistics.median(syncer.durations or [0]) * 1e3:.0f} ms"
+        f"(fsynced); append call mean {api / count * 1e6:6.2f} µs; {sync}"
     )
 
 
@@ -145,7 +150,7 @@ def bench_latency(root: Path, size: int, rate_mbs: float, seconds: float, interv
     print(
         f"  {size:>6} B at {rate_mbs:>4g} MB/s ({len(lat):>7,} calls): p50 {pct(lat, 0.5):6.2f}  "
         f"p99 {pct(lat, 0.99):6.2f}  p99.9 {pct(lat, 0.999):7.1f}  max {max(lat):7.0f} µs; "
-        f"flush_and_sync median {statistics.median(syncer.durations or [0]) * 1e3:.1f} ms"
+        f"flush_and_sync median {statistics.median(syncer.durations or [0.0]) * 1e3:.1f} ms"
     )
 
 

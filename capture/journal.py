@@ -159,7 +159,17 @@ _DRAIN_BYTES: Final = 1 << 18  # queued bytes that wake the writing thread
 _DRAIN_INTERVAL: Final = 0.2  # seconds queued bytes may wait for the writing thread at most
 _MAX_PENDING_BYTES: Final = 64 * 2**20  # beyond this, append writes itself (disk stalled)
 _SMALL_PAYLOAD: Final = 1 << 12  # up to this, header + payload are queued as one chunk
-_IOV_MAX: Final = max(16, min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16))
+
+
+def _iov_max() -> int:
+    try:
+        n = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        n = -1
+    return min(1024, n) if n >= 16 else 16
+
+
+_IOV_MAX: Final = _iov_max()
 _READ_CHUNK: Final = 1 << 22
 _COPY_CHUNK: Final = 1 << 20
 _SEGMENT_RE: Final = re.compile(r"seg-(\d{20})-(\d{10})\.mlj")
@@ -255,10 +265,10 @@ class SegmentReport:
 
 @dataclass(frozen=True)
 class RecoveryReport:
-    directory: Path
-    segments: list[SegmentReport]
+    segments: list[SegmentReport]  # one per segment found, in append order
     bytes_cut: int
     records_kept: int
+    directory: Path
 
     @property
     def removed(self) -> list[Path]:
@@ -276,8 +286,8 @@ class RecoveryReport:
 
 @dataclass(frozen=True, slots=True)
 class JournalStatistics:
-    segments: int  # on disk, the open one included
-    bytes_on_disk: int  # their sizes, bytes still in the write buffer included
+    segments: int  # the open one included (its file appears with its first record)
+    bytes_on_disk: int  # their sizes, bytes still queued included
     open_segment: Path | None
     appended_records: int  # SESSION and MESSAGE records written (resumed copies too)
     appended_bytes: int
@@ -723,7 +733,7 @@ def recover(
     """
     directory = Path(directory)
     if not directory.is_dir():
-        return RecoveryReport(directory, [], 0, 0)
+        return RecoveryReport([], 0, 0, directory)
     lock = _DirLock(directory)
     try:
         reports: list[SegmentReport] = []
@@ -737,10 +747,10 @@ def recover(
     finally:
         lock.release()
     return RecoveryReport(
-        directory,
         reports,
         bytes_cut=sum(r.bytes_cut for r in reports),
         records_kept=sum(r.records_kept for r in reports),
+        directory=directory,
     )
 
 

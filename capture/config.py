@@ -111,6 +111,18 @@ class OutputConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalConfig:
+    enabled: bool = True
+    directory: Path | None = None  # default: <output.root>/_journal
+    durability_interval: float = 1.0  # fsync at least this often (seconds)
+    segment_mb: int = 64
+    retain_hours: float = 0.0  # keep committed segments this long (for `replay`); 0: delete
+
+    def stripe_dir(self, root: Path, stripe: str) -> Path:
+        return (self.directory or root / "_journal") / f"stripe={stripe}"
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineConfig:
     batch_rows: int = 8192  # frames per type handed to the decoder at once
     flush_interval: float = 0.5  # seconds a partial batch may wait before it is decoded
@@ -152,6 +164,7 @@ class Config:
     auth: AuthConfig
     output: OutputConfig
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -179,7 +192,15 @@ class Config:
         r = _Reader(raw, base_dir)
         # [demo] is read by `mlink-capture demo` only (simulator knobs); the daemon ignores it.
         r.known_sections(
-            "source", "auth", "output", "pipeline", "supervision", "health", "logging", "demo"
+            "source",
+            "auth",
+            "output",
+            "journal",
+            "pipeline",
+            "supervision",
+            "health",
+            "logging",
+            "demo",
         )
 
         s = r.section("source", {"url", "stripes", "message_types", "active_latency", "resume"})
@@ -309,6 +330,21 @@ class Config:
             queue_batches=r.get(pl, "pipeline.queue_batches", int, default=32, check=_at_least(1)),
         )
 
+        j = r.section(
+            "journal",
+            {"enabled", "directory", "durability_interval", "segment_mb", "retain_hours"},
+        )
+        jdir = r.get(j, "journal.directory", str, default=None)
+        journal_cfg = JournalConfig(
+            enabled=r.get(j, "journal.enabled", bool, default=True),
+            directory=r.path(jdir) if jdir else None,
+            durability_interval=r.num(j, "journal.durability_interval", 1.0, _positive),
+            segment_mb=r.get(j, "journal.segment_mb", int, default=64, check=_at_least(1)),
+            retain_hours=r.num(j, "journal.retain_hours", 0.0, _non_negative),
+        )
+        if check_paths and journal_cfg.directory is not None:
+            _check_writable(r, "journal.directory", journal_cfg.directory)
+
         sv_keys = {f for f in SupervisionConfig.__dataclass_fields__}
         sv = r.section("supervision", sv_keys)
         defaults = SupervisionConfig()
@@ -357,6 +393,7 @@ class Config:
             auth=auth_cfg,
             output=output_cfg,
             pipeline=pipeline_cfg,
+            journal=journal_cfg,
             supervision=supervision_cfg,
             health=health_cfg,
             logging=logging_cfg,
@@ -504,6 +541,10 @@ def _at_least(n: int) -> Callable[[Any], str | None]:
 
 def _positive(v: float) -> str | None:
     return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be >= 0"
 
 
 def _fraction(v: float) -> str | None:

@@ -111,6 +111,8 @@ from pathlib import Path
 from typing import Any, Final, NoReturn, cast
 from zlib import crc32
 
+from capture.faultpoints import crash_point
+
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "HEADER_SIZE",
@@ -1225,11 +1227,15 @@ class JournalWriter:
             seg.file = None
             seg.state = _State.CLOSED
 
-    def retire(self, committed_below: int) -> list[Path]:
+    def retire(self, committed_below: int, *, archive: Path | None = None) -> list[Path]:
         """Delete the oldest closed segments whose data is all in committed Parquet, i.e. whose
         ``next_seq < committed_below`` (see the module docstring for why not ``<=``); segments
         with no MESSAGE go with them.  Stops at the first segment to keep, never deletes the
-        open segment or one not yet sealed by flush_and_sync; fsyncs the directory."""
+        open segment or one not yet sealed by flush_and_sync; fsyncs the directory.
+
+        With ``archive`` (a directory on the same file system) the segments are moved there
+        instead of deleted, for ``mlink-capture replay``; pruning the archive is the caller's."""
+        crash_point("journal.retire")
         with self._sync_lock:
             with self._lock:
                 if self._broken is not None or self._state is _State.CLOSED:
@@ -1244,9 +1250,14 @@ class JournalWriter:
                 del self._segments[: len(victims)]
             deleted: list[Path] = []
             try:
+                if archive is not None and victims:
+                    _ensure_dir(archive)
                 for seg in victims:
                     with contextlib.suppress(FileNotFoundError):
-                        seg.path.unlink()
+                        if archive is None:
+                            seg.path.unlink()
+                        else:
+                            os.replace(seg.path, archive / seg.path.name)
                     deleted.append(seg.path)
             finally:
                 with self._lock:
@@ -1255,6 +1266,8 @@ class JournalWriter:
                     self._retired_bytes += sum(s.size for s in victims[: len(deleted)])
                 if deleted:
                     _fsync_dir(self._dir)
+                    if archive is not None:
+                        _fsync_dir(archive)
             return deleted
 
     def close(self) -> None:

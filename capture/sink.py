@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 import structlog
 
 from capture import __version__
+from capture.faultpoints import crash_point
 
 __all__ = [
     "INPROGRESS_SUFFIX",
@@ -580,6 +581,16 @@ class PartitionSink:
             self._closed = True
             return self._commit_many([(key, "shutdown") for key in self._files])
 
+    def uncommitted_seq_min(self) -> int | None:
+        """Lowest receive sequence number held by a file not yet committed (None: none).
+
+        Takes the lock, so a file in the middle of its commit still counts: journal segments
+        are retired below this, and must never be retired for rows that could still be lost.
+        """
+        with self._lock:
+            mins = [f.seq_min for f in self._files.values() if f.rows]
+            return min(mins) if mins else None
+
     @property
     def open_file_count(self) -> int:
         """Files currently open (lock-free: safe to read from the event loop while a worker
@@ -880,6 +891,7 @@ class PartitionSink:
             )
             f.writer.close()  # writes the footer
             size = int(f.stream.tell())
+            crash_point("sink.commit.footer")
         except OSError as exc:
             self._abort(f, registered=False)
             raise _sink_error(SinkWriteError, exc, "writing footer", f.inprogress, f) from exc
@@ -891,6 +903,7 @@ class PartitionSink:
         except OSError as exc:
             self._abort(f, registered=False)
             raise _sink_error(SinkCommitError, exc, "fsync of part file", f.inprogress, f) from exc
+        crash_point("sink.commit.fsync")
         try:
             f.stream.close()
         except OSError as exc:
@@ -905,6 +918,7 @@ class PartitionSink:
         except OSError as exc:
             self._files_aborted += 1
             raise _sink_error(SinkCommitError, exc, "renaming part file", f.inprogress, f) from exc
+        crash_point("sink.commit.rename")
 
         committed = CommittedFile(
             path=final,
@@ -926,6 +940,7 @@ class PartitionSink:
         except OSError as exc:
             # The file is complete and visible; only the durability of its name is in doubt.
             raise _sink_error(SinkCommitError, exc, "fsync of directory", f.directory) from exc
+        crash_point("sink.commit.done")
 
     def _fresh_final(self, f: _OpenFile) -> Path:
         stem = f.final_name.removesuffix(".parquet")

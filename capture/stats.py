@@ -30,6 +30,8 @@ class StripeStats:
     garbage_bytes: int = 0
     drift_rows: int = 0
     reader_wait_s: float = 0.0
+    durable_seq: int | None = None  # highest receive sequence number fsynced in the journal
+    journal_lag: int = 0  # frames received but not yet fsynced
     last_error: str | None = None
     streams: dict[str, str] = field(default_factory=dict)  # msg type -> ack result/phase
 
@@ -53,6 +55,8 @@ class StripeStats:
             "garbage_bytes": self.garbage_bytes,
             "drift_rows": self.drift_rows,
             "reader_wait_seconds": round(self.reader_wait_s, 3),
+            "durable_seq": self.durable_seq,
+            "journal_lag_frames": self.journal_lag,
             "streams": dict(self.streams),
             "last_error": self.last_error,
         }

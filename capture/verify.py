@@ -83,9 +83,7 @@ def verify(root: Path, *, deep: bool = False) -> Report:
                 )
     quarantine = root / "_quarantine"
     if quarantine.is_dir():
-        count = sum(
-            1 for f in quarantine.rglob("*.jsonl") for line in f.open() if line.strip()
-        )
+        count = sum(1 for f in quarantine.rglob("*.jsonl") for line in f.open() if line.strip())
         if count:
             where = quarantine.relative_to(root)
             report.notes.append(f"{count} quarantined frame(s) under {where}")

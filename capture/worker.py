@@ -26,8 +26,12 @@ import json
 import os
 import random
 import secrets
-from collections.abc import Awaitable, Callable
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +40,17 @@ import pyarrow.compute as pc
 import trio
 
 from capture import events as capture_events
+from capture import journal as journal_mod
 from capture import protocol
 from capture.auth import CredentialError, CredentialProvider
 from capture.backoff import Backoff
 from capture.batches import BatchDecoder
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
+from capture.faultpoints import crash_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame, peek_mtyp
 from capture.logs import get_logger, redact
+from capture.recovery import CommittedIndex, scan_committed
 from capture.sink import CommittedFile, PartitionSink, SinkSettings, partition_date
 from capture.stats import StripeStats
 from capture.transport import (
@@ -176,6 +183,9 @@ class StripeWorker:
         self._pending: dict[str, PendingBatch] = {}
         self._events: list[capture_events.Event] = []
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
+        self.journal: journal_mod.JournalWriter | None = None
+        self._replaying = False
+        self._inflight: deque[int] = deque()  # first seq of batches handed to the writer (FIFO)
         self._handed = 0  # items given to the writer ...
         self._processed = 0  # ... and done by it
         self._progress = trio.lowlevel.ParkingLot()
@@ -223,21 +233,42 @@ class StripeWorker:
         sink = self.sink = PartitionSink(
             self._sink_settings, stripe=self.stripe, session=self.run_id, now_ns=self.clock.now_ns
         )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer, recv, sink)
-            async with send:
-                task_status.started()
-                with self._stop_scope:
-                    async with trio.open_nursery() as inner:
-                        inner.start_soon(self._flusher, send)
-                        await self._connect_loop(send)
-                # Stopping: hand over what is pending; closing `send` lets the writer drain.
-                self.stats.state = "stopping"
-                self._event(
-                    "disconnect", detail="daemon stopping", gap_start_ns=self.stats.last_frame_ns
-                )
+        jcfg = self.cfg.journal
+        recovered: journal_mod.RecoveryReport | None = None
+        if jcfg.enabled:
+            jdir = jcfg.stripe_dir(self.cfg.output.root, self.stripe)
+            recovered = await self.offload(journal_mod.recover, jdir)
+            self.journal = await self.offload(
+                partial(journal_mod.JournalWriter, jdir, segment_bytes=jcfg.segment_mb * 2**20)
+            )
+            self._seq = max(self._seq, self.journal.next_seq)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, recv, sink)
+                async with send:
+                    task_status.started()
+                    with self._stop_scope:
+                        if recovered is not None:
+                            await self._recover(send, recovered)
+                        async with trio.open_nursery() as inner:
+                            inner.start_soon(self._flusher, send)
+                            if self.journal is not None:
+                                inner.start_soon(self._syncer)
+                            await self._connect_loop(send)
+                    # Stopping: hand over what is pending; closing `send` lets the writer drain.
+                    self.stats.state = "stopping"
+                    self._event(
+                        "disconnect",
+                        detail="daemon stopping",
+                        gap_start_ns=self.stats.last_frame_ns,
+                    )
+                    with trio.CancelScope(shield=True):
+                        await self._flush_pending(send, older_than_ns=None)
+        finally:
+            if self.journal is not None:
+                # The writer has closed the sink; retire only what it committed, then close.
                 with trio.CancelScope(shield=True):
-                    await self._flush_pending(send, older_than_ns=None)
+                    await self.offload(self._close_journal)
         self.stats.state = "stopped"
 
     async def _connect_loop(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
@@ -302,6 +333,16 @@ class StripeWorker:
             self.stats.session = session
             self.stats.connected_since_ns = self.clock.now_ns()
             self._event("connect", result="ok", detail=cfg.source.url)
+            if self.journal is not None:
+                self.journal.begin_session(
+                    session,
+                    self.stripe,
+                    self.clock.now_ns(),
+                    {
+                        "url": cfg.source.url,
+                        "streams": {t: st.request.query_id for t, st in streams.items()},
+                    },
+                )
             self.stats.streams = {t: "requested" for t in streams}
             await self._read(conn, session, streams, send, bearer.value)
 
@@ -363,7 +404,10 @@ class StripeWorker:
                     self._gap_from_ns = None
                 stats.last_frame_ns = recv_ns
                 stats.bytes += len(message)
+                first_seq = self._seq
                 await self._process(sess, message, recv_ns, send, conn, api_key)
+                if self.journal is not None:  # buffered; fsynced by the syncer
+                    self.journal.append(recv_ns, first_seq, self._seq - first_seq, message)
                 if sess.requested and stats.state != "streaming" and stats.session is not None:
                     stats.state = "streaming"
         finally:
@@ -468,9 +512,7 @@ class StripeWorker:
             await self._send_requests(conn, streams)
             return True
         if verdict is protocol.AdminVerdict.SEND_LOGON and api_key is not None:
-            body = protocol.logon_body(
-                api_key, self.clock.now_ns(), self.credentials.logon_field
-            )
+            body = protocol.logon_body(api_key, self.clock.now_ns(), self.credentials.logon_field)
             await conn.send(encode_client_frame(body))
             return False
         if verdict is protocol.AdminVerdict.GOOD_NIGHT:
@@ -551,6 +593,8 @@ class StripeWorker:
         self, send: trio.MemorySendChannel[_WriterItem], item: _WriterItem
     ) -> None:
         self._handed += 1
+        if isinstance(item, PendingBatch):
+            self._inflight.append(item.seq[0])
         try:
             send.send_nowait(item)
         except trio.WouldBlock:
@@ -575,6 +619,8 @@ class StripeWorker:
         await self._hand_over(send, Quarantined(recv_ns, session, reason, data))
 
     def _event(self, kind: str, **fields: Any) -> None:
+        if self._replaying:  # these events were recorded when the messages arrived
+            return
         self._events.append(
             capture_events.Event(
                 time_ns=self.clock.now_ns(),
@@ -604,6 +650,170 @@ class StripeWorker:
             await trio.sleep(interval)
             await self._flush_pending(send, self.clock.now_ns() - int(interval * 1e9))
 
+    # -- journal --------------------------------------------------------------------------------
+
+    def _commit_watermark(self) -> int:
+        """Every frame below this sequence number is in committed Parquet (or quarantine), as far
+        as the event loop knows: pending and in-flight batches hold the rest.  The sink adds its
+        open files (read under its lock, in the syncing thread)."""
+        lows = [self._seq]
+        lows.extend(pb.seq[0] for pb in self._pending.values() if pb.seq)
+        if self._inflight:
+            lows.append(self._inflight[0])
+        return min(lows)
+
+    def _sync_and_retire(self, loop_watermark: int) -> int | None:
+        """In a thread: fsync the journal, then retire the segments below the watermark."""
+        journal = self.journal
+        assert journal is not None
+        durable = journal.flush_and_sync()
+        sink_low = self.sink.uncommitted_seq_min() if self.sink is not None else None
+        watermark = loop_watermark if sink_low is None else min(loop_watermark, sink_low)
+        jcfg = self.cfg.journal
+        archive = None
+        if jcfg.retain_hours > 0:
+            archive = journal.directory / "archive"
+            _prune(archive, jcfg.retain_hours)
+        journal.retire(watermark, archive=archive)
+        return durable
+
+    async def _syncer(self) -> None:
+        """fsync the journal every half ``durability_interval`` (so that a frame is on disk
+        within the interval, fsync time included); a failure stops this stripe."""
+        interval = self.cfg.journal.durability_interval / 2
+        while True:
+            await trio.sleep(interval)
+            durable = await self.offload(self._sync_and_retire, self._commit_watermark())
+            self.stats.durable_seq = durable
+            self.stats.journal_lag = self._seq - (durable + 1 if durable is not None else 0)
+
+    def _close_journal(self) -> None:
+        journal = self.journal
+        if journal is None:
+            return
+        try:
+            self._sync_and_retire(self._commit_watermark())
+        except (OSError, journal_mod.JournalError) as exc:
+            self.log.error("journal: final sync failed", error=str(exc))
+        finally:
+            journal.close()
+            self.journal = None
+
+    async def _recover(
+        self, send: trio.MemorySendChannel[_WriterItem], report: journal_mod.RecoveryReport
+    ) -> None:
+        """Start-up: frames in the journal but not in committed Parquet go to Parquet, once."""
+        assert self.journal is not None
+        directory = self.journal.directory
+        since = await self.offload(_first_recv_ns, directory)
+        index = await self.offload(
+            partial(scan_committed, self.cfg.output.root, self.stripe, since_ns=since)
+        )
+        if index.max_seq is not None:
+            self._seq = max(self._seq, index.max_seq + 1)
+        for msg_type, sent_ns in index.max_sent_ns.items():  # resume after a restart too
+            self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
+        replayed, last_ns = await self._replay_journal(send, [directory], index)
+        self._gap_from_ns = last_ns
+        self._event(
+            "recovery",
+            detail=(
+                f"journal: {len(report.segments)} segment(s), {report.bytes_cut} byte(s) cut; "
+                f"{replayed} frame(s) not yet in Parquet replayed"
+            ),
+            bytes=report.bytes_cut,
+            count=replayed,
+        )
+        if report.bytes_cut or replayed:
+            self.log.warning(
+                "recovered from the journal",
+                bytes_cut=report.bytes_cut,
+                frames_replayed=replayed,
+                cuts=[f"{c.path.name}: {c.reason}" for c in report.cut],
+            )
+            await self._flush_pending(send, older_than_ns=None)
+            self.request_rotate()  # commit the recovered rows now, not at the next boundary
+
+    async def _replay_journal(
+        self,
+        send: trio.MemorySendChannel[_WriterItem],
+        directories: list[Path],
+        committed: CommittedIndex | None,
+    ) -> tuple[int, int | None]:
+        """Feed journaled messages through the live path; returns (frames replayed, last
+        receive time)."""
+        self._replaying = True
+        replayed = 0
+        last_ns: int | None = None
+        sess: _Session | None = None
+        contains = committed.contains if committed is not None else None
+
+        def already(msg_type: str, seq: int) -> bool:
+            nonlocal replayed
+            if contains is not None and contains(msg_type, seq):
+                return True
+            replayed += 1
+            return False
+
+        try:
+            for directory in directories:
+                records = journal_mod.read_records(directory)
+                while chunk := await self.offload(_take, records, 512):
+                    for rec in chunk:
+                        if isinstance(rec, journal_mod.SessionRecord):
+                            if rec.resumed and sess is not None and sess.id == rec.session:
+                                continue  # a segment boundary inside the same session
+                            if sess is not None:
+                                await self._end_of_stream(sess, send)
+                            sess = _Session.start(rec.session, self._replayed_streams(rec))
+                            continue
+                        if sess is None:  # the journal starts inside a session
+                            sess = _Session.start("unknown", {})
+                        self._seq = rec.first_seq
+                        await self._process(
+                            sess,
+                            rec.payload,
+                            rec.recv_ns,
+                            send,
+                            None,
+                            live=False,
+                            committed=already,
+                        )
+                        last_ns = rec.recv_ns
+            if sess is not None:
+                await self._end_of_stream(sess, send)
+        finally:
+            self._replaying = False
+        if self.journal is not None:
+            self._seq = max(self._seq, self.journal.next_seq)
+        return replayed, last_ns
+
+    def _replayed_streams(self, rec: journal_mod.SessionRecord) -> dict[str, StreamState]:
+        streams = rec.context.get("streams", {})
+        items = streams.items() if isinstance(streams, dict) else ()
+        return {
+            name: StreamState(
+                protocol.StreamRequest(
+                    msg_name=name, query_id=int(qid), stripe=self.stripe, label="replay"
+                )
+            )
+            for name, qid in items
+        }
+
+    async def replay(self, directories: list[Path]) -> int:
+        """Offline: rebuild this stripe's Parquet from journal segments (``mlink-capture
+        replay``); returns the number of data frames written."""
+        send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
+        sink = self.sink = PartitionSink(
+            self._sink_settings, stripe=self.stripe, session=self.run_id, now_ns=self.clock.now_ns
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, recv, sink)
+            async with send:
+                replayed, _ = await self._replay_journal(send, directories, None)
+                await self._flush_pending(send, older_than_ns=None)
+        return replayed
+
     # -- writer ---------------------------------------------------------------------------------
 
     async def _writer(
@@ -631,15 +841,12 @@ class StripeWorker:
                         dec = decoders.get(item.msg_type)
                         if dec is None:
                             dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
-                        outcome = await self.offload(
-                            self._decode_and_write, dec, sink, item
-                        )
+                        outcome = await self.offload(self._decode_and_write, dec, sink, item)
+                        self._inflight.popleft()
                         self._written(item.msg_type, outcome)
                     elif isinstance(item, EventBatch):
                         batch = capture_events.to_batch(item.events, self.stripe)
-                        self._committed(
-                            await self.offload(sink.write, capture_events.TABLE, batch)
-                        )
+                        self._committed(await self.offload(sink.write, capture_events.TABLE, batch))
                     else:
                         await self.offload(self._write_quarantine, item)
                     if item is not None:
@@ -655,7 +862,9 @@ class StripeWorker:
         stats.quarantined += outcome.rejected
         if outcome.rejected:
             self.log.warning(
-                "quarantined bytes", msg_type=msg_type, frames=outcome.rejected,
+                "quarantined bytes",
+                msg_type=msg_type,
+                frames=outcome.rejected,
                 reason="data frame body is not a JSON object",
             )
         stats.drift_rows += outcome.slow_rows
@@ -697,6 +906,7 @@ class StripeWorker:
         for index, body, reason in result.rejected:
             self._write_quarantine(Quarantined(pb.recv_ns[index], pb.session, reason, body))
         batch = result.batch
+        crash_point("worker.decoded")
         committed: list[CommittedFile] = []
         latest: int | None = None
         if batch.num_rows:
@@ -729,6 +939,7 @@ class StripeWorker:
         )
         try:
             os.write(fd, line.encode("ascii"))
+            os.fsync(fd)  # the journal may retire these bytes: they must be on disk first
         finally:
             os.close(fd)
 
@@ -777,3 +988,26 @@ def _max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:
     """Latest header send time in the batch, as ns since the epoch (PROTOCOL.md highwaterTs)."""
     value = pc.max(pc.cast(pc.cast(column, pa.timestamp("ns", tz="UTC")), pa.int64())).as_py()
     return None if value is None else int(value)
+
+
+def _first_recv_ns(directory: Path) -> int | None:
+    """Receive time of the oldest message in a journal (None if it holds none)."""
+    for _, rec in journal_mod.read_records(directory):
+        if isinstance(rec, journal_mod.MessageRecord):
+            return rec.recv_ns
+    return None
+
+
+def _take(records: Iterator[tuple[Path, journal_mod.Record]], n: int) -> list[journal_mod.Record]:
+    """The next ``n`` journal records (blocking reads: called in a thread)."""
+    return [rec for _, rec in islice(records, n)]
+
+
+def _prune(archive: Path, retain_hours: float) -> None:
+    """Delete archived journal segments older than the retention period."""
+    if not archive.is_dir():
+        return
+    horizon = time.time() - retain_hours * 3600
+    for path in archive.glob("seg-*.mlj"):
+        if path.stat().st_mtime < horizon:
+            path.unlink(missing_ok=True)

@@ -98,7 +98,9 @@ def test_capture_events_answer_which_intervals_are_missing(tmp_path: Path) -> No
     assert gaps == [(seen["last_before"], seen["first_after"])]
     query = f"SELECT DISTINCT event FROM read_parquet('{glob}')"
     kinds = {r[0] for r in duckdb.sql(query).fetchall()}
-    assert kinds == {"checkpoint", "connect", "disconnect", "gap", "logon", "stream_ack"}
+    assert kinds == {
+        "checkpoint", "connect", "disconnect", "gap", "logon", "recovery", "stream_ack"
+    }
     reasons = duckdb.sql(
         f"SELECT detail FROM read_parquet('{glob}') WHERE event = 'disconnect' ORDER BY _seq"
     ).fetchall()

@@ -1,0 +1,43 @@
+"""Named crash points for the crash tests: ``MLINK_CAPTURE_CRASH_AT=name[:n][,name[:n]...]``
+makes the process SIGKILL itself the n-th time (default 1st) it passes ``crash_point(name)``.
+
+Unset (always, in production) a crash point costs one falsy check.  The points sit between the
+steps that make data durable, so the tests can prove recovery from a crash at each of them:
+
+* ``sink.commit.footer``    part file closed (footer written), not yet fsynced
+* ``sink.commit.fsync``     fsynced, not yet renamed to its final name
+* ``sink.commit.rename``    renamed, directory not yet fsynced
+* ``sink.commit.done``      committed, nothing after it done yet
+* ``journal.retire``        segments about to be retired
+* ``worker.decoded``        a batch decoded, not yet written to the sink
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_ENV = "MLINK_CAPTURE_CRASH_AT"
+
+
+def _parse(text: str) -> dict[str, int]:
+    armed: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, count = item.partition(":")
+        armed[name] = int(count) if count.isdigit() and int(count) > 0 else 1
+    return armed
+
+
+_armed = _parse(os.environ.get(_ENV, ""))
+
+
+def crash_point(name: str) -> None:
+    if not _armed:
+        return
+    left = _armed.get(name)
+    if left is None:
+        return
+    if left > 1:
+        _armed[name] = left - 1
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

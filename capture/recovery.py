@@ -1,0 +1,100 @@
+"""What is already in committed Parquet, for exactly-once replay of a journal.
+
+Every committed file's footer records its message type, stripe and the range of receive
+sequence numbers it holds (``mlink.seq_min``/``mlink.seq_max``).  A journal frame of type T
+with sequence s is already stored iff a committed file of T and the same stripe covers s: the
+sink files each type's rows in receive order, so the rows of one type in one file are exactly
+the frames of that type between its bounds.
+
+Sync code (reads footers); the worker calls it in a thread at start-up.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from capture.sink import META_MSG_TYPE, META_SEQ_MAX, META_SEQ_MIN, META_STRIPE
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass
+class CommittedIndex:
+    """Sorted, merged seq ranges per message type, plus the latest header send time seen."""
+
+    ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    max_sent_ns: dict[str, int] = field(default_factory=dict)
+    max_seq: int | None = None
+    files: int = 0
+
+    def contains(self, msg_type: str, seq: int) -> bool:
+        spans = self.ranges.get(msg_type)
+        if not spans:
+            return False
+        i = bisect.bisect_right(spans, (seq, 1 << 63)) - 1
+        return i >= 0 and spans[i][0] <= seq <= spans[i][1]
+
+
+def scan_committed(root: Path, stripe: str, *, since_ns: int | None) -> CommittedIndex:
+    """Index the committed files of ``stripe`` from the date of ``since_ns`` (minus a day, for
+    any time zone) on; ``since_ns`` None scans every date."""
+    first_day = None
+    if since_ns is not None:
+        first_day = dt.datetime.fromtimestamp(since_ns / 1e9, tz=dt.UTC).date()
+        first_day -= dt.timedelta(days=1)
+    raw: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    index = CommittedIndex()
+    if not root.is_dir():
+        return index
+    for table in root.iterdir():
+        if not table.is_dir() or table.name.startswith(("_", ".")):
+            continue
+        for day_dir in table.glob("date=*"):
+            try:
+                day = dt.date.fromisoformat(day_dir.name.removeprefix("date="))
+            except ValueError:
+                continue
+            if first_day is not None and day < first_day:
+                continue
+            for path in (day_dir / f"stripe={stripe}").glob("*.parquet"):
+                _index_file(path, stripe, raw, index)
+    for msg_type, spans in raw.items():
+        spans.sort()
+        merged: list[tuple[int, int]] = []
+        for lo, hi in spans:
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        index.ranges[msg_type] = merged
+    return index
+
+
+def _index_file(
+    path: Path, stripe: str, raw: dict[str, list[tuple[int, int]]], index: CommittedIndex
+) -> None:
+    meta = pq.read_metadata(path)
+    kv = {k.decode(): v.decode() for k, v in (meta.metadata or {}).items()}
+    if kv.get(META_STRIPE) != stripe or META_SEQ_MIN not in kv:
+        return
+    msg_type = kv[META_MSG_TYPE]
+    lo, hi = int(kv[META_SEQ_MIN]), int(kv[META_SEQ_MAX])
+    raw[msg_type].append((lo, hi))
+    index.files += 1
+    index.max_seq = hi if index.max_seq is None else max(index.max_seq, hi)
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    if "h_sTim" in names:
+        col = names.index("h_sTim")
+        for rg in range(meta.num_row_groups):
+            stats = meta.row_group(rg).column(col).statistics
+            if stats is not None and stats.has_min_max:
+                latest = stats.max  # a datetime (microseconds, UTC)
+                ns = (latest - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+                if ns > index.max_sent_ns.get(msg_type, 0):
+                    index.max_sent_ns[msg_type] = ns

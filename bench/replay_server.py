@@ -138,8 +138,9 @@ class Replay:
             ws = await request.accept()
             try:
                 await self._session(conn, ws, stream)
-            except tw.ConnectionClosed:
-                pass
+            except (tw.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # The client went away (a daemon restart): say so, keep serving the others.
+                emit("disconnected", conn=conn, error=type(exc).__name__)
             finally:
                 nursery.cancel_scope.cancel()
 

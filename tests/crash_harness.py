@@ -1,0 +1,243 @@
+"""Real processes for crash tests: the simulator in one, the daemon in another, SIGKILL at
+random moments or at named crash points (capture/faultpoints.py), then checks of what a user
+finds afterwards.
+
+The invariant checked (issue: "lose nothing"): every data message the simulator sent more than
+``durability_interval`` before a kill is in Parquet exactly once; nothing is in Parquet that
+was not sent; every Parquet file opens with pyarrow and DuckDB; ``verify`` finds no problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import duckdb
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from capture.frames import Frame, FrameDecoder
+from capture.protocol import CONTROL_TYPES, header_time_ns
+from capture.sim.record import recorded_bytes
+
+BIN = Path(sys.executable).parent / "mlink-capture"
+KEY = "c0ffee00-1234-4abc-8def-0123456789ab"
+TYPES = ("OptionNbboQuote", "StockPrint")
+DURABILITY = 0.5
+
+
+@dataclass
+class Harness:
+    tmp: Path
+    rate: int = 150
+    kills_ns: list[int] = field(default_factory=list)
+    sim: subprocess.Popen[str] | None = None
+    port: int = 0
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return self.tmp / "data"
+
+    @property
+    def record(self) -> Path:
+        return self.tmp / "sent"
+
+    def start_simulator(self) -> None:
+        self.sim = subprocess.Popen(
+            [
+                str(BIN),
+                "simulate",
+                "--port",
+                "0",
+                "--rate",
+                str(self.rate),
+                "--seed",
+                "9",
+                "--stripes",
+                "A",
+                "--types",
+                ",".join(TYPES),
+                "--record-dir",
+                str(self.record),
+                "--heartbeat-interval",
+                "1",
+            ],
+            env={**os.environ, "MLINK_API_KEY": KEY},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.sim.stdout is not None
+        for line in self.sim.stdout:
+            event = json.loads(line)
+            if event.get("event") == "sim.listening":
+                self.port = int(event["url"].split(":")[2].split("/")[0])
+                break
+        assert self.port
+        self._drain(self.sim.stdout)
+
+    @staticmethod
+    def _drain(stream: IO[str]) -> None:
+        import threading
+
+        threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
+
+    def config(self) -> Path:
+        cfg = self.tmp / "capture.toml"
+        cfg.write_text(
+            f"""
+[source]
+url = "ws://127.0.0.1:{self.port}/mlink/jsonf"
+stripes = ["A"]
+message_types = {json.dumps(list(TYPES))}
+[auth]
+api_key_env = "MLINK_API_KEY"
+[output]
+root = "data"
+rotate_interval = 60
+[journal]
+durability_interval = {DURABILITY}
+[pipeline]
+flush_interval = 0.2
+batch_rows = 256
+[supervision]
+backoff_initial = 0.2
+backoff_max = 1.0
+[health]
+path = "health.json"
+interval = 0.5
+[logging]
+format = "json"
+"""
+        )
+        return cfg
+
+    def daemon(self, crash_at: str | None = None) -> subprocess.Popen[str]:
+        env = {**os.environ, "MLINK_API_KEY": KEY}
+        env.pop("MLINK_CAPTURE_CRASH_AT", None)
+        if crash_at:
+            env["MLINK_CAPTURE_CRASH_AT"] = crash_at
+        log = self.tmp / f"daemon-{len(self.logs)}.log"
+        self.logs.append(log)
+        return subprocess.Popen(
+            [str(BIN), "run", "--config", str(self.config())],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+            text=True,
+        )
+
+    def kill_after(self, seconds: float, *, hup_at: float | None = None) -> None:
+        """Run the daemon, optionally SIGHUP (rotate: commits) at ``hup_at``, SIGKILL later."""
+        proc = self.daemon()
+        start = time.monotonic()
+        if hup_at is not None and hup_at < seconds:
+            time.sleep(hup_at)
+            proc.send_signal(signal.SIGHUP)
+        time.sleep(max(0.0, seconds - (time.monotonic() - start)))
+        self.kills_ns.append(time.time_ns())
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def crash_at(self, point: str, *, hup_at: float = 1.5, timeout: float = 30) -> None:
+        """Run the daemon armed to SIGKILL itself at ``point``; force commits with SIGHUP."""
+        proc = self.daemon(crash_at=point)
+        start = time.monotonic()
+        deadline = start + timeout
+        next_hup = start + hup_at
+        while proc.poll() is None and time.monotonic() < deadline:
+            if time.monotonic() >= next_hup:
+                proc.send_signal(signal.SIGHUP)  # rotate now: the commit path runs
+                next_hup = time.monotonic() + 0.3
+            time.sleep(0.005)
+        died = time.time_ns()  # within ~5 ms of the real death: what the invariant needs
+        assert proc.poll() == -signal.SIGKILL, f"{point}: exited {proc.poll()}, not at the point"
+        self.kills_ns.append(died)
+
+    def graceful(self, seconds: float) -> None:
+        proc = self.daemon()
+        time.sleep(seconds)
+        self.kills_ns.append(time.time_ns())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, self.logs[-1].read_text()[-3000:]
+
+    def stop(self) -> None:
+        if self.sim is not None:
+            self.sim.terminate()
+            self.sim.wait(timeout=10)
+
+    # -- what a user finds ------------------------------------------------------------------
+
+    def sent_frames(self) -> dict[tuple[int, int, int], tuple[int, int]]:
+        """Data frames the simulator sent: (sID, seqN, encT ns) -> (encT ns, the send time of
+        the first frame on the same connection, which identifies the daemon run it went to)."""
+        out: dict[tuple[int, int, int], tuple[int, int]] = {}
+        for data in recorded_bytes(self.record).values():
+            opened: int | None = None
+            for ev in FrameDecoder().feed(data):
+                if not isinstance(ev, Frame):
+                    continue
+                header = json.loads(ev.body)["header"]
+                if header["mTyp"] in CONTROL_TYPES:
+                    continue
+                enc = header_time_ns(header["encT"])
+                assert enc is not None
+                opened = enc if opened is None else opened
+                out[(header["sID"], header["seqN"], enc)] = (enc, opened)
+        return out
+
+    def check(self) -> dict[str, int]:
+        sent = self.sent_frames()
+        rows: Counter[tuple[int, int, int]] = Counter()
+        files = sorted(p for t in TYPES for p in (self.root / t).rglob("*.parquet"))
+        for path in files:  # every file opens, with pyarrow and DuckDB
+            pq.read_table(path)
+            duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()
+        for t in TYPES:
+            table = ds.dataset(self.root / t, partitioning="hive").to_table(
+                columns=["h_sID", "h_seqN", "h_encT"]
+            )
+            enc = table["h_encT"].cast("int64").to_pylist()  # microseconds
+            for sid, seqn, e in zip(
+                table["h_sID"].to_pylist(), table["h_seqN"].to_pylist(), enc, strict=True
+            ):
+                rows[(sid, seqn, e * 1000)] += 1
+        twice = [k for k, n in rows.items() if n > 1]
+        assert not twice, f"{len(twice)} frames stored twice, e.g. {twice[:3]}"
+        phantom = [k for k in rows if k not in sent]
+        assert not phantom, f"{len(phantom)} rows were never sent, e.g. {phantom[:3]}"
+        kills = sorted(self.kills_ns)
+        required = missing = 0
+        for key, (t, opened) in sent.items():
+            # The run that received this connection ended at the first kill after it opened;
+            # what the server sent later went to a dead peer.
+            after = next((k for k in kills if k > opened), None)
+            if after is None or t >= after - int(DURABILITY * 1e9):
+                continue  # sent too close to that kill (or after the last run): may be lost
+            required += 1
+            if key not in rows:
+                missing += 1
+        assert missing == 0, f"{missing} of {required} durable frames are missing"
+        verify = subprocess.run(
+            [str(BIN), "verify", str(self.root), "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        report = json.loads(verify.stdout)
+        assert verify.returncode == 0 and not report["problems"], report["problems"]
+        return {
+            "sent": len(sent),
+            "rows": sum(rows.values()),
+            "required": required,
+            "files": len(files),
+        }

@@ -41,3 +41,28 @@ def crash_point(name: str) -> None:
         _armed[name] = left - 1
         return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- injected OS errors (tests only) ------------------------------------------------------------
+
+_failures: dict[str, tuple[int, int]] = {}  # point -> (errno, how many more times)
+
+
+def arm_failure(name: str, errno_: int, times: int) -> None:
+    """Make ``fail_point(name)`` raise ``OSError(errno_)`` the next ``times`` times (tests: a
+    full or broken disk, without one)."""
+    _failures[name] = (errno_, times)
+
+
+def fail_point(name: str) -> None:
+    if not _failures:
+        return
+    armed = _failures.get(name)
+    if armed is None:
+        return
+    code, left = armed
+    if left <= 1:
+        del _failures[name]
+    else:
+        _failures[name] = (code, left - 1)
+    raise OSError(code, os.strerror(code))

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import structlog
 
 from capture import __version__
-from capture.faultpoints import crash_point
+from capture.faultpoints import crash_point, fail_point
 
 __all__ = [
     "INPROGRESS_SUFFIX",
@@ -728,6 +728,7 @@ class PartitionSink:
         if take == 0:
             return
         try:
+            fail_point(f"sink.write.{self._stripe}")
             f.writer.write_table(table.slice(0, take), row_group_size=rg_rows)
         except OSError as exc:
             self._abort(f)

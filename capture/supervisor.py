@@ -76,7 +76,7 @@ class Supervisor:
                 failures.append(now)
                 while failures and now - failures[0] > p.restart_window:
                     failures.popleft()
-                error = redact(f"{type(exc).__name__}: {exc}")
+                error = redact(describe(exc))
                 worker.stats.last_error = error
                 if first:
                     first = False
@@ -109,6 +109,13 @@ class Supervisor:
                 replacement.stats = worker.stats
                 replacement.stats.restarts += 1
                 self.workers[stripe] = replacement
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of the errors themselves, not of the nurseries that carried them."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(dict.fromkeys(describe(e) for e in exc.exceptions))
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _same_worker(w: StripeWorker) -> StripeWorker:

@@ -185,6 +185,7 @@ class StripeWorker:
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
         self.journal: journal_mod.JournalWriter | None = None
         self._replaying = False
+        self._sink_failed = False
         self._inflight: deque[int] = deque()  # first seq of batches handed to the writer (FIFO)
         self._handed = 0  # items given to the writer ...
         self._processed = 0  # ... and done by it
@@ -667,6 +668,10 @@ class StripeWorker:
         journal = self.journal
         assert journal is not None
         durable = journal.flush_and_sync()
+        if self._sink_failed:
+            # Rows of an aborted file are in no file the sink tracks: the watermark would
+            # overtake them.  Keep every segment; recovery replays them after the restart.
+            return durable
         sink_low = self.sink.uncommitted_seq_min() if self.sink is not None else None
         watermark = loop_watermark if sink_low is None else min(loop_watermark, sink_low)
         jcfg = self.cfg.journal
@@ -714,6 +719,10 @@ class StripeWorker:
         for msg_type, sent_ns in index.max_sent_ns.items():  # resume after a restart too
             self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
         replayed, last_ns = await self._replay_journal(send, [directory], index)
+        if index.max_seq is not None:
+            # Committed files can hold rows whose journal records were not yet fsynced when the
+            # process died: never hand out their sequence numbers again.
+            self._seq = max(self._seq, index.max_seq + 1)
         self._gap_from_ns = last_ns
         self._event(
             "recovery",
@@ -819,42 +828,58 @@ class StripeWorker:
     async def _writer(
         self, recv: trio.MemoryReceiveChannel[_WriterItem], sink: PartitionSink
     ) -> None:
+        try:
+            await self._write_loop(recv, sink)
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled):
+                # A broken disk (ENOSPC, EIO, EACCES) or a bug: the supervisor restarts this
+                # stripe with backoff; recovery then replays the journal.
+                self._sink_failed = True
+                self.log.error("writer failed; no more commits this run", error=str(exc))
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    self._committed(await self.offload(sink.close))
+                except OSError as exc:
+                    self._sink_failed = True
+                    self.log.error("closing the sink failed", error=str(exc))
+
+    async def _write_loop(
+        self, recv: trio.MemoryReceiveChannel[_WriterItem], sink: PartitionSink
+    ) -> None:
         decoders: dict[str, BatchDecoder] = {}
         interval = self.cfg.output.rotate_interval
         tz = self.cfg.output.timezone
-        try:
-            async with recv:
-                while True:
-                    boundary = PartitionSink.next_boundary_ns(self.clock.now_ns(), interval, tz)
-                    item: _WriterItem | None = None
-                    with trio.move_on_at(trio_deadline_for(self.clock, boundary)):
-                        if self._rotate_now.is_set():
-                            self._rotate_now = trio.Event()
-                            self._committed(await self.offload(sink.rotate_all))
-                        try:
-                            item = await recv.receive()
-                        except trio.EndOfChannel:
-                            break
-                    if item is None:
-                        self._committed(await self.offload(sink.rotate_due))
-                    elif isinstance(item, PendingBatch):
-                        dec = decoders.get(item.msg_type)
-                        if dec is None:
-                            dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
-                        outcome = await self.offload(self._decode_and_write, dec, sink, item)
-                        self._inflight.popleft()
-                        self._written(item.msg_type, outcome)
-                    elif isinstance(item, EventBatch):
-                        batch = capture_events.to_batch(item.events, self.stripe)
-                        self._committed(await self.offload(sink.write, capture_events.TABLE, batch))
-                    else:
-                        await self.offload(self._write_quarantine, item)
-                    if item is not None:
-                        self._processed += 1
-                        self._progress.unpark_all()
-        finally:
-            with trio.CancelScope(shield=True):
-                self._committed(await self.offload(sink.close))
+        async with recv:
+            while True:
+                boundary = PartitionSink.next_boundary_ns(self.clock.now_ns(), interval, tz)
+                item: _WriterItem | None = None
+                with trio.move_on_at(trio_deadline_for(self.clock, boundary)):
+                    if self._rotate_now.is_set():
+                        self._rotate_now = trio.Event()
+                        self._committed(await self.offload(sink.rotate_all))
+                    try:
+                        item = await recv.receive()
+                    except trio.EndOfChannel:
+                        return
+                if item is None:
+                    self._committed(await self.offload(sink.rotate_due))
+                elif isinstance(item, PendingBatch):
+                    dec = decoders.get(item.msg_type)
+                    if dec is None:
+                        dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
+                    outcome = await self.offload(self._decode_and_write, dec, sink, item)
+                    self._inflight.popleft()
+                    self._written(item.msg_type, outcome)
+                elif isinstance(item, EventBatch):
+                    batch = capture_events.to_batch(item.events, self.stripe)
+                    self._committed(await self.offload(sink.write, capture_events.TABLE, batch))
+                else:
+                    await self.offload(self._write_quarantine, item)
+                if item is not None:
+                    self._processed += 1
+                    self._progress.unpark_all()
 
     def _written(self, msg_type: str, outcome: _WriteOutcome) -> None:
         stats = self.stats

@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--deep", action="store_true", help="decode every page, not just footers")
     ver.add_argument("--json", action="store_true", help="machine-readable report")
 
+    rep = sub.add_parser("replay", help="rebuild Parquet from the journal into another root")
+    rep.add_argument("--config", "-c", type=Path, required=True, help="the daemon's config")
+    rep.add_argument("--to", type=Path, required=True, help="output root for the rebuilt data")
+    rep.add_argument("--stripe", action="append", help="only this stripe (repeatable)")
+
     sim = sub.add_parser("simulate", help="run the MLink simulator", add_help=False)
     sim.add_argument("args", nargs=argparse.REMAINDER)
     return p
@@ -71,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "health":
         return _health(args)
+    if args.command == "replay":
+        return _replay(args)
     if args.command == "verify":
         return _verify(args)
     if args.command == "demo":
@@ -118,20 +125,44 @@ def _run(path: Path) -> int:
     return trio.run(daemon.run)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    import trio
+
+    from capture import logs
+    from capture.config import Config
+    from capture.replay import ReplayError, plan, replay
+
+    cfg = _load(args.config)
+    if not isinstance(cfg, Config):
+        return EXIT_USAGE
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    try:
+        journals = plan(cfg, args.to, args.stripe)
+    except ReplayError as exc:
+        print(f"mlink-capture replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    done = trio.run(replay, cfg, args.to, journals)
+    for stripe, frames in done.items():
+        print(f"stripe {stripe}: {frames} frames -> {args.to}")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from capture import verify
     from capture.config import Config
 
     root: Path | None = args.root
-    if root is None and args.config is not None:
+    journal_root = None
+    if args.config is not None:
         cfg = _load(args.config)
         if not isinstance(cfg, Config):
             return EXIT_USAGE
-        root = cfg.output.root
+        root = root or cfg.output.root
+        journal_root = cfg.journal.directory
     if root is None:
         print("mlink-capture verify: give ROOT or --config", file=sys.stderr)
         return EXIT_USAGE
-    return verify.main(root, deep=args.deep, as_json=args.json)
+    return verify.main(root, deep=args.deep, as_json=args.json, journal_root=journal_root)
 
 
 def _health(args: argparse.Namespace) -> int:

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from capture.logs import get_logger
 from capture.sink import META_MSG_TYPE, META_SEQ_MAX, META_SEQ_MIN, META_STRIPE
+
+log = get_logger(component="recovery")
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -32,6 +35,7 @@ class CommittedIndex:
     max_sent_ns: dict[str, int] = field(default_factory=dict)
     max_seq: int | None = None
     files: int = 0
+    unreadable: list[Path] = field(default_factory=list)  # damaged: their rows count as absent
 
     def contains(self, msg_type: str, seq: int) -> bool:
         spans = self.ranges.get(msg_type)
@@ -79,7 +83,16 @@ def scan_committed(root: Path, stripe: str, *, since_ns: int | None) -> Committe
 def _index_file(
     path: Path, stripe: str, raw: dict[str, list[tuple[int, int]]], index: CommittedIndex
 ) -> None:
-    meta = pq.read_metadata(path)
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError: a damaged footer
+        log.error(
+            "unreadable committed file; its rows count as not stored",
+            path=str(path),
+            error=str(exc),
+        )
+        index.unreadable.append(path)
+        return
     kv = {k.decode(): v.decode() for k, v in (meta.metadata or {}).items()}
     if kv.get(META_STRIPE) != stripe or META_SEQ_MIN not in kv:
         return

@@ -63,8 +63,25 @@ def test_damage_is_found_and_named(capture_tree: Path, tmp_path: Path) -> None:
     shutil.copy(files[1], files[1].with_name("part-copy.parquet"))
     (files[1].parent / ".part-x.parquet.inprogress").write_bytes(b"PAR1")
     result = verify(root)
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     out = result.stdout
     assert f"{files[0].name}: cannot be read" in out
     assert "part-copy.parquet" in out and "rows twice" in out
     assert "unfinished file" in out and "2 problem(s)" in out
+
+
+def test_journal_accounting_and_damage(capture_tree: Path, tmp_path: Path) -> None:
+    result = verify(capture_tree, "--json")
+    notes = json.loads(result.stdout)["notes"]
+    # After a clean stop every journaled frame is in committed Parquet.
+    accounting = [n for n in notes if n.startswith("journal stripe")]
+    assert len(accounting) == 2 and all(" 0 not yet" in n for n in accounting), accounting
+    root = tmp_path / "data"
+    shutil.copytree(capture_tree, root)
+    segment = sorted((root / "_journal" / "stripe=A").glob("seg-*.mlj"))[-1]
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte in the middle of the segment
+    segment.write_bytes(bytes(data))
+    damaged = verify(root, "--json")
+    problems = json.loads(damaged.stdout)["problems"]
+    assert damaged.returncode == 1 and any("damaged at byte" in p for p in problems), problems

@@ -24,7 +24,9 @@ from pathlib import Path
 
 RULES: list[tuple[str, str]] = [
     # (substring of a frame, category); first match from the innermost frame wins
-    ("_fsync", "fsync (commit)"),
+    ("_fsync", "fsync (Parquet commit, journal)"),
+    ("JournalWriter.append", "journal append (on the loop)"),
+    ("capture/journal.py", "journal write/retire (thread)"),
     ("ParquetWriter.write_table", "Parquet encode + compress (write_table)"),
     ("ParquetWriter.close", "Parquet encode + compress (write_table)"),
     ("Table.from_batches", "sink buffering (from_batches, concat)"),
@@ -34,7 +36,7 @@ RULES: list[tuple[str, str]] = [
     ("capture/batches.py", "Arrow flatten/convert (compute)"),
     ("_max_ns", "writer bookkeeping (highwater max)"),
     ("StripeWorker._decode_and_write", "writer bookkeeping (highwater max)"),
-    ("_thread_cache.py", "offload thread hand-off (trio.to_thread)"),
+    ("_thread_cache.py", "idle offload thread / hand-off (trio.to_thread)"),
     ("trio/_threads.py", "offload thread hand-off (trio.to_thread)"),
     ("wsproto/", "WebSocket parsing (wsproto + trio-websocket)"),
     ("trio_websocket/", "WebSocket parsing (wsproto + trio-websocket)"),

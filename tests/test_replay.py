@@ -30,11 +30,18 @@ def table(root: Path, msg_type: str) -> list[dict[str, object]]:
 def test_replay_rebuilds_the_same_rows(tmp_path: Path) -> None:
     live, rebuilt = tmp_path / "live", tmp_path / "rebuilt"
     sim_cfg = SimConfig(
-        api_keys=frozenset({KEY}), rate=20, seed=61,
+        api_keys=frozenset({KEY}),
+        rate=20,
+        seed=61,
         faults=Faults(disconnect_after_messages=250, faulty_connections=1),  # two sessions
     )
-    cfg = config(live, ["A", "M"], TYPES, journal={"retain_hours": 24.0, "segment_mb": 1},
-                 output={"rotate_interval": 60})
+    cfg = config(
+        live,
+        ["A", "M"],
+        TYPES,
+        journal={"retain_hours": 24.0, "segment_mb": 1},
+        output={"rotate_interval": 60},
+    )
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
         await trio.sleep(150)  # several rotations: segments retired into the archive
@@ -44,8 +51,9 @@ def test_replay_rebuilds_the_same_rows(tmp_path: Path) -> None:
     assert list((live / "_journal").glob("stripe=*/archive/seg-*.mlj"))
 
     async def rebuild() -> dict[str, int]:
-        return await replay(cfg, rebuilt, plan(cfg, rebuilt), clock=TrioWallClock(BASE_NS),
-                            offload=inline)
+        return await replay(
+            cfg, rebuilt, plan(cfg, rebuilt), clock=TrioWallClock(BASE_NS), offload=inline
+        )
 
     frames = trio.run(rebuild, clock=mock_clock())
     total = 0
@@ -64,8 +72,16 @@ def test_replay_refuses_the_live_root(tmp_path: Path) -> None:
         '[source]\nurl = "ws://h/mlink/jsonf"\nstripes = ["A"]\n[output]\nroot = "data"\n'
     )
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "mlink-capture"), "replay", "--config", str(cfg_file),
-         "--to", str(tmp_path / "data")],
-        capture_output=True, text=True, check=False,
+        [
+            str(Path(sys.executable).parent / "mlink-capture"),
+            "replay",
+            "--config",
+            str(cfg_file),
+            "--to",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2 and "separate root" in result.stderr

@@ -23,8 +23,9 @@ BIN = Path(sys.executable).parent / "mlink-capture"
 def capture_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cap") / "data"
     sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=20, seed=31)
-    cfg = config(root, ["A", "M"], ["OptionNbboQuote", "StockPrint"],
-                 output={"rotate_interval": 60})
+    cfg = config(
+        root, ["A", "M"], ["OptionNbboQuote", "StockPrint"], output={"rotate_interval": 60}
+    )
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
         await trio.sleep(150)

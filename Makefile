@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf demo-data  # each demo shows its own capture
 	$(BIN)/mlink-capture demo --config config/demo.toml --root demo-data $(if $(SECONDS),--seconds $(SECONDS),)
 
 lint: $(STAMP)

@@ -411,8 +411,11 @@ def run_daemon(
             if restarts:
                 failure = f"a stripe reconnected or restarted ({restarts}x): see daemon.log"
                 break
-        if out.of("disconnected") or exited(server):
-            failure = "the replay server lost a connection or died: see server.log"
+        if out.of("disconnected"):
+            failure = f"the replay server lost a connection: {out.of('disconnected')}"
+            break
+        if exited(server):
+            failure = "the replay server died: see server.log"
             break
         if len(sent) == n_stripes and received >= total_expected:
             break
@@ -432,7 +435,12 @@ def run_daemon(
     t_exit = time.time_ns()
     sampler.stop()
     server.terminate()
-    _, server_usage = wait_rusage(server)
+    server_code, server_usage = wait_rusage(server)
+    (work / "server.jsonl").write_text("".join(json.dumps(e) + "\n" for e in out.events))
+    if server_code not in (0, -signal.SIGTERM):
+        problems_early = [f"replay server exit status {server_code}"]
+    else:
+        problems_early = []
 
     events = []
     for line in log_path.read_text().splitlines():
@@ -462,7 +470,7 @@ def run_daemon(
         files.append((iso_ns(c["timestamp"]), stripe, recv, table.column("_seq").combine_chunks()))
     leftovers = [p for p in root.rglob("*") if p.name.endswith(".inprogress")]
     total_rows = sum(rows.values())
-    problems = []
+    problems = list(problems_early)
     if failure:
         problems.append(failure)
     if code != 0:

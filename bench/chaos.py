@@ -17,16 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from crash_harness import Harness
-
-POINTS = [
-    "sink.commit.footer",
-    "sink.commit.fsync",
-    "sink.commit.rename",
-    "sink.commit.done",
-    "journal.retire",
-    "worker.decoded",
-]
+from crash_harness import POINTS, Harness
 
 
 def main() -> int:

@@ -111,6 +111,7 @@ from pathlib import Path
 from typing import Any, Final, NoReturn, cast
 from zlib import crc32
 
+from capture.durable import make_dirs
 from capture.faultpoints import crash_point
 
 __all__ = [
@@ -405,19 +406,7 @@ def _fsync_dir(path: Path) -> None:
 def _ensure_dir(path: Path) -> None:
     """mkdir -p, fsyncing the parent of every directory created, so the journal directory
     itself survives a power loss."""
-    missing: list[Path] = []
-    p = path
-    while not p.is_dir():
-        missing.append(p)
-        if p.parent == p:
-            break
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d)
-        except FileExistsError:
-            continue
-        _fsync_dir(d.parent)
+    make_dirs(path, _fsync_dir)
 
 
 class _DirLock:

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 import structlog
 
 from capture import __version__
+from capture.durable import make_dirs
 from capture.faultpoints import crash_point, fail_point
 
 __all__ = [
@@ -757,19 +758,7 @@ class PartitionSink:
         directory survives a power loss together with the files committed into it."""
         if path in self._known_dirs:
             return
-        missing: list[Path] = []
-        p = path
-        while not p.is_dir():
-            missing.append(p)
-            if p.parent == p:
-                break
-            p = p.parent
-        for d in reversed(missing):
-            try:
-                os.mkdir(d)
-            except FileExistsError:
-                continue
-            _fsync_dir(d.parent)
+        make_dirs(path, _fsync_dir)
         if len(self._known_dirs) >= _KNOWN_DIRS_MAX:  # one entry per (msg_type, date)
             self._known_dirs.clear()
         self._known_dirs.add(path)

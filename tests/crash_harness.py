@@ -32,6 +32,14 @@ BIN = Path(sys.executable).parent / "mlink-capture"
 KEY = "c0ffee00-1234-4abc-8def-0123456789ab"
 TYPES = ("OptionNbboQuote", "StockPrint")
 DURABILITY = 0.5
+POINTS = [  # capture/faultpoints.py
+    "sink.commit.footer",
+    "sink.commit.fsync",
+    "sink.commit.rename",
+    "sink.commit.done",
+    "journal.retire",
+    "worker.decoded",
+]
 
 
 @dataclass

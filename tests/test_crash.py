@@ -11,18 +11,9 @@ import random
 from pathlib import Path
 
 import pytest
-from crash_harness import Harness
+from crash_harness import POINTS, Harness
 
 pytestmark = pytest.mark.e2e
-
-POINTS = [
-    "sink.commit.footer",
-    "sink.commit.fsync",
-    "sink.commit.rename",
-    "sink.commit.done",
-    "journal.retire",
-    "worker.decoded",
-]
 
 
 @pytest.fixture

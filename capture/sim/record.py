@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from capture.frames import Frame, FrameDecoder
+from capture.protocol import CONTROL_TYPES
 
 __all__ = [
     "NO_STRIPE",
@@ -33,22 +34,7 @@ NO_STRIPE = "_all"
 _HOLD_LIMIT = 64 * 1024  # bytes held in memory before a connection's stripe is known
 _SAFE = re.compile(r"^[A-Za-z0-9_]+$")
 
-# Control messages are not data (MLinkWs/MLinkRest tokens, PROTOCOL Appendix A).
-_CONTROL = frozenset(
-    {
-        "MLinkAdmin",
-        "MLinkDataAck",
-        "MLinkHeartbeat",
-        "MLinkLogon",
-        "MLinkStream",
-        "MLinkStreamAck",
-        "MLinkStreamCheckPt",
-        "MLinkSubscribe",
-        "MLinkSubscribeAck",
-        "MLinkSubscribeCheckPt",
-        "MLinkSignalReady",
-    }
-)
+_CONTROL = CONTROL_TYPES  # control messages are not data
 
 
 class Recorder:

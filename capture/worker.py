@@ -689,6 +689,9 @@ class StripeWorker:
         while True:
             await trio.sleep(interval)
             durable = await self.offload(self._sync_and_retire, self._commit_watermark())
+            if durable is not None and durable != self.stats.durable_seq:
+                # For the benchmark's receive-to-durable latency (debug: twice a second).
+                self.log.debug("journal synced", durable_seq=durable, synced_ns=self.clock.now_ns())
             self.stats.durable_seq = durable
             self.stats.journal_lag = self._seq - (durable + 1 if durable is not None else 0)
 

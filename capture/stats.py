@@ -29,6 +29,7 @@ class StripeStats:
     quarantined: int = 0
     garbage_bytes: int = 0
     drift_rows: int = 0
+    type_number_mismatches: int = 0  # frame numbers that differ from the dictionary's (§9.3)
     reader_wait_s: float = 0.0
     durable_seq: int | None = None  # highest receive sequence number fsynced in the journal
     journal_lag: int = 0  # frames received but not yet fsynced
@@ -54,6 +55,7 @@ class StripeStats:
             "quarantined_frames": self.quarantined,
             "garbage_bytes": self.garbage_bytes,
             "drift_rows": self.drift_rows,
+            "type_number_mismatches": self.type_number_mismatches,
             "reader_wait_seconds": round(self.reader_wait_s, 3),
             "durable_seq": self.durable_seq,
             "journal_lag_frames": self.journal_lag,

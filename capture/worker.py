@@ -51,6 +51,7 @@ from capture.faultpoints import crash_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame, peek_mtyp
 from capture.logs import get_logger, redact
 from capture.recovery import CommittedIndex, scan_committed
+from capture.schemas import lookup as lookup_message
 from capture.sink import CommittedFile, PartitionSink, SinkSettings, partition_date
 from capture.stats import StripeStats
 from capture.transport import (
@@ -146,6 +147,7 @@ class _WriteOutcome:
     slow_rows: int
     latest_sent_ns: int | None
     unknown_fields: frozenset[str] = frozenset()
+    number_mismatches: int = 0
 
 
 class StripeWorker:
@@ -896,6 +898,15 @@ class StripeWorker:
                 reason="data frame body is not a JSON object",
             )
         stats.drift_rows += outcome.slow_rows
+        if outcome.number_mismatches:
+            if not stats.type_number_mismatches:  # numbers are hints (PROTOCOL.md §4.1): note once
+                expected = lookup_message(msg_type)
+                self.log.warning(
+                    "frame type numbers differ from the dictionary's; dispatching on mTyp",
+                    msg_type=msg_type,
+                    expected=expected.number if expected else None,
+                )
+            stats.type_number_mismatches += outcome.number_mismatches
         if outcome.unknown_fields:
             seen = self._unknown_fields.setdefault(msg_type, set())
             new = outcome.unknown_fields - seen
@@ -942,6 +953,7 @@ class StripeWorker:
             latest = _max_ns(batch.column("h_sTim"))
         return _WriteOutcome(
             committed=committed,
+            number_mismatches=_number_mismatches(pb.msg_type, pb.type_numbers),
             rows=batch.num_rows,
             rejected=len(result.rejected),
             slow_rows=result.drift.slow_path_rows,
@@ -1010,6 +1022,18 @@ def _slow_mtyp(body: bytes) -> str | None:
 
 def _stripe_number(stripe: str) -> int:
     return sum(ord(c) for c in stripe) % 1000
+
+
+def _number_mismatches(msg_type: str, numbers: list[int]) -> int:
+    """Frames whose 5-digit header number is not the dictionary's number for their ``mTyp``
+    (numbers changed over time, §9.3; 0 is what clients send and is not checked)."""
+    mdef = lookup_message(msg_type)
+    if mdef is None:
+        return 0
+    expected = mdef.number
+    if all(n == expected for n in numbers):  # the common case, at C speed
+        return 0
+    return sum(1 for n in numbers if n not in (expected, 0))
 
 
 def _max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:

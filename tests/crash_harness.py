@@ -171,8 +171,14 @@ format = "json"
         assert proc.poll() == -signal.SIGKILL, f"{point}: exited {proc.poll()}, not at the point"
         self.kills_ns.append(died)
 
-    def graceful(self, seconds: float) -> None:
+    def graceful(self, seconds: float, *, offline: bool = False) -> None:
+        """Run the daemon, then SIGTERM.  ``offline``: against a port nobody listens on (start-up
+        recovery only, nothing new captured)."""
+        if offline:
+            self.port, live_port = 9, self.port  # discard port: connection refused
         proc = self.daemon()
+        if offline:
+            self.port = live_port
         time.sleep(seconds)
         self.kills_ns.append(time.time_ns())
         proc.send_signal(signal.SIGTERM)
@@ -184,6 +190,15 @@ format = "json"
             self.sim.wait(timeout=10)
 
     # -- what a user finds ------------------------------------------------------------------
+
+    def parquet_rows(self) -> dict[str, list[tuple[object, ...]]]:
+        """Every data row (all columns but the receive time's type noise), per table."""
+        out = {}
+        for t in TYPES:
+            table = ds.dataset(self.root / t, partitioning="hive").to_table()
+            table = table.set_column(0, "_recv_time", table["_recv_time"].cast("int64"))
+            out[t] = sorted(tuple(r.values()) for r in table.to_pylist())
+        return out
 
     def sent_frames(self) -> dict[tuple[int, int, int], tuple[int, int]]:
         """Data frames the simulator sent: (sID, seqN, encT ns) -> (encT ns, the send time of

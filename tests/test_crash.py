@@ -46,3 +46,14 @@ def test_a_crash_at_each_commit_step_recovers_to_the_same_correct_state(
     harness.graceful(3.0)  # recovery, then a clean stop
     counts = harness.check()
     assert counts["required"] > 100, counts
+
+
+def test_recovery_twice_changes_nothing(harness: Harness) -> None:
+    harness.graceful(2.0)
+    harness.crash_at("sink.commit.footer")  # leaves an unfinished file and journal to replay
+    harness.graceful(2.0, offline=True)  # recovery only
+    first = harness.parquet_rows()
+    harness.graceful(2.0, offline=True)  # recovery again
+    assert harness.parquet_rows() == first
+    assert sum(len(v) for v in first.values()) > 100
+    harness.check()

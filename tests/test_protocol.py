@@ -24,8 +24,16 @@ def control_frames() -> list[tuple[str, protocol.Control]]:
 def test_sample_control_messages_parse_to_what_the_client_acts_on() -> None:
     parsed = control_frames()
     kinds = [type(c).__name__ for _, c in parsed]
-    assert kinds == ["Admin", "StreamAck", "CheckPt", "CheckPt", "CheckPt", "Heartbeat",
-                     "StreamAck", "Admin"]
+    assert kinds == [
+        "Admin",
+        "StreamAck",
+        "CheckPt",
+        "CheckPt",
+        "CheckPt",
+        "Heartbeat",
+        "StreamAck",
+        "Admin",
+    ]
     admin = parsed[0][1]
     assert isinstance(admin, protocol.Admin)
     assert admin.verdict is protocol.AdminVerdict.LOGGED_ON
@@ -88,3 +96,12 @@ def test_lenient_parsing_of_ill_typed_fields() -> None:
         "MLinkStreamAck", b'{"header":{},"message":{"queryID":"12","result":"OK","detail":""}}'
     )
     assert isinstance(ack, protocol.StreamAck) and ack.query_id == 12 and ack.detail is None
+
+
+def test_type_numbers_are_cross_checked_against_the_dictionary() -> None:
+    from capture.worker import _number_mismatches
+
+    # 2785 is OptionNbboQuote today; 2745 is its 2023 number (PROTOCOL.md §9.3); clients send 0.
+    assert _number_mismatches("OptionNbboQuote", [2785, 2785, 0]) == 0
+    assert _number_mismatches("OptionNbboQuote", [2785, 2745, 2745]) == 2
+    assert _number_mismatches("NotInTheDictionary", [1, 2]) == 0

@@ -3,8 +3,9 @@
 
 Usage (``make bench`` runs the default: 1 M messages, 1 and 11 stripes, baselines a-d)::
 
-    python bench/bench_e2e.py [--messages 1000000] [--stripes 1,11] [--baselines a,b,c,d]
-        [--rotate-interval 10] [--minutes N] [--profile] [--no-save]
+    python bench/bench_e2e.py [--messages 1000000] [--stripes 1,11] [--baselines a,b,c,c1,d]
+        [--rotate-interval 60] [--minutes N] [--profile gil|cpu] [--set SECTION.KEY=VALUE]
+        [--pythonpath DIR] [--tag TAG] [--no-save]
 
 1. ``gen_stream.py`` pre-generates the byte stream once (cached in ``bench/data``): simulator
    frames, mostly OptionNbboQuote plus StockBookQuote, OptionPrint and StockPrint, per stripe
@@ -22,15 +23,19 @@ Usage (``make bench`` runs the default: 1 M messages, 1 and 11 stripes, baseline
    unless Parquet holds exactly one row per data frame sent, per type and stripe.
 4. Baselines on the same frames, each in a fresh process (``baselines.py``): (a) the vendor
    sample client, (b) a straightforward json.loads/from_pylist/write_table writer, (c) pyarrow's
-   C++ JSON reader + Parquet writer in one process (this design's limit), (d) the package's
+   C++ JSON reader + Parquet writer in one process (this design's limit; reader threads on (c)
+   and off (c1), the faster taken), (d) the package's
    decode+sink pipeline in one thread without network (for the profile account).
 
 ``--minutes N``: soak instead: 11 stripes, the stream replayed in a loop for N minutes, RSS
-sampled every few seconds; reports whether it stays flat (within 10 % after the first minute).
+sampled every 5 s; flat = the per-minute mean RSS of minutes 2..N within 10 % of each other
+(single samples swing with row-group buffering; a leak shows as a trend).
 
 Cores: this machine has 2.  The daemon may use both (it is not pinned); the replay server is
 pinned to the last core (``--server-cpu``) and its own CPU time is reported, so what it takes
-from the daemon is visible.  Results are printed and written to ``bench/results/<date>.json``.
+from the daemon is visible.  Each run also measures how much work 2 CPU-bound processes get
+done relative to one (the vCPUs are shared with the host).  Results are printed and written to
+``bench/results/<date>[-soak][-TAG].json``; ``make bench`` fails when a run is INVALID.
 """
 
 from __future__ import annotations
@@ -126,6 +131,19 @@ def parallel_scaling() -> float:
         return n / max(float(p.communicate()[0]) for p in procs)  # work units per second
 
     return round(spin(2) / spin(1), 2)
+
+
+def package_version(pythonpath: str | None) -> str:
+    """The git commit of the package under test (and whether it is a patched copy)."""
+    try:
+        head = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        head = "?"
+    dirty = subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "capture"],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    text = head + (" (capture/ modified)" if dirty else "")
+    return f"patched copy ({Path(pythonpath).name}) of {text}" if pythonpath else text
 
 
 def iso_ns(text: str) -> int:
@@ -246,7 +264,7 @@ def write_config(
         "auth": {"api_key_env": f'"{KEY_ENV}"'},
         "output": {"root": '"data"', "rotate_interval": str(rotate_interval)},
         "health": {"path": '"health.json"', "interval": "0.1"},
-        "logging": {"level": '"info"', "format": '"json"'},
+        "logging": {"level": '"debug"', "format": '"json"'},  # debug: "journal synced"
     }
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -315,7 +333,8 @@ def durable_latency(
     if not syncs:
         parts = [pc.subtract(pa.scalar(c, pa.int64()), r) for c, _, r, _ in files]
         return (pa.concat_arrays(parts) if parts else pa.array([], pa.int64())), (
-            "committed Parquet (fsynced before rename): durable == visible, no journal yet"
+            "committed Parquet (fsynced before rename): durable == visible (no journal fsync "
+            "seen: journal off, or the run was shorter than a sync)"
         )
     out: list[int] = []
     for commit, stripe, recv, seq in files:
@@ -581,6 +600,7 @@ def print_report(doc: dict[str, Any]) -> None:
           f"Python {m['python']}, pyarrow {m['pyarrow']}, trio {m['trio']}, "
           f"trio-websocket {m['trio_websocket']}; 2 CPU-bound processes run "
           f"{m['parallel_scaling_2_procs']:.2f}x the throughput of one")
+    print(f"package: {doc['package']}")
     print(f"date: {doc['date']}   dataset: {ds['messages']:,} messages, "
           f"{ds['wire_bytes'] / 1e6:,.0f} MB of frames, mix {ds['per_type']}, mean body bytes "
           f"{ds['mean_body_bytes']}")
@@ -656,7 +676,8 @@ def print_report(doc: dict[str, Any]) -> None:
               f"(drift {soak['rss_minute_drift_pct']:.1f} %, flat={soak['flat']})")
         print(f"  receive->visible p50 {soak['visible_p50_s']:.1f} s, p99 "
               f"{soak['visible_p99_s']:.1f} s (rotate_interval {soak['run']['rotate_interval_s']}"
-              " s)")
+              f" s); receive->durable p50 {soak['durable_p50_s']:.2f} s, p99 "
+              f"{soak['durable_p99_s']:.2f} s")
         for p in soak["problems"]:
             print(f"!! soak INVALID: {p}")
 
@@ -727,6 +748,7 @@ def main() -> int:
     parser.add_argument("--pythonpath", default=None,
                         help="run the daemon as python -m capture from this directory (a "
                              "patched copy of the package) instead of the installed one")
+    parser.add_argument("--tag", default="", help="suffix of the results file name")
     parser.add_argument("--keep", action="store_true", help="keep the Parquet output")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
     args = parser.parse_args()
@@ -742,7 +764,9 @@ def main() -> int:
         "machine": {**machine(), "parallel_scaling_2_procs": parallel_scaling()},
         "dataset": {k: manifest[k] for k in
                     ("messages", "seed", "wire_bytes", "per_type", "mean_body_bytes")},
-        "settings": {k: v for k, v in vars(args).items()},
+        "settings": {k: (Path(v).name if k == "pythonpath" and v else v)
+                     for k, v in vars(args).items()},  # no absolute paths in results
+        "package": package_version(args.pythonpath),
         "baselines": {},
         "runs": [],
     }
@@ -768,6 +792,7 @@ def main() -> int:
             "rss_minute_means_mb": [round(m, 1) for m in means],
             "rss_minute_drift_pct": drift, "flat": drift <= 10.0,
             "visible_p50_s": r["visible_p50_s"], "visible_p99_s": r["visible_p99_s"],
+            "durable_p50_s": r["durable_p50_s"], "durable_p99_s": r["durable_p99_s"],
             "cpu_s_per_million": r["cpu_s_per_million"], "cores_used": r["cores_used"],
             "run": r,
         }
@@ -783,6 +808,7 @@ def main() -> int:
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         stem = now.strftime("%Y-%m-%d") + ("-soak" if args.minutes else "")
+        stem += f"-{args.tag}" if args.tag else ""
         path = RESULTS / f"{stem}.json"
         path.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"\nresults: {path.relative_to(HERE.parent)}")

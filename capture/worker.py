@@ -641,8 +641,9 @@ class StripeWorker:
             events, self._events = self._events, []
             await self._hand_over(send, EventBatch(events))
         for msg_type in list(self._pending):
-            pb = self._pending[msg_type]
-            if older_than_ns is None or pb.first_ns <= older_than_ns:
+            # The reader may have handed this type over while we waited on an earlier one.
+            pb = self._pending.get(msg_type)
+            if pb is not None and (older_than_ns is None or pb.first_ns <= older_than_ns):
                 del self._pending[msg_type]
                 await self._hand_over(send, pb)
 

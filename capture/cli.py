@@ -7,6 +7,7 @@ daemon unhealthy; 2 bad usage or configuration (or ``health`` cannot tell).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,7 +111,21 @@ def _check_config(path: Path) -> int:
     return 0
 
 
+def _tune_memory() -> None:
+    """Allocator settings measured to cut peak RSS ~45 % (bench/README.md); an explicit
+    environment wins.  Must run before pyarrow is imported."""
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    if "MALLOC_ARENA_MAX" not in os.environ and sys.platform == "linux":
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX = 2 (glibc)
+        except (OSError, AttributeError):
+            pass  # not glibc: nothing to tune
+
+
 def _run(path: Path) -> int:
+    _tune_memory()
     import trio
 
     from capture import logs

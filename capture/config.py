@@ -124,9 +124,9 @@ class JournalConfig:
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    batch_rows: int = 8192  # frames per type handed to the decoder at once
+    batch_rows: int = 4096  # frames per type handed to the decoder at once
     flush_interval: float = 0.5  # seconds a partial batch may wait before it is decoded
-    queue_batches: int = 32  # bound between the socket reader and the writer
+    queue_batches: int = 4  # bound between the socket reader and the writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +325,7 @@ class Config:
 
         pl = r.section("pipeline", {"batch_rows", "flush_interval", "queue_batches"})
         pipeline_cfg = PipelineConfig(
-            batch_rows=r.get(pl, "pipeline.batch_rows", int, default=8192, check=_at_least(1)),
+            batch_rows=r.get(pl, "pipeline.batch_rows", int, default=4096, check=_at_least(1)),
             flush_interval=r.num(pl, "pipeline.flush_interval", 0.5, _positive),
             queue_batches=r.get(pl, "pipeline.queue_batches", int, default=32, check=_at_least(1)),
         )

@@ -12,6 +12,7 @@ This module imports neither trio nor pyarrow; it is tested on plain bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 HEADER_LEN = 14
 MAX_BODY_LEN = 999_999  # six decimal digits
@@ -19,9 +20,11 @@ _SYNC = b"\r\n"
 _PROTOS = (b"J", b"P")
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One complete frame: protocol letter, type number from the header, and the body bytes."""
+class Frame(NamedTuple):
+    """One complete frame: protocol letter, type number from the header, and the body bytes.
+
+    (A named tuple: one is made per message on the hot path, and it is cheaper than a class.)
+    """
 
     proto: bytes
     type_number: int
@@ -82,29 +85,34 @@ class FrameDecoder:
         events: list[Event] = []
         pos = 0
         end = len(buf)
+        frames = 0
         while end - pos >= HEADER_LEN:
-            if (
-                buf[pos] == 13
-                and buf[pos + 1] == 10
-                and (buf[pos + 2] == 74 or buf[pos + 2] == 80)  # 'J' or 'P'
-            ):
+            proto = buf[pos + 2]
+            if buf[pos] == 13 and buf[pos + 1] == 10 and (proto == 74 or proto == 80):  # J / P
                 digits = buf[pos + 3 : pos + HEADER_LEN]
                 if digits.isdigit():
                     start = pos + HEADER_LEN
                     stop = start + int(digits[5:])
-                    # JSON never holds a raw CR LF, so one inside the declared body means the
-                    # length is wrong (a truncated frame): resync there instead of swallowing
-                    # the frames that follow.
-                    bad = buf.find(_SYNC, start, min(stop, end)) if buf[pos + 2] == 74 else -1
-                    if bad >= 0:
-                        events.append(Garbage(buf[pos:bad], "frame shorter than its length"))
-                        self.garbage_events += 1
-                        self._garbage_bytes += bad - pos
-                        pos = bad
-                        continue
+                    # A sound JSON frame ends with "}" right where the next frame (or the data)
+                    # starts.  Otherwise look for a CR LF inside the declared body: JSON never
+                    # holds one, so there the length is wrong (a truncated frame) and we resync
+                    # instead of swallowing the frames that follow.
+                    if proto == 74 and not (
+                        stop <= end
+                        and buf[stop - 1] == 125
+                        and (stop == end or buf.startswith(_SYNC, stop))
+                    ):
+                        bad = buf.find(_SYNC, start, min(stop, end))
+                        if bad >= 0:
+                            events.append(Garbage(buf[pos:bad], "frame shorter than its length"))
+                            self.garbage_events += 1
+                            self._garbage_bytes += bad - pos
+                            pos = bad
+                            continue
                     if stop > end:
                         break  # wait for the rest of the frame
                     events.append(Frame(buf[pos + 2 : pos + 3], int(digits[:5]), buf[start:stop]))
+                    frames += 1
                     pos = stop
                     continue
                 reason = "non-digit in frame header"
@@ -116,7 +124,7 @@ class FrameDecoder:
         self._buf = buf[pos:] if pos < end else b""
         if len(self._buf) > self._max_buffer:  # pragma: no cover - impossible by construction
             raise FrameDecoderError("frame decoder buffer exceeded its bound")
-        self.frames += sum(1 for e in events if type(e) is Frame)
+        self.frames += frames
         return events
 
     def _skip(self, buf: bytes, pos: int, end: int, reason: str, events: list[Event]) -> int:
@@ -177,25 +185,38 @@ def encode_client_frame(body: bytes) -> bytes:
 
 
 _MTYP = b'"mTyp":"'
+_PREFIX = b'{"header":{"mTyp":"'  # how every server body starts (compact JSON, header first)
+_NAMES: dict[bytes, str] = {}  # message type names seen: a handful, decoded once
 
 
 def peek_mtyp(body: bytes) -> str | None:
-    """The header's ``mTyp`` without parsing the JSON (hot path: one ``find``).
+    """The header's ``mTyp`` without parsing the JSON (hot path: a prefix check and a ``find``).
 
     Bodies are compact JSON whose header comes first, so the first ``"mTyp":"`` is the
     header's.  Returns None when it is not there; the caller then parses the body fully.
     """
-    i = body.find(_MTYP, 0, 256)
-    if i < 0:
-        return None
-    i += len(_MTYP)
-    j = body.find(b'"', i, i + 128)
+    if body.startswith(_PREFIX):
+        j = body.find(b'"', 19, 147)
+        if j > 19:
+            name = _NAMES.get(body[19:j])
+            if name is not None:
+                return name
+        i = 19
+    else:
+        i = body.find(_MTYP, 0, 256)
+        if i < 0:
+            return None
+        i += len(_MTYP)
+        j = body.find(b'"', i, i + 128)
     if j < 0:
         return None
-    name = body[i:j]
-    if b"\\" in name:
+    raw = body[i:j]
+    if b"\\" in raw:
         return None
     try:
-        return name.decode("ascii")
+        name = raw.decode("ascii")
     except UnicodeDecodeError:
         return None
+    if len(_NAMES) < 1024:  # bounded: a stream cannot grow it without limit
+        _NAMES[raw] = name
+    return name

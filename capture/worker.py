@@ -207,7 +207,8 @@ class StripeWorker:
             rotate_interval_s=out.rotate_interval,
             max_file_bytes=out.max_file_mb * 2**20,
             row_group_rows=out.row_group_rows,
-            memory_budget_bytes=max(16, out.memory_budget_mb // n_stripes) * 2**20,
+            # One budget for the process, shared by the stripes' sinks.
+            memory_budget_bytes=max(4 * 2**20, out.memory_budget_mb * 2**20 // n_stripes),
             compression=out.compression,
             tz=out.timezone,
             # Long enough for a pending batch and the decode queue to reach the sink.

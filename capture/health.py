@@ -3,7 +3,8 @@
 Schema (``"schema": 1``; documented in the README):
 
 * ``written_at`` (ISO 8601 UTC), ``written_at_ns``, ``healthy`` (bool), ``summary`` (one line);
-* ``process``: ``version``, ``pid``, ``started_at``, ``uptime_s``, ``data_root``, ``open_files``;
+* ``process``: ``version``, ``pid``, ``started_at``, ``uptime_s``, ``data_root``, ``open_files``,
+  ``journal_lag_frames``;
 * ``stripes``: per stripe code, ``state`` (starting, connecting, streaming, quiet, backoff,
   auth_failed, failed, stopping, stopped) and the counters of :class:`capture.worker.StripeStats`.
 
@@ -69,6 +70,8 @@ def build(
             "uptime_s": round((now_ns - started_ns) / 1e9, 3),
             "data_root": str(data_root),
             "open_files": open_files,
+            # Frames received but not yet fsynced in the journals (all stripes).
+            "journal_lag_frames": sum(v["journal_lag_frames"] for v in stripes.values()),
         },
         "stripes": stripes,
     }

@@ -41,7 +41,9 @@ def test_health_document_states_and_atomic_write(tmp_path: Path) -> None:
     assert doc["healthy"] is True
     path = tmp_path / "h" / "health.json"
     health.write_atomic(path, doc)
-    assert json.loads(path.read_text())["process"]["uptime_s"] == 100.0
+    process = json.loads(path.read_text())["process"]
+    assert process["uptime_s"] == 100.0 and process["open_files"] == 2
+    assert process["journal_lag_frames"] == 0
     assert [p.name for p in path.parent.iterdir()] == ["health.json"]  # no temp left behind
 
     code, _ = health.check(path, max_age_s=30, now_ns=102 * S)

@@ -1193,8 +1193,7 @@ class JournalWriter:
                 raise
             with self._lock:
                 self._synced_bytes = appended
-                if seq is not None and (self._durable_seq is None or seq > self._durable_seq):
-                    self._durable_seq = seq
+                self._advance_durable(seq)
                 self._last_sync_ns = time.time_ns()
                 self._syncs += 1
                 return self._durable_seq
@@ -1215,6 +1214,11 @@ class JournalWriter:
             seg.sealed = True
             seg.file = None
             seg.state = _State.CLOSED
+
+    def _advance_durable(self, seq: int | None) -> None:
+        """Record that frames up to ``seq`` are fsynced (caller holds ``_lock``)."""
+        if seq is not None and (self._durable_seq is None or seq > self._durable_seq):
+            self._durable_seq = seq
 
     def retire(self, committed_below: int, *, archive: Path | None = None) -> list[Path]:
         """Delete the oldest closed segments whose data is all in committed Parquet, i.e. whose
@@ -1305,8 +1309,7 @@ class JournalWriter:
                 self._broken = exc
             raise
         with self._lock:
-            if seq is not None and (self._durable_seq is None or seq > self._durable_seq):
-                self._durable_seq = seq
+            self._advance_durable(seq)
             self._synced_bytes = appended
             self._last_sync_ns = time.time_ns()
             self._syncs += 1

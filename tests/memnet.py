@@ -43,8 +43,11 @@ class MemoryNet:
 
 def config(root: Path, stripes: list[str], types: list[str], **over: dict[str, Any]) -> Config:
     raw: dict[str, Any] = {
-        "source": {"url": "ws://sim.invalid:1/mlink/jsonf", "stripes": stripes,
-                   "message_types": types},
+        "source": {
+            "url": "ws://sim.invalid:1/mlink/jsonf",
+            "stripes": stripes,
+            "message_types": types,
+        },
         "auth": {"api_key_env": KEY_ENV},
         "output": {"root": str(root), "rotate_interval": 300},
         "pipeline": {"flush_interval": 0.5, "batch_rows": 256},
@@ -58,12 +61,56 @@ def config(root: Path, stripes: list[str], types: list[str], **over: dict[str, A
     return Config.from_mapping(raw)
 
 
+@dataclass
+class Launched:
+    """A daemon started in a nursery; ``finished`` is set with its exit code in ``code``."""
+
+    daemon: Daemon
+    finished: trio.Event = field(default_factory=trio.Event)
+    code: int | None = None
+
+    async def stop(self) -> int:
+        self.daemon.stop()
+        await self.finished.wait()
+        assert self.code is not None
+        return self.code
+
+
+def launch(
+    nursery: trio.Nursery,
+    cfg: Config,
+    clock: TrioWallClock,
+    net: MemoryNet,
+    *,
+    key: str = KEY,
+    offload: Callable[..., Awaitable[Any]] | None = None,
+) -> Launched:
+    """Start a daemon on the in-memory network (blocking work inline unless ``offload``)."""
+    daemon = Daemon(
+        cfg,
+        clock=clock,
+        environ={KEY_ENV: key},
+        install_signals=False,
+        stream_factory=net.open,
+        offload=offload or inline,
+    )
+    launched = Launched(daemon)
+
+    async def go() -> None:
+        launched.code = await daemon.run()
+        launched.finished.set()
+
+    nursery.start_soon(go)
+    return launched
+
+
 async def run(
     sim_cfg: SimConfig,
     cfg: Config,
     scenario: Callable[[Daemon, Simulator, MemoryNet], Awaitable[None]],
     *,
     key: str = KEY,
+    offload: Callable[..., Awaitable[Any]] | None = None,
 ) -> tuple[Daemon, int]:
     """Start simulator (market only) and daemon, run ``scenario``, stop the daemon."""
     clock = TrioWallClock(BASE_NS)
@@ -71,23 +118,11 @@ async def run(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sim.run_market)
         net = MemoryNet(sim, nursery)
-        daemon = Daemon(
-            cfg, clock=clock, environ={KEY_ENV: key}, install_signals=False,
-            stream_factory=net.open, offload=inline,
-        )
-        result: list[int] = []
-        done = trio.Event()
-
-        async def run_daemon() -> None:
-            result.append(await daemon.run())
-            done.set()
-
-        nursery.start_soon(run_daemon)
-        await scenario(daemon, sim, net)
-        daemon.stop()
-        await done.wait()
+        launched = launch(nursery, cfg, clock, net, key=key, offload=offload)
+        await scenario(launched.daemon, sim, net)
+        code = await launched.stop()
         nursery.cancel_scope.cancel()
-    return daemon, result[0]
+    return launched.daemon, code
 
 
 async def inline(fn: Callable[..., Any], *args: Any) -> Any:

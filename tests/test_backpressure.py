@@ -5,15 +5,15 @@ offload that waits before doing the work."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as ds
 import trio
-from memnet import BASE_NS, KEY, KEY_ENV, MemoryNet, config, mock_clock, wait_for
+from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
 
 from capture.app import Daemon
-from capture.clock import TrioWallClock
 from capture.sim.config import SimConfig
 from capture.sim.record import load_sent_data
 from capture.sim.server import Simulator
@@ -29,48 +29,24 @@ async def slow(fn: Callable[..., Any], *args: Any) -> Any:
 def test_a_slow_writer_applies_backpressure_without_loss_or_crash(tmp_path: Path) -> None:
     root, record = tmp_path / "data", tmp_path / "sent"
     cfg = config(
-        root, ["A"], TYPES, pipeline={"queue_batches": 1, "batch_rows": 16, "flush_interval": 0.05}
+        root,
+        ["A"],
+        TYPES,
+        pipeline={"queue_batches": 1, "batch_rows": 16, "flush_interval": 0.05},
     )
-    result: dict[str, Any] = {}
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=80, seed=81, record_dir=record)
 
-    async def main() -> None:
-        clock = TrioWallClock(BASE_NS)
-        sim = Simulator(
-            SimConfig(api_keys=frozenset({KEY}), rate=80, seed=81, record_dir=record),
-            clock_ns=clock.now_ns,
-        )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(sim.run_market)
-            net = MemoryNet(sim, nursery)
-            daemon = Daemon(
-                cfg,
-                clock=clock,
-                environ={KEY_ENV: KEY},
-                install_signals=False,
-                stream_factory=net.open,
-                offload=slow,
-            )
-            done = trio.Event()
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        worker = daemon.workers[0]
+        await trio.sleep(8)
+        sim.cfg = sim.cfg.with_overrides(rate=0.0)
+        sent = lambda: sum(len(v) for v in load_sent_data(record).values())  # noqa: E731
+        with trio.fail_after(60):  # a crashed and restarted worker would never catch up
+            await wait_for(lambda: worker.stats.messages == sent())
 
-            async def go() -> None:
-                result["code"] = await daemon.run()
-                done.set()
-
-            nursery.start_soon(go)
-            worker = daemon.workers[0]
-            await trio.sleep(8)
-            sim.cfg = sim.cfg.with_overrides(rate=0.0)
-            sent = lambda: sum(len(v) for v in load_sent_data(record).values())  # noqa: E731
-            with trio.fail_after(60):  # a crashed and restarted worker would never catch up
-                await wait_for(lambda: worker.stats.messages == sent())
-            result["stats"] = worker.stats.snapshot()
-            daemon.stop()
-            await done.wait()
-            nursery.cancel_scope.cancel()
-
-    trio.run(main, clock=mock_clock())
-    stats = result["stats"]
-    assert result["code"] == 0
+    daemon, code = trio.run(partial(run, offload=slow), sim_cfg, cfg, scenario, clock=mock_clock())
+    stats = daemon.workers[0].stats.snapshot()
+    assert code == 0
     assert stats["connects"] == 1 and stats["restarts"] == 0, stats["last_error"]
     assert stats["reader_wait_seconds"] > 1  # the reader did wait: backpressure, not a buffer
     sent = sum(len(v) for v in load_sent_data(record).values())

@@ -10,9 +10,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.dataset as ds
 import trio
-from memnet import BASE_NS, KEY, KEY_ENV, MemoryNet, config, inline, mock_clock, wait_for
+from memnet import BASE_NS, KEY, MemoryNet, config, launch, mock_clock, wait_for
 
-from capture.app import Daemon
 from capture.clock import TrioWallClock
 from capture.sim.config import SimConfig
 from capture.sim.server import Simulator
@@ -34,26 +33,11 @@ def test_a_restart_continues_where_the_last_run_stopped(tmp_path: Path) -> None:
             nursery.start_soon(sim.run_market)
             net = MemoryNet(sim, nursery)
             for _ in range(2):
-                daemon = Daemon(
-                    cfg,
-                    clock=clock,
-                    environ={KEY_ENV: KEY},
-                    install_signals=False,
-                    stream_factory=net.open,
-                    offload=inline,
-                )
-                done = trio.Event()
-
-                async def go(d: Daemon = daemon, ev: trio.Event = done) -> None:
-                    await d.run()
-                    ev.set()
-
-                nursery.start_soon(go)
-                worker = daemon.workers[0]
+                launched = launch(nursery, cfg, clock, net)
+                worker = launched.daemon.workers[0]
                 await wait_for(lambda w=worker: w.stats.messages > 100)
                 await trio.sleep(10)
-                daemon.stop()
-                await done.wait()
+                await launched.stop()
                 runs.append(
                     {
                         "last_frame": worker.stats.last_frame_ns or 0,

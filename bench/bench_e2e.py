@@ -418,6 +418,7 @@ def run_daemon(
     received = 0
     failure = None
     durable_seen: dict[str, tuple[list[int], list[int]]] = {}
+    memory_max: dict[str, float] = {}  # the health file's process.memory, maxima
     while True:
         sent = out.of("sent")
         if len(sent) == n_stripes:
@@ -426,6 +427,9 @@ def run_daemon(
         if doc is not None:
             received = sum(s.get("messages", 0) for s in doc["stripes"].values())
             note_durable(doc, durable_seen)
+            for key, value in doc.get("process", {}).get("memory", {}).items():
+                if isinstance(value, (int, float)) and value > memory_max.get(key, -1):
+                    memory_max[key] = value
             restarts = sum(s.get("restarts", 0) for s in doc["stripes"].values())
             if restarts:
                 failure = f"a stripe reconnected or restarted ({restarts}x): see daemon.log"
@@ -474,6 +478,7 @@ def run_daemon(
     files: list[tuple[int, str, pa.Array, pa.Array]] = []
     rows: dict[tuple[str, str], int] = defaultdict(int)
     other_rows: dict[str, int] = defaultdict(int)
+    nbbo_groups: list[int] = []  # row groups per OptionNbboQuote file
     root = work / "data"
     for c in commits:
         path = Path(c["path"])
@@ -485,6 +490,8 @@ def run_daemon(
             other_rows[rel[0]] += table.num_rows
             continue
         rows[(stripe, rel[0])] += table.num_rows
+        if rel[0] == "OptionNbboQuote":
+            nbbo_groups.append(pq.ParquetFile(path).metadata.num_row_groups)
         recv = pc.cast(table.column("_recv_time"), pa.int64()).combine_chunks()
         files.append((iso_ns(c["timestamp"]), stripe, recv, table.column("_seq").combine_chunks()))
     leftovers = [p for p in root.rglob("*") if p.name.endswith(".inprogress")]
@@ -562,6 +569,11 @@ def run_daemon(
         "log_levels": dict(levels),
         "rotate_interval_s": args.rotate_interval,
         "rss_samples_mb": rss_samples,
+        "health_memory_max_mb": memory_max,
+        "nbbo_rows_per_row_group": (
+            sum(n for (_, t), n in rows.items() if t == "OptionNbboQuote") / sum(nbbo_groups)
+            if nbbo_groups else None
+        ),
         "profile": str(profile_out.relative_to(HERE.parent)) if profile_out else None,
     }
     if not args.keep:
@@ -624,6 +636,12 @@ def print_report(doc: dict[str, Any]) -> None:
             ("CPU s per million messages (daemon)", lambda r: f"{r['cpu_s_per_million']:.1f}"),
             ("cores used (daemon CPU / wall)", lambda r: f"{r['cores_used']:.2f}"),
             ("peak RSS MB (daemon)", lambda r: f"{r['peak_rss_mb']:.0f}"),
+            ("OptionNbboQuote rows per row group (mean)",
+             lambda r: f"{r.get('nbbo_rows_per_row_group') or 0:,.0f}"),
+            ("health file maxima MB: Arrow pool / in flight / row-group buffers",
+             lambda r: " / ".join(
+                 f"{r.get('health_memory_max_mb', {}).get(k, float('nan')):.0f}"
+                 for k in ("arrow_mb", "in_flight_mb", "row_group_buffers_mb"))),
             ("receive->visible p50 / p99 s",
              lambda r: f"{r['visible_p50_s']:.2f} / {r['visible_p99_s']:.2f}"),
             ("receive->durable p50 / p99 s",

@@ -15,11 +15,18 @@ from capture.auth import make_provider
 from capture.clock import SystemClock, WallClock
 from capture.config import Config
 from capture.logs import get_logger
+from capture.memory import (
+    InFlightBudget,
+    arrow_allocated_bytes,
+    arrow_pool_name,
+    decode_slots,
+    rss_bytes,
+)
 from capture.sdnotify import Notifier
 from capture.sink import CommittedFile, cleanup_in_progress
 from capture.supervisor import Supervisor
 from capture.transport import StreamFactory
-from capture.worker import Offload, StripeWorker, new_session_id
+from capture.worker import Offload, StripeWorker, in_flight_limit, new_session_id
 
 log = get_logger(component="app")
 
@@ -46,6 +53,9 @@ class Daemon:
         self.committed: list[CommittedFile] = []
         # One provider for every stripe (auth.method): a Cognito login is shared, not repeated.
         credentials = make_provider(self.cfg, self.environ, clock=self.clock)
+        # Memory bounds for the process, not per stripe (capture.memory).
+        self.in_flight = InFlightBudget(in_flight_limit(self.cfg))
+        decode_limiter = trio.CapacityLimiter(decode_slots())
         self.workers = [
             StripeWorker(
                 self.cfg,
@@ -56,6 +66,8 @@ class Daemon:
                 on_commit=self.committed.append,
                 stream_factory=self.stream_factory,
                 offload=self.offload,
+                in_flight=self.in_flight,
+                decode_limiter=decode_limiter,
             )
             for stripe in self.cfg.source.stripes
         ]
@@ -161,7 +173,24 @@ class Daemon:
             open_files=sum(
                 w.sink.open_file_count for w in self.supervisor.workers.values() if w.sink
             ),
+            memory=self._memory(),
         )
+
+    def _memory(self) -> dict[str, float | str | None]:
+        rss = rss_bytes()
+        workers = self.supervisor.workers.values()
+        mb = 2**20
+        return {
+            "rss_mb": None if rss is None else round(rss / mb, 1),
+            "arrow_mb": round(arrow_allocated_bytes() / mb, 1),
+            "in_flight_mb": round(self.in_flight.used / mb, 1),
+            "in_flight_peak_mb": round(self.in_flight.peak / mb, 1),
+            "row_group_buffers_mb": round(
+                sum(w.sink.buffered_bytes for w in workers if w.sink) / mb, 1
+            ),
+            "budget_mb": self.cfg.output.memory_budget_mb,
+            "arrow_pool": arrow_pool_name(),
+        }
 
     def _write_health(self) -> None:
         path = self.cfg.health.path

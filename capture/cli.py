@@ -7,7 +7,6 @@ daemon unhealthy; 2 bad usage or configuration (or ``health`` cannot tell).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -111,21 +110,10 @@ def _check_config(path: Path) -> int:
     return 0
 
 
-def _tune_memory() -> None:
-    """Cap glibc's malloc arenas (measured: 11 stripes 644 -> 570 MB peak RSS at the same
-    throughput, bench/README.md); an explicit MALLOC_ARENA_MAX wins.  Not done by default:
-    ARROW_DEFAULT_MEMORY_POOL=system (a further ~175 MB less, but ~30 % less throughput)."""
-    if "MALLOC_ARENA_MAX" not in os.environ and sys.platform == "linux":
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX = 2 (glibc)
-        except (OSError, AttributeError):
-            pass  # not glibc: nothing to tune
-
-
 def _run(path: Path) -> int:
-    _tune_memory()
+    from capture.memory import choose_allocators
+
+    choose_allocators()  # before pyarrow is imported
     import trio
 
     from capture import logs

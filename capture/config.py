@@ -106,7 +106,7 @@ class OutputConfig:
     rotate_interval: int = 300
     max_file_mb: int = 512
     row_group_rows: int = 131_072
-    memory_budget_mb: int = 256
+    memory_budget_mb: int = 64  # process-wide data in flight (capture.memory)
     compression: str = "zstd"
 
 
@@ -126,7 +126,7 @@ class JournalConfig:
 class PipelineConfig:
     batch_rows: int = 4096  # frames per type handed to the decoder at once
     flush_interval: float = 0.5  # seconds a partial batch may wait before it is decoded
-    queue_batches: int = 4  # bound between the socket reader and the writer
+    queue_batches: int = 32  # per stripe, between the socket reader and the writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +310,7 @@ class Config:
                 o, "output.row_group_rows", int, default=131_072, check=_at_least(1024)
             ),
             memory_budget_mb=r.get(
-                o, "output.memory_budget_mb", int, default=256, check=_at_least(16)
+                o, "output.memory_budget_mb", int, default=64, check=_at_least(16)
             ),
             compression=r.get(
                 o,

@@ -54,6 +54,11 @@ def arm_failure(name: str, errno_: int, times: int) -> None:
     _failures[name] = (errno_, times)
 
 
+def disarm_failures() -> None:
+    """Forget every armed failure (tests: cleanup)."""
+    _failures.clear()
+
+
 def fail_point(name: str) -> None:
     if not _failures:
         return

@@ -4,7 +4,9 @@ Schema (``"schema": 1``; documented in the README):
 
 * ``written_at`` (ISO 8601 UTC), ``written_at_ns``, ``healthy`` (bool), ``summary`` (one line);
 * ``process``: ``version``, ``pid``, ``started_at``, ``uptime_s``, ``data_root``, ``open_files``,
-  ``journal_lag_frames``;
+  ``journal_lag_frames``, ``memory`` (``rss_mb``, ``arrow_mb``: Arrow's pool, ``in_flight_mb``
+  and its peak: frames handed to writers and not yet decoded, ``row_group_buffers_mb``,
+  ``budget_mb``; see :mod:`capture.memory`);
 * ``stripes``: per stripe code, ``state`` (starting, connecting, streaming, quiet, backoff,
   auth_failed, failed, stopping, stopped) and the counters of :class:`capture.worker.StripeStats`.
 
@@ -48,6 +50,7 @@ def build(
     data_root: Path,
     quiet_after_s: float,
     open_files: int,
+    memory: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     stripes = {s.stripe: stripe_view(s, now_ns, quiet_after_s) for s in stats}
     states = [v["state"] for v in stripes.values()]
@@ -72,6 +75,7 @@ def build(
             "open_files": open_files,
             # Frames received but not yet fsynced in the journals (all stripes).
             "journal_lag_frames": sum(v["journal_lag_frames"] for v in stripes.values()),
+            "memory": dict(memory or {}),
         },
         "stripes": stripes,
     }

@@ -112,7 +112,7 @@ from typing import Any, Final, NoReturn, cast
 from zlib import crc32
 
 from capture.durable import make_dirs
-from capture.faultpoints import crash_point
+from capture.faultpoints import crash_point, fail_point
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
@@ -162,6 +162,8 @@ _DRAIN_BYTES: Final = 1 << 18  # queued bytes that wake the writing thread
 _DRAIN_INTERVAL: Final = 0.2  # seconds queued bytes may wait for the writing thread at most
 _MAX_PENDING_BYTES: Final = 64 * 2**20  # beyond this, append writes itself (disk stalled)
 _SMALL_PAYLOAD: Final = 1 << 12  # up to this, header + payload are queued as one chunk
+_SYNC_RETRY: Final = 0.005  # the writing thread's fsync found another sync running: retry after
+_SYNC_LOG: Final = 1024  # fsyncs remembered for take_syncs()
 
 
 def _iov_max() -> int:
@@ -392,6 +394,7 @@ def _seal_record(
 
 
 def _fsync(fd: int) -> None:
+    fail_point("journal.fsync")
     os.fsync(fd)
 
 
@@ -864,16 +867,36 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
                 view = view[os.write(fd, view) :]
 
 
-def _drain(ref: weakref.ReferenceType[JournalWriter], wake: threading.Event) -> None:
-    """The writing thread: hands appended bytes to the OS soon after they are appended.
+def _drain(
+    ref: weakref.ReferenceType[JournalWriter], wake: threading.Event, sync_interval: float | None
+) -> None:
+    """The writing thread: hands appended bytes to the OS soon after they are appended and,
+    with ``sync_interval``, fsyncs them that often, whatever the appending thread is doing.
 
     Holds the writer only weakly between rounds, so a writer dropped without close() is
     collected (its descriptors closed, its lock released) and this thread then ends."""
+    next_sync = time.monotonic() + sync_interval if sync_interval else None
     while True:
-        wake.wait(_DRAIN_INTERVAL)
+        timeout = _DRAIN_INTERVAL
+        if next_sync is not None:
+            timeout = min(timeout, max(0.0, next_sync - time.monotonic()))
+        wake.wait(timeout)
         wake.clear()
         writer = ref()
-        if writer is None or not writer._drain_round():
+        if writer is None:
+            return
+        if next_sync is not None and time.monotonic() >= next_sync:
+            synced = writer._sync_round()
+            if synced is None:
+                return
+            if synced:
+                # Keep the beat (a slow fsync does not push every later one back), but never
+                # run two back to back to catch up.
+                now = time.monotonic()
+                next_sync = max(next_sync + cast(float, sync_interval), now + _DRAIN_INTERVAL / 4)
+            else:
+                next_sync = time.monotonic() + _SYNC_RETRY  # someone else held the sync lock
+        elif not writer._drain_round():
             return
         del writer
 
@@ -881,14 +904,17 @@ def _drain(ref: weakref.ReferenceType[JournalWriter], wake: threading.Event) -> 
 class JournalWriter:
     """Appends to one stripe's journal.
 
-    Thread model: one thread appends (``append``, ``begin_session``, ``roll``: the event loop),
-    one thread calls ``flush_and_sync`` every durability interval; ``retire``, ``segments``
-    and ``statistics`` may be called from any thread.  The appending thread never makes a
-    system call: it packs the header, computes the CRCs and queues references to the bytes
-    under a short lock.  A small internal thread writes queued bytes to the OS as soon as
-    256 KiB are queued, and at least every 0.2 s, so a *process* crash loses only that much;
-    ``flush_and_sync`` writes the rest and fsyncs, so a *power* loss loses only what followed
-    it.  Should the disk stall, at most 64 MiB are queued before ``append`` writes itself.
+    Thread model: one thread appends (``append``, ``begin_session``, ``roll``: the event loop);
+    ``flush_and_sync``, ``retire``, ``segments``, ``statistics`` and ``take_syncs`` may be
+    called from any thread.  The appending thread never makes a system call: it packs the
+    header, computes the CRCs and queues references to the bytes under a short lock.  A small
+    internal thread writes queued bytes to the OS as soon as 256 KiB are queued, and at least
+    every 0.2 s, so a *process* crash loses only that much; ``flush_and_sync`` writes the rest
+    and fsyncs, so a *power* loss loses only what followed it.  With ``sync_interval`` the
+    internal thread also calls it that often, on its own clock: durability then does not wait
+    for a busy event loop.  Should the disk stall, at most 64 MiB are queued before ``append``
+    writes itself.  A failed write or fsync, in any thread, breaks the writer: every later
+    call raises (see :meth:`check`).
 
     Construction takes the directory lock, reads what the existing segments hold (seals make
     that cheap) and starts a new segment (the file appears with its first record); it does
@@ -902,6 +928,7 @@ class JournalWriter:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         next_seq: int = 0,
+        sync_interval: float | None = None,
     ) -> None:
         if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int):
             raise TypeError("segment_bytes must be an int")
@@ -909,6 +936,8 @@ class JournalWriter:
             raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
         if next_seq < 0:
             raise ValueError(f"next_seq must be >= 0, got {next_seq}")
+        if sync_interval is not None and not sync_interval > 0:
+            raise ValueError(f"sync_interval must be positive, got {sync_interval}")
         self._dir = Path(directory)
         self._limit = segment_bytes
         # Lock order: _sync_lock -> _io_lock -> _lock.  The appending thread takes only _lock.
@@ -929,6 +958,7 @@ class JournalWriter:
         self._synced_bytes = 0
         self._last_sync_ns: int | None = None
         self._syncs = 0
+        self._sync_log: collections.deque[tuple[int, int]] = collections.deque(maxlen=_SYNC_LOG)
         self._rolls = 0
         self._retired_segments = 0
         self._retired_bytes = 0
@@ -945,7 +975,7 @@ class JournalWriter:
         self._wake = threading.Event()
         self._drainer = threading.Thread(
             target=_drain,
-            args=(weakref.ref(self), self._wake),
+            args=(weakref.ref(self), self._wake, sync_interval),
             name=f"journal-writer:{self._dir.name}",
             daemon=True,
         )
@@ -1109,6 +1139,22 @@ class JournalWriter:
             return False
         return True
 
+    def _sync_round(self) -> bool | None:
+        """The writing thread's timed fsync: True done, False skipped (another thread holds
+        the sync lock: retire, close, an explicit flush_and_sync), None to end the thread."""
+        if self._state is _State.CLOSED or self._broken is not None:
+            return None
+        # Never wait for the sync lock: close() holds it while it joins this thread.
+        if not self._sync_lock.acquire(blocking=False):
+            return False if self._drain_round() else None
+        try:
+            self._flush_and_sync_locked()
+        except BaseException:  # noqa: BLE001 - kept in _broken; the next call raises it
+            return None
+        finally:
+            self._sync_lock.release()
+        return True
+
     def _write_out(self) -> tuple[int | None, int, list[_Segment], _Segment | None]:
         """Write every queued byte, in order, creating segment files as needed.
 
@@ -1169,34 +1215,59 @@ class JournalWriter:
         Raises the OSError of a failed write or fsync; the writer is then broken and every
         later call raises JournalBrokenError (restart, recover, open a new writer)."""
         with self._sync_lock:
-            with self._lock:
-                if self._broken is not None:
-                    self._raise_unusable()
-                if self._state is _State.CLOSED:
-                    return self._durable_seq
-            seq, appended, rolled, current = self._write_out()
-            try:
-                for seg in rolled:
-                    self._seal_and_close(seg)
-                with self._lock:
-                    fd = current.file.fileno() if current and current.file else None
-                    dir_dirty, self._dir_dirty = self._dir_dirty, False
-                # `current` may be rolled meanwhile, but only this (serialised) method closes
-                # rolled segments, so `fd` stays valid until then.
-                if fd is not None and (appended != self._synced_bytes or rolled):
-                    _fsync(fd)
-                if dir_dirty:
-                    _fsync_dir(self._dir)
-            except BaseException as exc:
-                with self._lock:
-                    self._broken = exc
-                raise
-            with self._lock:
-                self._synced_bytes = appended
-                self._advance_durable(seq)
-                self._last_sync_ns = time.time_ns()
-                self._syncs += 1
+            return self._flush_and_sync_locked()
+
+    def _flush_and_sync_locked(self) -> int | None:
+        with self._lock:
+            if self._broken is not None:
+                self._raise_unusable()
+            if self._state is _State.CLOSED:
                 return self._durable_seq
+        seq, appended, rolled, current = self._write_out()
+        try:
+            for seg in rolled:
+                self._seal_and_close(seg)
+            with self._lock:
+                fd = current.file.fileno() if current and current.file else None
+                dir_dirty, self._dir_dirty = self._dir_dirty, False
+            # `current` may be rolled meanwhile, but only this (serialised) method closes
+            # rolled segments, so `fd` stays valid until then.
+            if fd is not None and (appended != self._synced_bytes or rolled):
+                _fsync(fd)
+            if dir_dirty:
+                _fsync_dir(self._dir)
+        except BaseException as exc:
+            with self._lock:
+                self._broken = exc
+            raise
+        with self._lock:
+            self._synced_bytes = appended
+            before = self._durable_seq
+            self._advance_durable(seq)
+            self._last_sync_ns = now = time.time_ns()
+            self._syncs += 1
+            if self._durable_seq is not None and self._durable_seq != before:
+                self._sync_log.append((self._durable_seq, now))
+            return self._durable_seq
+
+    @property
+    def durable_seq(self) -> int | None:
+        """The highest data frame seq fsynced so far (None if none)."""
+        return self._durable_seq
+
+    def take_syncs(self) -> list[tuple[int, int]]:
+        """(durable_seq, wall time ns) of each fsync that made more frames durable since the
+        last call (the latest 1024), oldest first."""
+        with self._lock:
+            syncs = list(self._sync_log)
+            self._sync_log.clear()
+            return syncs
+
+    def check(self) -> None:
+        """Raise JournalBrokenError if a write or fsync failed (e.g. in the writing thread)."""
+        with self._lock:
+            if self._broken is not None:
+                self._raise_unusable()
 
     def _seal_and_close(self, seg: _Segment) -> None:
         """fsync a rolled segment, then seal it, fsync again and close it.  Its bytes are all
@@ -1309,10 +1380,13 @@ class JournalWriter:
                 self._broken = exc
             raise
         with self._lock:
+            before = self._durable_seq
             self._advance_durable(seq)
             self._synced_bytes = appended
-            self._last_sync_ns = time.time_ns()
+            self._last_sync_ns = now = time.time_ns()
             self._syncs += 1
+            if self._durable_seq is not None and self._durable_seq != before:
+                self._sync_log.append((self._durable_seq, now))
 
     def _abandon(self) -> None:
         """What a crash does to this writer: queued bytes are dropped, descriptors closed, the

@@ -598,6 +598,11 @@ class PartitionSink:
         thread writes; ``len`` of a dict is atomic)."""
         return len(self._files)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Decoded bytes waiting for their row group (lock-free, like open_file_count)."""
+        return self._buffered_bytes
+
     def statistics(self) -> SinkStatistics:
         with self._lock:
             return SinkStatistics(

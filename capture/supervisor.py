@@ -129,4 +129,7 @@ def _same_worker(w: StripeWorker) -> StripeWorker:
         on_commit=w.on_commit,
         stream_factory=w.stream_factory,
         offload=w.offload,
+        in_flight=w.in_flight,
+        decode_limiter=w.decode_limiter,
+        journal_syncs_itself=w.journal_syncs_itself,
     )

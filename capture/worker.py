@@ -50,6 +50,7 @@ from capture.config import Config
 from capture.faultpoints import crash_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame, peek_mtyp
 from capture.logs import get_logger, redact
+from capture.memory import InFlightBudget, decode_slots
 from capture.recovery import CommittedIndex, scan_committed
 from capture.schemas import lookup as lookup_message
 from capture.sink import CommittedFile, PartitionSink, SinkSettings, partition_date
@@ -116,6 +117,7 @@ class PendingBatch:
     snapshot: list[bool] = field(default_factory=list)
     seq: list[int] = field(default_factory=list)
     first_ns: int = 0
+    nbytes: int = 0  # body bytes, set when handed to the writer (the in-flight budget's charge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,12 +167,27 @@ class StripeWorker:
         on_commit: Callable[[CommittedFile], None] | None = None,
         stream_factory: StreamFactory | None = None,
         offload: Offload | None = None,
+        in_flight: InFlightBudget | None = None,
+        decode_limiter: trio.CapacityLimiter | None = None,
+        journal_syncs_itself: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.stream_factory = stream_factory
         # Blocking work (decode, Parquet, credential reads) runs here: worker threads by
         # default; tests on the mock clock run it inline so that time stays exact.
         self.offload: Offload = offload or trio.to_thread.run_sync
+        # The journal fsyncs on its own thread's clock, so that durability does not wait for a
+        # busy event loop; by default not with an explicit offload (tests on the mock clock: no
+        # threads, exact time), where the syncer task does it on the loop's clock instead.
+        self.journal_syncs_itself = offload is None if journal_syncs_itself is None else (
+            journal_syncs_itself
+        )
+        # Process-wide bounds (capture.memory), shared by the daemon's stripes; a worker on its
+        # own (replay, tests) gets its own.
+        self.in_flight = in_flight or InFlightBudget(in_flight_limit(cfg))
+        self.decode_limiter = decode_limiter or trio.CapacityLimiter(decode_slots())
+        self._held = 0  # bytes this stripe holds of `in_flight`
+        self._writer_gone = False
         self.stripe = stripe
         self.clock = clock
         self.credentials = credentials
@@ -188,7 +205,11 @@ class StripeWorker:
         self.journal: journal_mod.JournalWriter | None = None
         self._replaying = False
         self._sink_failed = False
-        self._inflight: deque[int] = deque()  # first seq of batches handed to the writer (FIFO)
+        # Items taken out of the pending map, in the order they were taken, until the writer's
+        # channel accepts them; only _drain_ready() sends, so each type stays in receive order.
+        self._ready: deque[_WriterItem] = deque()
+        self._drain_lock = trio.Lock()
+        self._inflight: set[int] = set()  # first seq of each batch taken, until it is written
         self._handed = 0  # items given to the writer ...
         self._processed = 0  # ... and done by it
         self._progress = trio.lowlevel.ParkingLot()
@@ -208,7 +229,10 @@ class StripeWorker:
             max_file_bytes=out.max_file_mb * 2**20,
             row_group_rows=out.row_group_rows,
             # One budget for the process, shared by the stripes' sinks.
-            memory_budget_bytes=max(4 * 2**20, out.memory_budget_mb * 2**20 // n_stripes),
+            # The rest of the process's budget, split between the stripes' sinks.
+            memory_budget_bytes=max(
+                2**20, (out.memory_budget_mb * 2**20 - in_flight_limit(cfg)) // n_stripes
+            ),
             compression=out.compression,
             tz=out.timezone,
             # Long enough for a pending batch and the decode queue to reach the sink.
@@ -234,6 +258,7 @@ class StripeWorker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
+        self._writer_gone = False
         sink = self.sink = PartitionSink(
             self._sink_settings, stripe=self.stripe, session=self.run_id, now_ns=self.clock.now_ns
         )
@@ -243,7 +268,14 @@ class StripeWorker:
             jdir = jcfg.stripe_dir(self.cfg.output.root, self.stripe)
             recovered = await self.offload(journal_mod.recover, jdir)
             self.journal = await self.offload(
-                partial(journal_mod.JournalWriter, jdir, segment_bytes=jcfg.segment_mb * 2**20)
+                partial(
+                    journal_mod.JournalWriter,
+                    jdir,
+                    segment_bytes=jcfg.segment_mb * 2**20,
+                    sync_interval=(
+                        jcfg.durability_interval / 4 if self.journal_syncs_itself else None
+                    ),
+                )
             )
             self._seq = max(self._seq, self.journal.next_seq)
         try:
@@ -269,10 +301,16 @@ class StripeWorker:
                     with trio.CancelScope(shield=True):
                         await self._flush_pending(send, older_than_ns=None)
         finally:
+            # Batches a failed writer never took are dropped with its channel (the journal
+            # has them): give their bytes back to the other stripes.
+            self.in_flight.release(self._held)
+            self._held = 0
             if self.journal is not None:
                 # The writer has closed the sink; retire only what it committed, then close.
                 with trio.CancelScope(shield=True):
                     await self.offload(self._close_journal)
+                    self._publish_durable()
+                    self.journal = None
         self.stats.state = "stopped"
 
     async def _connect_loop(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
@@ -409,9 +447,11 @@ class StripeWorker:
                 stats.last_frame_ns = recv_ns
                 stats.bytes += len(message)
                 first_seq = self._seq
-                await self._process(sess, message, recv_ns, send, conn, api_key)
-                if self.journal is not None:  # buffered; fsynced by the syncer
+                await self._process(sess, message, recv_ns, conn, api_key)
+                if self.journal is not None:  # buffered; fsynced by its own thread
                     self.journal.append(recv_ns, first_seq, self._seq - first_seq, message)
+                if self._ready:  # after the journal: waiting for the writers delays no fsync
+                    await self._drain_ready(send)
                 if sess.requested and stats.state != "streaming" and stats.session is not None:
                     stats.state = "streaming"
         finally:
@@ -424,7 +464,6 @@ class StripeWorker:
         sess: _Session,
         message: bytes | str,
         recv_ns: int,
-        send: trio.MemorySendChannel[_WriterItem],
         conn: Connection | None,
         api_key: str | None = None,
         *,
@@ -433,9 +472,11 @@ class StripeWorker:
     ) -> None:
         """One received WebSocket message: frames -> control handling / pending batches.
 
-        The same code runs live (``conn`` given) and when the journal is replayed (``conn``
-        None, ``live`` False): the rows come out identical.  ``committed(msg_type, seq)`` tells
-        a replay which frames already are in committed Parquet.
+        Full batches and quarantined bytes are queued (:meth:`_enqueue`); the caller hands them
+        to the writer with :meth:`_drain_ready`.  The same code runs live (``conn`` given) and
+        when the journal is replayed (``conn`` None, ``live`` False): the rows come out
+        identical.  ``committed(msg_type, seq)`` tells a replay which frames already are in
+        committed Parquet.
         """
         stats = self.stats
         pending = self._pending
@@ -445,19 +486,19 @@ class StripeWorker:
         for event in sess.decoder.feed(message):
             if isinstance(event, Garbage):
                 stats.garbage_bytes += len(event.data)
-                await self._quarantine(send, recv_ns, session, event.reason, event.data)
+                self._quarantine(recv_ns, session, event.reason, event.data)
                 continue
             body = event.body
             mtyp = peek_mtyp(body) or _slow_mtyp(body)
             if mtyp is None:
-                await self._quarantine(send, recv_ns, session, "no header.mTyp", body)
+                self._quarantine(recv_ns, session, "no header.mTyp", body)
                 continue
             if mtyp in control_types:
                 stats.control_messages += 1
                 try:
                     ctl = protocol.parse_control(mtyp, body)
                 except protocol.ControlParseError as exc:
-                    await self._quarantine(send, recv_ns, session, str(exc), body)
+                    self._quarantine(recv_ns, session, str(exc), body)
                     continue
                 if isinstance(ctl, protocol.Admin) and not sess.requested:
                     if conn is not None:
@@ -474,7 +515,7 @@ class StripeWorker:
             pb = pending.get(mtyp)
             if pb is None or pb.session != session:
                 if pb is not None:
-                    await self._hand_over(send, pending.pop(mtyp))
+                    self._enqueue(pending.pop(mtyp))
                 pb = pending[mtyp] = PendingBatch(mtyp, session, first_ns=recv_ns)
             in_snapshot = mtyp in sess.snapshot_types
             pb.bodies.append(body)
@@ -488,19 +529,18 @@ class StripeWorker:
                 if in_snapshot:
                     stats.snapshot_rows += 1
             if len(pb.bodies) >= batch_rows:
-                await self._hand_over(send, pending.pop(mtyp))
+                self._enqueue(pending.pop(mtyp))
 
     async def _end_of_stream(
         self, sess: _Session, send: trio.MemorySendChannel[_WriterItem]
     ) -> None:
         for leftover in sess.decoder.flush():
             self.stats.garbage_bytes += len(leftover.data)
-            try:
-                await self._quarantine(
-                    send, self.clock.now_ns(), sess.id, leftover.reason, leftover.data
-                )
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.log.error("writer gone; could not quarantine a truncated frame")
+            self._quarantine(self.clock.now_ns(), sess.id, leftover.reason, leftover.data)
+        try:
+            await self._drain_ready(send)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.log.error("writer gone; could not hand over what was received last")
 
     async def _on_admin(
         self,
@@ -593,34 +633,53 @@ class StripeWorker:
         while self._processed < target:
             await self._progress.park()
 
-    async def _hand_over(
-        self, send: trio.MemorySendChannel[_WriterItem], item: _WriterItem
-    ) -> None:
-        self._handed += 1
+    def _enqueue(self, item: _WriterItem) -> None:
+        """Queue an item for the writer (no waiting: see :meth:`_drain_ready`).  From now on
+        its frames count as in flight for the journal's commit watermark."""
         if isinstance(item, PendingBatch):
-            self._inflight.append(item.seq[0])
-        try:
-            send.send_nowait(item)
-        except trio.WouldBlock:
-            # The writer is behind: this is the backpressure point.  Shielded, because the item
-            # has already left the pending map: a stop arriving now must not drop it.  The
-            # wait is bounded by the writer, which keeps draining until the channel closes.
-            t0 = trio.current_time()
-            with trio.CancelScope(shield=True):
-                await send.send(item)
-            self.stats.reader_wait_s += trio.current_time() - t0
+            item.nbytes = sum(map(len, item.bodies))
+            self._inflight.add(item.seq[0])
+        self._ready.append(item)
 
-    async def _quarantine(
-        self,
-        send: trio.MemorySendChannel[_WriterItem],
-        recv_ns: int,
-        session: str,
-        reason: str,
-        data: bytes,
-    ) -> None:
+    async def _drain_ready(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
+        """Hand the queued items to the writer, oldest first.
+
+        The writers are behind when this stripe's channel is full or the process's in-flight
+        budget is spent: these are the backpressure points, and the time waited is counted.
+        Cancellation leaves the item queued (the stop path drains it, shielded).  One task
+        sends at a time, so items reach the channel in the order they were queued."""
+        async with self._drain_lock:
+            ready = self._ready
+            budget = self.in_flight
+            while ready:
+                item = ready[0]
+                n = item.nbytes if isinstance(item, PendingBatch) else 0
+                t0 = trio.current_time()
+                waited = False
+                while n and budget.would_block(n, self._held) and not self._writer_gone:
+                    waited = True
+                    await budget.wait()
+                budget.take(n)
+                self._held += n
+                try:
+                    try:
+                        send.send_nowait(item)
+                    except trio.WouldBlock:
+                        waited = True
+                        await send.send(item)
+                except BaseException:
+                    budget.release(n)
+                    self._held -= n
+                    raise
+                ready.popleft()
+                self._handed += 1
+                if waited:
+                    self.stats.reader_wait_s += trio.current_time() - t0
+
+    def _quarantine(self, recv_ns: int, session: str, reason: str, data: bytes) -> None:
         self.stats.quarantined += 1
         self.log.warning("quarantined bytes", reason=reason, size=len(data))
-        await self._hand_over(send, Quarantined(recv_ns, session, reason, data))
+        self._enqueue(Quarantined(recv_ns, session, reason, data))
 
     def _event(self, kind: str, **fields: Any) -> None:
         if self._replaying:  # these events were recorded when the messages arrived
@@ -640,13 +699,12 @@ class StripeWorker:
     ) -> None:
         if self._events:
             events, self._events = self._events, []
-            await self._hand_over(send, EventBatch(events))
-        for msg_type in list(self._pending):
-            # The reader may have handed this type over while we waited on an earlier one.
-            pb = self._pending.get(msg_type)
-            if pb is not None and (older_than_ns is None or pb.first_ns <= older_than_ns):
+            self._enqueue(EventBatch(events))
+        for msg_type, pb in list(self._pending.items()):
+            if older_than_ns is None or pb.first_ns <= older_than_ns:
                 del self._pending[msg_type]
-                await self._hand_over(send, pb)
+                self._enqueue(pb)
+        await self._drain_ready(send)
 
     async def _flusher(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
         """Partial batches wait at most ``flush_interval`` before they are decoded."""
@@ -664,18 +722,22 @@ class StripeWorker:
         lows = [self._seq]
         lows.extend(pb.seq[0] for pb in self._pending.values() if pb.seq)
         if self._inflight:
-            lows.append(self._inflight[0])
+            lows.append(min(self._inflight))
         return min(lows)
 
-    def _sync_and_retire(self, loop_watermark: int) -> int | None:
-        """In a thread: fsync the journal, then retire the segments below the watermark."""
+    def _sync_and_retire(self, loop_watermark: int, *, sync: bool = True) -> None:
+        """In a thread: fsync the journal (or, when it syncs itself, check that its thread
+        has not failed), then retire the segments below the watermark."""
         journal = self.journal
         assert journal is not None
-        durable = journal.flush_and_sync()
+        if sync:
+            journal.flush_and_sync()
+        else:
+            journal.check()
         if self._sink_failed:
             # Rows of an aborted file are in no file the sink tracks: the watermark would
             # overtake them.  Keep every segment; recovery replays them after the restart.
-            return durable
+            return
         sink_low = self.sink.uncommitted_seq_min() if self.sink is not None else None
         watermark = loop_watermark if sink_low is None else min(loop_watermark, sink_low)
         jcfg = self.cfg.journal
@@ -684,22 +746,36 @@ class StripeWorker:
             archive = journal.directory / "archive"
             _prune(archive, jcfg.retain_hours)
         journal.retire(watermark, archive=archive)
-        return durable
 
     async def _syncer(self) -> None:
-        """fsync the journal every half ``durability_interval`` (so that a frame is on disk
-        within the interval, fsync time included); a failure stops this stripe."""
+        """Every half ``durability_interval`` (so that a frame is on disk within the interval,
+        fsync time included): fsync the journal unless it does so itself, retire what is
+        committed, publish the durable sequence number.  A failure stops this stripe."""
         interval = self.cfg.journal.durability_interval / 2
+        sync = not self.journal_syncs_itself
         while True:
             await trio.sleep(interval)
-            durable = await self.offload(self._sync_and_retire, self._commit_watermark())
-            if durable is not None and durable != self.stats.durable_seq:
+            await self.offload(
+                partial(self._sync_and_retire, self._commit_watermark(), sync=sync)
+            )
+            self._publish_durable()
+
+    def _publish_durable(self) -> None:
+        journal = self.journal
+        if journal is None:
+            return
+        for seq, synced_ns in journal.take_syncs():
+            if seq != self.stats.durable_seq:
                 # For the benchmark's receive-to-durable latency (debug: twice a second).
-                self.log.debug("journal synced", durable_seq=durable, synced_ns=self.clock.now_ns())
-            self.stats.durable_seq = durable
-            self.stats.journal_lag = self._seq - (durable + 1 if durable is not None else 0)
+                self.log.debug("journal synced", durable_seq=seq, synced_ns=synced_ns)
+                self.stats.durable_seq = seq
+        durable = journal.durable_seq
+        self.stats.durable_seq = durable
+        self.stats.journal_lag = self._seq - (durable + 1 if durable is not None else 0)
 
     def _close_journal(self) -> None:
+        """In a thread: the final sync and retirement, then close (the caller publishes the
+        last fsyncs, on the loop, and drops the writer)."""
         journal = self.journal
         if journal is None:
             return
@@ -709,7 +785,6 @@ class StripeWorker:
             self.log.error("journal: final sync failed", error=str(exc))
         finally:
             journal.close()
-            self.journal = None
 
     async def _recover(
         self, send: trio.MemorySendChannel[_WriterItem], report: journal_mod.RecoveryReport
@@ -787,14 +862,10 @@ class StripeWorker:
                             sess = _Session.start("unknown", {})
                         self._seq = rec.first_seq
                         await self._process(
-                            sess,
-                            rec.payload,
-                            rec.recv_ns,
-                            send,
-                            None,
-                            live=False,
-                            committed=already,
+                            sess, rec.payload, rec.recv_ns, None, live=False, committed=already
                         )
+                        if self._ready:
+                            await self._drain_ready(send)
                         last_ns = rec.recv_ns
             if sess is not None:
                 await self._end_of_stream(sess, send)
@@ -820,6 +891,7 @@ class StripeWorker:
         """Offline: rebuild this stripe's Parquet from journal segments (``mlink-capture
         replay``); returns the number of data frames written."""
         send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
+        self._writer_gone = False
         sink = self.sink = PartitionSink(
             self._sink_settings, stripe=self.stripe, session=self.run_id, now_ns=self.clock.now_ns
         )
@@ -845,9 +917,11 @@ class StripeWorker:
                 self.log.error("writer failed; no more commits this run", error=str(exc))
             raise
         finally:
+            self._writer_gone = True
+            self.in_flight.wake()  # a reader waiting for this writer's progress gives up
             with trio.CancelScope(shield=True):
                 try:
-                    self._committed(await self.offload(sink.close))
+                    self._committed(await self._heavy(sink.close))
                 except OSError as exc:
                     self._sink_failed = True
                     self.log.error("closing the sink failed", error=str(exc))
@@ -865,28 +939,37 @@ class StripeWorker:
                 with trio.move_on_at(trio_deadline_for(self.clock, boundary)):
                     if self._rotate_now.is_set():
                         self._rotate_now = trio.Event()
-                        self._committed(await self.offload(sink.rotate_all))
+                        self._committed(await self._heavy(sink.rotate_all))
                     try:
                         item = await recv.receive()
                     except trio.EndOfChannel:
                         return
                 if item is None:
-                    self._committed(await self.offload(sink.rotate_due))
+                    self._committed(await self._heavy(sink.rotate_due))
                 elif isinstance(item, PendingBatch):
                     dec = decoders.get(item.msg_type)
                     if dec is None:
                         dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
-                    outcome = await self.offload(self._decode_and_write, dec, sink, item)
-                    self._inflight.popleft()
+                    outcome = await self._heavy(self._decode_and_write, dec, sink, item)
+                    self._inflight.discard(item.seq[0])
+                    self._held -= item.nbytes
+                    self.in_flight.release(item.nbytes)
                     self._written(item.msg_type, outcome)
                 elif isinstance(item, EventBatch):
                     batch = capture_events.to_batch(item.events, self.stripe)
-                    self._committed(await self.offload(sink.write, capture_events.TABLE, batch))
+                    self._committed(await self._heavy(sink.write, capture_events.TABLE, batch))
                 else:
                     await self.offload(self._write_quarantine, item)
                 if item is not None:
                     self._processed += 1
                     self._progress.unpark_all()
+
+    async def _heavy(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Decoding, encoding Parquet, committing files: off the loop, and at most one such
+        job per core for the whole process (capture.memory), so that all stripes committing
+        at a rotation boundary do not hold all their row groups' encoders at once."""
+        async with self.decode_limiter:
+            return await self.offload(fn, *args)
 
     def _written(self, msg_type: str, outcome: _WriteOutcome) -> None:
         stats = self.stats
@@ -984,6 +1067,12 @@ class StripeWorker:
             os.fsync(fd)  # the journal may retire these bytes: they must be on disk first
         finally:
             os.close(fd)
+
+
+def in_flight_limit(cfg: Config) -> int:
+    """A quarter of ``output.memory_budget_mb``: raw frames handed to the writers and not yet
+    decoded, all stripes together (capture.memory: why a quarter)."""
+    return cfg.output.memory_budget_mb * 2**20 // 4
 
 
 def _checkpoint_done(st: StreamState, state: str) -> bool:

@@ -52,3 +52,52 @@ def test_a_slow_writer_applies_backpressure_without_loss_or_crash(tmp_path: Path
     sent = sum(len(v) for v in load_sent_data(record).values())
     rows = sum(ds.dataset(root / t, partitioning="hive").count_rows() for t in TYPES)
     assert rows == sent > 300
+
+
+async def slower(fn: Callable[..., Any], *args: Any) -> Any:
+    await trio.sleep(0.5)
+    return fn(*args)
+
+
+def test_the_stripes_share_one_in_flight_budget(tmp_path: Path) -> None:
+    """Three stripes, writers far slower than the feed, channels long enough to hold
+    everything: what bounds the frames waiting for a decoder is the process's budget (each
+    stripe may exceed it by its one batch), and nothing is lost."""
+    root, record = tmp_path / "data", tmp_path / "sent"
+    stripes = ["A", "B", "C"]
+    batch_rows = 16
+    cfg = config(
+        root,
+        stripes,
+        TYPES,
+        pipeline={"queue_batches": 1000, "batch_rows": batch_rows, "flush_interval": 0.05},
+    )
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=80, seed=82, record_dir=record)
+    limit = 24_000  # bytes: about two batches for the whole process
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        daemon.in_flight.limit = limit  # the real budget object, made small for this test
+        await trio.sleep(8)
+        sim.cfg = sim.cfg.with_overrides(rate=0.0)
+        sent = lambda: sum(len(v) for v in load_sent_data(record).values())  # noqa: E731
+        received = lambda: sum(w.stats.messages for w in daemon.workers)  # noqa: E731
+        with trio.fail_after(600):
+            await wait_for(lambda: received() == sent())
+            await wait_for(lambda: daemon.in_flight.used == 0)
+
+    daemon, code = trio.run(
+        partial(run, offload=slower), sim_cfg, cfg, scenario, clock=mock_clock()
+    )
+    assert code == 0
+    for w in daemon.workers:
+        assert w.stats.restarts == 0, w.stats.last_error
+    waited = sum(w.stats.reader_wait_s for w in daemon.workers)
+    assert waited > 3  # the readers did wait ...
+    # ... at the budget, not at their channels (1000 batches each would hold everything).
+    sent = sum(len(v) for v in load_sent_data(record).values())
+    largest_body = 4096  # the simulator's bodies are well under this
+    assert limit < daemon.in_flight.peak <= limit + len(stripes) * batch_rows * largest_body
+    assert daemon.in_flight.peak < sent * 300  # far less than the backlog would have taken
+    assert daemon.in_flight.used == 0
+    rows = sum(ds.dataset(root / t, partitioning="hive").count_rows() for t in TYPES)
+    assert rows == sent > 1000

@@ -6,6 +6,7 @@ module's fsync with a no-op to stay fast; the durability tests observe the real 
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import json
@@ -15,7 +16,9 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capture import journal
+from capture import faultpoints, journal
 from capture.journal import (
     HEADER_SIZE,
     CutReason,
@@ -731,6 +734,86 @@ def test_flush_and_sync_returns_the_durable_seq(jdir: Path, no_fsync: None) -> N
         assert stats.unsynced_bytes == 0 and stats.last_sync_ns is not None
     with JournalWriter(jdir) as w:
         assert w.statistics().durable_seq == 4  # what the journal already holds
+
+
+def _eventually(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait for the writer's own thread (real time; the bound only catches a hang)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        time.sleep(0.002)
+
+
+def test_with_sync_interval_the_writing_thread_fsyncs_by_itself(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = FsyncLog()
+    monkeypatch.setattr(journal, "_fsync", log)
+    w = JournalWriter(jdir, sync_interval=0.01)
+    segment = w.statistics().open_segment
+    assert segment is not None and w.durable_seq is None
+    w.append(1, 0, 3, b"x" * 100)  # frames 0..2; nobody calls flush_and_sync
+    _eventually(lambda: w.durable_seq == 2, "the thread's fsync")
+    assert HEADER_SIZE + 100 in log.sizes(segment)  # the data was on the file when fsynced
+    syncs = w.take_syncs()
+    assert [seq for seq, _ in syncs] == [2] and syncs[0][1] > 0
+    w.append(2, 3, 2, b"y" * 10)
+    _eventually(lambda: w.durable_seq == 4, "the next fsync")
+    assert [seq for seq, _ in w.take_syncs()] == [4]  # only fsyncs that made frames durable
+    assert w.take_syncs() == []
+    w.close()
+    assert [r.first_seq for _, r in read_records(jdir) if isinstance(r, MessageRecord)] == [0, 3]
+
+
+def test_a_failed_fsync_in_the_writing_thread_breaks_the_writer(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = JournalWriter(jdir, sync_interval=0.01)
+    w.check()
+    faultpoints.arm_failure("journal.fsync", errno.EIO, 1)
+    try:
+        w.append(1, 0, 1, b"lost to a broken disk")
+        _eventually(lambda: w.statistics().broken is not None, "the failed fsync")
+    finally:
+        faultpoints.disarm_failures()
+    with pytest.raises(JournalBrokenError, match="Input/output error"):
+        w.check()  # what the stripe's syncer calls: the stripe stops, recovery takes over
+    with pytest.raises(JournalBrokenError):
+        w.append(2, 1, 1, b"more")
+    assert w.durable_seq is None
+    w.close()  # releases the files and the lock
+    JournalWriter(jdir).close()
+
+
+def test_close_never_waits_forever_on_the_writing_threads_fsync(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() holds the sync lock while it joins the thread; the thread must never block on
+    that lock.  Many short-lived writers whose thread fsyncs as often as it can."""
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(0.0005)
+
+    monkeypatch.setattr(journal, "_fsync", slow_fsync)
+    done = threading.Event()
+
+    def churn() -> None:
+        for i in range(60):
+            w = JournalWriter(jdir, sync_interval=0.0001)
+            for k in range(20):
+                w.append(k, w.next_seq, 1, b"z" * 64)
+            if i % 2:
+                w.flush_and_sync()
+            w.close()
+        done.set()
+
+    t = threading.Thread(target=churn, daemon=True)
+    t.start()
+    t.join(120)
+    assert done.is_set(), "a writer's close() hung"
+    frames = [r for _, r in read_records(jdir) if isinstance(r, MessageRecord)]
+    assert len(frames) == 60 * 20 and [r.first_seq for r in frames] == list(range(1200))
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")

@@ -128,6 +128,12 @@ def test_run_command_notify_rotate_and_graceful_stop(
                        for s in doc["stripes"].values())
 
         _wait(streaming, 20, "both stripes streaming with rows written")
+        # Memory as the operator sees it: the process's RSS, Arrow's allocator (glibc's,
+        # chosen at start-up: capture.memory), the budget and what is in flight under it.
+        memory = json.loads(health_file.read_text())["process"]["memory"]
+        assert memory["arrow_pool"] == "system"
+        assert 30 < memory["rss_mb"] < 1000 and memory["budget_mb"] == 64
+        assert 0 <= memory["in_flight_mb"] <= memory["in_flight_peak_mb"]
         ok = subprocess.run(
             [str(BIN), "health", "--config", str(cfg), "--max-age", "10"],
             capture_output=True, text=True, check=False,

@@ -1,0 +1,125 @@
+"""Process-wide memory bounds, and what the health file reports about memory.
+
+The daemon's memory is its baseline (the interpreter, pyarrow, ~80 MB) plus data in flight,
+and every kind of data in flight has a bound that holds for the *process*, whatever the number
+of stripes (``output.memory_budget_mb``, default 64):
+
+* frames not yet handed to a writer: at most ``pipeline.batch_rows`` per stripe and type;
+* frames handed to a writer and not yet decoded (queued, or being decoded): one
+  :class:`InFlightBudget` shared by every stripe, a quarter of the budget.  A reader that would
+  exceed it waits (backpressure: the server sees a slow consumer, PROTOCOL.md §7.3), except
+  that each stripe may always have one batch in flight, so that no stripe starves;
+* decoded rows waiting to fill a row group: the other three quarters, split between the
+  stripes' sinks (a sink over its share writes its largest buffer out as a row group);
+* batches being decoded or written at once: :func:`decode_slots` (one per core), each holding
+  one batch's JSON, its parsed table and its Parquet pages.
+
+Why a quarter: a buffered row costs ~230 bytes of Arrow, the same row in flight ~850 (its
+JSON and Python's list entries), and bigger row groups make better files; measured with 11
+stripes at full rate (bench/README.md), a quarter gave 19k-row groups where a half gave 12k, at
+the same peak RSS and throughput.  Beyond the in-flight budget the reader would only hold more
+frames for a decoder that cannot go faster.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import trio
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class InFlightBudget:
+    """Bytes of raw frames handed to the writers and not yet decoded, for the whole process.
+
+    Used from the event loop only (no locking).  A stripe waits (:meth:`would_block`,
+    :meth:`wait`) while its batch would take the total over the limit and it already holds
+    something: a stripe with nothing in flight always gets its batch through, so a budget
+    smaller than a batch cannot deadlock and no stripe starves."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        if limit_bytes <= 0:
+            raise ValueError(f"limit_bytes must be positive, got {limit_bytes}")
+        self.limit = limit_bytes
+        self.used = 0
+        self.peak = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def would_block(self, n: int, held: int) -> bool:
+        return held > 0 and self.used + n > self.limit
+
+    def take(self, n: int) -> None:
+        """Charge ``n`` bytes now (the caller checked :meth:`would_block`, or must not wait)."""
+        self.used += n
+        if self.used > self.peak:
+            self.peak = self.used
+
+    async def wait(self) -> None:
+        """Until bytes are released (or :meth:`wake`)."""
+        await self._lot.park()
+
+    def wake(self) -> None:
+        self._lot.unpark_all()
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        if self.used < 0:  # pragma: no cover - accounting invariant
+            raise AssertionError(f"in-flight budget released below zero ({self.used})")
+        self._lot.unpark_all()
+
+
+def decode_slots() -> int:
+    """How many batches may be decoded and written at once, all stripes together: one per
+    core the process may run on.  More would only hold more batches in memory at once."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def rss_bytes() -> int | None:
+    """Resident set size now (Linux: /proc/self/statm), or None where unknown."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def arrow_allocated_bytes() -> int:
+    """Bytes Arrow's default memory pool holds now (decoded batches, row-group buffers)."""
+    import pyarrow as pa
+
+    return int(pa.total_allocated_bytes())
+
+
+def arrow_pool_name() -> str:
+    """The allocator behind Arrow's default pool (``system``, ``jemalloc``, ``mimalloc``)."""
+    import pyarrow as pa
+
+    return str(pa.default_memory_pool().backend_name)
+
+
+def choose_allocators() -> None:
+    """Process start-up, before pyarrow is imported: the allocators this daemon is measured
+    with (bench/README.md: 11 stripes at full rate, peak RSS 385 MB with Arrow's bundled
+    mimalloc, 272 MB with glibc's malloc, same throughput).  An explicit environment wins:
+    ``ARROW_DEFAULT_MEMORY_POOL`` (system, jemalloc, mimalloc), ``MALLOC_ARENA_MAX``.
+
+    * Arrow's pool: glibc's malloc.  mimalloc keeps freed pages per thread, and decode threads
+      come and go; glibc gives large blocks back when they are freed.
+    * glibc: at most 2 arenas (it makes one per thread that allocates, and keeps them).
+    """
+    if "pyarrow" not in sys.modules:  # (in-process callers, e.g. tests: too late, keep it)
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    if "MALLOC_ARENA_MAX" not in os.environ and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX = 2 (glibc)
+        except (OSError, AttributeError):
+            pass  # not glibc: nothing to tune

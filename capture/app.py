@@ -16,6 +16,7 @@ from capture.clock import SystemClock, WallClock
 from capture.config import Config
 from capture.logs import get_logger
 from capture.memory import (
+    HeapTrimmer,
     InFlightBudget,
     arrow_allocated_bytes,
     arrow_pool_name,
@@ -30,6 +31,7 @@ from capture.worker import Offload, StripeWorker, in_flight_limit, new_session_i
 
 log = get_logger(component="app")
 
+TRIM_INTERVAL_S = 1.0  # malloc_trim: how often the heap's free pages go back (capture.memory)
 EXIT_OK = 0
 EXIT_ALL_FAILED = 1
 
@@ -50,7 +52,7 @@ class Daemon:
         self._stop = trio.Event()
         self.started_ns = self.clock.now_ns()
         self.run_id = new_session_id(self.started_ns)
-        self.committed: list[CommittedFile] = []
+        self.files_committed = 0  # a count, not a list: the daemon runs for months
         # One provider for every stripe (auth.method): a Cognito login is shared, not repeated.
         credentials = make_provider(self.cfg, self.environ, clock=self.clock)
         # Memory bounds for the process, not per stripe (capture.memory).
@@ -63,7 +65,7 @@ class Daemon:
                 clock=self.clock,
                 credentials=credentials,
                 run_id=self.run_id,
-                on_commit=self.committed.append,
+                on_commit=self._on_commit,
                 stream_factory=self.stream_factory,
                 offload=self.offload,
                 in_flight=self.in_flight,
@@ -75,6 +77,9 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _on_commit(self, committed: CommittedFile) -> None:
+        self.files_committed += 1
 
     def rotate(self) -> None:
         self.supervisor.request_rotate()
@@ -99,6 +104,9 @@ class Daemon:
                 outer.start_soon(self._health_loop)
             if self.notifier.watchdog_interval:
                 outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
+            trimmer = HeapTrimmer()
+            if trimmer.available and self.offload is None:  # not in tests on the mock clock
+                outer.start_soon(self._trim_heap, trimmer)
             async with trio.open_nursery() as workers:
                 workers.start_soon(self._stop_watch, workers.cancel_scope)
                 await workers.start(self._supervise, workers.cancel_scope)
@@ -111,7 +119,7 @@ class Daemon:
         if self.supervisor.failed and len(self.supervisor.failed) == len(self.workers):
             log.critical("every stripe failed; exiting")
             return EXIT_ALL_FAILED
-        log.info("stopped", files_committed=len(self.committed))
+        log.info("stopped", files_committed=self.files_committed)
         return EXIT_OK
 
     async def _supervise(
@@ -155,6 +163,11 @@ class Daemon:
             self._write_health()
             self.notifier.status(self._summary())
             await trio.sleep(self.cfg.health.interval)
+
+    async def _trim_heap(self, trimmer: HeapTrimmer) -> None:
+        while True:
+            await trio.sleep(TRIM_INTERVAL_S)
+            await trio.to_thread.run_sync(trimmer.trim)
 
     async def _watchdog(self, interval: float) -> None:
         # Only pings while the event loop turns: a wedged loop stops the pings and systemd

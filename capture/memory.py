@@ -123,3 +123,29 @@ def choose_allocators() -> None:
             ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX = 2 (glibc)
         except (OSError, AttributeError):
             pass  # not glibc: nothing to tune
+
+
+class HeapTrimmer:
+    """Gives glibc's free heap pages back to the system (``malloc_trim``), for a process that
+    frees a lot: every batch of frames (Python bytes) and, with the system pool, every Arrow
+    buffer.  Without it glibc keeps the holes; measured in the 10-minute soak (bench/README.md).
+    A no-op where the C library is not glibc."""
+
+    def __init__(self) -> None:
+        self._trim = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                self._trim = None
+
+    @property
+    def available(self) -> bool:
+        return self._trim is not None
+
+    def trim(self) -> None:
+        """Blocking (milliseconds): call it from a thread."""
+        if self._trim is not None:
+            self._trim(0)

@@ -1241,13 +1241,7 @@ class JournalWriter:
                 self._broken = exc
             raise
         with self._lock:
-            self._synced_bytes = appended
-            before = self._durable_seq
-            self._advance_durable(seq)
-            self._last_sync_ns = now = time.time_ns()
-            self._syncs += 1
-            if self._durable_seq is not None and self._durable_seq != before:
-                self._sync_log.append((self._durable_seq, now))
+            self._synced_locked(seq, appended)
             return self._durable_seq
 
     @property
@@ -1285,6 +1279,17 @@ class JournalWriter:
             seg.sealed = True
             seg.file = None
             seg.state = _State.CLOSED
+
+    def _synced_locked(self, seq: int | None, appended: int) -> None:
+        """Record a completed sync of everything appended up to ``seq`` / ``appended`` bytes
+        (caller holds ``_lock``); take_syncs() reports it if it made frames durable."""
+        before = self._durable_seq
+        self._advance_durable(seq)
+        self._synced_bytes = appended
+        self._last_sync_ns = now = time.time_ns()
+        self._syncs += 1
+        if self._durable_seq is not None and self._durable_seq != before:
+            self._sync_log.append((self._durable_seq, now))
 
     def _advance_durable(self, seq: int | None) -> None:
         """Record that frames up to ``seq`` are fsynced (caller holds ``_lock``)."""
@@ -1380,13 +1385,7 @@ class JournalWriter:
                 self._broken = exc
             raise
         with self._lock:
-            before = self._durable_seq
-            self._advance_durable(seq)
-            self._synced_bytes = appended
-            self._last_sync_ns = now = time.time_ns()
-            self._syncs += 1
-            if self._durable_seq is not None and self._durable_seq != before:
-                self._sync_log.append((self._durable_seq, now))
+            self._synced_locked(seq, appended)
 
     def _abandon(self) -> None:
         """What a crash does to this writer: queued bytes are dropped, descriptors closed, the

@@ -160,8 +160,9 @@ class Daemon:
 
     async def _health_loop(self) -> None:
         while True:
-            self._write_health()
-            self.notifier.status(self._summary())
+            doc = self.health_doc()
+            self._write_health(doc)
+            self.notifier.status(str(doc["summary"]))
             await trio.sleep(self.cfg.health.interval)
 
     async def _trim_heap(self, trimmer: HeapTrimmer) -> None:
@@ -196,6 +197,7 @@ class Daemon:
         return {
             "rss_mb": None if rss is None else round(rss / mb, 1),
             "arrow_mb": round(arrow_allocated_bytes() / mb, 1),
+            "batching_mb": round(sum(w.batching_bytes for w in workers) / mb, 1),
             "in_flight_mb": round(self.in_flight.used / mb, 1),
             "in_flight_peak_mb": round(self.in_flight.peak / mb, 1),
             "row_group_buffers_mb": round(
@@ -205,12 +207,12 @@ class Daemon:
             "arrow_pool": arrow_pool_name(),
         }
 
-    def _write_health(self) -> None:
+    def _write_health(self, doc: dict[str, object] | None = None) -> None:
         path = self.cfg.health.path
         if path is None:
             return
         try:
-            health.write_atomic(path, self.health_doc())
+            health.write_atomic(path, doc if doc is not None else self.health_doc())
         except OSError as exc:
             log.error("cannot write the health file", path=str(path), error=exc.strerror)
 

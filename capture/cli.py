@@ -110,10 +110,19 @@ def _check_config(path: Path) -> int:
     return 0
 
 
+# At full rate the event-loop thread holds the GIL almost all the time.  A decode/encode thread
+# takes the GIL back after each pyarrow call (which runs with it released) and has to wait until
+# the loop lets go, which CPython forces only every switch interval: 5 ms by default.  With
+# dozens of such hand-backs per batch the writers fall behind while a core idles.  0.5 ms:
+# measured in bench/README.md ("Where the time goes").
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def _run(path: Path) -> int:
     from capture.memory import choose_allocators
 
     choose_allocators()  # before pyarrow is imported
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     import trio
 
     from capture import logs

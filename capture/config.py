@@ -106,7 +106,7 @@ class OutputConfig:
     rotate_interval: int = 300
     max_file_mb: int = 512
     row_group_rows: int = 131_072
-    memory_budget_mb: int = 64  # process-wide data in flight (capture.memory)
+    memory_budget_mb: int = 48  # process-wide data in flight (capture.memory)
     compression: str = "zstd"
 
 
@@ -310,7 +310,7 @@ class Config:
                 o, "output.row_group_rows", int, default=131_072, check=_at_least(1024)
             ),
             memory_budget_mb=r.get(
-                o, "output.memory_budget_mb", int, default=64, check=_at_least(16)
+                o, "output.memory_budget_mb", int, default=48, check=_at_least(16)
             ),
             compression=r.get(
                 o,

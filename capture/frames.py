@@ -12,7 +12,7 @@ This module imports neither trio nor pyarrow; it is tested on plain bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 HEADER_LEN = 14
 MAX_BODY_LEN = 999_999  # six decimal digits
@@ -40,6 +40,8 @@ class Garbage:
 
 
 Event = Frame | Garbage
+TypedFrame = tuple[str | None, int, bytes]
+"""``(mtyp, type_number, body)``: what :meth:`FrameDecoder.feed_typed` gives per frame."""
 
 
 class FrameDecoderError(Exception):
@@ -79,10 +81,22 @@ class FrameDecoder:
         return self._garbage_bytes
 
     def feed(self, data: bytes | bytearray | memoryview | str) -> list[Event]:
+        return self._feed(data, typed=False)  # type: ignore[return-value]
+
+    def feed_typed(self, data: bytes | bytearray | memoryview | str) -> list[TypedFrame | Garbage]:
+        """:meth:`feed` for the capture hot path: each frame comes as a plain tuple
+        ``(mtyp, type_number, body)`` with the header's ``mTyp`` already peeked (None when
+        :func:`peek_mtyp` cannot tell): no object built per frame beyond the tuple."""
+        return self._feed(data, typed=True)  # type: ignore[return-value]
+
+    def _feed(
+        self, data: bytes | bytearray | memoryview | str, *, typed: bool
+    ) -> list[Frame | TypedFrame | Garbage]:
         if isinstance(data, str):  # a text WebSocket message: the length counts UTF-8 bytes
             data = data.encode("utf-8")
         buf = self._buf + bytes(data) if self._buf else bytes(data)
-        events: list[Event] = []
+        events: list[Frame | TypedFrame | Garbage] = []
+        names = _NAMES
         pos = 0
         end = len(buf)
         frames = 0
@@ -111,7 +125,17 @@ class FrameDecoder:
                             continue
                     if stop > end:
                         break  # wait for the rest of the frame
-                    events.append(Frame(buf[pos + 2 : pos + 3], int(digits[:5]), buf[start:stop]))
+                    body = buf[start:stop]
+                    if typed:
+                        # peek_mtyp's common case inline (a call per frame is measurable)
+                        mtyp = None
+                        if body.startswith(_PREFIX):
+                            j = body.find(b'"', 19, 147)
+                            if j > 19:
+                                mtyp = names.get(body[19:j])
+                        events.append((mtyp or peek_mtyp(body), int(digits[:5]), body))
+                    else:
+                        events.append(Frame(buf[pos + 2 : pos + 3], int(digits[:5]), body))
                     frames += 1
                     pos = stop
                     continue
@@ -127,7 +151,7 @@ class FrameDecoder:
         self.frames += frames
         return events
 
-    def _skip(self, buf: bytes, pos: int, end: int, reason: str, events: list[Event]) -> int:
+    def _skip(self, buf: bytes, pos: int, end: int, reason: str, events: list[Any]) -> int:
         """Skip from ``pos`` to the next plausible frame start; record what was skipped."""
         nxt = _find_sync(buf, pos + 1)
         if nxt < 0:

@@ -2,7 +2,7 @@
 
 The daemon's memory is its baseline (the interpreter, pyarrow, ~80 MB) plus data in flight,
 and every kind of data in flight has a bound that holds for the *process*, whatever the number
-of stripes (``output.memory_budget_mb``, default 64):
+of stripes (``output.memory_budget_mb``, default 48):
 
 * frames not yet handed to a writer: at most ``pipeline.batch_rows`` per stripe and type;
 * frames handed to a writer and not yet decoded (queued, or being decoded): one

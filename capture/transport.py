@@ -92,11 +92,15 @@ async def connect(
     *,
     connect_timeout: float,
     max_message_size: int = 64 * 2**20,
-    message_queue_size: int = 64,
+    message_queue_size: int = 8,
     receive_buffer_size: int = 256 * 2**10,
     stream_factory: StreamFactory | None = None,
 ) -> AsyncIterator[Connection]:
     """Open the WebSocket with ``Authorization: Bearer <token>`` (PROTOCOL.md §2.1).
+
+    ``message_queue_size``: WebSocket messages trio-websocket's reader task may queue ahead of
+    ours.  A few decouple the two tasks; more only hold memory while the writers are behind
+    (11 stripes x 64 x ~11 KB = 8 MB), and the kernel's socket buffer queues the rest.
 
     Raises :class:`AuthRejected` when the upgrade is refused with 401/403 and
     :class:`TransportError` for everything else that goes wrong while connecting.

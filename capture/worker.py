@@ -48,7 +48,7 @@ from capture.batches import BatchDecoder
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
 from capture.faultpoints import crash_point
-from capture.frames import FrameDecoder, Garbage, encode_client_frame, peek_mtyp
+from capture.frames import FrameDecoder, Garbage, encode_client_frame
 from capture.logs import get_logger, redact
 from capture.memory import InFlightBudget, decode_slots
 from capture.recovery import CommittedIndex, scan_committed
@@ -117,7 +117,7 @@ class PendingBatch:
     snapshot: list[bool] = field(default_factory=list)
     seq: list[int] = field(default_factory=list)
     first_ns: int = 0
-    nbytes: int = 0  # body bytes, set when handed to the writer (the in-flight budget's charge)
+    nbytes: int = 0  # body bytes: the in-flight budget's charge once handed to the writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +246,11 @@ class StripeWorker:
         )
 
     # -- control from the app ---------------------------------------------------------------
+
+    @property
+    def batching_bytes(self) -> int:
+        """Frame bytes received and waiting for their batch to fill (or its flush interval)."""
+        return sum(pb.nbytes for pb in self._pending.values())
 
     def request_stop(self) -> None:
         self._stopping = True
@@ -483,53 +488,59 @@ class StripeWorker:
         batch_rows = self.cfg.pipeline.batch_rows
         control_types = protocol.CONTROL_TYPES
         session = sess.id
-        for event in sess.decoder.feed(message):
-            if isinstance(event, Garbage):
-                stats.garbage_bytes += len(event.data)
-                self._quarantine(recv_ns, session, event.reason, event.data)
-                continue
-            body = event.body
-            mtyp = peek_mtyp(body) or _slow_mtyp(body)
-            if mtyp is None:
-                self._quarantine(recv_ns, session, "no header.mTyp", body)
-                continue
-            if mtyp in control_types:
-                stats.control_messages += 1
-                try:
-                    ctl = protocol.parse_control(mtyp, body)
-                except protocol.ControlParseError as exc:
-                    self._quarantine(recv_ns, session, str(exc), body)
+        data_frames = snapshot_rows = 0
+        try:
+            for event in sess.decoder.feed_typed(message):
+                if isinstance(event, Garbage):
+                    stats.garbage_bytes += len(event.data)
+                    self._quarantine(recv_ns, session, event.reason, event.data)
                     continue
-                if isinstance(ctl, protocol.Admin) and not sess.requested:
-                    if conn is not None:
-                        sess.requested = await self._on_admin(ctl, conn, sess.streams, api_key)
-                    else:  # replay: the requests were sent when this was live
-                        sess.requested = ctl.verdict is protocol.AdminVerdict.LOGGED_ON
-                else:
-                    self._on_control(ctl, sess)
-                continue
-            seq = self._seq
-            self._seq += 1
-            if committed is not None and committed(mtyp, seq):
-                continue  # replay: already in a committed file
-            pb = pending.get(mtyp)
-            if pb is None or pb.session != session:
-                if pb is not None:
+                mtyp, type_number, body = event
+                if mtyp is None:
+                    mtyp = _slow_mtyp(body)
+                    if mtyp is None:
+                        self._quarantine(recv_ns, session, "no header.mTyp", body)
+                        continue
+                if mtyp in control_types:
+                    stats.control_messages += 1
+                    try:
+                        ctl = protocol.parse_control(mtyp, body)
+                    except protocol.ControlParseError as exc:
+                        self._quarantine(recv_ns, session, str(exc), body)
+                        continue
+                    if isinstance(ctl, protocol.Admin) and not sess.requested:
+                        if conn is not None:
+                            sess.requested = await self._on_admin(ctl, conn, sess.streams, api_key)
+                        else:  # replay: the requests were sent when this was live
+                            sess.requested = ctl.verdict is protocol.AdminVerdict.LOGGED_ON
+                    else:
+                        self._on_control(ctl, sess)
+                    continue
+                seq = self._seq
+                self._seq += 1
+                if committed is not None and committed(mtyp, seq):
+                    continue  # replay: already in a committed file
+                pb = pending.get(mtyp)
+                if pb is None or pb.session != session:
+                    if pb is not None:
+                        self._enqueue(pending.pop(mtyp))
+                    pb = pending[mtyp] = PendingBatch(mtyp, session, first_ns=recv_ns)
+                in_snapshot = mtyp in sess.snapshot_types
+                pb.bodies.append(body)
+                pb.type_numbers.append(type_number)
+                pb.recv_ns.append(recv_ns)
+                pb.snapshot.append(in_snapshot)
+                pb.seq.append(seq)
+                pb.nbytes += len(body)
+                data_frames += 1
+                snapshot_rows += in_snapshot
+                if len(pb.bodies) >= batch_rows:
                     self._enqueue(pending.pop(mtyp))
-                pb = pending[mtyp] = PendingBatch(mtyp, session, first_ns=recv_ns)
-            in_snapshot = mtyp in sess.snapshot_types
-            pb.bodies.append(body)
-            pb.type_numbers.append(event.type_number)
-            pb.recv_ns.append(recv_ns)
-            pb.snapshot.append(in_snapshot)
-            pb.seq.append(seq)
-            if live:
-                stats.messages += 1
+        finally:  # also when a control frame's handling raises part-way
+            if live and data_frames:
+                stats.messages += data_frames
                 stats.last_data_ns = recv_ns
-                if in_snapshot:
-                    stats.snapshot_rows += 1
-            if len(pb.bodies) >= batch_rows:
-                self._enqueue(pending.pop(mtyp))
+                stats.snapshot_rows += snapshot_rows
 
     async def _end_of_stream(
         self, sess: _Session, send: trio.MemorySendChannel[_WriterItem]
@@ -637,7 +648,6 @@ class StripeWorker:
         """Queue an item for the writer (no waiting: see :meth:`_drain_ready`).  From now on
         its frames count as in flight for the journal's commit watermark."""
         if isinstance(item, PendingBatch):
-            item.nbytes = sum(map(len, item.bodies))
             self._inflight.add(item.seq[0])
         self._ready.append(item)
 

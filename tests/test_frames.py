@@ -174,3 +174,29 @@ def test_encode_then_decode_is_identity_under_any_split(
     chunks = [stream[i:j] for i, j in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     events = decode_all(chunks)
     assert events == [Frame(b"J", n, b) for n, b in zip(type_numbers, encoded, strict=False)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_feed_typed_gives_the_frames_of_feed_with_the_peeked_mtyp(data: st.DataObject) -> None:
+    """The capture hot path (``feed_typed``) and ``feed`` cut the same stream the same way:
+    garbage, a protobuf frame, a header without the usual prefix, splits anywhere."""
+    odd = encode_frame(3368, b'{"message":{"x":12},"header":{"mTyp":"MLinkHeartbeat"}}')
+    proto = encode_frame(2785, b"\x0a\x03abc", proto=b"P")
+    parts = [SAMPLES, b"NOT A FRAME\xff", odd, proto, SAMPLES[:200], SAMPLES]
+    stream = b"".join(data.draw(st.permutations(parts)))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
+    chunks = [stream[i:j] for i, j in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    plain, typed = FrameDecoder(), FrameDecoder()
+    expected: list[object] = []
+    got: list[object] = []
+    for chunk in chunks:
+        for ev in plain.feed(chunk):
+            expected.append(
+                (peek_mtyp(ev.body), ev.type_number, ev.body) if isinstance(ev, Frame) else ev
+            )
+        got.extend(typed.feed_typed(chunk))
+    assert got == expected
+    assert any(isinstance(e, tuple) and e[0] == "MLinkHeartbeat" for e in got)
+    assert any(isinstance(e, tuple) and e[0] is None for e in got)  # the protobuf body
+    assert (typed.frames, typed.garbage_bytes) == (plain.frames, plain.garbage_bytes)

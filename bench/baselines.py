@@ -32,7 +32,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -51,6 +50,7 @@ from replay_server import pack  # bench/ is sys.path[0] when run as a script
 from capture.batches import BatchDecoder
 from capture.config import PipelineConfig
 from capture.frames import Frame, FrameDecoder, peek_mtyp
+from capture.memory import peak_rss_bytes
 from capture.protocol import CONTROL_TYPES
 from capture.sim.config import SimConfig
 from capture.sink import PartitionSink, SinkSettings
@@ -189,7 +189,7 @@ def main() -> int:
     out = args.out or Path(f"{args.file}.{args.kind}.out")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = (peak_rss_bytes() or 0) // 1024  # VmHWM: ru_maxrss counts the parent's RSS
     t0, c0 = time.perf_counter(), os.times()
     rows = KINDS[args.kind](messages, out)
     t1, c1 = time.perf_counter(), os.times()
@@ -200,7 +200,7 @@ def main() -> int:
         "rows": rows,
         "seconds": t1 - t0,
         "cpu_seconds": (c1.user - c0.user) + (c1.system - c0.system),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": (peak_rss_bytes() or 0) / 2**20,
         "input_rss_mb": rss_before / 1024,
         "parquet_bytes": out_bytes,
     }))

@@ -17,10 +17,12 @@ Usage (``make bench`` runs the default: 1 M messages, 1 and 11 stripes, baseline
 3. Measured: end-to-end time from the first data byte the server sends to the last file
    committed (``committed`` log lines), and to the last row received (max ``_recv_time``);
    messages/s, MB/s (frame bytes), daemon CPU seconds (``wait4`` rusage: user + system, all
-   threads) per million messages and as cores used, peak RSS (``ru_maxrss``, plus ``VmRSS``
-   sampled from ``/proc``), receive-to-visible latency per row (commit time of its file minus
-   its ``_recv_time``) and receive-to-durable (see ``durable_latency``).  The run is INVALID
-   unless Parquet holds exactly one row per data frame sent, per type and stripe.
+   threads) per million messages and as cores used, peak RSS (the daemon's ``VmHWM``, from its
+   last health file; not ``ru_maxrss``, which for a child also counts the RSS its parent had
+   when it forked), ``VmRSS`` sampled from ``/proc``, receive-to-visible latency per row
+   (commit time of its file minus its ``_recv_time``) and receive-to-durable (see
+   ``durable_latency``).  The run is INVALID unless Parquet holds exactly one row per data
+   frame sent, per type and stripe.
 4. Baselines on the same frames, each in a fresh process (``baselines.py``): (a) the vendor
    sample client, (b) a straightforward json.loads/from_pylist/write_table writer, (c) pyarrow's
    C++ JSON reader + Parquet writer in one process (this design's limit; reader threads on (c)
@@ -200,6 +202,7 @@ class Sampler:
     pid: int
     interval: float
     samples: list[tuple[float, int, float]] = field(default_factory=list)  # (t, rss kB, cpu s)
+    hwm_kb: int = 0  # the highest VmHWM seen
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Sampler:
@@ -213,6 +216,7 @@ class Sampler:
             cpu = proc_cpu_s(self.pid)
             if st and cpu is not None:
                 self.samples.append((time.monotonic() - t0, st.get("VmRSS", 0), cpu))
+                self.hwm_kb = max(self.hwm_kb, st.get("VmHWM", 0))
             self._stop.wait(self.interval)
 
     def stop(self) -> None:
@@ -530,7 +534,12 @@ def run_daemon(
     note_durable(health, durable_seen)
     stripes_h = health["stripes"].values()
     cpu_s = usage.ru_utime + usage.ru_stime
-    peak_rss_mb = usage.ru_maxrss / 1024
+    # The daemon's own high-water mark, written in its last health file after the last commit
+    # (the sampler's VmHWM if that is missing: it misses the last interval).  Not ru_maxrss:
+    # Linux carries the parent's RSS at fork/exec into a child's ru_maxrss, and this process
+    # holds the previous run's Parquet by then.
+    peak_rss_mb = (health.get("process", {}).get("memory", {}).get("peak_rss_mb")
+                   or sampler.hwm_kb / 1024)
     rss_samples = [(round(t, 1), round(kb / 1024, 1)) for t, kb, _ in sampler.samples]
     result = {
         "stripes": n_stripes,

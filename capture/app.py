@@ -21,6 +21,7 @@ from capture.memory import (
     arrow_allocated_bytes,
     arrow_pool_name,
     decode_slots,
+    peak_rss_bytes,
     rss_bytes,
 )
 from capture.sdnotify import Notifier
@@ -192,10 +193,12 @@ class Daemon:
 
     def _memory(self) -> dict[str, float | str | None]:
         rss = rss_bytes()
+        peak = peak_rss_bytes()
         workers = self.supervisor.workers.values()
         mb = 2**20
         return {
             "rss_mb": None if rss is None else round(rss / mb, 1),
+            "peak_rss_mb": None if peak is None else round(peak / mb, 1),
             "arrow_mb": round(arrow_allocated_bytes() / mb, 1),
             "batching_mb": round(sum(w.batching_bytes for w in workers) / mb, 1),
             "in_flight_mb": round(self.in_flight.used / mb, 1),

@@ -90,6 +90,23 @@ def rss_bytes() -> int | None:
         return None
 
 
+def peak_rss_bytes() -> int | None:
+    """This process's highest resident set size so far (Linux: ``VmHWM``), or None.
+
+    Unlike ``getrusage``'s ``ru_maxrss``, it starts afresh at ``exec``: a child's ru_maxrss also
+    counts the parent's RSS at the time it was forked."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def arrow_allocated_bytes() -> int:
     """Bytes Arrow's default memory pool holds now (decoded batches, row-group buffers)."""
     import pyarrow as pa

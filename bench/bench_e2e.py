@@ -647,10 +647,12 @@ def print_report(doc: dict[str, Any]) -> None:
             ("peak RSS MB (daemon)", lambda r: f"{r['peak_rss_mb']:.0f}"),
             ("OptionNbboQuote rows per row group (mean)",
              lambda r: f"{r.get('nbbo_rows_per_row_group') or 0:,.0f}"),
-            ("health file maxima MB: Arrow pool / batching / in flight / row-group buffers",
+            ("health file maxima MB: Arrow pool / batching / journal queue / in flight / "
+             "row-group buffers",
              lambda r: " / ".join(
                  f"{r.get('health_memory_max_mb', {}).get(k, float('nan')):.0f}"
-                 for k in ("arrow_mb", "batching_mb", "in_flight_mb", "row_group_buffers_mb"))),
+                 for k in ("arrow_mb", "batching_mb", "journal_queue_mb", "in_flight_mb",
+                           "row_group_buffers_mb"))),
             ("receive->visible p50 / p99 s",
              lambda r: f"{r['visible_p50_s']:.2f} / {r['visible_p99_s']:.2f}"),
             ("receive->durable p50 / p99 s",

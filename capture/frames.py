@@ -12,7 +12,7 @@ This module imports neither trio nor pyarrow; it is tested on plain bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 HEADER_LEN = 14
 MAX_BODY_LEN = 999_999  # six decimal digits
@@ -81,13 +81,13 @@ class FrameDecoder:
         return self._garbage_bytes
 
     def feed(self, data: bytes | bytearray | memoryview | str) -> list[Event]:
-        return self._feed(data, typed=False)  # type: ignore[return-value]
+        return cast("list[Event]", self._feed(data, typed=False))
 
     def feed_typed(self, data: bytes | bytearray | memoryview | str) -> list[TypedFrame | Garbage]:
         """:meth:`feed` for the capture hot path: each frame comes as a plain tuple
         ``(mtyp, type_number, body)`` with the header's ``mTyp`` already peeked (None when
         :func:`peek_mtyp` cannot tell): no object built per frame beyond the tuple."""
-        return self._feed(data, typed=True)  # type: ignore[return-value]
+        return cast("list[TypedFrame | Garbage]", self._feed(data, typed=True))
 
     def _feed(
         self, data: bytes | bytearray | memoryview | str, *, typed: bool

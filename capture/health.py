@@ -5,7 +5,8 @@ Schema (``"schema": 1``; documented in the README):
 * ``written_at`` (ISO 8601 UTC), ``written_at_ns``, ``healthy`` (bool), ``summary`` (one line);
 * ``process``: ``version``, ``pid``, ``started_at``, ``uptime_s``, ``data_root``, ``open_files``,
   ``journal_lag_frames``, ``memory`` (``rss_mb`` and ``peak_rss_mb``, ``arrow_mb``: Arrow's
-  pool, ``batching_mb``: frames received and waiting for their batch to fill, ``in_flight_mb``
+  pool, ``batching_mb``: frames received and waiting for their batch to fill,
+  ``journal_queue_mb``: received messages not yet written to the journal, ``in_flight_mb``
   and its peak: frames handed to writers and not yet decoded, ``row_group_buffers_mb``,
   ``budget_mb``; see :mod:`capture.memory`);
 * ``stripes``: per stripe code, ``state`` (starting, connecting, streaming, quiet, backoff,

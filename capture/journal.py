@@ -1014,6 +1014,11 @@ class JournalWriter:
         return self._dir
 
     @property
+    def pending_bytes(self) -> int:
+        """Appended, not yet handed to the OS: held in memory until the writing thread runs."""
+        return self._pending_bytes
+
+    @property
     def next_seq(self) -> int:
         """The lowest ``first_seq`` the next append may use (monotonic, across restarts)."""
         return self._next_seq

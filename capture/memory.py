@@ -7,8 +7,8 @@ of stripes (``output.memory_budget_mb``, default 48):
 * frames not yet handed to a writer: at most ``pipeline.batch_rows`` per stripe and type;
 * frames handed to a writer and not yet decoded (queued, or being decoded): one
   :class:`InFlightBudget` shared by every stripe, a quarter of the budget.  A reader that would
-  exceed it waits (backpressure: the server sees a slow consumer, PROTOCOL.md §7.3), except
-  that each stripe may always have one batch in flight, so that no stripe starves;
+  exceed it waits (backpressure: the server sees a slow consumer, PROTOCOL.md §7.3), in turn
+  with the other waiting readers, so that no stripe starves;
 * decoded rows waiting to fill a row group: the other three quarters, split between the
   stripes' sinks (a sink over its share writes its largest buffer out as a row group);
 * batches being decoded or written at once: :func:`decode_slots` (one per core), each holding
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -34,10 +36,11 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 class InFlightBudget:
     """Bytes of raw frames handed to the writers and not yet decoded, for the whole process.
 
-    Used from the event loop only (no locking).  A stripe waits (:meth:`would_block`,
-    :meth:`wait`) while its batch would take the total over the limit and it already holds
-    something: a stripe with nothing in flight always gets its batch through, so a budget
-    smaller than a batch cannot deadlock and no stripe starves."""
+    Used from the event loop only (no locking).  A batch goes in flight at once while the
+    total stays within the limit; otherwise its reader queues (:meth:`admit`) and the queue is
+    served first come, first served, so no stripe starves.  A batch larger than the whole
+    budget goes when nothing else is in flight, so a small budget cannot deadlock.  The total
+    therefore never exceeds the limit or the largest batch, whatever the number of stripes."""
 
     def __init__(self, limit_bytes: int) -> None:
         if limit_bytes <= 0:
@@ -46,19 +49,31 @@ class InFlightBudget:
         self.used = 0
         self.peak = 0
         self._lot = trio.lowlevel.ParkingLot()
+        self._queue: deque[object] = deque()  # readers waiting, oldest first
 
-    def would_block(self, n: int, held: int) -> bool:
-        return held > 0 and self.used + n > self.limit
+    def _fits(self, n: int) -> bool:
+        return self.used == 0 or self.used + n <= self.limit
+
+    async def admit(self, n: int, give_up: Callable[[], bool]) -> bool:
+        """Wait until ``n`` more bytes may go in flight (then :meth:`take` them); True if it
+        had to wait.  ``give_up()`` true ends the wait early (the writer is gone)."""
+        if not self._queue and self._fits(n):
+            return False
+        me = object()
+        self._queue.append(me)
+        try:
+            while not give_up() and not (self._queue[0] is me and self._fits(n)):
+                await self._lot.park()
+        finally:
+            self._queue.remove(me)
+            self._lot.unpark_all()  # the next in line may fit now
+        return True
 
     def take(self, n: int) -> None:
         """Charge ``n`` bytes now (the caller checked :meth:`would_block`, or must not wait)."""
         self.used += n
         if self.used > self.peak:
             self.peak = self.used
-
-    async def wait(self) -> None:
-        """Until bytes are released (or :meth:`wake`)."""
-        await self._lot.park()
 
     def wake(self) -> None:
         self._lot.unpark_all()

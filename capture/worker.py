@@ -252,6 +252,11 @@ class StripeWorker:
         """Frame bytes received and waiting for their batch to fill (or its flush interval)."""
         return sum(pb.nbytes for pb in self._pending.values())
 
+    @property
+    def journal_pending_bytes(self) -> int:
+        """Received messages the journal holds in memory until its thread writes them out."""
+        return self.journal.pending_bytes if self.journal is not None else 0
+
     def request_stop(self) -> None:
         self._stopping = True
         self._stop_scope.cancel()
@@ -665,10 +670,7 @@ class StripeWorker:
                 item = ready[0]
                 n = item.nbytes if isinstance(item, PendingBatch) else 0
                 t0 = trio.current_time()
-                waited = False
-                while n and budget.would_block(n, self._held) and not self._writer_gone:
-                    waited = True
-                    await budget.wait()
+                waited = bool(n) and await budget.admit(n, self._is_writer_gone)
                 budget.take(n)
                 self._held += n
                 try:
@@ -685,6 +687,9 @@ class StripeWorker:
                 self._handed += 1
                 if waited:
                     self.stats.reader_wait_s += trio.current_time() - t0
+
+    def _is_writer_gone(self) -> bool:
+        return self._writer_gone
 
     def _quarantine(self, recv_ns: int, session: str, reason: str, data: bytes) -> None:
         self.stats.quarantined += 1

@@ -11,9 +11,11 @@ from typing import Any
 
 import pyarrow.dataset as ds
 import trio
+import trio.testing
 from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
 
 from capture.app import Daemon
+from capture.memory import InFlightBudget
 from capture.sim.config import SimConfig
 from capture.sim.record import load_sent_data
 from capture.sim.server import Simulator
@@ -61,8 +63,8 @@ async def slower(fn: Callable[..., Any], *args: Any) -> Any:
 
 def test_the_stripes_share_one_in_flight_budget(tmp_path: Path) -> None:
     """Three stripes, writers far slower than the feed, channels long enough to hold
-    everything: what bounds the frames waiting for a decoder is the process's budget (each
-    stripe may exceed it by its one batch), and nothing is lost."""
+    everything: what bounds the frames waiting for a decoder is the process's budget (never
+    exceeded: the readers queue for it in turn), and nothing is lost."""
     root, record = tmp_path / "data", tmp_path / "sent"
     stripes = ["A", "B", "C"]
     batch_rows = 16
@@ -94,10 +96,56 @@ def test_the_stripes_share_one_in_flight_budget(tmp_path: Path) -> None:
     waited = sum(w.stats.reader_wait_s for w in daemon.workers)
     assert waited > 3  # the readers did wait ...
     # ... at the budget, not at their channels (1000 batches each would hold everything).
-    sent = sum(len(v) for v in load_sent_data(record).values())
-    largest_body = 4096  # the simulator's bodies are well under this
-    assert limit < daemon.in_flight.peak <= limit + len(stripes) * batch_rows * largest_body
+    bodies = load_sent_data(record).values()
+    sent = sum(map(len, bodies))
+    largest_batch = batch_rows * max(len(b) for group in bodies for b in group)
+    assert largest_batch < limit  # so no batch may go over the budget on its own
+    assert limit / 2 < daemon.in_flight.peak <= limit  # it was used, and it held
     assert daemon.in_flight.peak < sent * 300  # far less than the backlog would have taken
     assert daemon.in_flight.used == 0
     rows = sum(ds.dataset(root / t, partitioning="hive").count_rows() for t in TYPES)
     assert rows == sent > 1000
+
+
+def test_the_budget_serves_waiting_readers_in_turn_and_never_goes_over() -> None:
+    """The budget on its own: batches that fit go at once; the others queue and go first come,
+    first served as bytes come back; a batch larger than the budget goes alone; a reader whose
+    writer is gone stops waiting."""
+    budget = InFlightBudget(100)
+    order: list[str] = []
+    gone = False
+
+    async def reader(name: str, n: int, give_up: Callable[[], bool] = lambda: False) -> None:
+        await budget.admit(n, give_up)
+        budget.take(n)
+        order.append(name)
+
+    async def main() -> None:
+        nonlocal gone
+        async with trio.open_nursery() as nursery:
+            await reader("a", 60)
+            await reader("b", 40)  # fits exactly: no wait
+            nursery.start_soon(reader, "c", 30)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(reader, "d", 10)  # would fit after c, but c came first
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == ["a", "b"] and budget.used == 100
+            budget.release(40)
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == ["a", "b", "c", "d"] and budget.used == 100
+            nursery.start_soon(reader, "big", 250)  # larger than the budget: waits for empty
+            await trio.testing.wait_all_tasks_blocked()
+            budget.release(60)
+            await trio.testing.wait_all_tasks_blocked()
+            assert "big" not in order
+            budget.release(40)
+            await trio.testing.wait_all_tasks_blocked()
+            assert order[-1] == "big" and budget.used == 250
+            nursery.start_soon(reader, "orphan", 10, lambda: gone)
+            await trio.testing.wait_all_tasks_blocked()
+            gone = True
+            budget.wake()
+        assert order[-1] == "orphan"
+        assert budget.peak == 260  # the oversized batch, plus the orphan let through
+
+    trio.run(main)

@@ -727,11 +727,15 @@ def test_flush_and_sync_returns_the_durable_seq(jdir: Path, no_fsync: None) -> N
         w.append(3, 3, 0, b"none")
         assert w.statistics().unsynced_bytes > 0
         assert w.flush_and_sync() == 2
+        assert w.pending_bytes == 0  # handed to the OS: nothing held in memory
         w.append(4, 3, 2, b"two")
+        # held until the writing thread (which may already have run) hands it over
+        assert w.pending_bytes in (0, HEADER_SIZE + 3)
         assert w.statistics().durable_seq == 2
         assert w.flush_and_sync() == 4
         stats = w.statistics()
         assert stats.unsynced_bytes == 0 and stats.last_sync_ns is not None
+        assert w.pending_bytes == stats.pending_bytes == 0
     with JournalWriter(jdir) as w:
         assert w.statistics().durable_seq == 4  # what the journal already holds
 

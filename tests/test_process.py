@@ -135,7 +135,7 @@ def test_run_command_notify_rotate_and_graceful_stop(
         assert 30 < memory["rss_mb"] <= memory["peak_rss_mb"] < 1000
         assert memory["budget_mb"] == 48
         assert 0 <= memory["in_flight_mb"] <= memory["in_flight_peak_mb"]
-        assert memory["batching_mb"] >= 0
+        assert memory["batching_mb"] >= 0 and memory["journal_queue_mb"] >= 0
         ok = subprocess.run(
             [str(BIN), "health", "--config", str(cfg), "--max-age", "10"],
             capture_output=True, text=True, check=False,

@@ -535,11 +535,11 @@ def run_daemon(
     stripes_h = health["stripes"].values()
     cpu_s = usage.ru_utime + usage.ru_stime
     # The daemon's own high-water mark, written in its last health file after the last commit
-    # (the sampler's VmHWM if that is missing: it misses the last interval).  Not ru_maxrss:
-    # Linux carries the parent's RSS at fork/exec into a child's ru_maxrss, and this process
-    # holds the previous run's Parquet by then.
-    peak_rss_mb = (health.get("process", {}).get("memory", {}).get("peak_rss_mb")
-                   or sampler.hwm_kb / 1024)
+    # (a daemon that died wrote no last one: then the sampler's VmHWM can be higher).  Not
+    # ru_maxrss: Linux carries the parent's RSS at fork/exec into a child's ru_maxrss, and
+    # this process holds the previous run's Parquet by then.
+    peak_rss_mb = max(health.get("process", {}).get("memory", {}).get("peak_rss_mb") or 0,
+                      sampler.hwm_kb / 1024)
     rss_samples = [(round(t, 1), round(kb / 1024, 1)) for t, kb, _ in sampler.samples]
     result = {
         "stripes": n_stripes,

@@ -40,7 +40,9 @@ class InFlightBudget:
     total stays within the limit; otherwise its reader queues (:meth:`admit`) and the queue is
     served first come, first served, so no stripe starves.  A batch larger than the whole
     budget goes when nothing else is in flight, so a small budget cannot deadlock.  The total
-    therefore never exceeds the limit or the largest batch, whatever the number of stripes."""
+    therefore never exceeds the limit or the largest batch, whatever the number of stripes,
+    except for a reader that stops waiting because its writer is gone (its send then fails and
+    gives the bytes back)."""
 
     def __init__(self, limit_bytes: int) -> None:
         if limit_bytes <= 0:
@@ -70,7 +72,7 @@ class InFlightBudget:
         return True
 
     def take(self, n: int) -> None:
-        """Charge ``n`` bytes now (the caller checked :meth:`would_block`, or must not wait)."""
+        """Charge ``n`` bytes now (after :meth:`admit`, or when the caller must not wait)."""
         self.used += n
         if self.used > self.peak:
             self.peak = self.used

@@ -501,7 +501,7 @@ class StripeWorker:
                     self._quarantine(recv_ns, session, event.reason, event.data)
                     continue
                 mtyp, type_number, body = event
-                if mtyp is None:
+                if not mtyp:  # not peeked, or peeked empty: parse the body to be sure
                     mtyp = _slow_mtyp(body)
                     if mtyp is None:
                         self._quarantine(recv_ns, session, "no header.mTyp", body)
@@ -931,6 +931,12 @@ class StripeWorker:
             raise
         finally:
             self._writer_gone = True
+            # What was handed to this writer and is not written now never will be (the journal
+            # has it): give its bytes back at once, not after the sink closes, so that the
+            # other stripes' readers queued for the budget do not wait for this one.  A reader
+            # of this stripe that sends after this meets the closed channel and releases its own.
+            self.in_flight.release(self._held)
+            self._held = 0
             self.in_flight.wake()  # a reader waiting for this writer's progress gives up
             with trio.CancelScope(shield=True):
                 try:

@@ -160,7 +160,7 @@ def data_bodies(record: Path) -> dict[tuple[str, str], list[bytes]]:
                 mtyp = obj["header"]["mTyp"]
             except (ValueError, TypeError, KeyError):
                 continue
-            if isinstance(mtyp, str) and mtyp not in CONTROL_TYPES:
+            if isinstance(mtyp, str) and mtyp and mtyp not in CONTROL_TYPES:
                 out.setdefault((mtyp, stripe), []).append(fr.body)
     return out
 

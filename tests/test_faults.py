@@ -32,6 +32,7 @@ CASES: dict[str, tuple[Faults, bool, bool]] = {
     "half-open": (Faults(half_open_after_messages=80, faulty_connections=1), True, False),
     "garbage bytes": (Faults(garbage_every=7), False, True),
     "invalid json": (Faults(bad_json_every=9), False, True),
+    "empty mTyp": (Faults(empty_mtyp_every=9), False, True),
     "invalid utf-8": (Faults(invalid_utf8_every=9), False, False),  # rows kept, value in _extra
     "truncated frame": (Faults(corrupt_length_every=11), False, True),
     "oversized frame": (
@@ -64,7 +65,8 @@ def _json_object(body: bytes) -> bool:
     except ValueError:
         return False
     header = obj.get("header") if isinstance(obj, dict) else None
-    return isinstance(header, dict) and isinstance(header.get("mTyp"), str)
+    mtyp = header.get("mTyp") if isinstance(header, dict) else None
+    return isinstance(mtyp, str) and mtyp != ""  # an empty mTyp names no type: quarantined
 
 
 def quarantined(root: Path) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = ["Action", "FaultState", "Faults", "OutFrame", "Plan"]
 _INTISH = frozenset({"Int", "UInt", "Short", "UShort", "Byte", "Long"})
 UNKNOWN_TYPE_NAME = "SimUnknownMessage"
 UNKNOWN_TYPE_NUMBER = 9_990  # not a number of any dictionary type (Appendix A)
+_EMPTY_MTYP = re.compile(rb'"mTyp":"[^"]*"')  # the header's: it comes first in a body
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,8 @@ class Faults:
     """Insert a run of non-frame bytes after every N-th data frame."""
     bad_json_every: int | None = None
     """Every N-th data frame keeps a valid header but its body is not valid JSON."""
+    empty_mtyp_every: int | None = None
+    """Every N-th data frame is valid JSON whose ``header.mTyp`` is the empty string."""
     invalid_utf8_every: int | None = None
     """Every N-th data frame has a 0xFF byte inside a JSON string (length unchanged)."""
     corrupt_length_every: int | None = None
@@ -244,6 +248,8 @@ class FaultState:
                     counted += 1
                 if f.bad_json_every and n % f.bad_json_every == 0:
                     body = body[:-1] + b","  # same length, no longer a JSON object
+                if f.empty_mtyp_every and n % f.empty_mtyp_every == 0:
+                    body = _EMPTY_MTYP.sub(b'"mTyp":""', body, count=1)
                 if f.invalid_utf8_every and n % f.invalid_utf8_every == 0:
                     body = _poison_utf8(body)
                 if f.garbage_every and n % f.garbage_every == 0:

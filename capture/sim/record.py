@@ -155,4 +155,4 @@ def _mtyp(body: bytes) -> str | None:
         return None
     header = obj.get("header") if isinstance(obj, dict) else None
     mtyp = header.get("mTyp") if isinstance(header, dict) else None
-    return mtyp if isinstance(mtyp, str) else None
+    return mtyp if isinstance(mtyp, str) and mtyp else None  # "" names no type

@@ -195,21 +195,16 @@ class Daemon:
         )
 
     def _memory(self) -> dict[str, float | str | None]:
-        rss = rss_bytes()
-        peak = peak_rss_bytes()
         workers = self.supervisor.workers.values()
-        mb = 2**20
         return {
-            "rss_mb": None if rss is None else round(rss / mb, 1),
-            "peak_rss_mb": None if peak is None else round(peak / mb, 1),
-            "arrow_mb": round(arrow_allocated_bytes() / mb, 1),
-            "batching_mb": round(sum(w.batching_bytes for w in workers) / mb, 1),
-            "journal_queue_mb": round(sum(w.journal_pending_bytes for w in workers) / mb, 1),
-            "in_flight_mb": round(self.in_flight.used / mb, 1),
-            "in_flight_peak_mb": round(self.in_flight.peak / mb, 1),
-            "row_group_buffers_mb": round(
-                sum(w.sink.buffered_bytes for w in workers if w.sink) / mb, 1
-            ),
+            "rss_mb": _mb(rss_bytes()),
+            "peak_rss_mb": _mb(peak_rss_bytes()),
+            "arrow_mb": _mb(arrow_allocated_bytes()),
+            "batching_mb": _mb(sum(w.batching_bytes for w in workers)),
+            "journal_queue_mb": _mb(sum(w.journal_pending_bytes for w in workers)),
+            "in_flight_mb": _mb(self.in_flight.used),
+            "in_flight_peak_mb": _mb(self.in_flight.peak),
+            "row_group_buffers_mb": _mb(sum(w.sink.buffered_bytes for w in workers if w.sink)),
             "budget_mb": self.cfg.output.memory_budget_mb,
             "arrow_pool": arrow_pool_name(),
         }
@@ -226,3 +221,8 @@ class Daemon:
     def _summary(self) -> str:
         doc = self.health_doc()
         return str(doc["summary"])
+
+
+def _mb(n: int | None) -> float | None:
+    """Bytes as MiB with one decimal, for the health file (None: not known here)."""
+    return None if n is None else round(n / 2**20, 1)

@@ -179,9 +179,9 @@ class StripeWorker:
         # The journal fsyncs on its own thread's clock, so that durability does not wait for a
         # busy event loop; by default not with an explicit offload (tests on the mock clock: no
         # threads, exact time), where the syncer task does it on the loop's clock instead.
-        self.journal_syncs_itself = offload is None if journal_syncs_itself is None else (
-            journal_syncs_itself
-        )
+        if journal_syncs_itself is None:
+            journal_syncs_itself = offload is None
+        self.journal_syncs_itself = journal_syncs_itself
         # Process-wide bounds (capture.memory), shared by the daemon's stripes; a worker on its
         # own (replay, tests) gets its own.
         self.in_flight = in_flight or InFlightBudget(in_flight_limit(cfg))
@@ -228,8 +228,7 @@ class StripeWorker:
             rotate_interval_s=out.rotate_interval,
             max_file_bytes=out.max_file_mb * 2**20,
             row_group_rows=out.row_group_rows,
-            # One budget for the process, shared by the stripes' sinks.
-            # The rest of the process's budget, split between the stripes' sinks.
+            # What the process's budget leaves after frames in flight, split between the sinks.
             memory_budget_bytes=max(
                 2**20, (out.memory_budget_mb * 2**20 - in_flight_limit(cfg)) // n_stripes
             ),
@@ -311,10 +310,7 @@ class StripeWorker:
                     with trio.CancelScope(shield=True):
                         await self._flush_pending(send, older_than_ns=None)
         finally:
-            # Batches a failed writer never took are dropped with its channel (the journal
-            # has them): give their bytes back to the other stripes.
-            self.in_flight.release(self._held)
-            self._held = 0
+            # (The writer gave back the in-flight bytes of batches it never took when it ended.)
             if self.journal is not None:
                 # The writer has closed the sink; retire only what it committed, then close.
                 with trio.CancelScope(shield=True):

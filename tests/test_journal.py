@@ -679,11 +679,18 @@ class FsyncLog:
         return [size for i, _, size in self.calls if i == ino]
 
 
-def test_fsync_reaches_the_file_and_the_directory_when_a_segment_is_created(
-    jdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def fsync_log(monkeypatch: pytest.MonkeyPatch) -> FsyncLog:
+    """Every fsync the journal makes, recorded (and still made)."""
     log = FsyncLog()
     monkeypatch.setattr(journal, "_fsync", log)
+    return log
+
+
+def test_fsync_reaches_the_file_and_the_directory_when_a_segment_is_created(
+    jdir: Path, fsync_log: FsyncLog
+) -> None:
+    log = fsync_log
     w = JournalWriter(jdir, segment_bytes=200)
     # Creating the journal directory fsynced the parents that now name it.
     assert log.calls and all(is_dir for _, is_dir, _ in log.calls)
@@ -750,10 +757,9 @@ def _eventually(predicate: Callable[[], bool], what: str, timeout: float = 30.0)
 
 
 def test_with_sync_interval_the_writing_thread_fsyncs_by_itself(
-    jdir: Path, monkeypatch: pytest.MonkeyPatch
+    jdir: Path, fsync_log: FsyncLog
 ) -> None:
-    log = FsyncLog()
-    monkeypatch.setattr(journal, "_fsync", log)
+    log = fsync_log
     w = JournalWriter(jdir, sync_interval=0.01)
     segment = w.statistics().open_segment
     assert segment is not None and w.durable_seq is None
@@ -1045,10 +1051,9 @@ def test_one_appender_and_one_syncing_thread(jdir: Path) -> None:
 
 
 def test_the_writing_thread_hands_bytes_to_the_os_without_a_sync(
-    jdir: Path, monkeypatch: pytest.MonkeyPatch
+    jdir: Path, monkeypatch: pytest.MonkeyPatch, fsync_log: FsyncLog
 ) -> None:
-    fsyncs = FsyncLog()
-    monkeypatch.setattr(journal, "_fsync", fsyncs)
+    fsyncs = fsync_log
     payload = os.urandom(100_000)
     expected = 3 * (HEADER_SIZE + len(payload))
     written = threading.Event()

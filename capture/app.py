@@ -91,7 +91,9 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         cfg = self.cfg
         offload = self.offload or trio.to_thread.run_sync
-        moved = await offload(cleanup_in_progress, cfg.output.root)
+        # Only this daemon's stripes: instances for other stripe groups may share the root
+        # (systemd/mlink-capture@.service) and be writing their own in-progress files now.
+        moved = await offload(cleanup_in_progress, cfg.output.root, cfg.source.stripes)
         for path in moved:
             log.warning("moved an unfinished file left by an earlier run", path=str(path))
         log.info(

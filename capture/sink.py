@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -979,7 +979,7 @@ class PartitionSink:
 # --------------------------------------------------------------------------------------------
 
 
-def cleanup_in_progress(root: Path, *, stripe: str | None = None) -> list[Path]:
+def cleanup_in_progress(root: Path, stripes: Collection[str] | None = None) -> list[Path]:
     """Move in-progress files left by a crash to ``ROOT/_quarantine/inprogress/``.
 
     They are never renamed to a ``.parquet`` name (they may lack a footer or rows); the bytes
@@ -987,21 +987,21 @@ def cleanup_in_progress(root: Path, *, stripe: str | None = None) -> list[Path]:
     dropped so operators see them (the name still does not end in ``.parquet``).  Returns the
     new paths.
 
-    Call it before any sink on ``root`` is opened: it would quarantine a live file.  When
-    several processes share a root, pass ``stripe`` to touch only ``stripe=<stripe>``
-    directories.
+    Call it before any sink on ``root`` for these stripes is opened: it would quarantine a
+    live file.  When several processes share a root (one per stripe group), pass ``stripes``
+    to touch only the ``stripe=<code>`` directories of those stripes.
     """
     moved: list[Path] = []
     if not root.is_dir():
         return moved
     qroot = root / QUARANTINE_DIR / "inprogress"
-    want_dir = None if stripe is None else f"stripe={stripe}"
+    want_dirs = None if stripes is None else {f"stripe={code}" for code in stripes}
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         if here == root:
             dirnames[:] = [d for d in dirnames if d != QUARANTINE_DIR]
         names = sorted(n for n in filenames if _is_inprogress_name(n))
-        if not names or (want_dir is not None and here.name != want_dir):
+        if not names or (want_dirs is not None and here.name not in want_dirs):
             continue
         dest_dir = qroot / here.relative_to(root)
         try:

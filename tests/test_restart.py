@@ -74,3 +74,54 @@ def test_a_restart_continues_where_the_last_run_stopped(tmp_path: Path) -> None:
     assert max(r["_seq"] for r in seqs if r["_session"] == first) < min(
         r["_seq"] for r in seqs if r["_session"] == second
     )
+
+
+def test_instances_sharing_a_root_leave_each_others_open_files_alone(tmp_path: Path) -> None:
+    """Two daemons for two stripe groups on one data root (systemd/mlink-capture@.service).
+    One starts, and restarts, while the other has files open: those files are not touched
+    (startup recovery looks only at the starting daemon's stripes) and every frame the other
+    received is in its Parquet."""
+    root = tmp_path / "data"
+    cfg_a = config(root, ["A"], TYPES, health={"path": str(tmp_path / "health-a.json")})
+    cfg_b = config(root, ["B"], TYPES, health={"path": str(tmp_path / "health-b.json")})
+    open_b: list[list[str]] = []
+    received_b: list[int] = []
+
+    def in_progress(stripe: str) -> list[str]:
+        return sorted(
+            p.name
+            for p in root.rglob("*")
+            if p.name.endswith(".inprogress") and p.parent.name == f"stripe={stripe}"
+        )
+
+    async def main() -> None:
+        clock = TrioWallClock(BASE_NS)
+        sim = Simulator(
+            SimConfig(api_keys=frozenset({KEY}), rate=20, seed=43), clock_ns=clock.now_ns
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sim.run_market)
+            net = MemoryNet(sim, nursery)
+            b = launch(nursery, cfg_b, clock, net)
+            worker_b = b.daemon.workers[0]
+            await wait_for(lambda: bool(in_progress("B")))
+            for _ in range(2):  # A starts, stops, starts again while B writes
+                open_b.append(in_progress("B"))
+                a = launch(nursery, cfg_a, clock, net)
+                worker_a = a.daemon.workers[0]
+                await wait_for(lambda w=worker_a: w.stats.messages > 50)
+                open_b.append(in_progress("B"))
+                await trio.sleep(5)
+                assert await a.stop() == 0
+            assert await b.stop() == 0
+            received_b.append(worker_b.stats.messages)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=mock_clock())
+    assert all(open_b), "B had files open whenever A started"
+    assert not (root / "_quarantine").exists(), "nothing of B (or A) was moved aside"
+    only_b = ds.field("stripe") == "B"
+    rows_b = sum(
+        ds.dataset(root / t, partitioning="hive").to_table(filter=only_b).num_rows for t in TYPES
+    )
+    assert rows_b == received_b[0] > 0

@@ -458,15 +458,15 @@ def test_crash_never_exposes_partial_file_and_cleanup_quarantines(tmp_path: Path
     del crashed
 
 
-def test_cleanup_can_be_limited_to_one_stripe(tmp_path: Path) -> None:
+def test_cleanup_can_be_limited_to_some_stripes(tmp_path: Path) -> None:
     clock = Clock(T0)
     keep = []
-    for stripe in ("1", "2"):
+    for stripe in ("1", "2", "3"):
         s = PartitionSink(settings(tmp_path), stripe=stripe, session="x", now_ns=clock)
         s.write("T", make_batch(5, seq0=1))
         keep.append(s)
-    moved = cleanup_in_progress(tmp_path, stripe="1")
-    assert [m.parent.name for m in moved] == ["stripe=1"]
+    moved = cleanup_in_progress(tmp_path, ["1", "3"])
+    assert sorted(m.parent.name for m in moved) == ["stripe=1", "stripe=3"]
     assert [p.parent.name for p in inprogress(tmp_path)] == ["stripe=2"]
     keep[1].close()
     assert len(visible(tmp_path)) == 1

@@ -51,6 +51,7 @@ class Daemon:
     install_signals: bool = True
     stream_factory: StreamFactory | None = None  # tests: in-memory streams on the mock clock
     offload: Offload | None = None  # tests on the mock clock: blocking work inline, no threads
+    processes: int = 1  # stripe-group processes sharing the host's cores (capture.groups)
 
     def __post_init__(self) -> None:
         self._stop = trio.Event()
@@ -61,7 +62,7 @@ class Daemon:
         credentials = make_provider(self.cfg, self.environ, clock=self.clock)
         # Memory bounds for the process, not per stripe (capture.memory).
         self.in_flight = InFlightBudget(in_flight_limit(self.cfg))
-        decode_limiter = trio.CapacityLimiter(decode_slots())
+        decode_limiter = trio.CapacityLimiter(decode_slots(self.processes))
         self.workers = [
             StripeWorker(
                 self.cfg,
@@ -213,12 +214,8 @@ class Daemon:
 
     def _write_health(self, doc: dict[str, object] | None = None) -> None:
         path = self.cfg.health.path
-        if path is None:
-            return
-        try:
-            health.write_atomic(path, doc if doc is not None else self.health_doc())
-        except OSError as exc:
-            log.error("cannot write the health file", path=str(path), error=exc.strerror)
+        if path is not None:
+            health.publish(path, doc if doc is not None else self.health_doc())
 
     def _summary(self) -> str:
         doc = self.health_doc()

@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the capture daemon")
     run.add_argument("--config", "-c", required=True, type=Path, help="TOML configuration file")
+    # Set by the parent process for a stripe group's child (capture.groups): I/N:STRIPES.
+    run.add_argument("--group", help=argparse.SUPPRESS)
 
     chk = sub.add_parser("check-config", help="validate a configuration file and exit")
     chk.add_argument("config", type=Path)
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return sim_main(args_list[1:])
     args = _parser().parse_args(args_list)
     if args.command == "run":
-        return _run(args.config)
+        return _run(args.config, args.group)
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "health":
@@ -87,10 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
 
 
-def _load(path: Path, *, check_paths: bool = False) -> object:
+def _load(path: Path, *, check_paths: bool = False, text: str | None = None) -> object:
+    """The configuration at ``path`` (or ``text``, as if read from there), or None after
+    printing every problem."""
     from capture.config import Config, ConfigError
 
     try:
+        if text is not None:
+            return Config.from_toml_text(text, path, check_paths=check_paths)
         return Config.from_toml(path, check_paths=check_paths)
     except ConfigError as exc:
         print(
@@ -118,23 +124,72 @@ def _check_config(path: Path) -> int:
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
-def _run(path: Path) -> int:
+def _run(path: Path, group: str | None = None) -> int:
+    if group is not None:
+        return _run_group(path, group)
     from capture.memory import choose_allocators
 
-    choose_allocators()  # before pyarrow is imported
+    choose_allocators()  # before pyarrow is imported (also for stripe-group processes)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     import trio
 
-    from capture import logs
-    from capture.app import Daemon
+    from capture import groups, logs
     from capture.config import Config
 
-    cfg = _load(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"mlink-capture: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = _load(path, text=text)
     if not isinstance(cfg, Config):
         return EXIT_USAGE
     logs.configure(cfg.logging.level, cfg.logging.format)
-    daemon = Daemon(cfg)
-    return trio.run(daemon.run)
+    if len(groups.split(cfg.source.stripes, cfg.supervision.processes)) > 1:
+        # The parent of the stripe-group processes: it captures nothing (no pyarrow here) and
+        # hands each group the configuration it just read (capture.groups).
+        return trio.run(groups.Parent(cfg, path, text).run)
+    from capture.app import Daemon
+
+    return trio.run(Daemon(cfg).run)
+
+
+def _run_group(path: Path, group: str) -> int:
+    """A stripe group's process, started by the daemon (capture.groups): its configuration
+    comes on stdin, its exit status tells the daemon whether to restart it."""
+    import signal
+
+    # Until the daemon's handler is installed, SIGHUP (rotate) must not kill a starting group.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from capture.memory import choose_allocators
+
+    choose_allocators()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    import structlog
+    import trio
+
+    from capture import groups, logs
+    from capture.config import Config
+
+    try:
+        spec = groups.GroupSpec.parse(group)
+        text = groups.read_config_message()
+    except (OSError, ValueError) as exc:
+        print(f"mlink-capture run --group: {exc}", file=sys.stderr)
+        return groups.CHILD_BAD_CONFIG
+    cfg = _load(path, text=text)
+    if not isinstance(cfg, Config):
+        return groups.CHILD_BAD_CONFIG
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    try:
+        cfg = groups.child_config(cfg, spec)
+    except ValueError as exc:
+        print(f"mlink-capture run --group: {exc}", file=sys.stderr)
+        return groups.CHILD_BAD_CONFIG
+    structlog.contextvars.bind_contextvars(group=spec.index)
+    from capture.app import Daemon
+
+    return trio.run(groups.run_child, Daemon(cfg, processes=spec.count))
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -143,6 +143,9 @@ class SupervisionConfig:
     connect_timeout: float = 15.0
     logon_timeout: float = 10.0
     shutdown_grace: float = 20.0
+    # Stripes are split over this many child processes, one event loop (and GIL) each
+    # (capture.groups); 1: every stripe in this process.  More than the stripes: one each.
+    processes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +176,19 @@ class Config:
     def from_toml(cls, path: str | os.PathLike[str], *, check_paths: bool = False) -> Config:
         p = Path(path)
         try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError([f"{p}: file not found"], str(p)) from None
+        return cls.from_toml_text(text, p, check_paths=check_paths)
+
+    @classmethod
+    def from_toml_text(
+        cls, text: str, path: str | os.PathLike[str], *, check_paths: bool = False
+    ) -> Config:
+        """``text`` as if read from ``path`` (relative paths are relative to its directory)."""
+        p = Path(path)
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"not valid TOML: {exc}"], str(p)) from None
         return cls.from_mapping(raw, base_dir=p.parent, source=str(p), check_paths=check_paths)
@@ -362,6 +375,13 @@ class Config:
             r.problem("supervision.backoff_max", "must be >= supervision.backoff_initial")
         if supervision_cfg.backoff_multiplier < 1:
             r.problem("supervision.backoff_multiplier", "must be >= 1")
+        groups = min(supervision_cfg.processes, max(1, len(source_cfg.stripes)))
+        if groups > 1 and (output_cfg.memory_budget_mb or 0) < 16 * groups:
+            r.problem(
+                "output.memory_budget_mb",
+                f"must be >= 16 per stripe-group process ({16 * groups} for "
+                f"supervision.processes = {supervision_cfg.processes})",
+            )
 
         h = r.section("health", {"path", "interval", "quiet_after"})
         hpath = r.get(h, "health.path", str, default=None)

@@ -9,8 +9,12 @@ Schema (``"schema": 1``; documented in the README):
   ``journal_queue_mb``: received messages not yet written to the journal, ``in_flight_mb``
   and its peak: frames handed to writers and not yet decoded, ``row_group_buffers_mb``,
   ``budget_mb``; see :mod:`capture.memory`);
+* ``process.processes`` (only with ``supervision.processes`` > 1): per child process its
+  ``index``, ``pid``, ``stripes``, ``state`` (starting, running, backoff, failed, stopped),
+  ``restarts``, ``last_exit`` and memory; ``memory`` is then summed over the processes;
 * ``stripes``: per stripe code, ``state`` (starting, connecting, streaming, quiet, backoff,
-  auth_failed, failed, stopping, stopped) and the counters of :class:`capture.worker.StripeStats`.
+  auth_failed, failed, stopping, stopped; with stripe-group processes also ``unresponsive``:
+  its process stopped reporting) and the counters of :class:`capture.worker.StripeStats`.
 
 A stripe is *quiet* when it is connected but no data message arrived for ``quiet_after``
 seconds (heartbeats only): the connection is fine, the market may be closed.
@@ -27,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from capture import __version__
-from capture.logs import redact
+from capture.logs import get_logger, redact
 from capture.stats import StripeStats
+
+log = get_logger(component="health")
 
 OK_STATES = frozenset({"streaming", "quiet"})
 
@@ -54,14 +60,34 @@ def build(
     open_files: int,
     memory: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    stripes = {s.stripe: stripe_view(s, now_ns, quiet_after_s) for s in stats}
-    states = [v["state"] for v in stripes.values()]
+    return assemble(
+        {s.stripe: stripe_view(s, now_ns, quiet_after_s) for s in stats},
+        now_ns=now_ns,
+        started_ns=started_ns,
+        data_root=data_root,
+        open_files=open_files,
+        memory=memory,
+    )
+
+
+def assemble(
+    stripes: Mapping[str, Mapping[str, Any]],
+    *,
+    now_ns: int,
+    started_ns: int,
+    data_root: Path,
+    open_files: int,
+    memory: Mapping[str, Any] | None = None,
+    processes: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The document from per-stripe views (this process's, or its children's: capture.groups)."""
+    states = [str(v.get("state")) for v in stripes.values()]
     healthy = bool(states) and all(s in OK_STATES for s in states)
     counts: dict[str, int] = {}
     for s in states:
         counts[s] = counts.get(s, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    rows = sum(v["rows_written"] for v in stripes.values())
+    rows = sum(v.get("rows_written") or 0 for v in stripes.values())
     return {
         "schema": 1,
         "written_at": _iso(now_ns),
@@ -76,10 +102,11 @@ def build(
             "data_root": str(data_root),
             "open_files": open_files,
             # Frames received but not yet fsynced in the journals (all stripes).
-            "journal_lag_frames": sum(v["journal_lag_frames"] for v in stripes.values()),
+            "journal_lag_frames": sum(v.get("journal_lag_frames") or 0 for v in stripes.values()),
             "memory": dict(memory or {}),
+            **({"processes": processes} if processes is not None else {}),
         },
-        "stripes": stripes,
+        "stripes": dict(stripes),
     }
 
 
@@ -96,6 +123,17 @@ def write_atomic(path: Path, doc: Mapping[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish(path: Path, doc: Mapping[str, Any]) -> bool:
+    """:func:`write_atomic`, and an error log instead of an exception (a full disk must not stop
+    the daemon that reports it)."""
+    try:
+        write_atomic(path, doc)
+    except OSError as exc:
+        log.error("cannot write the health file", path=str(path), error=exc.strerror)
+        return False
+    return True
 
 
 def check(

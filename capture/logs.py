@@ -81,7 +81,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        # One write per line (print() makes two: the text, then the newline), so that the
+        # lines of stripe-group processes sharing stderr (capture.groups) never interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
 

@@ -2,7 +2,8 @@
 
 The daemon's memory is its baseline (the interpreter, pyarrow, ~80 MB) plus data in flight,
 and every kind of data in flight has a bound that holds for the *process*, whatever the number
-of stripes (``output.memory_budget_mb``, default 48):
+of stripes (``output.memory_budget_mb``, default 48; with ``supervision.processes`` = N each
+stripe-group process has 1/N of it and its own ~80 MB baseline, capture.groups):
 
 * frames not yet handed to a writer: at most ``pipeline.batch_rows`` per stripe and type;
 * frames handed to a writer and not yet decoded (queued, or being decoded): one
@@ -87,13 +88,15 @@ class InFlightBudget:
         self._lot.unpark_all()
 
 
-def decode_slots() -> int:
+def decode_slots(processes: int = 1) -> int:
     """How many batches may be decoded and written at once, all stripes together: one per
-    core the process may run on.  More would only hold more batches in memory at once."""
+    core the process may run on, shared with the other ``processes - 1`` stripe-group
+    processes (capture.groups).  More would only hold more batches in memory at once."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, processes))
 
 
 def rss_bytes() -> int | None:

@@ -1000,6 +1000,8 @@ def cleanup_in_progress(root: Path, stripes: Collection[str] | None = None) -> l
         here = Path(dirpath)
         if here == root:
             dirnames[:] = [d for d in dirnames if d != QUARANTINE_DIR]
+        if want_dirs is not None:  # other stripes' directories are not even listed
+            dirnames[:] = [d for d in dirnames if not d.startswith("stripe=") or d in want_dirs]
         names = sorted(n for n in filenames if _is_inprogress_name(n))
         if not names or (want_dirs is not None and here.name not in want_dirs):
             continue

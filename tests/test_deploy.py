@@ -48,7 +48,9 @@ def test_units_are_what_the_daemon_expects() -> None:
         text = (ROOT / "systemd" / unit).read_text()
         for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=",
                      "LoadCredential=mlink-api-key:", "ExecReload=/bin/kill -HUP $MAINPID",
-                     "KillSignal=SIGTERM"):
+                     "KillSignal=SIGTERM",
+                     # stripe-group processes: the daemon stops and restarts them itself
+                     "KillMode=mixed", "OOMPolicy=continue"):
             assert line in text, (unit, line)
     assert "--config /etc/mlink-capture/%i.toml" in (ROOT / "systemd" / UNITS[1]).read_text()
 

@@ -61,10 +61,13 @@ def simulator(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     proc.wait(timeout=10)
 
 
-def write_config(tmp_path: Path, port: int) -> Path:
+def write_config(tmp_path: Path, port: int, processes: int = 1) -> Path:
     cfg = tmp_path / "capture.toml"
     cfg.write_text(
         f"""
+[supervision]
+processes = {processes}
+
 [source]
 url = "ws://127.0.0.1:{port}/mlink/jsonf"
 stripes = ["A", "M"]
@@ -91,11 +94,15 @@ format = "auto"
     return cfg
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "a process per stripe"])
 def test_run_command_notify_rotate_and_graceful_stop(
-    tmp_path: Path, simulator: tuple[int, Path]
+    tmp_path: Path, simulator: tuple[int, Path], processes: int
 ) -> None:
+    """The same checks whether the stripes run in the daemon's process or in stripe-group
+    processes under it (supervision.processes, capture.groups): from the outside it is one
+    daemon with one health file, one sd_notify voice, and the same data."""
     port, record = simulator
-    cfg = write_config(tmp_path, port)
+    cfg = write_config(tmp_path, port, processes)
     notify = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify))
@@ -130,10 +137,20 @@ def test_run_command_notify_rotate_and_graceful_stop(
         _wait(streaming, 20, "both stripes streaming with rows written")
         # Memory as the operator sees it: the process's RSS, Arrow's allocator (glibc's,
         # chosen at start-up: capture.memory), the budget and what is in flight under it.
-        memory = json.loads(health_file.read_text())["process"]["memory"]
+        process = json.loads(health_file.read_text())["process"]
+        memory = process["memory"]
         assert memory["arrow_pool"] == "system"
         assert 30 < memory["rss_mb"] <= memory["peak_rss_mb"] < 1000
-        assert memory["budget_mb"] == 48
+        assert memory["budget_mb"] == 48  # the daemon's, split between the processes
+        if processes > 1:
+            groups = process["processes"]
+            assert [(g["stripes"], g["state"]) for g in groups] == [
+                (["A"], "running"),
+                (["M"], "running"),
+            ]
+            child_pids = {g["pid"] for g in groups}
+            assert len(child_pids) == 2 and daemon.pid not in child_pids
+            assert all(g["rss_mb"] > 30 for g in groups)
         assert 0 <= memory["in_flight_mb"] <= memory["in_flight_peak_mb"]
         assert memory["batching_mb"] >= 0 and memory["journal_queue_mb"] >= 0
         ok = subprocess.run(
@@ -155,6 +172,10 @@ def test_run_command_notify_rotate_and_graceful_stop(
             daemon.kill()
             daemon.wait()
     assert daemon.returncode == 0, err[-2000:]
+    if processes > 1:  # the children are gone with the daemon
+        for pid in child_pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
     drain()
     sock.close()
 

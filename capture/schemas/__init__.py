@@ -8,15 +8,16 @@ Nothing here touches the network or the CSV at run time.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-
-from capture.schemas.mapping import generic_schema, table_schema
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "FieldDef",
@@ -76,13 +77,16 @@ def _load() -> dict[str, MessageDef]:
     raw = resources.files(__name__).joinpath(_DICTIONARY_FILE).read_bytes()
     doc = json.loads(raw)
     out: dict[str, MessageDef] = {}
+    # 22k enum values in 308 distinct sets: one tuple per set, one string per name (every
+    # process loads this; the stripe-group processes of capture.groups each have a copy).
+    enums: dict[tuple[str, ...], tuple[str, ...]] = {}
     for name, body in doc["messages"].items():
         fields = tuple(
             FieldDef(
-                name=f["name"],
+                name=sys.intern(f["name"]),
                 fnum=f["fnum"],
-                ftype=f["type"],
-                enum_values=tuple(f.get("enum", ())),
+                ftype=sys.intern(f["type"]),
+                enum_values=enums.setdefault(values := tuple(f.get("enum", ())), values),
                 is_key=bool(f.get("key", False)),
                 repeater=f.get("repeater"),
             )
@@ -125,5 +129,9 @@ def arrow_schema(msg_type: str) -> pa.Schema:
 
     See ``capture.schemas.mapping`` for the column layout.
     """
+    # Imported here: the names above serve the configuration check and the stripe-group parent
+    # process (capture.groups), which have no use for pyarrow's ~40 MB.
+    from capture.schemas.mapping import generic_schema, table_schema
+
     msg = lookup(msg_type)
     return table_schema(msg) if msg is not None else generic_schema()

@@ -208,6 +208,7 @@ class Daemon:
             "in_flight_mb": _mb(self.in_flight.used),
             "in_flight_peak_mb": _mb(self.in_flight.peak),
             "row_group_buffers_mb": _mb(sum(w.sink.buffered_bytes for w in workers if w.sink)),
+            "open_footers_mb": _mb(sum(w.sink.open_footer_bytes for w in workers if w.sink)),
             "budget_mb": self.cfg.output.memory_budget_mb,
             "arrow_pool": arrow_pool_name(),
         }

@@ -8,7 +8,8 @@ Schema (``"schema": 1``; documented in the README):
   pool, ``batching_mb``: frames received and waiting for their batch to fill,
   ``journal_queue_mb``: received messages not yet written to the journal, ``in_flight_mb``
   and its peak: frames handed to writers and not yet decoded, ``row_group_buffers_mb``,
-  ``budget_mb``; see :mod:`capture.memory`);
+  ``open_footers_mb``: row-group metadata of the open files, ``budget_mb``; see
+  :mod:`capture.memory`);
 * ``process.processes`` (only with ``supervision.processes`` > 1): per child process its
   ``index``, ``pid``, ``stripes``, ``state`` (starting, running, backoff, failed, stopped),
   ``restarts``, ``last_exit`` and memory; ``memory`` is then summed over the processes;

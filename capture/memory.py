@@ -12,6 +12,9 @@ stripe-group process has 1/N of it and its own ~80 MB baseline, capture.groups):
   with the other waiting readers, so that no stripe starves;
 * decoded rows waiting to fill a row group: the other three quarters, split between the
   stripes' sinks (a sink over its share writes its largest buffer out as a row group);
+* the footers of the open files (the metadata of every row group written, kept until the
+  file is committed): the same share again per sink (over it, the file with the most is
+  committed early: capture.sink, ``footer_budget_bytes``);
 * batches being decoded or written at once: :func:`decode_slots` (one per core), each holding
   one batch's JSON, its parsed table and its Parquet pages.
 

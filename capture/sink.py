@@ -93,6 +93,9 @@ WRITER_ID: Final = f"mlink-capture {__version__}"
 
 _KNOWN_DIRS_MAX: Final = 4096
 _DATA_PAGE_SIZE: Final = 1 << 20  # 1 MiB: Arrow's default, stated explicitly
+# Memory an open ParquetWriter keeps per column chunk written (its footer metadata), measured
+# with pyarrow 26: ~0.9 KB, statistics or not (bench/README.md, history item 18).
+FOOTER_BYTES_PER_COLUMN_CHUNK: Final = 1024
 _COMPRESSIONS: Final = frozenset({"none", "snappy", "gzip", "brotli", "lz4", "zstd"})
 _PATH_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _SESSION_TAG = re.compile(r"[A-Za-z0-9]{1,12}")
@@ -137,6 +140,13 @@ class SinkSettings:
     #: Total buffered Arrow bytes across all open files of one sink; above it the largest
     #: buffer is flushed as a (smaller) row group.
     memory_budget_bytes: int = 256 * 2**20
+    #: An open file's footer (the metadata of every row group written so far) lives in memory
+    #: until the file is committed: ~1 KB per column chunk, ~33 KB per row group of
+    #: OptionNbboQuote.  Above this total across the sink's open files, the file with the most
+    #: is committed early (reason "footer").  Without it, memory grew with the time a file stays
+    #: open times its row groups: ~130 MB at full rate with 5-minute files.  None: the same as
+    #: ``memory_budget_bytes``.
+    footer_budget_bytes: int | None = None
     compression: str = "zstd"
     compression_level: int | None = None
     #: IANA zone for the date partition and for rotation alignment (DST-correct).
@@ -158,6 +168,10 @@ class SinkSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        footer = self.footer_budget_bytes
+        if footer is not None and (isinstance(footer, bool) or not isinstance(footer, int)
+                                   or footer <= 0):
+            raise ValueError(f"footer_budget_bytes must be a positive int, got {footer!r}")
         codec = self.compression.lower()
         if codec not in _COMPRESSIONS:
             raise ValueError(
@@ -191,8 +205,8 @@ class CommittedFile:
     bytes: int
     seq_min: int
     seq_max: int
-    #: "interval" | "size" | "idle" | "schema" | "shutdown" | "manual" (or the reason given
-    #: to rotate_all)
+    #: "interval" | "size" | "footer" | "idle" | "schema" | "shutdown" | "manual" (or the
+    #: reason given to rotate_all)
     reason: str
 
 
@@ -393,6 +407,17 @@ def _create_exclusive(path: Path) -> None:
     os.close(fd)
 
 
+def _leaf_columns(t: Any) -> int:
+    """Parquet column chunks per row group for an Arrow type (struct and list fields nest)."""
+    if pa.types.is_struct(t):
+        return sum(_leaf_columns(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_map(t):
+        return _leaf_columns(t.key_type) + _leaf_columns(t.item_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _leaf_columns(t.value_type)
+    return 1
+
+
 def _open_output(path: Path) -> Any:
     """Native (C++) output stream: written without the GIL, exposes tell() and fileno()."""
     return pa.OSFile(str(path), "wb")
@@ -455,9 +480,14 @@ class _OpenFile:
     seq_min: int = 0
     seq_max: int = 0
     row_groups: int = 0
+    leaf_columns: int = 1
 
     def approx_bytes(self) -> int:
         return int(self.stream.tell()) + self.buffered_bytes
+
+    def footer_bytes(self) -> int:
+        """Estimated memory of the footer being built (measured ~0.9 KB per column chunk)."""
+        return self.row_groups * self.leaf_columns * FOOTER_BYTES_PER_COLUMN_CHUNK
 
 
 class PartitionSink:
@@ -603,6 +633,11 @@ class PartitionSink:
         """Decoded bytes waiting for their row group (lock-free, like open_file_count)."""
         return self._buffered_bytes
 
+    @property
+    def open_footer_bytes(self) -> int:
+        """Estimated memory of the footers of the open files (row-group metadata)."""
+        return sum(f.footer_bytes() for f in list(self._files.values()))
+
     def statistics(self) -> SinkStatistics:
         with self._lock:
             return SinkStatistics(
@@ -711,6 +746,14 @@ class PartitionSink:
         self._enforce_memory_budget()
         if f.approx_bytes() >= s.max_file_bytes:
             self._commit(key, "size", out)
+        self._enforce_footer_budget(out)
+
+    def _enforce_footer_budget(self, out: list[CommittedFile]) -> None:
+        s = self._settings
+        budget = s.footer_budget_bytes or s.memory_budget_bytes
+        while self._files and self.open_footer_bytes > budget:
+            key = max(self._files, key=lambda k: self._files[k].footer_bytes())
+            self._commit(key, "footer", out)
 
     def _enforce_memory_budget(self) -> None:
         budget = self._settings.memory_budget_bytes
@@ -836,6 +879,7 @@ class PartitionSink:
             opened_ns=now,
             boundary_ns=boundary,
             last_write_ns=now,
+            leaf_columns=sum(_leaf_columns(field.type) for field in first.schema),
         )
         self._files[(msg_type, day, boundary)] = f
         return f

@@ -3,7 +3,8 @@ the configuration on stdin, then commands (``stop``, ``now``); health reports on
 
     python fake_group.py MODE STRIPE[,STRIPE...]
 
-MODE: ``report`` (reports every 50 ms, exits 0 on ``stop``, 2 on ``now``), ``crash`` (exits 1
+MODE: ``report`` (reports every 50 ms, exits 0 on ``stop``, 2 on ``now``), ``slow-stop`` (the
+same, but ignores ``stop``: a group still committing its files), ``crash`` (exits 1
 at once: an uncaught exception), ``all-failed`` (exits 3), ``bad-config`` (exits 78),
 ``silent`` (one report, then nothing, ignoring ``stop``: a wedged event loop).
 """
@@ -59,7 +60,7 @@ def main() -> int:
             pending += chunk
             if b"now\n" in pending:
                 return 2
-            if b"stop\n" in pending:
+            if b"stop\n" in pending and mode != "slow-stop":
                 return 0
         report(stripes)
 

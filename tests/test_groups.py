@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -242,8 +242,8 @@ async def _until(predicate: Callable[[], bool]) -> None:
         await trio.sleep(0.01)
 
 
-def _drive(parent: Parent, until: Callable[[], bool], then: Callable[[], None]) -> int:
-    """Run ``parent`` until ``until()``, call ``then()``, stop it; its exit status."""
+def _drive(parent: Parent, scenario: Callable[[], Awaitable[None]]) -> int:
+    """Run ``parent`` with ``scenario`` beside it, then stop it; its exit status."""
 
     async def main() -> int:
         code: list[int] = []
@@ -254,8 +254,7 @@ def _drive(parent: Parent, until: Callable[[], bool], then: Callable[[], None]) 
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run)
-                await _until(until)
-                then()
+                await scenario()
                 await parent.stop()
         return code[0]
 
@@ -271,10 +270,11 @@ def test_a_crashed_group_is_restarted_the_others_go_on(tmp_path: Path) -> None:
     a, b = parent.children
     seen: dict[str, Any] = {}
 
-    def snapshot() -> None:
+    async def scenario() -> None:
+        await _until(lambda: a.restarts >= 3 and b.state == "running")
         seen["health"] = _health_now(tmp_path)
 
-    code = _drive(parent, lambda: a.restarts >= 3 and b.state == "running", snapshot)
+    code = _drive(parent, scenario)
     doc = seen["health"]
     assert code == 0
     assert a.last_exit == "exit code 1" and a.restarts >= 3  # a crash: restarted, again and again
@@ -312,7 +312,11 @@ def test_a_group_that_cannot_be_started_is_retried(tmp_path: Path) -> None:
             return [str(tmp_path / "no-such-program")]
 
     parent = Missing(tmp_path, ["report", "report"])
-    code = _drive(parent, lambda: all(c.restarts >= 3 for c in parent.children), lambda: None)
+
+    async def scenario() -> None:
+        await _until(lambda: all(c.restarts >= 3 for c in parent.children))
+
+    code = _drive(parent, scenario)
     assert code == 0
     assert all(c.last_exit and c.last_exit.startswith("not started: ") for c in parent.children)
 
@@ -330,20 +334,7 @@ def test_a_silent_group_is_unresponsive_then_killed_and_restarted(tmp_path: Path
             states.append(parent.health_doc()["stripes"]["A"]["state"])
             await trio.sleep(0.02)
 
-    async def main() -> int:
-        with trio.fail_after(30):
-            async with trio.open_nursery() as nursery:
-                code: list[int] = []
-
-                async def run() -> None:
-                    code.append(await parent.run())
-
-                nursery.start_soon(run)
-                await watch()
-                await parent.stop()
-        return code[0]
-
-    assert trio.run(main) == 0
+    assert _drive(parent, watch) == 0
     assert "streaming" in states and "unresponsive" in states
     assert states.index("streaming") < states.index("unresponsive")
     assert a.restarts >= 1
@@ -353,23 +344,17 @@ def test_a_silent_group_is_unresponsive_then_killed_and_restarted(tmp_path: Path
 
 
 def test_a_second_stop_signal_tells_the_groups_to_stop_now(tmp_path: Path) -> None:
-    parent = FakeGroups(tmp_path, ["report", "report"])
+    """SIGTERM: each group is asked to stop (these take their time); a second SIGTERM: to
+    stop now (the stand-ins exit 2 on that)."""
+    parent = FakeGroups(tmp_path, ["slow-stop", "slow-stop"])
 
-    async def main() -> int:
-        with trio.fail_after(30):
-            async with trio.open_nursery() as nursery:
-                code: list[int] = []
+    async def scenario() -> None:
+        await _until(lambda: all(c.state == "running" for c in parent.children))
+        os.kill(os.getpid(), signal.SIGTERM)
+        await _until(lambda: parent._stopping)
+        assert all(c.proc is not None for c in parent.children)  # still stopping
+        os.kill(os.getpid(), signal.SIGTERM)
+        await _until(lambda: all(c.proc is None for c in parent.children))
 
-                async def run() -> None:
-                    code.append(await parent.run())
-
-                nursery.start_soon(run)
-                await _until(lambda: all(c.state == "running" for c in parent.children))
-                parent._stopping = True  # as after a first signal whose "stop" got lost
-                os.kill(os.getpid(), signal.SIGTERM)  # the operator's second signal
-                await _until(lambda: all(c.proc is None for c in parent.children))
-                await parent.stop()
-        return code[0]
-
-    assert trio.run(main) == 0
+    assert _drive(parent, scenario) == 0
     assert [c.last_exit for c in parent.children] == ["exit code 2", "exit code 2"]  # "now"

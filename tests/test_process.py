@@ -153,6 +153,7 @@ def test_run_command_notify_rotate_and_graceful_stop(
             assert all(g["rss_mb"] > 30 for g in groups)
         assert 0 <= memory["in_flight_mb"] <= memory["in_flight_peak_mb"]
         assert memory["batching_mb"] >= 0 and memory["journal_queue_mb"] >= 0
+        assert memory["open_footers_mb"] >= 0
         ok = subprocess.run(
             [str(BIN), "health", "--config", str(cfg), "--max-age", "10"],
             capture_output=True, text=True, check=False,

@@ -24,6 +24,7 @@ import pytest
 import capture
 from capture import sink as sink_mod
 from capture.sink import (
+    FOOTER_BYTES_PER_COLUMN_CHUNK,
     CommittedFile,
     PartitionSink,
     SinkClosedError,
@@ -331,6 +332,32 @@ def test_dictionary_and_struct_columns_with_changing_dictionaries(tmp_path: Path
 # --------------------------------------------------------------------------------------------
 # Rotation
 # --------------------------------------------------------------------------------------------
+
+
+def test_footer_budget_bounds_the_row_groups_open_files_hold(tmp_path: Path) -> None:
+    """An open file keeps every written row group's metadata until it is committed: with many
+    small row groups (many busy stripes, a small budget) a file is committed before its
+    interval ends once the sink's open footers would exceed the budget.  Nothing is lost."""
+    clock = Clock(T0)
+    columns = len(make_batch(1, seq0=1).schema)  # flat: one column chunk per field
+    per_group = columns * FOOTER_BYTES_PER_COLUMN_CHUNK
+    sink = new_sink(tmp_path, clock, row_group_rows=1024, footer_budget_bytes=10 * per_group)
+    committed: list[CommittedFile] = []
+    for i in range(60):  # 60 row groups of 1024 rows, all in one rotation interval
+        committed += sink.write("T", make_batch(1024, seq0=1 + 1024 * i))
+        assert sink.open_footer_bytes <= 10 * per_group
+    assert {cf.reason for cf in committed} == {"footer"}
+    committed += sink.close()
+    assert sum(cf.rows for cf in committed) == 60 * 1024
+    groups = [pq.ParquetFile(cf.path).metadata.num_row_groups for cf in committed]
+    assert max(groups) <= 11 and len(committed) >= 6  # instead of one file of 60 row groups
+    ranges = sorted((cf.seq_min, cf.seq_max) for cf in committed)
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges))
+    # Without the bound (the default: the sink's memory budget, 256 MB here) one file.
+    other = new_sink(tmp_path / "default", clock, row_group_rows=1024)
+    for i in range(60):
+        assert other.write("T", make_batch(1024, seq0=1 + 1024 * i)) == []
+    assert len(other.close()) == 1
 
 
 def test_size_bound_rotates_and_seq_ranges_tile(tmp_path: Path) -> None:

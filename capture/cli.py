@@ -124,17 +124,23 @@ def _check_config(path: Path) -> int:
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+def _prepare_process() -> None:
+    """What every daemon process sets first: its allocators (before pyarrow is imported) and
+    the GIL hand-off interval."""
+    from capture.memory import choose_allocators
+
+    choose_allocators()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
 def _run(path: Path, group: str | None = None) -> int:
     if group is not None:
         return _run_group(path, group)
-    from capture.memory import choose_allocators
-
-    choose_allocators()  # before pyarrow is imported (also for stripe-group processes)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    _prepare_process()
     import trio
 
     from capture import groups, logs
-    from capture.config import Config
+    from capture.config import Config, group_count
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -145,7 +151,7 @@ def _run(path: Path, group: str | None = None) -> int:
     if not isinstance(cfg, Config):
         return EXIT_USAGE
     logs.configure(cfg.logging.level, cfg.logging.format)
-    if len(groups.split(cfg.source.stripes, cfg.supervision.processes)) > 1:
+    if group_count(cfg.supervision.processes, len(cfg.source.stripes)) > 1:
         # The parent of the stripe-group processes: it captures nothing (no pyarrow here) and
         # hands each group the configuration it just read (capture.groups).
         return trio.run(groups.Parent(cfg, path, text).run)
@@ -161,10 +167,7 @@ def _run_group(path: Path, group: str) -> int:
 
     # Until the daemon's handler is installed, SIGHUP (rotate) must not kill a starting group.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from capture.memory import choose_allocators
-
-    choose_allocators()
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    _prepare_process()
     import structlog
     import trio
 

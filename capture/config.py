@@ -161,6 +161,12 @@ class LoggingConfig:
     format: str = "auto"  # auto: console on a TTY, JSON lines otherwise
 
 
+def group_count(processes: int, stripes: int) -> int:
+    """Stripe-group processes for ``supervision.processes`` and this many stripes: at most one
+    per stripe, at least one (capture.groups)."""
+    return max(1, min(processes, stripes))
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: SourceConfig
@@ -375,7 +381,7 @@ class Config:
             r.problem("supervision.backoff_max", "must be >= supervision.backoff_initial")
         if supervision_cfg.backoff_multiplier < 1:
             r.problem("supervision.backoff_multiplier", "must be >= 1")
-        groups = min(supervision_cfg.processes, max(1, len(source_cfg.stripes)))
+        groups = group_count(supervision_cfg.processes, len(source_cfg.stripes))
         if groups > 1 and (output_cfg.memory_budget_mb or 0) < 16 * groups:
             r.problem(
                 "output.memory_budget_mb",

@@ -39,7 +39,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +47,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from capture import health
-from capture.backoff import Backoff
-from capture.config import Config
+from capture.backoff import RestartLimit
+from capture.config import Config, group_count
 from capture.logs import get_logger
 from capture.memory import peak_rss_bytes, rss_bytes
 from capture.sdnotify import Notifier
@@ -84,7 +83,7 @@ _CUMULATIVE = (
 
 def split(stripes: Sequence[str], processes: int) -> list[tuple[str, ...]]:
     """Round robin: stripe i goes to group i mod N (N at most the number of stripes)."""
-    n = max(1, min(processes, len(stripes)))
+    n = group_count(processes, len(stripes))
     return [tuple(stripes[i::n]) for i in range(n)]
 
 
@@ -307,54 +306,34 @@ class Parent:
                 pass  # exiting anyway (its exit is on its way to _keep)
 
     async def _keep(self, child: Child) -> None:
-        """Run one group's process; restart it when it dies unexpectedly."""
-        p = self.cfg.supervision
-        backoff = Backoff(p.backoff_initial, p.backoff_max, p.backoff_multiplier, p.backoff_jitter)
-        failures: deque[float] = deque()
+        """Run one group's process; restart it when it dies unexpectedly (the stripes'
+        supervision policy: capture.backoff.RestartLimit)."""
+        restarts = RestartLimit.of(self.cfg.supervision, self.rng)
         while True:
             self._carry(child)
             child.state = "starting"
             code = await self._run_once(child)
+            glog = log.bind(group=child.index, stripes=list(child.stripes), exit=child.last_exit)
             if self._stopping:
                 child.state = "stopped"
-                (log.info if code in (0, None) else log.error)(
-                    "group stopped", group=child.index, exit=child.last_exit
-                )
+                (glog.info if code in (0, None) else glog.error)("group stopped")
                 return
             if code in (CHILD_ALL_FAILED, CHILD_BAD_CONFIG):
                 child.state = "failed"
                 why = "every stripe failed" if code == CHILD_ALL_FAILED else "unusable config"
-                log.critical(
-                    f"group exited and stays down: {why}",
-                    group=child.index,
-                    stripes=list(child.stripes),
-                    exit=child.last_exit,
-                )
+                glog.critical(f"group exited and stays down: {why}")
                 return
-            now = trio.current_time()
-            failures.append(now)
-            while failures and now - failures[0] > p.restart_window:
-                failures.popleft()
-            if len(failures) > p.max_restarts:
+            delay = restarts.failed(trio.current_time())
+            if delay is None:
                 child.state = "failed"
-                log.critical(
+                glog.critical(
                     "group failed too often; giving up on it",
-                    group=child.index,
-                    stripes=list(child.stripes),
-                    exit=child.last_exit,
-                    failures=len(failures),
-                    window_s=p.restart_window,
+                    failures=restarts.recent,
+                    window_s=restarts.window,
                 )
                 return
-            delay = backoff.delay(len(failures) - 1, self.rng)
             child.state = "backoff"
-            log.error(
-                "group process died; restarting it",
-                group=child.index,
-                stripes=list(child.stripes),
-                exit=child.last_exit,
-                delay=delay,
-            )
+            glog.error("group process died; restarting it", delay=delay)
             with trio.move_on_after(delay):
                 await self._stop.wait()
             if self._stop.is_set():
@@ -482,8 +461,10 @@ class Parent:
                 self._kill_unresponsive(now)
                 doc = self.health_doc()
                 self._write_health(doc)
-                if not self._ready and not self._stopping and all(
-                    c.doc is not None or c.state == "failed" for c in self.children
+                if (
+                    not self._ready
+                    and not self._stopping
+                    and all(c.doc is not None or c.state == "failed" for c in self.children)
                 ):
                     self._ready = True
                     self.notifier.ready(str(doc["summary"]))

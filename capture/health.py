@@ -126,15 +126,13 @@ def write_atomic(path: Path, doc: Mapping[str, Any]) -> None:
         raise
 
 
-def publish(path: Path, doc: Mapping[str, Any]) -> bool:
+def publish(path: Path, doc: Mapping[str, Any]) -> None:
     """:func:`write_atomic`, and an error log instead of an exception (a full disk must not stop
     the daemon that reports it)."""
     try:
         write_atomic(path, doc)
     except OSError as exc:
         log.error("cannot write the health file", path=str(path), error=exc.strerror)
-        return False
-    return True
 
 
 def check(

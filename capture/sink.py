@@ -164,14 +164,13 @@ class SinkSettings:
                 "commit_grace_s must be >= 0 and below rotate_interval_s, "
                 f"got {self.commit_grace_s!r}"
             )
-        for name in ("max_file_bytes", "row_group_rows", "row_group_bytes", "memory_budget_bytes"):
+        for name in ("max_file_bytes", "row_group_rows", "row_group_bytes", "memory_budget_bytes",
+                     "footer_budget_bytes"):  # fmt: skip
             value = getattr(self, name)
+            if value is None and name == "footer_budget_bytes":
+                continue  # the default: memory_budget_bytes
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        footer = self.footer_budget_bytes
-        if footer is not None and (isinstance(footer, bool) or not isinstance(footer, int)
-                                   or footer <= 0):
-            raise ValueError(f"footer_budget_bytes must be a positive int, got {footer!r}")
         codec = self.compression.lower()
         if codec not in _COMPRESSIONS:
             raise ValueError(

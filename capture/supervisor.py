@@ -11,12 +11,11 @@ down, so one stripe's failure never takes the others with it.  ``Cancelled`` and
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Callable, Sequence
 
 import trio
 
-from capture.backoff import Backoff
+from capture.backoff import RestartLimit
 from capture.config import SupervisionConfig
 from capture.logs import get_logger, redact
 from capture.worker import StripeWorker
@@ -58,9 +57,7 @@ class Supervisor:
     async def _supervise(
         self, stripe: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        p = self.policy
-        backoff = Backoff(p.backoff_initial, p.backoff_max, p.backoff_multiplier, p.backoff_jitter)
-        failures: deque[float] = deque()
+        restarts = RestartLimit.of(self.policy, self.rng)
         first = True
         while True:
             worker = self.workers[stripe]
@@ -72,10 +69,7 @@ class Supervisor:
                     await worker.run()
                 return  # stopped on request
             except Exception as exc:  # the supervisor is the catch-all boundary
-                now = trio.current_time()
-                failures.append(now)
-                while failures and now - failures[0] > p.restart_window:
-                    failures.popleft()
+                delay = restarts.failed(trio.current_time())
                 error = redact(describe(exc))
                 worker.stats.last_error = error
                 if first:
@@ -84,18 +78,17 @@ class Supervisor:
                 if self._stopping:
                     log.error("worker failed while stopping", stripe=stripe, error=error)
                     return
-                if len(failures) > p.max_restarts:
+                if delay is None:
                     worker.stats.state = "failed"
                     self.failed.add(stripe)
                     log.critical(
                         "worker failed too often; giving up on this stripe",
                         stripe=stripe,
                         error=error,
-                        failures=len(failures),
-                        window_s=p.restart_window,
+                        failures=restarts.recent,
+                        window_s=restarts.window,
                     )
                     return
-                delay = backoff.delay(len(failures) - 1, self.rng)
                 worker.stats.state = "backoff"
                 log.error(
                     "worker failed; restarting",

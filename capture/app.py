@@ -22,6 +22,7 @@ from capture.memory import (
     arrow_pool_name,
     decode_slots,
     peak_rss_bytes,
+    pss_bytes,
     rss_bytes,
 )
 from capture.sdnotify import Notifier
@@ -201,6 +202,7 @@ class Daemon:
         workers = self.supervisor.workers.values()
         return {
             "rss_mb": _mb(rss_bytes()),
+            "pss_mb": _mb(pss_bytes()),
             "peak_rss_mb": _mb(peak_rss_bytes()),
             "arrow_mb": _mb(arrow_allocated_bytes()),
             "batching_mb": _mb(sum(w.batching_bytes for w in workers)),

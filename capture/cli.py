@@ -7,6 +7,8 @@ daemon unhealthy; 2 bad usage or configuration (or ``health`` cannot tell).
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -152,17 +154,27 @@ def _run(path: Path, group: str | None = None) -> int:
         return EXIT_USAGE
     logs.configure(cfg.logging.level, cfg.logging.format)
     if group_count(cfg.supervision.processes, len(cfg.source.stripes)) > 1:
-        # The parent of the stripe-group processes: it captures nothing (no pyarrow here) and
-        # hands each group the configuration it just read (capture.groups).
-        return trio.run(groups.Parent(cfg, path, text).run)
+        # The parent of the stripe-group processes: it captures nothing and hands each group
+        # the configuration it just read (capture.groups).  The groups are forked from a server
+        # forked from here, now, before any event loop or thread exists (capture.forkserver).
+        server = None
+        if cfg.supervision.fork_server:
+            from capture import forkserver
+
+            forkserver.preload()
+            server = forkserver.ForkServer.start(
+                functools.partial(_run_group, path), groups.child_environment(os.environ)
+            )
+        return trio.run(groups.Parent(cfg, path, text, forkserver=server).run)
     from capture.app import Daemon
 
     return trio.run(Daemon(cfg).run)
 
 
 def _run_group(path: Path, group: str) -> int:
-    """A stripe group's process, started by the daemon (capture.groups): its configuration
-    comes on stdin, its exit status tells the daemon whether to restart it."""
+    """A stripe group's process, started by the daemon (capture.groups), exec'd or forked by
+    the fork server: its configuration comes on stdin, its exit status tells the daemon whether
+    to restart it."""
     import signal
 
     # Until the daemon's handler is installed, SIGHUP (rotate) must not kill a starting group.

@@ -146,6 +146,9 @@ class SupervisionConfig:
     # Stripes are split over this many child processes, one event loop (and GIL) each
     # (capture.groups); 1: every stripe in this process.  More than the stripes: one each.
     processes: int = 1
+    # Fork those processes from one that has imported everything (shared memory, capture.forkserver)
+    # rather than exec each; false: exec.
+    fork_server: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +374,9 @@ class Config:
         for name in sorted(sv_keys):
             default = getattr(defaults, name)
             key = f"supervision.{name}"
-            if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(default, bool):
+                sv_values[name] = r.get(sv, key, bool, default=default)
+            elif isinstance(default, int):
                 sv_values[name] = r.get(sv, key, int, default=default, check=_at_least(1))
             else:
                 check = _fraction if name == "backoff_jitter" else _positive

@@ -49,8 +49,9 @@ import trio
 from capture import health
 from capture.backoff import RestartLimit
 from capture.config import Config, group_count
+from capture.forkserver import ForkedProcess, ForkServer, ForkServerError
 from capture.logs import get_logger
-from capture.memory import peak_rss_bytes, rss_bytes
+from capture.memory import peak_rss_bytes, pss_bytes, rss_bytes
 from capture.sdnotify import Notifier
 from capture.stats import StripeStats
 
@@ -79,6 +80,12 @@ _CUMULATIVE = (
     "files_committed", "connects", "restarts", "quarantined_frames", "garbage_bytes",
     "drift_rows", "type_number_mismatches", "reader_wait_seconds",
 )  # fmt: skip
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """A child's environment: the daemon's, without what only the daemon may use (systemd's
+    notify socket and watchdog: the daemon speaks for all)."""
+    return {k: v for k, v in environ.items() if k not in _PARENT_ONLY_ENV}
 
 
 def split(stripes: Sequence[str], processes: int) -> list[tuple[str, ...]]:
@@ -214,8 +221,9 @@ class Child:
     index: int
     stripes: tuple[str, ...]
     state: str = "starting"  # starting, running, backoff, failed, stopped
-    proc: trio.Process | None = None
+    proc: trio.Process | ForkedProcess | None = None
     pid: int | None = None
+    forked: bool = False  # this process came from the fork server (else exec)
     restarts: int = 0
     last_exit: str | None = None
     abnormal: bool = False  # the last exit was not a stop on request
@@ -237,15 +245,14 @@ class Parent:
         notifier: Notifier | None = None,
         environ: dict[str, str] | None = None,
         rng: random.Random | None = None,
+        forkserver: ForkServer | None = None,
     ) -> None:
         self.cfg = cfg
+        self.forkserver = forkserver
         self.config_path = config_path.absolute()
         self._config_message = config_message(config_text)
         self.notifier = notifier or Notifier()
-        env = dict(os.environ if environ is None else environ)
-        for key in _PARENT_ONLY_ENV:
-            env.pop(key, None)
-        self.child_env = env
+        self.child_env = child_environment(os.environ if environ is None else environ)
         self.rng = rng or random.Random()
         groups = split(cfg.source.stripes, cfg.supervision.processes)
         self.children = [Child(i, g) for i, g in enumerate(groups)]
@@ -274,6 +281,8 @@ class Parent:
             outer.start_soon(self._signals)
             outer.start_soon(self._stop_watch)
             outer.start_soon(self._monitor)
+            if self.forkserver is not None:
+                outer.start_soon(self.forkserver.serve)
             if self.notifier.watchdog_interval:
                 outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
             async with trio.open_nursery() as children:
@@ -282,6 +291,8 @@ class Parent:
             self.notifier.stopping(self._summary())
             self._write_health()
             outer.cancel_scope.cancel()
+        if self.forkserver is not None:
+            await self.forkserver.aclose()
         if all(c.state == "failed" for c in self.children):
             log.critical("every stripe group failed; exiting")
             return EXIT_ALL_FAILED
@@ -345,15 +356,17 @@ class Parent:
         """One process of the group, start to exit: its status (None: it did not start)."""
         child.doc = None
         try:
-            proc = await trio.lowlevel.open_process(
-                self.command(child), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                env=self.child_env,
-            )  # fmt: skip
-        except OSError as exc:  # fork/exec refused (no memory, no such file, ...)
-            child.last_exit, child.abnormal = f"not started: {exc.strerror or exc}", True
+            proc = await self._start(child)
+        except (OSError, ForkServerError) as exc:  # fork/exec refused (no memory, no file, ...)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            child.last_exit, child.abnormal = f"not started: {reason}", True
             return None
         child.proc, child.pid = proc, proc.pid
-        log.info("group started", group=child.index, pid=proc.pid, stripes=list(child.stripes))
+        child.forked = isinstance(proc, ForkedProcess)
+        log.info(
+            "group started", group=child.index, pid=proc.pid, stripes=list(child.stripes),
+            forked=child.forked,
+        )  # fmt: skip
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_reports, child, proc)
             assert proc.stdin is not None
@@ -366,13 +379,37 @@ class Parent:
             code = await proc.wait()
             nursery.cancel_scope.cancel()
         child.proc = None
-        if proc.stdin is not None:
-            await proc.stdin.aclose()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                await stream.aclose()
+        if isinstance(proc, ForkedProcess):
+            await proc.aclose()
+        if code is None:  # its parent, the fork server, is gone
+            child.last_exit, child.abnormal = "exit status unknown (fork server lost)", True
+            return None
         child.last_exit = describe_exit(code)
         child.abnormal = not (self._stopping and code == 0)
         return code
 
-    async def _read_reports(self, child: Child, proc: trio.Process) -> None:
+    async def _start(self, child: Child) -> trio.Process | ForkedProcess:
+        """A new process for the group: forked by the fork server while it is there, else
+        exec'd.  OSError or ForkServerError if neither works."""
+        server = self.forkserver
+        if server is not None and server.usable:
+            try:
+                return await server.spawn(
+                    GroupSpec(child.index, len(self.children), child.stripes).argument()
+                )
+            except ForkServerError:
+                if server.usable:
+                    raise  # this fork failed (no memory?): like a failed exec, retried later
+                # the server is gone (it said why): exec from now on
+        return await trio.lowlevel.open_process(
+            self.command(child), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=self.child_env,
+        )  # fmt: skip
+
+    async def _read_reports(self, child: Child, proc: trio.Process | ForkedProcess) -> None:
         """The child's health reports, one JSON line each, as they come."""
         assert proc.stdout is not None
         buf = bytearray()
@@ -527,22 +564,25 @@ class Parent:
                 {
                     "index": child.index,
                     "pid": child.pid if child.proc is not None else None,
+                    "forked": child.forked if child.proc is not None else None,
                     "stripes": list(child.stripes),
                     "state": child.state,
                     "restarts": child.restarts,
                     "last_exit": child.last_exit,
                     "rss_mb": child_memory.get("rss_mb"),
+                    "pss_mb": child_memory.get("pss_mb"),
                     "peak_rss_mb": child_memory.get("peak_rss_mb"),
                 }
             )
-        own, own_peak = rss_bytes(), peak_rss_bytes()
+        own, own_pss, own_peak = rss_bytes(), pss_bytes(), peak_rss_bytes()
         memory["parent_rss_mb"] = None if own is None else round(own / 2**20, 1)
         _add_memory(
             memory,
             {"rss_mb": None if own is None else own / 2**20,
+             "pss_mb": None if own_pss is None else own_pss / 2**20,
              "peak_rss_mb": None if own_peak is None else own_peak / 2**20},
         )  # fmt: skip
-        return health.assemble(
+        doc = health.assemble(
             stripes,
             now_ns=time.time_ns(),
             started_ns=self.started_ns,
@@ -551,6 +591,11 @@ class Parent:
             memory=memory,
             processes=processes,
         )
+        server = self.forkserver
+        doc["process"]["fork_server"] = (
+            None if server is None else {"pid": server.pid, "lost": server.lost}
+        )
+        return doc
 
     def _write_health(self, doc: dict[str, Any] | None = None) -> None:
         path = self.cfg.health.path

@@ -4,7 +4,8 @@ Schema (``"schema": 1``; documented in the README):
 
 * ``written_at`` (ISO 8601 UTC), ``written_at_ns``, ``healthy`` (bool), ``summary`` (one line);
 * ``process``: ``version``, ``pid``, ``started_at``, ``uptime_s``, ``data_root``, ``open_files``,
-  ``journal_lag_frames``, ``memory`` (``rss_mb`` and ``peak_rss_mb``, ``arrow_mb``: Arrow's
+  ``journal_lag_frames``, ``memory`` (``rss_mb``, ``pss_mb``: the proportional set size, which
+  counts pages shared with other processes a share each, ``peak_rss_mb``, ``arrow_mb``: Arrow's
   pool, ``batching_mb``: frames received and waiting for their batch to fill,
   ``journal_queue_mb``: received messages not yet written to the journal, ``in_flight_mb``
   and its peak: frames handed to writers and not yet decoded, ``row_group_buffers_mb``,
@@ -12,7 +13,10 @@ Schema (``"schema": 1``; documented in the README):
   :mod:`capture.memory`);
 * ``process.processes`` (only with ``supervision.processes`` > 1): per child process its
   ``index``, ``pid``, ``stripes``, ``state`` (starting, running, backoff, failed, stopped),
-  ``restarts``, ``last_exit`` and memory; ``memory`` is then summed over the processes;
+  ``restarts``, ``last_exit``, ``forked`` (from the fork server, else exec'd) and memory;
+  ``memory`` is then summed over the processes (``pss_mb`` is the sum that means something:
+  RSS counts the pages the processes share once per process); ``process.fork_server``:
+  its ``pid`` and why it was ``lost`` (null while it serves), or null (exec only);
 * ``stripes``: per stripe code, ``state`` (starting, connecting, streaming, quiet, backoff,
   auth_failed, failed, stopping, stopped; with stripe-group processes also ``unresponsive``:
   its process stopped reporting) and the counters of :class:`capture.worker.StripeStats`.

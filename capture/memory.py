@@ -113,6 +113,22 @@ def rss_bytes() -> int | None:
         return None
 
 
+def pss_bytes() -> int | None:
+    """Proportional set size now (Linux 4.14: /proc/self/smaps_rollup): pages shared with other
+    processes (the stripe groups and the daemon share their imports: capture.forkserver) count
+    a share each, so PSS adds up over processes where RSS counts shared pages every time."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/proc/self/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def peak_rss_bytes() -> int | None:
     """This process's highest resident set size so far (Linux: ``VmHWM``), or None.
 
@@ -153,9 +169,15 @@ def choose_allocators() -> None:
     * Arrow's pool: glibc's malloc.  mimalloc keeps freed pages per thread, and decode threads
       come and go; glibc gives large blocks back when they are freed.
     * glibc: at most 2 arenas (it makes one per thread that allocates, and keeps them).
+    * with the system pool, no jemalloc background thread (``JE_ARROW_MALLOC_CONF``).
     """
     if "pyarrow" not in sys.modules:  # (in-process callers, e.g. tests: too late, keep it)
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+        if os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "system":
+            # pyarrow starts its bundled jemalloc's background thread at import even when the
+            # pool is not jemalloc; that thread would make the daemon multi-threaded before it
+            # forks its stripe-group server (capture.forkserver).
+            os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
     if "MALLOC_ARENA_MAX" not in os.environ and sys.platform.startswith("linux"):
         try:
             import ctypes

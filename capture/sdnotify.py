@@ -33,6 +33,10 @@ class Notifier:
             return False
         message = "\n".join(fields).encode("utf-8")
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # Never wait: this runs on the event loop, and a receiver that does not read (its
+            # queue holds net.unix.max_dgram_qlen datagrams, 10 by default) must not stop the
+            # capture.  A message it had no room for is dropped (False).
+            sock.setblocking(False)
             try:
                 sock.connect(self._addr)
                 sock.sendall(message)

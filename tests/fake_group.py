@@ -3,6 +3,8 @@ the configuration on stdin, then commands (``stop``, ``now``); health reports on
 
     python fake_group.py MODE STRIPE[,STRIPE...]
 
+or, in a process forked by the fork server (capture.forkserver), ``run(MODE, STRIPES)``.
+
 MODE: ``report`` (reports every 50 ms, exits 0 on ``stop``, 2 on ``now``), ``slow-stop`` (the
 same, but ignores ``stop``: a group still committing its files), ``crash`` (exits 1
 at once: an uncaught exception), ``all-failed`` (exits 3), ``bad-config`` (exits 78),
@@ -31,7 +33,10 @@ def report(stripes: list[str]) -> None:
 
 
 def main() -> int:
-    mode, stripes = sys.argv[1], sys.argv[2].split(",")
+    return run(sys.argv[1], sys.argv[2].split(","))
+
+
+def run(mode: str, stripes: list[str]) -> int:
     header = b""
     while not header.endswith(b"\n"):
         header += os.read(0, 1)

@@ -8,6 +8,7 @@ group's process dies, and when the parent dies.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -17,12 +18,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import fake_group
 import pyarrow.dataset as ds
 import pytest
 import trio
 from test_process import BIN, KEY, _wait, simulator, write_config
 
 from capture.config import Config, ConfigError
+from capture.forkserver import ForkServer
 from capture.groups import (
     Child,
     GroupSpec,
@@ -59,6 +62,13 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def _shared_dirty_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Shared_Dirty:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no Shared_Dirty in smaps_rollup")
+
+
 def _rows(root: Path, msg_type: str, stripe: str) -> list[int]:
     table = ds.dataset(root / msg_type, format="parquet", partitioning="hive").to_table()
     ordered = table.select(["_seq", "h_seqN", "stripe"]).sort_by("_seq").to_pylist()
@@ -89,6 +99,10 @@ def test_a_killed_group_is_restarted_and_a_killed_parent_stops_its_groups(
 
         _wait(streaming, 30, "both stripes streaming with rows written")
         first = _groups(health_file)
+        # Forked by the fork server, they share the daemon's imports copy-on-write: pages
+        # written by the daemon before the fork and not by the group since.
+        assert first["A"]["forked"] is True and first["M"]["forked"] is True
+        assert all(_shared_dirty_mb(g["pid"]) > 8 for g in first.values())
         os.kill(first["A"]["pid"], signal.SIGKILL)  # the OOM killer, say
 
         def a_back() -> bool:
@@ -103,8 +117,10 @@ def test_a_killed_group_is_restarted_and_a_killed_parent_stops_its_groups(
 
         # In between, the health file tells the truth about A (and M is undisturbed).
         _wait(
-            lambda: _health(health_file).get("stripes", {}).get("A", {}).get("state")
-            not in (None, "streaming"),
+            lambda: (
+                _health(health_file).get("stripes", {}).get("A", {}).get("state")
+                not in (None, "streaming")
+            ),
             10,
             "A down",
         )
@@ -113,11 +129,13 @@ def test_a_killed_group_is_restarted_and_a_killed_parent_stops_its_groups(
         assert down["stripes"]["M"]["state"] == "streaming"
         _wait(a_back, 30, "A's group restarted and streaming")
         assert _groups(health_file)["A"]["last_exit"] == "killed by SIGKILL"
+        assert _groups(health_file)["A"]["forked"] is True  # the restart too
         assert _groups(health_file)["M"]["pid"] == first["M"]["pid"]  # M's process untouched
         rows_a = _health(health_file)["stripes"]["A"]["rows_written"]
         _wait(
-            lambda: _health(health_file).get("stripes", {}).get("A", {}).get("rows_written", 0)
-            > rows_a,
+            lambda: (
+                _health(health_file).get("stripes", {}).get("A", {}).get("rows_written", 0) > rows_a
+            ),
             30,
             "rows written by A's new process",
         )
@@ -222,19 +240,39 @@ def _raw(tmp_path: Path, stripes: list[str], processes: int = 2, **over: Any) ->
     return raw
 
 
-class FakeGroups(Parent):
-    """The real parent; each group runs tests/fake_group.py in the mode given for it."""
+def _fake_entry(modes: tuple[str, ...], group: str) -> int:
+    """A forked group's entry point (capture.forkserver): the stand-in, in its mode."""
+    spec = GroupSpec.parse(group)
+    return fake_group.run(modes[spec.index], list(spec.stripes))
 
-    def __init__(self, tmp_path: Path, modes: list[str], **over: Any) -> None:
+
+class FakeGroups(Parent):
+    """The real parent; each group runs tests/fake_group.py in the mode given for it, exec'd,
+    or forked by a real fork server (``fork``)."""
+
+    def __init__(self, tmp_path: Path, modes: list[str], fork: bool = False, **over: Any) -> None:
         stripes = [chr(ord("A") + i) for i in range(len(modes))]
         cfg = Config.from_mapping(_raw(tmp_path, stripes, processes=len(modes), **over))
         text = '[source]\nurl = "ws://127.0.0.1:1/mlink/jsonf"\n'
-        super().__init__(cfg, tmp_path / "capture.toml", text, environ=dict(os.environ))
+        server = None
+        if fork:  # (this test process runs pyarrow's threads; the daemon has none when it forks)
+            entry = functools.partial(_fake_entry, tuple(modes))
+            server = ForkServer.start(entry, allow_threads=True)
+            assert server is not None
+        super().__init__(
+            cfg, tmp_path / "capture.toml", text, environ=dict(os.environ), forkserver=server
+        )
         self.modes = modes
 
     def command(self, child: Child) -> list[str]:
         fake = str(Path(__file__).with_name("fake_group.py"))
         return [sys.executable, fake, self.modes[child.index], ",".join(child.stripes)]
+
+
+@pytest.fixture(params=[False, True], ids=["exec", "fork"])
+def fork(request: pytest.FixtureRequest) -> bool:
+    """Stand-in groups exec'd, or forked by the fork server: the parent treats them alike."""
+    return bool(request.param)
 
 
 async def _until(predicate: Callable[[], bool]) -> None:
@@ -265,8 +303,8 @@ def _health_now(tmp_path: Path) -> dict[str, Any]:
     return json.loads((tmp_path / "health.json").read_text())
 
 
-def test_a_crashed_group_is_restarted_the_others_go_on(tmp_path: Path) -> None:
-    parent = FakeGroups(tmp_path, ["crash", "report"])
+def test_a_crashed_group_is_restarted_the_others_go_on(tmp_path: Path, fork: bool) -> None:
+    parent = FakeGroups(tmp_path, ["crash", "report"], fork)
     a, b = parent.children
     seen: dict[str, Any] = {}
 
@@ -291,13 +329,16 @@ def test_a_crashed_group_is_restarted_the_others_go_on(tmp_path: Path) -> None:
     ("mode", "last_exit"),
     [("all-failed", "exit code 3"), ("bad-config", "exit code 78")],
 )
-def test_a_group_that_gives_up_stays_down(tmp_path: Path, mode: str, last_exit: str) -> None:
+def test_a_group_that_gives_up_stays_down(
+    tmp_path: Path, mode: str, last_exit: str, fork: bool
+) -> None:
     """Exit 3 (every stripe of the group failed for good) and 78 (unusable configuration) are
     the group's own verdicts: not restarted; all groups down -> the daemon exits 1."""
+    parent = FakeGroups(tmp_path, [mode, mode], fork)
 
     async def main() -> int:
         with trio.fail_after(30):
-            return await FakeGroups(tmp_path, [mode, mode]).run()
+            return await parent.run()
 
     assert trio.run(main) == 1
     doc = _health_now(tmp_path)
@@ -321,10 +362,12 @@ def test_a_group_that_cannot_be_started_is_retried(tmp_path: Path) -> None:
     assert all(c.last_exit and c.last_exit.startswith("not started: ") for c in parent.children)
 
 
-def test_a_silent_group_is_unresponsive_then_killed_and_restarted(tmp_path: Path) -> None:
+def test_a_silent_group_is_unresponsive_then_killed_and_restarted(
+    tmp_path: Path, fork: bool
+) -> None:
     """A wedged event loop stops its reports: first its stripes say ``unresponsive``, then the
     parent kills it, and it is restarted like any dead group."""
-    parent = FakeGroups(tmp_path, ["silent", "report"])
+    parent = FakeGroups(tmp_path, ["silent", "report"], fork)
     parent.late_after, parent.unresponsive_after = 0.2, 1.0  # 5 s and 60 s in service
     a = parent.children[0]
     states: list[str] = []
@@ -343,10 +386,10 @@ def test_a_silent_group_is_unresponsive_then_killed_and_restarted(tmp_path: Path
     assert a.last_exit == "killed by SIGKILL" and a.proc is None
 
 
-def test_a_second_stop_signal_tells_the_groups_to_stop_now(tmp_path: Path) -> None:
+def test_a_second_stop_signal_tells_the_groups_to_stop_now(tmp_path: Path, fork: bool) -> None:
     """SIGTERM: each group is asked to stop (these take their time); a second SIGTERM: to
     stop now (the stand-ins exit 2 on that)."""
-    parent = FakeGroups(tmp_path, ["slow-stop", "slow-stop"])
+    parent = FakeGroups(tmp_path, ["slow-stop", "slow-stop"], fork)
 
     async def scenario() -> None:
         await _until(lambda: all(c.state == "running" for c in parent.children))
@@ -358,3 +401,43 @@ def test_a_second_stop_signal_tells_the_groups_to_stop_now(tmp_path: Path) -> No
 
     assert _drive(parent, scenario) == 0
     assert [c.last_exit for c in parent.children] == ["exit code 2", "exit code 2"]  # "now"
+
+
+def test_without_its_fork_server_the_daemon_keeps_its_groups_and_execs_new_ones(
+    tmp_path: Path,
+) -> None:
+    """The fork server dies (killed): the groups it forked go on capturing; when one of them
+    dies its exit status is unknown (its parent was the server), so it is restarted, by exec;
+    the health file says the server is lost."""
+    parent = FakeGroups(tmp_path, ["report", "report"], fork=True)
+    server = parent.forkserver
+    assert server is not None
+    a, b = parent.children
+    seen: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        await _until(lambda: a.state == b.state == "running")
+        assert a.forked and b.forked
+        pids = (a.pid, b.pid)
+        os.kill(server.pid, signal.SIGKILL)
+        await _until(lambda: server.lost is not None)
+        await trio.sleep(0.3)  # several report intervals: both groups go on
+        assert (a.pid, b.pid) == pids and a.proc is not None and b.proc is not None
+        assert parent.health_doc()["healthy"] is True
+        assert a.pid is not None
+        os.kill(a.pid, signal.SIGKILL)
+        await _until(lambda: a.restarts == 1 and a.state == "running")
+        seen["health"] = parent.health_doc()
+        seen["a"] = (a.forked, a.pid, pids[0])
+
+    assert _drive(parent, scenario) == 0
+    doc = seen["health"]
+    forked, pid, first_pid = seen["a"]
+    assert forked is False and pid not in (None, first_pid)  # A's new process: exec'd
+    assert doc["process"]["fork_server"] == {"pid": server.pid, "lost": "it exited"}
+    assert [p["forked"] for p in doc["process"]["processes"]] == [False, True]
+    assert doc["stripes"]["A"]["state"] == doc["stripes"]["B"]["state"] == "streaming"
+    # A's first process and B's only one: their statuses went with the server.
+    assert b.last_exit == "exit status unknown (fork server lost)"
+    assert a.last_exit == "exit code 0"  # its exec'd successor, stopped on request
+    assert _gone(server.pid)

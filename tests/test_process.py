@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,10 +44,26 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
 def simulator(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     record = tmp_path / "sent"
     proc = subprocess.Popen(
-        [str(BIN), "simulate", "--port", "0", "--rate", "40", "--seed", "4",
-         "--record-dir", str(record), "--heartbeat-interval", "1", "--stripes", "A,M"],
+        [
+            str(BIN),
+            "simulate",
+            "--port",
+            "0",
+            "--rate",
+            "40",
+            "--seed",
+            "4",
+            "--record-dir",
+            str(record),
+            "--heartbeat-interval",
+            "1",
+            "--stripes",
+            "A,M",
+        ],
         env={**os.environ, "MLINK_API_KEY": KEY},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     port = None
@@ -61,12 +78,17 @@ def simulator(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     proc.wait(timeout=10)
 
 
-def write_config(tmp_path: Path, port: int, processes: int = 1) -> Path:
+def _parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def write_config(tmp_path: Path, port: int, processes: int = 1, fork_server: bool = True) -> Path:
     cfg = tmp_path / "capture.toml"
     cfg.write_text(
         f"""
 [supervision]
 processes = {processes}
+fork_server = {str(fork_server).lower()}
 
 [source]
 url = "ws://127.0.0.1:{port}/mlink/jsonf"
@@ -94,45 +116,58 @@ format = "auto"
     return cfg
 
 
-@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "a process per stripe"])
+@pytest.mark.parametrize(
+    ("processes", "fork_server"),
+    [(1, True), (2, True), (2, False)],
+    ids=["one process", "a process per stripe, forked", "a process per stripe, exec'd"],
+)
 def test_run_command_notify_rotate_and_graceful_stop(
-    tmp_path: Path, simulator: tuple[int, Path], processes: int
+    tmp_path: Path, simulator: tuple[int, Path], processes: int, fork_server: bool
 ) -> None:
     """The same checks whether the stripes run in the daemon's process or in stripe-group
-    processes under it (supervision.processes, capture.groups): from the outside it is one
-    daemon with one health file, one sd_notify voice, and the same data."""
+    processes under it (supervision.processes, capture.groups), forked by the fork server
+    (capture.forkserver) or exec'd: from the outside it is one daemon with one health file,
+    one sd_notify voice, and the same data."""
     port, record = simulator
-    cfg = write_config(tmp_path, port, processes)
+    cfg = write_config(tmp_path, port, processes, fork_server)
     notify = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify))
     sock.settimeout(0.2)
     messages: list[str] = []
+    done_reading = threading.Event()
 
-    def drain() -> None:
-        try:
-            while True:
+    def read_notifications() -> None:  # as systemd does, all along
+        while not done_reading.is_set():
+            try:
                 messages.append(sock.recv(4096).decode())
-        except TimeoutError:
-            pass
+            except TimeoutError:
+                pass
+
+    reader = threading.Thread(target=read_notifications, daemon=True)
+    reader.start()
 
     env = {**os.environ, "NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "1000000"}
     env.pop("MLINK_API_KEY", None)
     daemon = subprocess.Popen(
         [str(BIN), "run", "--config", str(cfg)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     root = tmp_path / "data"
     health_file = tmp_path / "run" / "health.json"
     try:
-        _wait(lambda: (drain(), any("READY=1" in m for m in messages))[1], 20, "READY=1")
+        _wait(lambda: any("READY=1" in m for m in messages), 20, "READY=1")
 
         def streaming() -> bool:
             if not health_file.exists():
                 return False
             doc = json.loads(health_file.read_text())
-            return all(s["state"] == "streaming" and s["rows_written"] > 0
-                       for s in doc["stripes"].values())
+            return all(
+                s["state"] == "streaming" and s["rows_written"] > 0 for s in doc["stripes"].values()
+            )
 
         _wait(streaming, 20, "both stripes streaming with rows written")
         # Memory as the operator sees it: the process's RSS, Arrow's allocator (glibc's,
@@ -141,6 +176,7 @@ def test_run_command_notify_rotate_and_graceful_stop(
         memory = process["memory"]
         assert memory["arrow_pool"] == "system"
         assert 30 < memory["rss_mb"] <= memory["peak_rss_mb"] < 1000
+        assert 0 < memory["pss_mb"] <= memory["rss_mb"]
         assert memory["budget_mb"] == 48  # the daemon's, split between the processes
         if processes > 1:
             groups = process["processes"]
@@ -151,12 +187,24 @@ def test_run_command_notify_rotate_and_graceful_stop(
             child_pids = {g["pid"] for g in groups}
             assert len(child_pids) == 2 and daemon.pid not in child_pids
             assert all(g["rss_mb"] > 30 for g in groups)
+            assert [g["forked"] for g in groups] == [fork_server, fork_server]
+            server = process["fork_server"]
+            if fork_server:
+                assert server["lost"] is None
+                assert {_parent_pid(pid) for pid in child_pids} == {server["pid"]}
+                assert _parent_pid(server["pid"]) == daemon.pid
+                child_pids.add(server["pid"])
+            else:
+                assert server is None
+                assert {_parent_pid(pid) for pid in child_pids} == {daemon.pid}
         assert 0 <= memory["in_flight_mb"] <= memory["in_flight_peak_mb"]
         assert memory["batching_mb"] >= 0 and memory["journal_queue_mb"] >= 0
         assert memory["open_footers_mb"] >= 0
         ok = subprocess.run(
             [str(BIN), "health", "--config", str(cfg), "--max-age", "10"],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert ok.returncode == 0, ok.stdout + ok.stderr
 
@@ -173,11 +221,13 @@ def test_run_command_notify_rotate_and_graceful_stop(
             daemon.kill()
             daemon.wait()
     assert daemon.returncode == 0, err[-2000:]
-    if processes > 1:  # the children are gone with the daemon
+    if processes > 1:  # the children (and the fork server) are gone with the daemon
         for pid in child_pids:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
-    drain()
+    time.sleep(0.3)  # the last datagrams
+    done_reading.set()
+    reader.join()
     sock.close()
 
     assert any(m.startswith("READY=1") for m in messages)
@@ -209,7 +259,9 @@ def test_run_command_notify_rotate_and_graceful_stop(
     time.sleep(1.2)
     stale = subprocess.run(
         [str(BIN), "health", "--config", str(cfg), "--max-age", "1"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert stale.returncode == 1 and "old" in stale.stdout
 
@@ -220,12 +272,17 @@ def test_check_config_names_every_problem(tmp_path: Path) -> None:
     bad.write_text(
         '[source]\nurl = "ws://h/mlink/jsonf"\nstripes = ["A", "Q"]\n'
         'message_types = ["NotAType"]\n[output]\nroot = "a-file/data"\n'
-        'rotate_interval = 7\n[surprise]\n'
+        "rotate_interval = 7\n[surprise]\n"
     )
     result = subprocess.run(
         [str(BIN), "check-config", str(bad)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 2
-    for key in ("source.stripes", "source.message_types", "output.root",
-                "output.rotate_interval", "surprise"):
+    for key in (
+        "source.stripes",
+        "source.message_types",
+        "output.root",
+        "output.rotate_interval",
+        "surprise",
+    ):
         assert key in result.stderr, key

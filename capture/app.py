@@ -118,7 +118,7 @@ class Daemon:
             async with trio.open_nursery() as workers:
                 workers.start_soon(self._stop_watch, workers.cancel_scope)
                 await workers.start(self._supervise, workers.cancel_scope)
-                self.notifier.ready(self._summary())
+                outer.start_soon(self._announce_ready)
                 task_status.started()
             self.notifier.stopping(self._summary())
             if cfg.health.path is not None:
@@ -165,6 +165,11 @@ class Daemon:
                 else:
                     log.info("stop signal", signal=signal.Signals(signum).name)
                     self.stop()
+
+    async def _announce_ready(self) -> None:
+        """READY=1, again until the receiver had room for it (sd_notify never waits)."""
+        while self.notifier.enabled and not self.notifier.ready(self._summary()):  # noqa: ASYNC110 - polls the receiver's room
+            await trio.sleep(1)
 
     async def _health_loop(self) -> None:
         while True:

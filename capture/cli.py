@@ -161,7 +161,8 @@ def _run(path: Path, group: str | None = None) -> int:
         if cfg.supervision.fork_server:
             from capture import forkserver
 
-            forkserver.preload()
+            if forkserver.supported() is None:
+                forkserver.preload()
             server = forkserver.ForkServer.start(
                 functools.partial(_run_group, path), groups.child_environment(os.environ)
             )

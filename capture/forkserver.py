@@ -17,8 +17,9 @@ per datagram, file descriptors attached with ``SCM_RIGHTS``):
 * daemon -> server: ``start TOKEN GROUP`` with two descriptors, the new group's stdin and stdout
   (the pipes of capture.groups' protocol);
 * server -> daemon: ``started TOKEN PID`` with a pidfd of the new process, or
-  ``failed TOKEN REASON``; and ``exit PID STATUS`` (a return code as :class:`subprocess.Popen`
-  gives it: negative for a signal) when the server has reaped a group.
+  ``failed TOKEN REASON``; and ``exit TOKEN STATUS`` (a return code as :class:`subprocess.Popen`
+  gives it: negative for a signal) when the server has reaped that group.  Tokens are never
+  reused, so a status cannot be taken for another process's, even if a pid is.
 
 The daemon watches and signals a group through its pidfd, which never names another process
 even after the group has been reaped.  The group's exit status comes from the server, which is
@@ -57,6 +58,9 @@ Entry = Callable[[str], int]
 _MAX_MESSAGE = 4096
 _EXIT_UNCAUGHT = 70  # EX_SOFTWARE: the entry point raised
 SERVER_EXIT_WAIT_S = 10.0
+# A server that has not answered a start within this long is stuck (stopped, or blocked on a
+# full stderr): lost, and the group is exec'd.
+SPAWN_TIMEOUT_S = 30.0
 
 
 class ForkServerError(Exception):
@@ -70,6 +74,14 @@ def supported() -> str | None:
     for module, name in ((os, "fork"), (os, "pidfd_open"), (signal, "pidfd_send_signal")):
         if not hasattr(module, name):
             return f"no {module.__name__}.{name}"
+    try:  # the kernel (5.3+) or a seccomp profile may still refuse them
+        fd = os.pidfd_open(os.getpid())
+        try:
+            signal.pidfd_send_signal(fd, 0)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"pidfds refused: {exc.strerror or exc}"
     return None
 
 
@@ -100,8 +112,8 @@ class ForkServer:
         self._sock = trio.socket.from_stdlib_socket(sock)
         self._tokens = itertools.count(1)
         self._replies: dict[int, tuple[trio.Event, list[Any]]] = {}
-        self._live: dict[int, ForkedProcess] = {}  # pid -> process not yet reported exited
-        self._early_exits: dict[int, int] = {}
+        self._live: dict[int, ForkedProcess] = {}  # token -> process not yet reported exited
+        self._early_exits: dict[int, int] = {}  # token -> status, for a reply not yet taken
         self.lost: str | None = None  # why the server is unusable, once it is
         self.lost_event = trio.Event()
         self._closed = False
@@ -162,8 +174,10 @@ class ForkServer:
         """Read the server's messages until it is gone (a task for the daemon's lifetime)."""
         while True:
             try:
-                data, ancdata, _flags, _addr = await self._sock.recvmsg(
-                    _MAX_MESSAGE, socket.CMSG_SPACE(array.array("i").itemsize)
+                data, ancdata, flags, _addr = await self._sock.recvmsg(
+                    _MAX_MESSAGE,
+                    socket.CMSG_SPACE(array.array("i").itemsize),
+                    socket.MSG_CMSG_CLOEXEC,
                 )
             except OSError as exc:
                 self._lose(f"cannot read from it: {exc}")
@@ -171,7 +185,13 @@ class ForkServer:
             if not data:
                 self._lose("it exited")
                 return
-            self._dispatch(data.decode("ascii", "replace").split(), _fds(ancdata))
+            fds = _fds(ancdata)
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                for fd in fds:
+                    os.close(fd)
+                self._lose("a truncated message")
+                return
+            self._dispatch(data.decode("ascii", "replace").split(), fds)
 
     def _dispatch(self, words: list[str], fds: list[int]) -> None:
         try:
@@ -182,12 +202,12 @@ class ForkServer:
                 fds = []
                 event.set()
             elif kind == "exit":
-                pid, code = int(words[1]), int(words[2])
-                proc = self._live.pop(pid, None)
+                token, code = int(words[1]), int(words[2])
+                proc = self._live.pop(token, None)
                 if proc is not None:
                     proc._exited_with(code)
                 else:  # reaped before the task that asked for it has taken the reply
-                    self._early_exits[pid] = code
+                    self._early_exits[token] = code
             else:
                 raise ValueError(kind)
         except (IndexError, KeyError, ValueError):
@@ -233,24 +253,26 @@ class ForkServer:
             finally:
                 os.close(stdin_r)  # the server has its copies (or nobody needs them)
                 os.close(stdout_w)
-            await event.wait()
+            with trio.move_on_after(SPAWN_TIMEOUT_S):
+                await event.wait()
+            if not event.is_set():
+                self._lose(f"no answer to a start within {SPAWN_TIMEOUT_S:.0f} s")
             if not result:
                 raise ForkServerError(self.lost or "no reply")
             kind, words, fds = result
             if kind == "failed":
-                for fd in fds:
-                    os.close(fd)
-                raise ForkServerError(" ".join(words) or "fork failed")
+                reason = " ".join(words) or "fork failed"
+                if reason.startswith("pidfd"):  # it will not get better: exec from now on
+                    self._lose(reason)
+                raise ForkServerError(reason)
             pid = int(words[0])
             if len(fds) != 1:
-                for fd in fds:
-                    os.close(fd)
-                raise ForkServerError("no pidfd with the reply")
-            proc = ForkedProcess(pid, fds[0], stdin_w, stdout_r, self.lost_event)
-            if pid in self._early_exits:
-                proc._exited_with(self._early_exits.pop(pid))
+                raise ForkServerError("no pidfd with the reply")  # (its fds: closed below)
+            proc = ForkedProcess(pid, fds.pop(), stdin_w, stdout_r, self.lost_event)
+            if token in self._early_exits:
+                proc._exited_with(self._early_exits.pop(token))
             else:
-                self._live[pid] = proc
+                self._live[token] = proc
             ok = True
             return proc
         finally:
@@ -258,6 +280,12 @@ class ForkServer:
             if not ok:
                 os.close(stdin_w)
                 os.close(stdout_r)
+                if len(result) == 3:  # a reply not taken (cancelled, or malformed)
+                    for fd in result[2]:
+                        os.close(fd)
+                    result[2].clear()
+                # Its process, if any, was started: the server's stdin for it is closed now,
+                # so it stops on its own; its exit status is not wanted.
 
     async def aclose(self) -> str | None:
         """Close the socket (the server then waits for its groups and exits) and reap the
@@ -359,16 +387,24 @@ def _serve(sock: socket.socket, entry: Entry) -> int:
     # daemon does.  Signals that arrive here wake the loop through a pipe.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    # Nothing the daemon inherited from whoever started it (a caller's pipe, a lock) stays open
+    # in the server or its groups: only stderr (the log) and this socket.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    keep = sock.fileno()
+    os.closerange(3, keep)
+    os.closerange(keep + 1, _max_fd())
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
-    live: set[int] = set()
+    live: dict[int, str] = {}  # pid -> the daemon's token for it
     sock_fd = sock.fileno()
     listening = True
     while listening or live:
-        ready, _, _ = select.select([sock_fd, wake_r] if listening else [wake_r], [], [], 1.0)
+        ready, _, _ = select.select([sock_fd, wake_r] if listening else [wake_r], [], [])
         if wake_r in ready:
             while True:
                 try:
@@ -379,21 +415,30 @@ def _serve(sock: socket.socket, entry: Entry) -> int:
         _reap(sock if listening else None, live)
         if listening and sock_fd in ready:
             try:
-                data, ancdata, _flags, _addr = sock.recvmsg(
+                data, ancdata, flags, _addr = sock.recvmsg(
                     _MAX_MESSAGE, socket.CMSG_SPACE(2 * array.array("i").itemsize)
                 )
             except OSError:
-                data, ancdata = b"", []
+                data, ancdata, flags = b"", [], 0
             fds = _fds(ancdata)
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                data = b"truncated"  # answered as malformed
             if not data:
                 listening = False  # the daemon is gone: wait for the groups, then exit
                 for fd in fds:
                     os.close(fd)
                 continue
-            pid = _start(sock, data, fds, entry, (wake_r, wake_w))
-            if pid is not None:
-                live.add(pid)
+            started = _start(sock, data, fds, entry, (wake_r, wake_w))
+            if started is not None:
+                live[started[0]] = started[1]
     return 0
+
+
+def _max_fd() -> int:
+    try:
+        return max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return os.sysconf("SC_OPEN_MAX")
 
 
 def _send(sock: socket.socket | None, text: str, fds: list[int] | None = None) -> None:
@@ -411,7 +456,7 @@ def _send(sock: socket.socket | None, text: str, fds: list[int] | None = None) -
         pass  # the daemon is gone; the loop sees the end of file
 
 
-def _reap(sock: socket.socket | None, live: set[int]) -> None:
+def _reap(sock: socket.socket | None, live: dict[int, str]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -420,14 +465,15 @@ def _reap(sock: socket.socket | None, live: set[int]) -> None:
             return
         if pid == 0:
             return
-        if pid in live:  # (not one the daemon never heard of: see _start)
-            live.discard(pid)
-            _send(sock, f"exit {pid} {os.waitstatus_to_exitcode(status)}")
+        token = live.pop(pid, None)
+        if token is not None:  # (not one the daemon never heard of: see _start)
+            _send(sock, f"exit {token} {os.waitstatus_to_exitcode(status)}")
 
 
 def _start(
     sock: socket.socket, data: bytes, fds: list[int], entry: Entry, wake: tuple[int, int]
-) -> int | None:
+) -> tuple[int, str] | None:
+    """Fork a group for a ``start`` request: its pid and the daemon's token, or None."""
     words = data.decode("ascii", "replace").split()
     if len(words) != 3 or words[0] != "start" or len(fds) != 2:
         for fd in fds:
@@ -448,19 +494,8 @@ def _start(
     if pid == 0:  # the group
         code = _EXIT_UNCAUGHT
         try:
-            sock.close()
-            _become_group(fds, wake)
-            code = entry(group)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:  # noqa: BLE001 - a fork must never unwind into the server's loop
-            traceback.print_exc()
+            code = _be_group(sock, fds, wake, entry, group)
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
             os._exit(code)
     for fd in fds:
         os.close(fd)
@@ -472,7 +507,38 @@ def _start(
         return None  # reaped, not reported: the daemon never heard of it
     _send(sock, f"started {token} {pid}", [pidfd])
     os.close(pidfd)
-    return pid
+    return pid, token
+
+
+def _be_group(
+    sock: socket.socket, fds: list[int], wake: tuple[int, int], entry: Entry, group: str
+) -> int:
+    """The forked group, start to end: its exit status, as an exec'd interpreter would end."""
+    code = _EXIT_UNCAUGHT
+    interrupted = False
+    try:
+        sock.close()
+        _become_group(fds, wake)
+        code = entry(group)
+    except SystemExit as exc:  # as the interpreter: None 0, an int itself, else print it, 1
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:  # ("now": the operator's second signal) killed by SIGINT
+        interrupted = True
+    except BaseException:  # noqa: BLE001 - a fork must never unwind into the server's loop
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return code
 
 
 def _become_group(fds: list[int], wake: tuple[int, int]) -> None:
@@ -484,9 +550,8 @@ def _become_group(fds: list[int], wake: tuple[int, int]) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # SIGHUP stays ignored until the group's own handler is in place (capture.cli).
-    stdin, stdout = fds
+    stdin, stdout = fds  # (>= 3: the server's 0 and 1 are open, on /dev/null)
     os.dup2(stdin, 0)
     os.dup2(stdout, 1)
     for fd in fds:
-        if fd not in (0, 1):
-            os.close(fd)
+        os.close(fd)

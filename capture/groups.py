@@ -8,7 +8,9 @@ event loop, workers, journals and 1/N of the memory budget) on the same data roo
 never share a file or a journal, and a starting child recovers only its own stripes' unfinished
 files.
 
-The parent captures nothing (it does not even import pyarrow).  Between it and each child:
+The parent captures nothing.  It imports what the children run before it starts, only to fork
+them from a fork server that shares those pages with them all (capture.forkserver; or it
+execs them, and then does not import pyarrow).  Between it and each child:
 
 * the child's **stdin** carries, first, the configuration the parent read and validated at
   start (a restarted child never reads a file that changed since), then commands: ``stop``
@@ -62,8 +64,8 @@ log = get_logger(component="groups")
 
 EXIT_OK = 0
 EXIT_ALL_FAILED = 1
-# A child's deliberate exits.  Any other status (1 from an uncaught exception, a signal) is a
-# crash, and a crashed group is restarted.
+# A child's deliberate exits.  Any other status (an uncaught exception: 1 exec'd, 70 forked; a
+# signal) is a crash, and a crashed group is restarted.
 CHILD_ALL_FAILED = 3
 CHILD_BAD_CONFIG = 78  # EX_CONFIG
 # A child reports from its event loop every health.interval.  One silent for this long (or 10
@@ -367,23 +369,26 @@ class Parent:
             "group started", group=child.index, pid=proc.pid, stripes=list(child.stripes),
             forked=child.forked,
         )  # fmt: skip
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read_reports, child, proc)
-            assert proc.stdin is not None
-            try:
-                await proc.stdin.send_all(self._config_message)
-            except trio.BrokenResourceError:
-                pass  # it died at once; its status says why
-            if self._stopping:
-                await self._command(child, b"stop\n")
-            code = await proc.wait()
-            nursery.cancel_scope.cancel()
-        child.proc = None
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                await stream.aclose()
-        if isinstance(proc, ForkedProcess):
-            await proc.aclose()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_reports, child, proc)
+                assert proc.stdin is not None
+                try:
+                    await proc.stdin.send_all(self._config_message)
+                except trio.BrokenResourceError:
+                    pass  # it died at once; its status says why
+                if self._stopping:
+                    await self._command(child, b"stop\n")
+                code = await proc.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            child.proc = None
+            with trio.CancelScope(shield=True):
+                for stream in (proc.stdin, proc.stdout):
+                    if stream is not None:
+                        await stream.aclose()
+                if isinstance(proc, ForkedProcess):
+                    await proc.aclose()
         if code is None:  # its parent, the fork server, is gone
             child.last_exit, child.abnormal = "exit status unknown (fork server lost)", True
             return None
@@ -503,8 +508,9 @@ class Parent:
                     and not self._stopping
                     and all(c.doc is not None or c.state == "failed" for c in self.children)
                 ):
-                    self._ready = True
-                    self.notifier.ready(str(doc["summary"]))
+                    # (again next time if the receiver had no room: sd_notify never waits)
+                    ok = self.notifier.ready(str(doc["summary"]))
+                    self._ready = ok or not self.notifier.enabled
                 else:
                     self.notifier.status(str(doc["summary"]))
             except Exception as exc:  # a bug here must not stop the capture
@@ -575,6 +581,10 @@ class Parent:
                 }
             )
         own, own_pss, own_peak = rss_bytes(), pss_bytes(), peak_rss_bytes()
+        server = self.forkserver
+        if server is not None and server.lost is None and own_pss is not None:
+            # The fork server's share of what it shares with us all (it captures nothing).
+            own_pss += pss_bytes(server.pid) or 0
         memory["parent_rss_mb"] = None if own is None else round(own / 2**20, 1)
         _add_memory(
             memory,
@@ -591,7 +601,6 @@ class Parent:
             memory=memory,
             processes=processes,
         )
-        server = self.forkserver
         doc["process"]["fork_server"] = (
             None if server is None else {"pid": server.pid, "lost": server.lost}
         )

@@ -5,7 +5,9 @@ and every kind of data in flight has a bound that holds for the *process*, whate
 of stripes (``output.memory_budget_mb``, default 48; with ``supervision.processes`` = N each
 stripe-group process has 1/N of it and its own ~80 MB baseline, capture.groups):
 
-* frames not yet handed to a writer: at most ``pipeline.batch_rows`` per stripe and type;
+* frames not yet handed to a writer: a pending batch per stripe and type, handed over at
+  ``pipeline.batch_rows`` frames or at budget / (2 x stripes) bytes (capture.worker), so that
+  with one busy type per stripe they hold about half the budget, whatever the stripes;
 * frames handed to a writer and not yet decoded (queued, or being decoded): one
   :class:`InFlightBudget` shared by every stripe, a quarter of the budget.  A reader that would
   exceed it waits (backpressure: the server sees a slow consumer, PROTOCOL.md §7.3), in turn
@@ -113,14 +115,15 @@ def rss_bytes() -> int | None:
         return None
 
 
-def pss_bytes() -> int | None:
-    """Proportional set size now (Linux 4.14: /proc/self/smaps_rollup): pages shared with other
-    processes (the stripe groups and the daemon share their imports: capture.forkserver) count
-    a share each, so PSS adds up over processes where RSS counts shared pages every time."""
+def pss_bytes(pid: int | None = None) -> int | None:
+    """Proportional set size now of this process or ``pid`` (Linux 4.14: smaps_rollup): pages
+    shared with other processes (the stripe groups and the daemon share their imports:
+    capture.forkserver) count a share each, so PSS adds up over processes where RSS counts
+    shared pages every time.  (The kernel walks the page tables: ~1 ms per 100 MB.)"""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        with open("/proc/self/smaps_rollup", "rb") as f:
+        with open(f"/proc/{'self' if pid is None else pid}/smaps_rollup", "rb") as f:
             for line in f:
                 if line.startswith(b"Pss:"):
                     return int(line.split()[1]) * 1024

@@ -223,6 +223,12 @@ class StripeWorker:
         self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
         out = cfg.output
         n_stripes = max(1, len(cfg.source.stripes))
+        # A pending batch is handed over at pipeline.batch_rows frames, or at this many bytes
+        # of frames: with one busy type per stripe, the process's batches then hold about half
+        # of its budget, whatever the number of stripes (capture.memory).
+        self._batch_max_bytes = max(
+            BATCH_MIN_BYTES, out.memory_budget_mb * 2**20 // (2 * n_stripes)
+        )
         self._sink_settings = SinkSettings(
             root=out.root,
             rotate_interval_s=out.rotate_interval,
@@ -487,6 +493,7 @@ class StripeWorker:
         stats = self.stats
         pending = self._pending
         batch_rows = self.cfg.pipeline.batch_rows
+        batch_max_bytes = self._batch_max_bytes
         control_types = protocol.CONTROL_TYPES
         session = sess.id
         data_frames = snapshot_rows = 0
@@ -535,7 +542,7 @@ class StripeWorker:
                 pb.nbytes += len(body)
                 data_frames += 1
                 snapshot_rows += in_snapshot
-                if len(pb.bodies) >= batch_rows:
+                if len(pb.bodies) >= batch_rows or pb.nbytes >= batch_max_bytes:
                     self._enqueue(pending.pop(mtyp))
         finally:  # also when a control frame's handling raises part-way
             if live and data_frames:
@@ -1082,6 +1089,11 @@ class StripeWorker:
             os.fsync(fd)  # the journal may retire these bytes: they must be on disk first
         finally:
             os.close(fd)
+
+
+# The smallest byte bound of a pending batch (a tiny budget with many stripes): below this the
+# per-batch costs (a thread hand-off, a JSON reader call) dominate.
+BATCH_MIN_BYTES = 256 * 1024
 
 
 def in_flight_limit(cfg: Config) -> int:

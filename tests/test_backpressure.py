@@ -149,3 +149,41 @@ def test_the_budget_serves_waiting_readers_in_turn_and_never_goes_over() -> None
         assert budget.peak == 260  # the oversized batch, plus the orphan let through
 
     trio.run(main)
+
+
+def test_a_pending_batch_is_handed_over_at_its_share_of_the_budget(tmp_path: Path) -> None:
+    """``pipeline.batch_rows`` counts frames per stripe and type; the bytes of frames waiting
+    for their batch to fill are bounded by the budget instead of growing with the number of
+    stripes: a batch is handed over at budget / (2 x stripes) bytes.  Nothing is lost."""
+    root, record = tmp_path / "data", tmp_path / "sent"
+    stripes = ["A", "B"]
+    cfg = config(
+        root,
+        stripes,
+        ["OptionNbboQuote"],
+        output={"memory_budget_mb": 16},
+        pipeline={"batch_rows": 1_000_000, "flush_interval": 600.0},  # neither would hand over
+    )
+    cap = 16 * 2**20 // (2 * len(stripes))
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=2000, seed=83, record_dir=record)
+    peak = 0
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        nonlocal peak
+        with trio.fail_after(600):
+            while not all(w.stats.bytes > 1.5 * cap for w in daemon.workers):
+                peak = max(peak, *(w.batching_bytes for w in daemon.workers))
+                await trio.sleep(0.01)
+        sim.cfg = sim.cfg.with_overrides(rate=0.0)
+        await trio.sleep(1)  # the burst the simulator was sending when the rate dropped
+        sent = lambda: sum(len(v) for v in load_sent_data(record).values())  # noqa: E731
+        received = lambda: sum(w.stats.messages for w in daemon.workers)  # noqa: E731
+        with trio.fail_after(60):
+            await wait_for(lambda: received() == sent())
+
+    _, code = trio.run(partial(run), sim_cfg, cfg, scenario, clock=mock_clock())
+    assert code == 0
+    assert cap / 2 < peak <= cap + 4096  # filled to the bound (at most one frame over), held
+    sent = sum(len(v) for v in load_sent_data(record).values())
+    rows = ds.dataset(root / "OptionNbboQuote", partitioning="hive").count_rows()
+    assert rows == sent

@@ -23,10 +23,12 @@ per datagram, file descriptors attached with ``SCM_RIGHTS``):
 
 The daemon watches and signals a group through its pidfd, which never names another process
 even after the group has been reaped.  The group's exit status comes from the server, which is
-the group's parent.  If the server dies, the running groups go on; their statuses are unknown
-(treated as crashes, so restarted) and later groups are started with ``exec``
-(capture.groups).  When the daemon goes away (end of file on the socket), the server waits for
-its groups, which stop on their own when their stdin closes, and exits.
+the group's parent.  If the server dies, the running groups go on and become the daemon's
+children (it is their subreaper, :func:`become_subreaper`; in a container it is PID 1 anyway),
+so it reaps them itself, through their pidfds, and still learns how they ended; later groups
+are started with ``exec`` (capture.groups).  When the daemon goes away (end of file on the
+socket), the server waits for its groups, which stop on their own when their stdin closes, and
+exits.
 
 Linux only (pidfds: Linux 5.3); elsewhere, or with ``supervision.fork_server = false``, groups
 are started with ``exec``.
@@ -61,6 +63,7 @@ SERVER_EXIT_WAIT_S = 10.0
 # A server that has not answered a start within this long is stuck (stopped, or blocked on a
 # full stderr): lost, and the group is exec'd.
 SPAWN_TIMEOUT_S = 30.0
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 class ForkServerError(Exception):
@@ -102,6 +105,33 @@ def preload() -> None:
     # Objects created so far live as long as the process: the collector of a forked group must
     # not walk them (and so write to their pages, un-sharing them).
     gc.freeze()
+
+
+def become_subreaper() -> bool:
+    """Make this process the parent of its descendants' orphans (``PR_SET_CHILD_SUBREAPER``):
+    if the fork server dies, its groups come to the daemon, which can then reap them."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap_orphan(pidfd: int) -> int | None:
+    """The return code of the ended process behind ``pidfd`` if it is this process's child now
+    (an orphan, after the fork server died), reaping it; else None."""
+    p_pidfd = getattr(os, "P_PIDFD", None)
+    if p_pidfd is None:
+        return None
+    try:
+        info = os.waitid(p_pidfd, pidfd, os.WEXITED | os.WNOHANG)
+    except OSError:  # (ChildProcessError: not ours)
+        return None
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
 class ForkServer:
@@ -163,7 +193,7 @@ class ForkServer:
                 sys.stderr.flush()
                 os._exit(code)
         theirs.close()
-        log.info("fork server started", pid=pid)
+        log.info("fork server started", pid=pid, subreaper=become_subreaper())
         return cls(pid, ours)
 
     @property
@@ -333,8 +363,8 @@ class ForkedProcess:
         self._done.set()
 
     async def wait(self) -> int | None:
-        """Until the process has ended: its return code, or None if nobody can tell it any more
-        (the server, its parent, is gone: then its end shows on its pidfd)."""
+        """Until the process has ended: its return code.  Once the server, its parent, is gone,
+        its end shows on its pidfd and its status is ours to reap (None if it is not)."""
         if not self._done.is_set():
             async with trio.open_nursery() as nursery:
 
@@ -346,6 +376,7 @@ class ForkedProcess:
                 nursery.start_soon(until, self._server_lost)
         if not self._done.is_set() and self._pidfd is not None:
             await trio.lowlevel.wait_readable(self._pidfd)
+            self.returncode = _reap_orphan(self._pidfd)
             self._done.set()
         return self.returncode
 

@@ -6,8 +6,8 @@ of stripes (``output.memory_budget_mb``, default 48; with ``supervision.processe
 stripe-group process has 1/N of it and its own ~80 MB baseline, capture.groups):
 
 * frames not yet handed to a writer: a pending batch per stripe and type, handed over at
-  ``pipeline.batch_rows`` frames or at budget / (2 x stripes) bytes (capture.worker), so that
-  with one busy type per stripe they hold about half the budget, whatever the stripes;
+  ``pipeline.batch_rows`` frames or at budget / (3 x stripes) bytes (capture.worker), so that
+  with one busy type per stripe they hold about a third of the budget, whatever the stripes;
 * frames handed to a writer and not yet decoded (queued, or being decoded): one
   :class:`InFlightBudget` shared by every stripe, a quarter of the budget.  A reader that would
   exceed it waits (backpressure: the server sees a slow consumer, PROTOCOL.md §7.3), in turn

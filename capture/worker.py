@@ -224,10 +224,10 @@ class StripeWorker:
         out = cfg.output
         n_stripes = max(1, len(cfg.source.stripes))
         # A pending batch is handed over at pipeline.batch_rows frames, or at this many bytes
-        # of frames: with one busy type per stripe, the process's batches then hold about half
-        # of its budget, whatever the number of stripes (capture.memory).
+        # of frames: with one busy type per stripe, the process's batches then hold about a
+        # third of its budget, whatever the number of stripes (capture.memory).
         self._batch_max_bytes = max(
-            BATCH_MIN_BYTES, out.memory_budget_mb * 2**20 // (2 * n_stripes)
+            BATCH_MIN_BYTES, out.memory_budget_mb * 2**20 // (3 * n_stripes)
         )
         self._sink_settings = SinkSettings(
             root=out.root,

@@ -154,7 +154,7 @@ def test_the_budget_serves_waiting_readers_in_turn_and_never_goes_over() -> None
 def test_a_pending_batch_is_handed_over_at_its_share_of_the_budget(tmp_path: Path) -> None:
     """``pipeline.batch_rows`` counts frames per stripe and type; the bytes of frames waiting
     for their batch to fill are bounded by the budget instead of growing with the number of
-    stripes: a batch is handed over at budget / (2 x stripes) bytes.  Nothing is lost."""
+    stripes: a batch is handed over at budget / (3 x stripes) bytes.  Nothing is lost."""
     root, record = tmp_path / "data", tmp_path / "sent"
     stripes = ["A", "B"]
     cfg = config(
@@ -164,7 +164,7 @@ def test_a_pending_batch_is_handed_over_at_its_share_of_the_budget(tmp_path: Pat
         output={"memory_budget_mb": 16},
         pipeline={"batch_rows": 1_000_000, "flush_interval": 600.0},  # neither would hand over
     )
-    cap = 16 * 2**20 // (2 * len(stripes))
+    cap = 16 * 2**20 // (3 * len(stripes))
     sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=2000, seed=83, record_dir=record)
     peak = 0
 

@@ -406,9 +406,9 @@ def test_a_second_stop_signal_tells_the_groups_to_stop_now(tmp_path: Path, fork:
 def test_without_its_fork_server_the_daemon_keeps_its_groups_and_execs_new_ones(
     tmp_path: Path,
 ) -> None:
-    """The fork server dies (killed): the groups it forked go on capturing; when one of them
-    dies its exit status is unknown (its parent was the server), so it is restarted, by exec;
-    the health file says the server is lost."""
+    """The fork server dies (killed): the groups it forked go on capturing, now the daemon's
+    children (it is their subreaper), so it still learns how they end; one that dies is
+    restarted, by exec; the health file says the server is lost."""
     parent = FakeGroups(tmp_path, ["report", "report"], fork=True)
     server = parent.forkserver
     assert server is not None
@@ -426,7 +426,9 @@ def test_without_its_fork_server_the_daemon_keeps_its_groups_and_execs_new_ones(
         assert parent.health_doc()["healthy"] is True
         assert a.pid is not None
         os.kill(a.pid, signal.SIGKILL)
-        await _until(lambda: a.restarts == 1 and a.state == "running")
+        await _until(lambda: a.restarts == 1)
+        seen["a_exit"] = a.last_exit  # its first process's
+        await _until(lambda: a.state == "running")
         seen["health"] = parent.health_doc()
         seen["a"] = (a.forked, a.pid, pids[0])
 
@@ -437,7 +439,8 @@ def test_without_its_fork_server_the_daemon_keeps_its_groups_and_execs_new_ones(
     assert doc["process"]["fork_server"] == {"pid": server.pid, "lost": "it exited"}
     assert [p["forked"] for p in doc["process"]["processes"]] == [False, True]
     assert doc["stripes"]["A"]["state"] == doc["stripes"]["B"]["state"] == "streaming"
-    # A's first process and B's only one: their statuses went with the server.
-    assert b.last_exit == "exit status unknown (fork server lost)"
-    assert a.last_exit == "exit code 0"  # its exec'd successor, stopped on request
+    # A's first process and B's only one: reaped by the daemon, their statuses known.
+    assert seen["a_exit"] == "killed by SIGKILL"
+    assert b.last_exit == "exit code 0"  # stopped on request
+    assert a.last_exit == "exit code 0"  # A's exec'd successor, stopped on request
     assert _gone(server.pid)

@@ -161,10 +161,10 @@ def _run(path: Path, group: str | None = None) -> int:
         if cfg.supervision.fork_server:
             from capture import forkserver
 
-            if forkserver.supported() is None:
-                forkserver.preload()
             server = forkserver.ForkServer.start(
-                functools.partial(_run_group, path), groups.child_environment(os.environ)
+                functools.partial(_run_group, path),
+                groups.child_environment(os.environ),
+                preload=forkserver.preload,
             )
         return trio.run(groups.Parent(cfg, path, text, forkserver=server).run)
     from capture.app import Daemon

@@ -154,15 +154,19 @@ class ForkServer:
         entry: Entry,
         environ: Mapping[str, str] | None = None,
         *,
+        preload: Callable[[], None] | None = None,
         allow_threads: bool = False,
     ) -> ForkServer | None:
         """Fork the server from this process, which must not run an event loop yet.  None (and
         a log line saying why) if it cannot be used here: the caller starts groups with exec.
 
         ``environ``: the environment of the server and so of every group (default: this
-        process's).  ``allow_threads``: fork even if this process has other threads (a test
+        process's).  ``preload``: run first, where the server can run (:func:`preload`, for
+        the daemon).  ``allow_threads``: fork even if this process has other threads (a test
         process, whose pyarrow pools run; the daemon itself has none at this point)."""
         why = supported()
+        if why is None and preload is not None:
+            preload()
         if why is None and not allow_threads and (n := thread_count()) > 1:
             why = f"this process already runs {n} threads"
         if why is not None:
@@ -391,10 +395,8 @@ class ForkedProcess:
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
-    async def aclose(self) -> None:
-        for stream in (self.stdin, self.stdout):
-            if stream is not None:
-                await stream.aclose()
+    def release(self) -> None:
+        """Close its pidfd (its pipes are ``stdin`` and ``stdout``, closed by their user)."""
         if self._pidfd is not None:
             trio.lowlevel.notify_closing(self._pidfd)
             os.close(self._pidfd)

@@ -387,8 +387,8 @@ class Parent:
                 for stream in (proc.stdin, proc.stdout):
                     if stream is not None:
                         await stream.aclose()
-                if isinstance(proc, ForkedProcess):
-                    await proc.aclose()
+            if isinstance(proc, ForkedProcess):
+                proc.release()
         if code is None:  # its parent, the fork server, is gone
             child.last_exit, child.abnormal = "exit status unknown (fork server lost)", True
             return None

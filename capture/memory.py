@@ -120,12 +120,17 @@ def pss_bytes(pid: int | None = None) -> int | None:
     shared with other processes (the stripe groups and the daemon share their imports:
     capture.forkserver) count a share each, so PSS adds up over processes where RSS counts
     shared pages every time.  (The kernel walks the page tables: ~1 ms per 100 MB.)"""
+    return _proc_field(f"/proc/{'self' if pid is None else pid}/smaps_rollup", b"Pss:")
+
+
+def _proc_field(path: str, name: bytes) -> int | None:
+    """Bytes of the ``name`` line of a /proc file in kB (``VmHWM:``, ``Pss:``), or None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        with open(f"/proc/{'self' if pid is None else pid}/smaps_rollup", "rb") as f:
+        with open(path, "rb") as f:
             for line in f:
-                if line.startswith(b"Pss:"):
+                if line.startswith(name):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
@@ -137,16 +142,7 @@ def peak_rss_bytes() -> int | None:
 
     Unlike ``getrusage``'s ``ru_maxrss``, it starts afresh at ``exec``: a child's ru_maxrss also
     counts the parent's RSS at the time it was forked."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return _proc_field("/proc/self/status", b"VmHWM:")
 
 
 def arrow_allocated_bytes() -> int:

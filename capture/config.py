@@ -39,6 +39,7 @@ class SourceConfig:
     message_types: tuple[str, ...]
     active_latency: int = 1
     resume: bool = True  # send highwaterTs on reconnect instead of taking a full snapshot
+    websocket: str = "wsproto"  # the WebSocket client: wsproto | trio-websocket (transport.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +226,8 @@ class Config:
             "demo",
         )
 
-        s = r.section("source", {"url", "stripes", "message_types", "active_latency", "resume"})
+        s = r.section("source", {"url", "stripes", "message_types", "active_latency", "resume",
+                                  "websocket"})
         url = r.get(s, "source.url", str, required=True, check=_check_url)
         stripes = tuple(r.get(s, "source.stripes", list, required=True, check=_check_stripes) or ())
         types = tuple(
@@ -238,6 +240,10 @@ class Config:
             message_types=tuple(_canonical_type(str(t)) for t in types),
             active_latency=r.get(s, "source.active_latency", int, default=1, check=_at_least(1)),
             resume=r.get(s, "source.resume", bool, default=True),
+            websocket=r.get(
+                s, "source.websocket", str, default="wsproto",
+                check=_one_of("wsproto", "trio-websocket"),
+            ) or "wsproto",
         )
 
         # A secret written into the file itself is refused (by its key, never echoing it).

@@ -1,6 +1,17 @@
-"""The WebSocket edge: the only module that imports trio_websocket.
+"""The WebSocket edge: the only module that imports trio_websocket or wsproto.
 
-Its errors are translated here into ours, each with the supervisor's reaction in its docstring.
+Two clients behind one :class:`Connection` interface (``source.websocket``):
+
+* ``"wsproto"`` (default): the connection is driven by wsproto, the sans-I/O protocol engine
+  trio-websocket itself is built on, directly on the trio stream, in the receiving task. One
+  socket read yields every WebSocket message it completed, as one batch: no reader task, no
+  channel hand-off per message, one deadline per read. About 45 % of one process's event-loop
+  time went to trio-websocket's per-message hand-off and parsing (README, "Where the time goes").
+* ``"trio-websocket"``: trio-websocket's client (a reader task hands each message over a memory
+  channel). The same behaviour, one message per batch.
+
+Errors of both are translated here into ours, each with the supervisor's reaction in its
+docstring.
 """
 
 from __future__ import annotations
@@ -12,8 +23,25 @@ from urllib.parse import urlsplit
 
 import trio
 import trio_websocket as tw
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from capture.auth import Secret
+
+CLIENTS = ("wsproto", "trio-websocket")
+CLOSE_TIMEOUT_S = 2.0
+"""How long closing waits for the server's close frame (and trio-websocket's disconnect)."""
 
 
 class TransportError(Exception):
@@ -39,33 +67,222 @@ class AuthRejected(Exception):
 class Connection:
     """An open MLink WebSocket: receive messages (text or binary), send binary frames."""
 
-    __slots__ = ("_ws",)
+    __slots__ = ()
 
-    def __init__(self, ws: tw.WebSocketConnection) -> None:
-        self._ws = ws
-
-    async def recv(self) -> bytes | str:
-        try:
-            return await self._ws.get_message()
-        except tw.ConnectionClosed as exc:
-            reason = exc.reason
-            code = getattr(reason, "code", None)
-            text = getattr(reason, "reason", None) or getattr(reason, "name", "closed")
-            raise ConnectionLost(f"connection closed ({code} {text})", code) from None
+    async def recv_batch(self) -> list[bytes | str]:
+        """Wait for at least one complete WebSocket message; return every message complete
+        so far, in order. Raises :class:`ConnectionLost` once the connection is closed (after
+        the messages that preceded the close were returned)."""
+        raise NotImplementedError
 
     async def send(self, data: bytes) -> None:
+        """Send one binary WebSocket message."""
+        raise NotImplementedError
+
+
+def _closed_text(code: int | None, reason: str | None) -> str:
+    """As trio-websocket words it: the peer's reason, else the code's name (RFC 6455 §7.4)."""
+    if not reason:
         try:
-            await self._ws.send_message(data)
-        except tw.ConnectionClosed as exc:
-            raise ConnectionLost(f"connection closed while sending ({exc.reason})") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise ConnectionLost(f"send failed: {type(exc).__name__}") from None
+            reason = CloseReason(code).name if code is not None else "closed"
+        except ValueError:
+            reason = "closed"
+    return f"connection closed ({code} {reason})"
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"{type(exc).__name__}: {exc.strerror or exc}"
     return type(exc).__name__
+
+
+def _bytes(data: bytes | bytearray) -> bytes:
+    """A socket read is bytes already; other streams (memory, TLS) may give a bytearray."""
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def _join(parts: list[bytes | str]) -> bytes | str:
+    """A message that arrived in several frames (or reads), in one piece."""
+    if isinstance(parts[0], str):
+        return "".join(p for p in parts if isinstance(p, str))
+    return b"".join(p for p in parts if isinstance(p, bytes))
+
+
+_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class _WsprotoConnection(Connection):
+    """wsproto on a trio stream, read by the task that consumes the messages.
+
+    Events are taken from wsproto without awaiting anything, so a cancellation can never fall
+    between taking a message and returning it; the replies they call for (a pong, the close
+    handshake) are sent before the next read."""
+
+    __slots__ = (
+        "_bufsize", "_lock", "_lost", "_max_size", "_outgoing", "_parts", "_size", "_stream",
+        "_ws",
+    )
+
+    def __init__(
+        self, stream: trio.abc.Stream, ws: WSConnection, receive_buffer_size: int,
+        max_message_size: int,
+    ) -> None:
+        self._stream = stream
+        self._ws = ws
+        self._bufsize = receive_buffer_size
+        self._max_size = max_message_size
+        self._parts: list[bytes | str] = []  # a message that spans frames or reads
+        self._size = 0
+        self._outgoing: list[bytes] = []  # replies not sent yet
+        self._lost: ConnectionLost | None = None
+        self._lock = trio.Lock()  # one sender at a time
+
+    async def recv_batch(self) -> list[bytes | str]:
+        while True:
+            if self._outgoing:
+                await self._flush()
+            if self._lost is not None:
+                raise self._lost
+            out = self._take_events()
+            if out:
+                return out
+            if self._lost is None and not self._outgoing:  # else: reply first, then raise
+                try:
+                    received = await self._stream.receive_some(self._bufsize)
+                except _BROKEN as exc:
+                    self._lost = ConnectionLost(f"connection broken ({_describe(exc)})")
+                    raise self._lost from None
+                self._ws.receive_data(_bytes(received) or None)  # b"": EOF, wsproto's 1006
+
+    def _take_events(self) -> list[bytes | str]:
+        """The messages wsproto completed, in order; queues the replies it calls for."""
+        out: list[bytes | str] = []
+        ws = self._ws
+        for event in ws.events():
+            if isinstance(event, (BytesMessage, TextMessage)):
+                raw = event.data
+                data = bytes(raw) if isinstance(raw, bytearray) else raw  # wsproto's slices
+                self._size += len(data)
+                if self._size > self._max_size:
+                    reason = f"message larger than {self._max_size} bytes"
+                    self._parts, self._size = [], 0
+                    self._outgoing.append(ws.send(CloseConnection(code=1009, reason=reason)))
+                    self._lost = ConnectionLost(_closed_text(1009, reason), 1009)
+                    break
+                if event.message_finished:
+                    if self._parts:
+                        self._parts.append(data)
+                        data = _join(self._parts)
+                        self._parts = []
+                    out.append(data)
+                    self._size = 0
+                else:
+                    self._parts.append(data)
+            elif isinstance(event, Ping):
+                self._outgoing.append(ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                if ws.state is ConnectionState.REMOTE_CLOSING:
+                    self._outgoing.append(ws.send(event.response()))
+                self._lost = ConnectionLost(_closed_text(event.code, event.reason), event.code)
+                break
+            # Pong: we send no pings.
+        return out
+
+    async def _flush(self) -> None:
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        try:
+            await self._send_raw(data)
+        except ConnectionLost as exc:
+            if self._lost is None:
+                self._lost = exc
+
+    async def _send_raw(self, data: bytes) -> None:
+        async with self._lock:
+            try:
+                await self._stream.send_all(data)
+            except _BROKEN as exc:
+                raise ConnectionLost(f"send failed: {_describe(exc)}") from None
+
+    async def send(self, data: bytes) -> None:
+        if self._lost is not None or self._ws.state is not ConnectionState.OPEN:
+            raise ConnectionLost(f"connection closed while sending ({self._lost or 'closing'})")
+        await self._send_raw(self._ws.send(BytesMessage(data=data)))
+
+    async def aclose(self) -> None:
+        """Close as a client should (RFC 6455 §7.1.1): our close frame (or the reply to the
+        server's), then wait, bounded, for the server's before closing the stream."""
+        ws = self._ws
+        with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+            try:
+                if ws.state is ConnectionState.OPEN:
+                    self._outgoing.append(ws.send(CloseConnection(code=1000)))
+                if self._outgoing:
+                    await self._flush()
+                while ws.state is ConnectionState.LOCAL_CLOSING:
+                    received = await self._stream.receive_some(self._bufsize)
+                    ws.receive_data(_bytes(received) or None)
+                    for _ in ws.events():
+                        pass
+            except (LocalProtocolError, *_BROKEN):
+                pass
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+
+async def _handshake(
+    stream: trio.abc.Stream,
+    host_header: str,
+    resource: str,
+    headers: list[tuple[bytes, bytes]],
+    receive_buffer_size: int,
+) -> WSConnection:
+    """The client's HTTP upgrade (RFC 6455 §4.1); returns the open connection. Whatever the
+    server sent after its 101 stays in wsproto for the first :meth:`recv_batch`."""
+    ws = WSConnection(ConnectionType.CLIENT)
+    try:
+        await stream.send_all(ws.send(Request(host=host_header, target=resource,
+                                              extra_headers=headers)))
+        while True:
+            data = await stream.receive_some(receive_buffer_size)
+            if not data:
+                raise TransportError("connection closed during the WebSocket handshake")
+            ws.receive_data(_bytes(data))
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    return ws
+                if isinstance(event, RejectConnection):
+                    status = event.status_code
+                    if status in (401, 403):
+                        raise AuthRejected(f"WebSocket upgrade refused with HTTP {status}")
+                    raise TransportError(f"WebSocket upgrade refused with HTTP {status}")
+    except (RemoteProtocolError, LocalProtocolError) as exc:
+        raise TransportError(f"WebSocket handshake failed: {type(exc).__name__}") from None
+
+
+class _TrioWebsocketConnection(Connection):
+    """trio-websocket's client: its reader task hands over one message at a time."""
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: tw.WebSocketConnection) -> None:
+        self._ws = ws
+
+    async def recv_batch(self) -> list[bytes | str]:
+        try:
+            return [await self._ws.get_message()]
+        except tw.ConnectionClosed as exc:
+            code = getattr(exc.reason, "code", None)
+            text = getattr(exc.reason, "reason", None)
+            raise ConnectionLost(_closed_text(code, text), code) from None
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self._ws.send_message(data)
+        except tw.ConnectionClosed as exc:
+            raise ConnectionLost(f"connection closed while sending ({exc.reason})") from None
+        except _BROKEN as exc:
+            raise ConnectionLost(f"send failed: {type(exc).__name__}") from None
 
 
 @asynccontextmanager
@@ -91,6 +308,7 @@ async def connect(
     bearer: Secret | None,
     *,
     connect_timeout: float,
+    client: str = "wsproto",
     max_message_size: int = 64 * 2**20,
     message_queue_size: int = 8,
     receive_buffer_size: int = 256 * 2**10,
@@ -98,18 +316,51 @@ async def connect(
 ) -> AsyncIterator[Connection]:
     """Open the WebSocket with ``Authorization: Bearer <token>`` (PROTOCOL.md §2.1).
 
-    ``message_queue_size``: WebSocket messages trio-websocket's reader task may queue ahead of
-    ours.  A few decouple the two tasks; more only hold memory while the writers are behind
-    (11 stripes x 64 x ~11 KB = 8 MB), and the kernel's socket buffer queues the rest.
+    ``client``: one of :data:`CLIENTS` (module docstring). ``message_queue_size`` (only
+    trio-websocket): messages its reader task may queue ahead of ours. A few decouple the two
+    tasks; more only hold memory while the writers are behind, and the kernel's socket buffer
+    queues the rest. wsproto reads ``receive_buffer_size`` bytes at a time, in our task.
 
     Raises :class:`AuthRejected` when the upgrade is refused with 401/403 and
     :class:`TransportError` for everything else that goes wrong while connecting.
     """
+    if client not in CLIENTS:
+        raise ValueError(f"unknown WebSocket client {client!r}")
     headers = [(b"Authorization", b"Bearer " + bearer.value.encode())] if bearer else []
     parts = urlsplit(url)
-    ssl_context = ssl.create_default_context() if parts.scheme == "wss" else None
+    tls = parts.scheme == "wss"
+    ssl_context = ssl.create_default_context() if tls else None
+    host = parts.hostname or "localhost"
+    port = parts.port or (443 if tls else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    opened = False  # errors are translated while connecting, not those of the caller's body
     try:
-        if stream_factory is None:
+        if client == "wsproto":
+            with trio.fail_after(connect_timeout):
+                if stream_factory is not None:
+                    stream = await stream_factory()
+                elif ssl_context is not None:
+                    stream = await trio.open_ssl_over_tcp_stream(
+                        host, port, ssl_context=ssl_context, https_compatible=True
+                    )
+                else:
+                    stream = await trio.open_tcp_stream(host, port)
+                host_header = host if port in (80, 443) else f"{host}:{port}"
+                try:
+                    ws = await _handshake(
+                        stream, host_header, resource, headers, receive_buffer_size
+                    )
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await stream.aclose()
+                    raise
+            conn = _WsprotoConnection(stream, ws, receive_buffer_size, max_message_size)
+            opened = True
+            try:
+                yield conn
+            finally:
+                await conn.aclose()
+        elif stream_factory is None:
             async with tw.open_websocket_url(
                 url,
                 ssl_context,
@@ -117,43 +368,50 @@ async def connect(
                 message_queue_size=message_queue_size,
                 max_message_size=max_message_size,
                 connect_timeout=connect_timeout,
-                disconnect_timeout=2,
+                disconnect_timeout=CLOSE_TIMEOUT_S,
                 receive_buffer_size=receive_buffer_size,
-            ) as ws:
-                yield Connection(ws)
+            ) as tws:
+                opened = True
+                yield _TrioWebsocketConnection(tws)
         else:
             async with _single_errors(), trio.open_nursery() as nursery:
                 with trio.fail_after(connect_timeout):
                     stream = await stream_factory()
-                    resource = parts.path + (f"?{parts.query}" if parts.query else "")
-                    ws = await tw.wrap_client_stream(
+                    tws = await tw.wrap_client_stream(
                         nursery,
                         stream,  # type: ignore[arg-type]  # any trio Stream works (tests use memory)
-                        parts.hostname or "localhost",
+                        host,
                         resource,
                         extra_headers=headers,
                         message_queue_size=message_queue_size,
                         max_message_size=max_message_size,
                     )
+                opened = True
                 try:
-                    yield Connection(ws)
+                    yield _TrioWebsocketConnection(tws)
                 finally:
-                    with trio.move_on_after(2, shield=True):
-                        await ws.aclose()
+                    with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                        await tws.aclose()
                     nursery.cancel_scope.cancel()
-    except trio.TooSlowError:
-        raise TransportError(f"connect to {parts.hostname}:{parts.port} timed out") from None
-    except tw.ConnectionRejected as exc:
-        if exc.status_code in (401, 403):
-            raise AuthRejected(f"WebSocket upgrade refused with HTTP {exc.status_code}") from None
-        raise TransportError(f"WebSocket upgrade refused with HTTP {exc.status_code}") from None
-    except tw.ConnectionTimeout:
-        raise TransportError(f"connect to {parts.hostname}:{parts.port} timed out") from None
-    except tw.HandshakeError as exc:
-        raise TransportError(f"WebSocket handshake failed: {_describe(exc)}") from None
-    except tw.ConnectionClosed as exc:
-        raise ConnectionLost(f"connection closed ({exc.reason})") from None
-    except (OSError, trio.BrokenResourceError) as exc:
-        raise TransportError(
-            f"cannot reach {parts.hostname}:{parts.port}: {_describe(exc)}"
-        ) from None
+    except Exception as exc:
+        if opened:
+            raise
+        raise _connect_error(exc, host, port) from None
+
+
+def _connect_error(exc: Exception, host: str, port: int) -> Exception:
+    """What went wrong while connecting, as the supervisor's exception types."""
+    if isinstance(exc, (TransportError, AuthRejected)):
+        return exc
+    if isinstance(exc, (trio.TooSlowError, tw.ConnectionTimeout)):
+        return TransportError(f"connect to {host}:{port} timed out")
+    if isinstance(exc, tw.ConnectionRejected):
+        kind = AuthRejected if exc.status_code in (401, 403) else TransportError
+        return kind(f"WebSocket upgrade refused with HTTP {exc.status_code}")
+    if isinstance(exc, tw.HandshakeError):
+        return TransportError(f"WebSocket handshake failed: {_describe(exc)}")
+    if isinstance(exc, tw.ConnectionClosed):
+        return ConnectionLost(f"connection closed ({exc.reason})")
+    if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+        return TransportError(f"cannot reach {host}:{port}: {_describe(exc)}")
+    return exc

@@ -20,6 +20,7 @@ from capture.sim.config import SimConfig
 from capture.sim.faults import Faults
 from capture.sim.record import recorded_bytes
 from capture.sim.server import Simulator
+from capture.transport import CLIENTS
 
 TYPES = ["OptionNbboQuote", "StockBookQuote", "StockPrint"]
 
@@ -76,9 +77,10 @@ def quarantined(root: Path) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_daemon_survives_reports_and_loses_nothing(
-    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    name: str, client: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     faults, reconnects, quarantines = CASES[name]
     root, record = tmp_path / "data", tmp_path / "sent"
@@ -86,7 +88,9 @@ def test_the_daemon_survives_reports_and_loses_nothing(
         api_keys=frozenset({KEY}), rate=30, seed=21, record_dir=record, faults=faults,
         heartbeat_interval=10.0,
     )
-    cfg = config(root, ["A"], TYPES, supervision={"stale_after": 30.0})
+    cfg = config(
+        root, ["A"], TYPES, supervision={"stale_after": 30.0}, source={"websocket": client}
+    )
     during: dict[str, Any] = {}
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:

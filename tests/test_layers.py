@@ -49,6 +49,7 @@ def test_one_owner_per_edge_library() -> None:
     mods = modules()
     owners = {
         "trio_websocket": {"capture.transport", "capture.sim.server"},
+        "wsproto": {"capture.transport"},
         "pycognito": {"capture.auth"},
     }
     for lib, allowed in owners.items():

@@ -867,7 +867,9 @@ def main() -> int:
         r = run_daemon(ds_dir, manifest, len(STRIPES), args, processes=args.soak_processes,
                        loop_seconds=args.minutes * 60)
         samples = r["memory_samples_mb"]
-        warm = [mb for t, mb in samples if t >= 60] or [mb for _, mb in samples]
+        # After the first minute, before the stop (the last sample may fall in the shutdown)
+        warm = ([mb for t, mb in samples if 60 <= t < args.minutes * 60]
+                or [mb for _, mb in samples])
         lo, hi = min(warm), max(warm)
         # Flat = no trend: the mean RSS of every whole minute after the first within 10 % of
         # each other (samples swing with row-group buffering; a leak shows as a trend).

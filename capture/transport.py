@@ -91,9 +91,34 @@ def _closed_text(code: int | None, reason: str | None) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
+    """The error's type and, for the OS and TLS, its reason; never a message that could
+    quote what we sent (the bearer token)."""
+    if isinstance(exc, OSError):  # ssl.SSLError too: "certificate verify failed: ..."
         return f"{type(exc).__name__}: {exc.strerror or exc}"
+    cause = exc.__cause__  # trio wraps TLS and socket errors in BrokenResourceError
+    if isinstance(exc, trio.BrokenResourceError) and isinstance(cause, OSError):
+        return f"{type(exc).__name__} ({_describe(cause)})"
     return type(exc).__name__
+
+
+def _utf8_len(data: bytes | str) -> int:
+    """A message's size on the wire (a text message counts its UTF-8 bytes)."""
+    if isinstance(data, bytes) or data.isascii():
+        return len(data)
+    return len(data.encode("utf-8", "surrogatepass"))
+
+
+def _check_token(token: str) -> None:
+    """A bearer token goes into an HTTP header, which cannot carry control characters (a
+    stray newline inside a key file): a broken credential, said without quoting it."""
+    if not token or any(c < " " or c == "\x7f" for c in token):
+        raise AuthRejected("the bearer token is empty or contains control characters")
+
+
+def _host_header(host: str, port: int, default_port: int) -> str:
+    """RFC 7230 §5.4: the port only when it is not the scheme's; IPv6 literals bracketed."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == default_port else f"{name}:{port}"
 
 
 def _bytes(data: bytes | bytearray) -> bytes:
@@ -119,8 +144,8 @@ class _WsprotoConnection(Connection):
     handshake) are sent before the next read."""
 
     __slots__ = (
-        "_bufsize", "_lock", "_lost", "_max_size", "_outgoing", "_parts", "_size", "_stream",
-        "_ws",
+        "_bufsize", "_ended", "_lock", "_lost", "_max_size", "_outgoing", "_parse_failed",
+        "_parts", "_size", "_stream", "_ws",
     )
 
     def __init__(
@@ -134,19 +159,22 @@ class _WsprotoConnection(Connection):
         self._parts: list[bytes | str] = []  # a message that spans frames or reads
         self._size = 0
         self._outgoing: list[bytes] = []  # replies not sent yet
-        self._lost: ConnectionLost | None = None
+        self._lost: ConnectionLost | None = None  # raised once every message before it was taken
+        self._ended = False  # a close (or a violation) was taken: no messages after it
+        self._parse_failed = False  # wsproto could not parse the server's bytes: no more frames
         self._lock = trio.Lock()  # one sender at a time
 
     async def recv_batch(self) -> list[bytes | str]:
         while True:
             if self._outgoing:
                 await self._flush()
+            if not self._ended:
+                out = self._take_events()
+                if out:
+                    return out
             if self._lost is not None:
                 raise self._lost
-            out = self._take_events()
-            if out:
-                return out
-            if self._lost is None and not self._outgoing:  # else: reply first, then raise
+            if not self._outgoing:  # else: the replies first (a close: then raise)
                 try:
                     received = await self._stream.receive_some(self._bufsize)
                 except _BROKEN as exc:
@@ -162,12 +190,13 @@ class _WsprotoConnection(Connection):
             if isinstance(event, (BytesMessage, TextMessage)):
                 raw = event.data
                 data = bytes(raw) if isinstance(raw, bytearray) else raw  # wsproto's slices
-                self._size += len(data)
+                self._size += _utf8_len(data)
                 if self._size > self._max_size:
                     reason = f"message larger than {self._max_size} bytes"
                     self._parts, self._size = [], 0
                     self._outgoing.append(ws.send(CloseConnection(code=1009, reason=reason)))
                     self._lost = ConnectionLost(_closed_text(1009, reason), 1009)
+                    self._ended = True
                     break
                 if event.message_finished:
                     if self._parts:
@@ -181,28 +210,46 @@ class _WsprotoConnection(Connection):
             elif isinstance(event, Ping):
                 self._outgoing.append(ws.send(event.response()))
             elif isinstance(event, CloseConnection):
+                if ws.state is ConnectionState.OPEN:
+                    # Not the server's close: wsproto failed to parse its bytes (a bad opcode,
+                    # reserved bits, invalid UTF-8 in text) and says so with the code to send.
+                    self._parse_failed = True
+                    self._outgoing.append(ws.send(CloseConnection(code=event.code)))
+                    text = f"protocol error from the server ({event.code} {event.reason})"
+                    self._lost = ConnectionLost(text, event.code)
+                    self._ended = True
+                    break
                 if ws.state is ConnectionState.REMOTE_CLOSING:
                     self._outgoing.append(ws.send(event.response()))
                 self._lost = ConnectionLost(_closed_text(event.code, event.reason), event.code)
+                self._ended = True
                 break
             # Pong: we send no pings.
         return out
 
     async def _flush(self) -> None:
+        """Send the queued replies. Shielded (bounded), so that a deadline that expires in the
+        caller's scope cannot drop a pong or the close handshake half-way through."""
         data = b"".join(self._outgoing)
         self._outgoing.clear()
-        try:
-            await self._send_raw(data)
-        except ConnectionLost as exc:
-            if self._lost is None:
-                self._lost = exc
+        with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True) as scope:
+            try:
+                await self._send_raw(data)
+            except ConnectionLost as exc:
+                if self._lost is None:
+                    self._lost = exc
+        if scope.cancelled_caught and self._lost is None:
+            self._lost = ConnectionLost(f"send blocked for {CLOSE_TIMEOUT_S:g} s")
 
     async def _send_raw(self, data: bytes) -> None:
         async with self._lock:
             try:
                 await self._stream.send_all(data)
             except _BROKEN as exc:
-                raise ConnectionLost(f"send failed: {_describe(exc)}") from None
+                lost = ConnectionLost(f"send failed: {_describe(exc)}")
+                if self._lost is None:  # receiving ends too, after what was already received
+                    self._lost = lost
+                raise lost from None
 
     async def send(self, data: bytes) -> None:
         if self._lost is not None or self._ws.state is not ConnectionState.OPEN:
@@ -219,7 +266,7 @@ class _WsprotoConnection(Connection):
                     self._outgoing.append(ws.send(CloseConnection(code=1000)))
                 if self._outgoing:
                     await self._flush()
-                while ws.state is ConnectionState.LOCAL_CLOSING:
+                while ws.state is ConnectionState.LOCAL_CLOSING and not self._parse_failed:
                     received = await self._stream.receive_some(self._bufsize)
                     ws.receive_data(_bytes(received) or None)
                     for _ in ws.events():
@@ -241,8 +288,11 @@ async def _handshake(
     server sent after its 101 stays in wsproto for the first :meth:`recv_batch`."""
     ws = WSConnection(ConnectionType.CLIENT)
     try:
-        await stream.send_all(ws.send(Request(host=host_header, target=resource,
-                                              extra_headers=headers)))
+        request = ws.send(Request(host=host_header, target=resource, extra_headers=headers))
+    except Exception as exc:  # noqa: BLE001 - h11's text would quote the header: type only
+        raise TransportError(f"cannot build the upgrade request: {type(exc).__name__}") from None
+    try:
+        await stream.send_all(request)
         while True:
             data = await stream.receive_some(receive_buffer_size)
             if not data:
@@ -257,11 +307,15 @@ async def _handshake(
                         raise AuthRejected(f"WebSocket upgrade refused with HTTP {status}")
                     raise TransportError(f"WebSocket upgrade refused with HTTP {status}")
     except (RemoteProtocolError, LocalProtocolError) as exc:
-        raise TransportError(f"WebSocket handshake failed: {type(exc).__name__}") from None
+        # About the server's response ("Bad accept token", "Missing header, 'Upgrade'"): our
+        # request, and so the token, is not in it.
+        raise TransportError(f"WebSocket handshake failed: {str(exc)[:200]}") from None
 
 
 class _TrioWebsocketConnection(Connection):
-    """trio-websocket's client: its reader task hands over one message at a time."""
+    """trio-websocket's client: its reader task hands over one message at a time (so a batch
+    is one message: when a message ends the session, those its reader task had queued behind
+    it are not delivered; the wsproto client returns them in the same batch)."""
 
     __slots__ = ("_ws",)
 
@@ -326,12 +380,15 @@ async def connect(
     """
     if client not in CLIENTS:
         raise ValueError(f"unknown WebSocket client {client!r}")
+    if bearer is not None:
+        _check_token(bearer.value)
     headers = [(b"Authorization", b"Bearer " + bearer.value.encode())] if bearer else []
     parts = urlsplit(url)
     tls = parts.scheme == "wss"
     ssl_context = ssl.create_default_context() if tls else None
     host = parts.hostname or "localhost"
-    port = parts.port or (443 if tls else 80)
+    default_port = 443 if tls else 80
+    port = parts.port or default_port
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     opened = False  # errors are translated while connecting, not those of the caller's body
     try:
@@ -345,7 +402,7 @@ async def connect(
                     )
                 else:
                     stream = await trio.open_tcp_stream(host, port)
-                host_header = host if port in (80, 443) else f"{host}:{port}"
+                host_header = _host_header(host, port, default_port)
                 try:
                     ws = await _handshake(
                         stream, host_header, resource, headers, receive_buffer_size
@@ -392,6 +449,8 @@ async def connect(
                 finally:
                     with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                         await tws.aclose()
+                    with trio.CancelScope(shield=True):  # if the close handshake never ended
+                        await stream.aclose()
                     nursery.cancel_scope.cancel()
     except Exception as exc:
         if opened:

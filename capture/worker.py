@@ -94,6 +94,9 @@ class _Session:
     snapshot_types: set[str] = field(default_factory=set)
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
     requested: bool = False
+    ended: Exception | None = None
+    """Why the connection must end (GoodNight, a refused logon, a failed send), found while
+    handling a message: raised once every message received with it has been kept."""
 
     @classmethod
     def start(cls, session: str, streams: dict[str, StreamState]) -> _Session:
@@ -467,6 +470,8 @@ class StripeWorker:
                         journal.append(recv_ns, first_seq, self._seq - first_seq, message)
                     if self._ready:  # after the journal: waiting for the writers delays no fsync
                         await self._drain_ready(send)
+                if sess.ended is not None:
+                    raise sess.ended
                 if sess.requested and stats.state != "streaming" and stats.session is not None:
                     stats.state = "streaming"
         finally:
@@ -519,13 +524,18 @@ class StripeWorker:
                     except protocol.ControlParseError as exc:
                         self._quarantine(recv_ns, session, str(exc), body)
                         continue
-                    if isinstance(ctl, protocol.Admin) and not sess.requested:
-                        if conn is not None:
-                            sess.requested = await self._on_admin(ctl, conn, sess.streams, api_key)
-                        else:  # replay: the requests were sent when this was live
-                            sess.requested = ctl.verdict is protocol.AdminVerdict.LOGGED_ON
-                    else:
+                    if not isinstance(ctl, protocol.Admin):
                         self._on_control(ctl, sess)
+                    elif conn is None:  # replay: the requests were sent when this was live
+                        if not sess.requested:
+                            sess.requested = ctl.verdict is protocol.AdminVerdict.LOGGED_ON
+                    elif sess.ended is None:
+                        try:
+                            sess.requested = await self._on_admin(
+                                ctl, conn, sess.streams, api_key, sess.requested
+                            )
+                        except (TransportError, AuthRejected) as exc:
+                            sess.ended = exc  # the frames after it are still kept
                     continue
                 seq = self._seq
                 self._seq += 1
@@ -570,8 +580,17 @@ class StripeWorker:
         conn: Connection,
         streams: dict[str, StreamState],
         api_key: str | None,
+        requested: bool,
     ) -> bool:
+        """Whether the stream requests have been sent, after this MLinkAdmin. Raises what ends
+        the connection: GoodNight (at any time: reconnect later) or a refused logon."""
         verdict = admin.verdict
+        if requested:  # after logon only GoodNight matters; the rest is logged
+            if verdict is protocol.AdminVerdict.GOOD_NIGHT:
+                raise TransportError(f"server said GoodNight ({admin.detail or 'no detail'})")
+            if verdict is not protocol.AdminVerdict.LOGGED_ON:
+                self.log.warning("MLinkAdmin after logon", state=admin.state, detail=admin.detail)
+            return True
         self._event("logon", result=admin.state, detail=admin.detail)
         if verdict is protocol.AdminVerdict.LOGGED_ON:
             self.log.info("logged on", session=self.stats.session)

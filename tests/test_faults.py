@@ -7,14 +7,19 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from e2e_util import assert_rows_equal, data_bodies, read_table
-from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
+from memnet import BASE_NS, KEY, MemoryNet, config, launch, mock_clock, run, wait_for
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
 
 from capture.app import Daemon
+from capture.clock import TrioWallClock
 from capture.frames import Frame, FrameDecoder, Garbage
 from capture.sim.config import SimConfig
 from capture.sim.faults import Faults
@@ -29,6 +34,10 @@ CASES: dict[str, tuple[Faults, bool, bool]] = {
     "disconnect": (Faults(disconnect_after_messages=80, faulty_connections=1), True, False),
     "clean close": (Faults(close_after_messages=80, faulty_connections=1), True, False),
     "goodnight": (Faults(goodnight_after_messages=80, faulty_connections=1), True, False),
+    "goodnight, left open": (
+        Faults(goodnight_after_messages=80, goodnight_then_close=False, faulty_connections=1),
+        True, False,
+    ),
     "stall": (Faults(stall_after_messages=80, faulty_connections=1), True, False),
     "half-open": (Faults(half_open_after_messages=80, faulty_connections=1), True, False),
     "garbage bytes": (Faults(garbage_every=7), False, True),
@@ -112,6 +121,8 @@ def test_the_daemon_survives_reports_and_loses_nothing(
     assert stats.connects == (2 if reconnects else 1)
     if reconnects:
         assert stats.last_error and stripe_health["restarts"] == 1
+    if name.startswith("goodnight"):  # ended by the GoodNight itself, not by a close or a stall
+        assert stats.last_error == "server said GoodNight (no detail)", stats.last_error
     # Nothing lost: every valid data message is a row with equal values ...
     sent = data_bodies(record)
     assert sent, "the simulator sent data"
@@ -128,3 +139,55 @@ def test_the_daemon_survives_reports_and_loses_nothing(
         assert stripe_health["quarantined_frames"] > 0
         captured = capsys.readouterr()
         assert "quarantined bytes" in captured.out + captured.err
+
+
+SAMPLES = (Path(__file__).parent / "data" / "samples.jsonf").read_bytes()
+
+
+def _sample_frames(mtyp: str, contains: bytes = b"") -> list[bytes]:
+    """Whole frames of the vendor's samples, by type."""
+    frames = [b"\r\nJ" + part for part in SAMPLES.split(b"\r\nJ")[1:]]
+    return [f for f in frames if f'"mTyp":"{mtyp}"'.encode() in f[:80] and contains in f]
+
+
+def test_data_in_the_read_that_also_ends_the_connection_is_kept(tmp_path: Path) -> None:
+    """LoggedOn, data and the server's close in one read: the stream requests the LoggedOn
+    calls for can no longer be sent, and the data that came with it must still be kept (it
+    used to be dropped with the failed send)."""
+    root = tmp_path / "data"
+    (logged_on,) = _sample_frames("MLinkAdmin", b"LoggedOn")
+    quotes = _sample_frames("OptionNbboQuote")
+    cfg = config(root, ["A"], ["OptionNbboQuote"])
+    opened: list[int] = []
+
+    async def serve(stream: trio.abc.Stream, n: int) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        while not any(isinstance(e, Request) for e in ws.events()):
+            ws.receive_data(bytes(await stream.receive_some(65536)))
+        out = ws.send(AcceptConnection())
+        if n == 1:  # one write: the client reads it all at once
+            out += ws.send(BytesMessage(data=logged_on)) + ws.send(BytesMessage(data=b"".join(
+                quotes))) + ws.send(CloseConnection(code=1001, reason="going away"))
+        await stream.send_all(out)
+        while await stream.receive_some(65536):  # then whatever the client says, until it goes
+            pass
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+
+            async def open_stream() -> trio.abc.Stream:
+                client, server = trio.testing.memory_stream_pair()
+                opened.append(len(opened) + 1)
+                nursery.start_soon(serve, server, opened[-1])
+                return client
+
+            net = SimpleNamespace(open=open_stream)
+            launched = launch(nursery, cfg, TrioWallClock(BASE_NS), net)  # type: ignore[arg-type]
+            await wait_for(lambda: len(opened) >= 2)  # the first connection is over
+            code = await launched.stop()
+            nursery.cancel_scope.cancel()
+        return code
+
+    assert trio.run(main, clock=mock_clock()) == 0
+    rows = read_table(root, "OptionNbboQuote").to_pylist()
+    assert_rows_equal("OptionNbboQuote", "A", [f[14:] for f in quotes], rows)

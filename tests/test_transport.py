@@ -9,14 +9,19 @@ fall silent, send too much.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+import trio_websocket as tw
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -34,6 +39,7 @@ from wsproto.events import (
 from capture.auth import Secret
 from capture.transport import (
     CLIENTS,
+    CLOSE_TIMEOUT_S,
     AuthRejected,
     ConnectionLost,
     TransportError,
@@ -52,6 +58,7 @@ class Peer:
     ws: WSConnection = field(default_factory=lambda: WSConnection(ConnectionType.SERVER))
     request: Request | None = None
     received: list[Event] = field(default_factory=list)
+    close_took: float | None = None  # how long the client's leaving the connection took
 
     async def send(self, *events: Event, chunk: int | None = None) -> None:
         """All events' bytes in one write, or in writes of ``chunk`` bytes."""
@@ -80,7 +87,8 @@ Script = Callable[[Peer], Awaitable[None]]
 
 
 async def serve(stream: trio.abc.Stream, peer_box: list[Peer], script: Script,
-                done: trio.Event, *, status: int = 101) -> None:
+                done: trio.Event, *, status: int = 101, with_accept: tuple[Event, ...] = ()
+                ) -> None:
     peer = Peer(stream)
     peer_box.append(peer)
     peer.request = await peer.expect(Request)  # type: ignore[assignment]
@@ -88,7 +96,7 @@ async def serve(stream: trio.abc.Stream, peer_box: list[Peer], script: Script,
         await peer.send(RejectConnection(status_code=status))
         await stream.aclose()
     else:
-        await peer.send(AcceptConnection())
+        await peer.send(AcceptConnection(), *with_accept)  # one write: 101 + these
         await script(peer)
     done.set()
 
@@ -99,6 +107,8 @@ async def session(
     body: Callable[[Any], Awaitable[Any]],
     *,
     status: int = 101,
+    with_accept: tuple[Event, ...] = (),
+    url: str = URL,
     **connect_kw: Any,
 ) -> tuple[Any, Peer]:
     """Connect ``client`` to a scripted server and run ``body(conn)``; returns what ``body``
@@ -106,19 +116,25 @@ async def session(
     peers: list[Peer] = []
     outcome: Any = None
     done = trio.Event()
+    left_at: float | None = None
     async with trio.open_nursery() as nursery:
 
         async def factory() -> trio.abc.Stream:
             a, b = trio.testing.memory_stream_pair()
-            nursery.start_soon(partial(serve, b, peers, script, done, status=status))
+            nursery.start_soon(partial(serve, b, peers, script, done, status=status,
+                                       with_accept=with_accept))
             return a
 
         try:
-            async with connect(URL, Secret(TOKEN), connect_timeout=5.0, client=client,
+            async with connect(url, Secret(TOKEN), connect_timeout=5.0, client=client,
                                stream_factory=factory, **connect_kw) as conn:
-                outcome = await body(conn)
+                with trio.fail_after(60):  # a client that stops answering fails, not hangs
+                    outcome = await body(conn)
+                left_at = trio.current_time()
         except Exception as exc:  # noqa: BLE001 - the test asserts on whatever it is
             outcome = exc
+        if left_at is not None and peers:
+            peers[0].close_took = trio.current_time() - left_at
         with trio.fail_after(60):  # the script ran to its end (its assertions held)
             await done.wait()
         nursery.cancel_scope.cancel()
@@ -275,7 +291,6 @@ def test_a_refused_upgrade_says_why(client: str, status: int, error: type[Except
         got, _ = await session(client, script, lambda c: c.recv_batch(), status=status)
         assert type(got) is error
         assert str(got) == f"WebSocket upgrade refused with HTTP {status}"
-        assert TOKEN not in str(got)
 
     run(main)
 
@@ -310,6 +325,8 @@ def test_leaving_the_connection_closes_it_with_1000(client: str) -> None:
         got, peer = await session(client, script, lambda c: c.recv_batch())
         assert got == [b"x"]
         assert [e.code for e in peer.received if isinstance(e, CloseConnection)] == [1000]
+        # done when the server's close came back, not at the close timeout
+        assert peer.close_took is not None and peer.close_took < CLOSE_TIMEOUT_S
 
     run(main)
 
@@ -365,3 +382,282 @@ def test_an_unknown_client_is_refused() -> None:
                 pass
 
     run(main)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_messages_in_the_same_write_as_the_upgrade_response_arrive(client: str) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.expect(CloseConnection)
+
+    async def main() -> None:
+        got, _ = await session(
+            client, script, lambda c: c.recv_batch(),
+            with_accept=(BytesMessage(data=b"first"),),
+        )
+        assert got == [b"first"]
+
+    run(main)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_message_over_the_limit_across_fragments_closes_with_1009(client: str) -> None:
+    async def script(peer: Peer) -> None:
+        parts = [BytesMessage(data=b"z" * 1000, message_finished=False) for _ in range(5)]
+        await peer.send(BytesMessage(data=b"ok"), *parts, BytesMessage(data=b"end"))
+        close = await peer.expect(CloseConnection)
+        assert isinstance(close, CloseConnection) and close.code == 1009
+
+    async def main() -> None:
+        (got, end), _ = await session(client, script, receive_all, max_message_size=4096)
+        assert got == [b"ok"]
+        assert end.code == 1009
+
+    run(main)
+
+
+# Server frames wsproto must refuse: reserved bit 1 set (compression, never negotiated), and a
+# text frame that is not UTF-8.
+RSV1_FRAME = bytes([0xC2, 3]) + b"abc"
+BAD_TEXT_FRAME = bytes([0x81, 2]) + b"\xff\xfe"
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize(("frame", "code"), [(RSV1_FRAME, 1002), (BAD_TEXT_FRAME, 1007)],
+                         ids=["reserved bit", "invalid utf-8 text"])
+def test_a_protocol_violation_is_closed_with_its_code(client: str, frame: bytes,
+                                                       code: int) -> None:
+    sent: list[int | None] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.send(BytesMessage(data=b"good"))
+        await peer.stream.send_all(frame)
+        try:
+            close = await peer.expect(CloseConnection)
+            sent.append(close.code)  # type: ignore[attr-defined]
+        except AssertionError:  # the client closed the stream without a close frame
+            sent.append(None)
+        # No close frame back (the server cannot answer in kind): the client must not wait for
+        # one. Read until it closes the stream.
+        while await peer.stream.receive_some(65536):
+            pass
+
+    async def main() -> None:
+        (got, end), peer = await session(client, script, receive_all)
+        assert got == [b"good"]
+        assert end.code == code
+        if client == "wsproto":  # trio-websocket drops the connection without a close frame
+            assert sent == [code]
+        assert peer.close_took is not None and peer.close_took < CLOSE_TIMEOUT_S
+
+    run(main)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_pong_due_when_the_callers_deadline_expires_is_still_sent(client: str) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.send(BytesMessage(data=b"1"), Ping(payload=b"p"))
+        await peer.expect(Pong)
+        await peer.send(BytesMessage(data=b"2"), CloseConnection(code=1000))
+        await peer.expect(CloseConnection)
+
+    async def body(conn: Any) -> tuple[list[bytes | str], ConnectionLost]:
+        first = await conn.recv_batch()
+        with trio.move_on_at(trio.current_time()):  # already expired: cancelled at once
+            await conn.recv_batch()
+        rest, end = await receive_all(conn)
+        return first + rest, end
+
+    async def main() -> None:
+        (got, end), _ = await session(client, script, body)
+        assert got == [b"1", b"2"]
+        assert end.code == 1000
+
+    run(main)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_ping_and_a_close_in_one_read_are_both_answered(client: str) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.send(BytesMessage(data=b"m"), Ping(payload=b"q"),
+                        CloseConnection(code=1001, reason="bye"))
+        await peer.expect(CloseConnection)
+
+    async def main() -> None:
+        (got, end), peer = await session(client, script, receive_all)
+        assert got == [b"m"]
+        assert end.code == 1001
+        assert [type(e) for e in peer.received[1:]] == [Pong, CloseConnection]
+
+    run(main)
+
+
+@pytest.mark.parametrize(("url", "host"), [
+    ("ws://[::1]:8443/x", "[::1]:8443"),
+    ("ws://feed.invalid/x", "feed.invalid"),
+    ("ws://feed.invalid:443/x", "feed.invalid:443"),  # 443 is not ws's default port
+    ("wss://feed.invalid:443/x", "feed.invalid"),
+])
+def test_the_host_header_follows_rfc_7230(url: str, host: str) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.send(BytesMessage(data=b"x"))
+        await peer.expect(CloseConnection)
+
+    async def main() -> None:
+        _, peer = await session("wsproto", script, lambda c: c.recv_batch(), url=url)
+        assert peer.request is not None and peer.request.host == host
+
+    run(main)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_token_a_header_cannot_carry_is_refused_without_quoting_it(client: str) -> None:
+    opened = []
+
+    async def factory() -> trio.abc.Stream:
+        opened.append(True)
+        return trio.testing.memory_stream_pair()[0]
+
+    async def main() -> None:
+        bad = "k3y-part\r\nX-Injected: 1"
+        with pytest.raises(AuthRejected) as info:
+            async with connect(URL, Secret(bad), connect_timeout=5.0, client=client,
+                               stream_factory=factory):
+                raise AssertionError("connected")
+        assert "control characters" in str(info.value)
+        assert "k3y-part" not in str(info.value)
+        assert not opened  # refused before anything was sent anywhere
+
+    run(main)
+
+
+# -- the real thing: TCP and TLS on loopback --------------------------------------------------
+
+
+def _ca_and_server_cert(tmp: Path, name: str) -> tuple[Path, ssl.SSLContext]:
+    """A CA (its certificate written to ``tmp/<name>-ca.pem``) and a server context for
+    127.0.0.1 whose certificate that CA signed."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = tmp / f"{name}-ca.pem"
+    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    chain = tmp / f"{name}-server.pem"
+    chain.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption())
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(chain)
+    return ca_pem, server_ctx
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ssl.SSLContext, Path]:
+    """A server context; the client trusts its CA through OpenSSL's default paths."""
+    ca_pem, server_ctx = _ca_and_server_cert(tmp_path, "trusted")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_pem))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
+    return server_ctx, tmp_path
+
+
+async def _serve_tls(server_ctx: ssl.SSLContext, task_status: Any = trio.TASK_STATUS_IGNORED,
+                     ) -> None:
+    """A real WebSocket server over TLS on loopback: greets, echoes one message, closes."""
+
+    async def handler(request: tw.WebSocketRequest) -> None:
+        auth = dict(request.headers).get(b"authorization")
+        ws = await request.accept()
+        await ws.send_message(b"over tls " + (auth or b"-"))
+        echo = await ws.get_message()
+        await ws.send_message(echo)
+        await ws.aclose(1000, "done")
+
+    await tw.serve_websocket(handler, "127.0.0.1", 0, ssl_context=server_ctx,
+                             task_status=task_status)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_wss_over_real_tls_on_loopback(client: str, tls_server: tuple[ssl.SSLContext, Path],
+                                        ) -> None:
+    server_ctx, _ = tls_server
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(_serve_tls, server_ctx)
+            url = f"wss://127.0.0.1:{server.port}/mlink/jsonf"
+            with trio.fail_after(20):
+                async with connect(url, Secret(TOKEN), connect_timeout=10.0,
+                                   client=client) as conn:
+                    first = await conn.recv_batch()
+                    await conn.send(b"ping-data")
+                    got, end = await receive_all(conn)
+            nursery.cancel_scope.cancel()
+        assert first == [b"over tls Bearer " + TOKEN.encode()]
+        assert got == [b"ping-data"]
+        assert end.code == 1000
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_untrusted_certificate_is_refused_and_says_so(
+    client: str, tls_server: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, tmp = tls_server
+    stranger_ca, _ = _ca_and_server_cert(tmp, "stranger")
+    monkeypatch.setenv("SSL_CERT_FILE", str(stranger_ca))  # trusts another CA only
+    server_ctx = tls_server[0]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(_serve_tls, server_ctx)
+            port = server.port
+            url = f"wss://127.0.0.1:{port}/mlink/jsonf"
+            with trio.fail_after(20), pytest.raises(TransportError) as info:
+                async with connect(url, Secret(TOKEN), connect_timeout=3.0, client=client):
+                    raise AssertionError("connected")
+            nursery.cancel_scope.cancel()
+        text = str(info.value)
+        if client == "wsproto":
+            assert text.startswith(f"cannot reach 127.0.0.1:{port}: BrokenResourceError")
+            assert "certificate verify failed" in text, text
+        else:  # trio-websocket's handshake never hears of the TLS failure: it waits it out
+            assert text == f"connect to 127.0.0.1:{port} timed out"
+
+    trio.run(main)

@@ -48,6 +48,9 @@ class Faults:
     """Clean close: WebSocket close 1001 "going away" after this many frames."""
     goodnight_after_messages: int | None = None
     """Send MLinkAdmin ``GoodNight`` after this many frames, then close the WebSocket."""
+    goodnight_then_close: bool = True
+    """After ``GoodNight``, close the WebSocket (true) or leave it open and send nothing more
+    (false): what the real server does next is not documented (PROTOCOL.md §2.5, [I])."""
     stall_after_messages: int | None = None
     """Stay open but send nothing more (no data, no heartbeats) after this many frames."""
     half_open_after_messages: int | None = None

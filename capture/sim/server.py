@@ -549,6 +549,9 @@ class Connection:
             if not await self._ws_send(frame):
                 return
             self.frames_sent += 1
+            if not self.faults.faults.goodnight_then_close:
+                self._end_reason = "fault: good night, left open"
+                await trio.sleep_forever()
             await self._close(1000, "good night")
             self.end("fault: good night")
         elif action is Action.STALL:

@@ -26,6 +26,7 @@ def test_shipped_configurations_are_valid() -> None:
     full = Config.from_toml(ROOT / "config" / "capture.toml")
     assert full.source.stripes == ("A", "B", "C", "D", "E", "F", "G", "H", "M", "S", "X")
     assert full.source.active_latency == 1
+    assert full.source.websocket == "wsproto"
     demo_raw = (ROOT / "config" / "demo.toml").read_text()
     assert "[demo]" in demo_raw
 
@@ -52,6 +53,7 @@ def test_every_problem_is_reported_with_its_key() -> None:
             "stripes": ["A", "Q9"],
             "message_types": ["OptionNbboQuote", "NoSuchType"],
             "active_latency": 0,
+            "websocket": "aiohttp",
             "colour": "blue",
         },
         "auth": {"api_key": "super-secret-value"},
@@ -66,11 +68,12 @@ def test_every_problem_is_reported_with_its_key() -> None:
     keys = {p.split(":", 1)[0] for p in problems}
     assert keys == {
         "extra", "source.url", "source.stripes", "source.message_types", "source.active_latency",
-        "source.colour", "auth.api_key", "output.root", "output.timezone",
+        "source.websocket", "source.colour", "auth.api_key", "output.root", "output.timezone",
         "output.rotate_interval", "supervision.backoff_jitter", "supervision.stale_after",
         "logging.level",
     }
     assert any("Q9" in p for p in problems) and any("NoSuchType" in p for p in problems)
+    assert "source.websocket: must be one of wsproto, trio-websocket" in problems
     # The secret that was wrongly put in the file is never echoed back.
     assert "super-secret-value" not in str(info.value)
 

@@ -66,6 +66,8 @@ import pyarrow.parquet as pq
 # bench/ is sys.path[0] when this runs as a script
 from gen_stream import DEFAULT_DIR, STRIPES, TYPE_MIX, generate, load_manifest
 
+from capture.sim.tls import make_test_ca
+
 HERE = Path(__file__).resolve().parent
 
 BIN = Path(sys.executable).parent / "mlink-capture"
@@ -291,12 +293,14 @@ class ServerOutput:
 
 
 def write_config(
-    work: Path, port: int, stripes: list[str], rotate_interval: int, overrides: list[str]
+    work: Path, port: int, stripes: list[str], rotate_interval: int, overrides: list[str],
+    *, tls: bool = False,
 ) -> Path:
     """The daemon's TOML; ``overrides`` are ``section.key=value`` (value in TOML syntax)."""
+    scheme = "wss" if tls else "ws"
     sections: dict[str, dict[str, str]] = {
         "source": {
-            "url": f'"ws://127.0.0.1:{port}/mlink/jsonf"',
+            "url": f'"{scheme}://127.0.0.1:{port}/mlink/jsonf"',
             "stripes": json.dumps(stripes),
             "message_types": json.dumps(list(TYPE_MIX)),
             "resume": "false",
@@ -419,6 +423,9 @@ def run_daemon(
         "--types", str(len(TYPE_MIX)), "--frames-per-message", str(args.frames_per_message),
         "--loop-seconds", str(loop_seconds),
     ]
+    tls = make_test_ca(WORK / "tls") if args.tls else None
+    if tls is not None:  # wss://: the server encrypts on its own CPU, the daemon decrypts
+        server_cmd += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
     pin = {int(c) for c in args.server_cpu.split(",")} if args.server_cpu else None
 
     def pin_server() -> None:
@@ -436,9 +443,11 @@ def run_daemon(
         raise SystemExit("replay server did not start (see server.log)")
     port = out.of("listening")[0]["port"]
     cfg = write_config(work, port, stripes, args.rotate_interval,
-                       [f"supervision.processes={processes}", *args.set])
+                       [f"supervision.processes={processes}", *args.set], tls=tls is not None)
     log_path = work / "daemon.log"
     env = {**os.environ, KEY_ENV: "bench-key"}
+    if tls is not None:  # trusted as a system CA would be: certificate and host name checked
+        env["SSL_CERT_FILE"] = str(tls.ca)
     cmd = [str(BIN), "run", "--config", str(cfg)]
     if args.pythonpath:  # a patched copy of the package, for A/B experiments
         cmd = [sys.executable, "-m", "capture", "run", "--config", str(cfg)]
@@ -840,6 +849,9 @@ def main() -> int:
     parser.add_argument("--pythonpath", default=None,
                         help="run the daemon as python -m capture from this directory (a "
                              "patched copy of the package) instead of the installed one")
+    parser.add_argument("--tls", action="store_true",
+                        help="wss:// (TLS with a throw-away CA) instead of ws://, as the real "
+                             "endpoints are")
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     parser.add_argument("--keep", action="store_true", help="keep the Parquet output")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")

@@ -45,6 +45,7 @@ from capture.frames import encode_frame
 from capture.sim.config import SimConfig
 from capture.sim.market import encode_message
 from capture.sim.server import ADMIN, CHECKPT, HEARTBEAT, STREAM_ACK, StreamRequest, parse_inbound
+from capture.sim.tls import server_context
 
 CHUNK_BYTES = 256 * 1024
 SIM = SimConfig()
@@ -198,8 +199,11 @@ class Replay:
 
 async def amain(args: argparse.Namespace) -> None:
     replay = Replay(args)
-    listeners = await trio.open_tcp_listeners(args.port, host="127.0.0.1")
+    listeners: Any = await trio.open_tcp_listeners(args.port, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
+    if args.tls_cert:  # wss://, as the real endpoints are
+        ctx = server_context(Path(args.tls_cert), Path(args.tls_key))
+        listeners = [trio.SSLListener(lst, ctx, https_compatible=True) for lst in listeners]
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, replay.serve, listeners)
         emit("listening", port=port,
@@ -215,6 +219,8 @@ def main() -> int:
     parser.add_argument("--frames-per-message", type=int, default=SIM.frames_per_message)
     parser.add_argument("--max-message-bytes", type=int, default=SIM.max_message_bytes)
     parser.add_argument("--loop-seconds", type=float, default=0.0)
+    parser.add_argument("--tls-cert", help="serve wss:// with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="its private key (PEM)")
     args = parser.parse_args()
     try:
         trio.run(amain, args)

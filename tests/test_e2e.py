@@ -16,8 +16,11 @@ import pytest
 import trio
 from e2e_util import KEY, assert_rows_equal, daemon_config, read_table, run_capture
 
+from capture.config import Config
 from capture.sim.config import SimConfig
 from capture.sim.record import load_sent_data
+from capture.sim.tls import make_test_ca
+from capture.transport import CLIENTS
 
 TYPES = [
     "OptionNbboQuote",
@@ -103,3 +106,36 @@ def test_duckdb_and_polars_read_the_partitioned_dataset(tmp_path: Path) -> None:
     assert frame.height == sum(r[1] for r in rows)
     assert frame.schema["_recv_time"] == pl.Datetime("ns", "UTC")
     assert set(frame["stripe"].unique().to_list()) == {"A", "M"}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_wss_end_to_end_with_certificate_checks(
+    client: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real endpoints are wss://: the simulator serves TLS with a certificate from a test
+    CA, the daemon trusts that CA through OpenSSL's default paths (as it would a system CA)
+    and checks certificate and host name as it does in production."""
+    tls = make_test_ca(tmp_path / "tls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
+    record, root = tmp_path / "sent", tmp_path / "data"
+    sim = SimConfig(
+        api_keys=frozenset({KEY}), rate=100, seed=5, record_dir=record, heartbeat_interval=0.5,
+        tls_cert=tls.cert, tls_key=tls.key,
+    )
+    types, stripes = ["OptionNbboQuote", "StockPrint"], ["A", "M"]
+
+    def cfg(port: int) -> Config:
+        url = f"wss://127.0.0.1:{port}/mlink/jsonf"
+        return daemon_config(root, port, stripes, types, source={"websocket": client, "url": url})
+
+    daemon, code = trio.run(lambda: run_capture(sim, cfg, seconds=1.5))
+    assert code == 0
+    assert all(w.stats.connects == 1 for w in daemon.supervisor.workers.values())
+    sent = load_sent_data(record)
+    assert sum(len(v) for v in sent.values()) > 100
+    for msg_type in types:
+        table = read_table(root, msg_type)
+        for stripe in stripes:
+            rows = table.filter(pc.equal(table.column("stripe"), stripe)).to_pylist()
+            assert_rows_equal(msg_type, stripe, sent.get((msg_type, stripe), []), rows)

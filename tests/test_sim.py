@@ -998,6 +998,11 @@ def test_config_from_mapping_names_the_bad_key(tmp_path: Path) -> None:
         SimConfig.from_mapping({"stripes": ["A", "Q"]})
     with pytest.raises(ConfigError, match=r"sim\.types: unknown message type"):
         SimConfig.from_mapping({"types": ["NoSuchThing"]})
+    with pytest.raises(ConfigError, match=r"sim\.tls_key: tls_cert and tls_key go together"):
+        SimConfig.from_mapping({"tls_cert": "server.pem"})
+    assert SimConfig.from_mapping(
+        {"tls_cert": "s.pem", "tls_key": "s.key"}, base_dir=tmp_path
+    ).tls_key == tmp_path / "s.key"
     toml = tmp_path / "sim.toml"
     toml.write_text(
         'port = 7001\nrate = 5\ntypes = ["optionnbboquote"]\nrecord_dir = "rec"\n'

@@ -9,8 +9,6 @@ fall silent, send too much.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from wsproto.events import (
 )
 
 from capture.auth import Secret
+from capture.sim.tls import make_test_ca, server_context
 from capture.transport import (
     CLIENTS,
     CLOSE_TIMEOUT_S,
@@ -533,67 +532,13 @@ def test_a_token_a_header_cannot_carry_is_refused_without_quoting_it(client: str
 # -- the real thing: TCP and TLS on loopback --------------------------------------------------
 
 
-def _ca_and_server_cert(tmp: Path, name: str) -> tuple[Path, ssl.SSLContext]:
-    """A CA (its certificate written to ``tmp/<name>-ca.pem``) and a server context for
-    127.0.0.1 whose certificate that CA signed."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_pem = tmp / f"{name}-ca.pem"
-    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    chain = tmp / f"{name}-server.pem"
-    chain.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                          serialization.NoEncryption())
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(chain)
-    return ca_pem, server_ctx
-
-
 @pytest.fixture
 def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ssl.SSLContext, Path]:
     """A server context; the client trusts its CA through OpenSSL's default paths."""
-    ca_pem, server_ctx = _ca_and_server_cert(tmp_path, "trusted")
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca_pem))
+    files = make_test_ca(tmp_path / "trusted")
+    monkeypatch.setenv("SSL_CERT_FILE", str(files.ca))
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
-    return server_ctx, tmp_path
+    return server_context(files.cert, files.key), tmp_path
 
 
 async def _serve_tls(server_ctx: ssl.SSLContext, task_status: Any = trio.TASK_STATUS_IGNORED,
@@ -640,8 +585,8 @@ def test_an_untrusted_certificate_is_refused_and_says_so(
     client: str, tls_server: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, tmp = tls_server
-    stranger_ca, _ = _ca_and_server_cert(tmp, "stranger")
-    monkeypatch.setenv("SSL_CERT_FILE", str(stranger_ca))  # trusts another CA only
+    stranger = make_test_ca(tmp / "stranger", name="another")
+    monkeypatch.setenv("SSL_CERT_FILE", str(stranger.ca))  # trusts another CA only
     server_ctx = tls_server[0]
 
     async def main() -> None:

@@ -61,6 +61,8 @@ def build_parser(prog: str = "mlink-capture simulate") -> argparse.ArgumentParse
     p.add_argument("--stripes", help="comma-separated stripe codes to populate (default: all)")
     p.add_argument("--types", help="comma-separated message types to generate")
     p.add_argument("--record-dir", type=Path, help="record every byte sent under this directory")
+    p.add_argument("--tls-cert", type=Path, help="serve wss:// with this PEM certificate")
+    p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -72,7 +74,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     env = os.environ if environ is None else environ
     cfg = SimConfig.from_toml(args.config) if args.config is not None else SimConfig()
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "rate", "seed", "record_dir", "heartbeat_interval"):
+    for name in ("host", "port", "rate", "seed", "record_dir", "heartbeat_interval", "tls_cert",
+                 "tls_key"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value

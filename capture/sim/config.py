@@ -42,6 +42,10 @@ class SimConfig:
     """TCP port; 0 picks an ephemeral port, reported through ``task_status.started(port)``."""
     path: str = "/mlink/jsonf"
     """The only WebSocket path served; any other path is refused with HTTP 404."""
+    tls_cert: Path | None = None
+    """Serve ``wss://`` with this PEM certificate (chain); None: plain ``ws://``."""
+    tls_key: Path | None = None
+    """The certificate's private key (PEM); required with ``tls_cert``."""
 
     # -- authentication (PROTOCOL §2) ---------------------------------------------------------
     api_keys: frozenset[str] = frozenset()
@@ -258,7 +262,7 @@ def _convert(key: str, value: Any, base_dir: Path) -> Any:
         if not isinstance(value, Mapping):
             raise ValueError("must be a table of message type = rate")
         return {str(k): float(_expect_number(v)) for k, v in value.items()}
-    if key == "record_dir":
+    if key in ("record_dir", "tls_cert", "tls_key"):
         p = Path(os.path.expanduser(_expect(value, str)))
         return p if p.is_absolute() else base_dir / p
     if key == "faults":
@@ -296,6 +300,8 @@ def _problems(c: SimConfig) -> list[str]:
             p.append(f"sim.{key}: {text}")
 
     need(0 <= c.port <= 65_535, "port", "must be 0..65535")
+    need((c.tls_cert is None) == (c.tls_key is None), "tls_key" if c.tls_cert else "tls_cert",
+         "tls_cert and tls_key go together")
     need(c.path.startswith("/"), "path", "must start with /")
     need(c.bad_key_mode in BAD_KEY_MODES, "bad_key_mode", f"must be one of {BAD_KEY_MODES}")
     need(c.auth_mode in AUTH_MODES, "auth_mode", f"must be one of {AUTH_MODES}")

@@ -51,6 +51,7 @@ from capture.sim.config import SimConfig
 from capture.sim.faults import Action, FaultState, OutFrame
 from capture.sim.market import Market, Record, encode_message, fmt_double, utc_text
 from capture.sim.record import ConnectionRecording, Recorder
+from capture.sim.tls import server_context
 
 __all__ = ["ClockNs", "Simulator", "WhereError", "compile_where", "serve", "verify_jwt"]
 
@@ -132,18 +133,29 @@ class Simulator:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        tls = None
+        if self.cfg.tls_cert is not None and self.cfg.tls_key is not None:
+            tls = server_context(self.cfg.tls_cert, self.cfg.tls_key)
         listeners = await trio.open_tcp_listeners(self.cfg.port, host=self.cfg.host)
         if len(listeners) > 1:  # one address family only, so there is one port to report
             for extra in listeners[1:]:
                 await extra.aclose()
             listeners = listeners[:1]
         self.port = int(listeners[0].socket.getsockname()[1])
+        async def handler(stream: trio.SocketStream) -> None:
+            if tls is None:
+                await self.serve_stream(stream)
+            else:  # the TLS handshake happens on the first read, inside serve_stream
+                await self.serve_stream(
+                    trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+                )
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.run_market)
-            await nursery.start(trio.serve_listeners, self.serve_stream, listeners)
+            await nursery.start(trio.serve_listeners, handler, listeners)
             log.info(
                 "sim.listening",
-                url=f"ws://{self.cfg.host}:{self.port}{self.cfg.path}",
+                url=f"{'wss' if tls else 'ws'}://{self.cfg.host}:{self.port}{self.cfg.path}",
                 types=list(self.market.types),
                 seed=self.cfg.seed,
             )

@@ -135,7 +135,12 @@ class Replay:
         self._ids += 1
         conn = f"c{self._ids:03d}"
         async with trio.open_nursery() as nursery:
-            request = await tw.wrap_server_stream(nursery, stream, max_message_size=1 << 20)
+            with trio.move_on_after(10) as scope:  # a client that fails TLS never sends one
+                request = await tw.wrap_server_stream(nursery, stream, max_message_size=1 << 20)
+            if scope.cancelled_caught:
+                emit("disconnected", conn=conn, error="no WebSocket upgrade within 10 s")
+                nursery.cancel_scope.cancel()
+                return
             ws = await request.accept()
             try:
                 await self._session(conn, ws, stream)

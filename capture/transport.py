@@ -145,7 +145,7 @@ class _WsprotoConnection(Connection):
 
     __slots__ = (
         "_bufsize", "_ended", "_lock", "_lost", "_max_size", "_outgoing", "_parse_failed",
-        "_parts", "_size", "_stream", "_ws",
+        "_parts", "_send_broken", "_size", "_stream", "_ws",
     )
 
     def __init__(
@@ -162,6 +162,7 @@ class _WsprotoConnection(Connection):
         self._lost: ConnectionLost | None = None  # raised once every message before it was taken
         self._ended = False  # a close (or a violation) was taken: no messages after it
         self._parse_failed = False  # wsproto could not parse the server's bytes: no more frames
+        self._send_broken = False  # a send was cut off part-way: no more frames from us
         self._lock = trio.Lock()  # one sender at a time
 
     async def recv_batch(self) -> list[bytes | str]:
@@ -238,8 +239,10 @@ class _WsprotoConnection(Connection):
             except ConnectionLost as exc:
                 if self._lost is None:
                     self._lost = exc
-        if scope.cancelled_caught and self._lost is None:
-            self._lost = ConnectionLost(f"send blocked for {CLOSE_TIMEOUT_S:g} s")
+        if scope.cancelled_caught:  # a frame may be half-written: nothing more can follow it
+            self._send_broken = True
+            if self._lost is None:
+                self._lost = ConnectionLost(f"send blocked for {CLOSE_TIMEOUT_S:g} s")
 
     async def _send_raw(self, data: bytes) -> None:
         async with self._lock:
@@ -259,22 +262,26 @@ class _WsprotoConnection(Connection):
     async def aclose(self) -> None:
         """Close as a client should (RFC 6455 §7.1.1): our close frame (or the reply to the
         server's), then wait, bounded, for the server's before closing the stream."""
-        ws = self._ws
-        with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
-            try:
-                if ws.state is ConnectionState.OPEN:
-                    self._outgoing.append(ws.send(CloseConnection(code=1000)))
-                if self._outgoing:
-                    await self._flush()
-                while ws.state is ConnectionState.LOCAL_CLOSING and not self._parse_failed:
-                    received = await self._stream.receive_some(self._bufsize)
-                    ws.receive_data(_bytes(received) or None)
-                    for _ in ws.events():
-                        pass
-            except (LocalProtocolError, *_BROKEN):
-                pass
+        if not self._send_broken:  # else a frame may be half-written: just close the stream
+            with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                try:
+                    await self._close_handshake()
+                except (LocalProtocolError, *_BROKEN):
+                    pass
         with trio.CancelScope(shield=True):
             await self._stream.aclose()
+
+    async def _close_handshake(self) -> None:
+        ws = self._ws
+        if ws.state is ConnectionState.OPEN:
+            self._outgoing.append(ws.send(CloseConnection(code=1000)))
+        if self._outgoing:
+            await self._flush()
+        while ws.state is ConnectionState.LOCAL_CLOSING and not self._parse_failed:
+            received = await self._stream.receive_some(self._bufsize)
+            ws.receive_data(_bytes(received) or None)
+            for _ in ws.events():
+                pass
 
 
 async def _handshake(

@@ -94,6 +94,9 @@ class _Session:
     snapshot_types: set[str] = field(default_factory=set)
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
     requested: bool = False
+    """The stream requests have been sent (on LoggedOn, or at ``logon_timeout`` without it)."""
+    logged_on: bool = False
+    """MLinkAdmin said LoggedOn: later logon verdicts are only logged (GoodNight still ends)."""
     ended: Exception | None = None
     """Why the connection must end (GoodNight, a refused logon, a failed send), found while
     handling a message: raised once every message received with it has been kept."""
@@ -531,9 +534,7 @@ class StripeWorker:
                             sess.requested = ctl.verdict is protocol.AdminVerdict.LOGGED_ON
                     elif sess.ended is None:
                         try:
-                            sess.requested = await self._on_admin(
-                                ctl, conn, sess.streams, api_key, sess.requested
-                            )
+                            await self._on_admin(ctl, conn, sess, api_key)
                         except (TransportError, AuthRejected) as exc:
                             sess.ended = exc  # the frames after it are still kept
                     continue
@@ -578,30 +579,32 @@ class StripeWorker:
         self,
         admin: protocol.Admin,
         conn: Connection,
-        streams: dict[str, StreamState],
+        sess: _Session,
         api_key: str | None,
-        requested: bool,
-    ) -> bool:
-        """Whether the stream requests have been sent, after this MLinkAdmin. Raises what ends
-        the connection: GoodNight (at any time: reconnect later) or a refused logon."""
+    ) -> None:
+        """Act on an MLinkAdmin. Raises what ends the connection: GoodNight (at any time:
+        reconnect later) or, until LoggedOn, a refused logon (even if the requests already
+        went out at ``logon_timeout``)."""
         verdict = admin.verdict
-        if requested:  # after logon only GoodNight matters; the rest is logged
-            if verdict is protocol.AdminVerdict.GOOD_NIGHT:
-                raise TransportError(f"server said GoodNight ({admin.detail or 'no detail'})")
+        if not sess.logged_on:
+            self._event("logon", result=admin.state, detail=admin.detail)
+        if verdict is protocol.AdminVerdict.GOOD_NIGHT:
+            raise TransportError(f"server said GoodNight ({admin.detail or 'no detail'})")
+        if sess.logged_on:  # later verdicts are only logged
             if verdict is not protocol.AdminVerdict.LOGGED_ON:
                 self.log.warning("MLinkAdmin after logon", state=admin.state, detail=admin.detail)
-            return True
-        self._event("logon", result=admin.state, detail=admin.detail)
+            return
         if verdict is protocol.AdminVerdict.LOGGED_ON:
             self.log.info("logged on", session=self.stats.session)
-            await self._send_requests(conn, streams)
-            return True
+            sess.logged_on = True
+            if not sess.requested:
+                await self._send_requests(conn, sess.streams)
+                sess.requested = True
+            return
         if verdict is protocol.AdminVerdict.SEND_LOGON and api_key is not None:
             body = protocol.logon_body(api_key, self.clock.now_ns(), self.credentials.logon_field)
             await conn.send(encode_client_frame(body))
-            return False
-        if verdict is protocol.AdminVerdict.GOOD_NIGHT:
-            raise TransportError(f"server said GoodNight ({admin.detail or 'no detail'})")
+            return
         raise AuthRejected(f"MLinkAdmin {admin.state}: {admin.detail or 'no detail'}")
 
     def _on_control(self, ctl: protocol.Control, sess: _Session) -> None:

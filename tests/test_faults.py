@@ -191,3 +191,51 @@ def test_data_in_the_read_that_also_ends_the_connection_is_kept(tmp_path: Path) 
     assert trio.run(main, clock=mock_clock()) == 0
     rows = read_table(root, "OptionNbboQuote").to_pylist()
     assert_rows_equal("OptionNbboQuote", "A", [f[14:] for f in quotes], rows)
+
+
+def test_a_refusal_after_the_requests_went_out_at_logon_timeout_is_an_auth_failure(
+    tmp_path: Path,
+) -> None:
+    """A server that says nothing until it gets requests (PROTOCOL.md §7.1, [I]), then
+    refuses the key: the worker must treat it as a rejected credential (long backoff, health
+    auth_failed), not as a network error to retry at once."""
+    root = tmp_path / "data"
+    (refused,) = _sample_frames("MLinkAdmin", b"LogonFailed")
+    cfg = config(root, ["A"], ["OptionNbboQuote"], supervision={"logon_timeout": 5.0})
+    requests_seen: list[float] = []
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        while True:
+            for event in ws.events():
+                if isinstance(event, Request):
+                    await stream.send_all(ws.send(AcceptConnection()))
+                elif isinstance(event, BytesMessage) and b"MLinkStream" in event.data:
+                    requests_seen.append(trio.current_time())
+                    await stream.send_all(ws.send(BytesMessage(data=refused)))
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            ws.receive_data(bytes(data))
+
+    async def main() -> tuple[str, str | None]:
+        async with trio.open_nursery() as nursery:
+
+            async def open_stream() -> trio.abc.Stream:
+                client, server = trio.testing.memory_stream_pair()
+                nursery.start_soon(serve, server)
+                return client
+
+            net = SimpleNamespace(open=open_stream)
+            launched = launch(nursery, cfg, TrioWallClock(BASE_NS), net)  # type: ignore[arg-type]
+            stats = launched.daemon.supervisor.workers["A"].stats
+            await wait_for(lambda: stats.state == "auth_failed")
+            outcome = (stats.state, stats.last_error)
+            await launched.stop()
+            nursery.cancel_scope.cancel()
+        return outcome
+
+    state, error = trio.run(main, clock=mock_clock())
+    assert state == "auth_failed"
+    assert error is not None and "LogonFailed" in error and "invalid api key" in error
+    assert requests_seen and requests_seen[0] >= 5.0  # sent at logon_timeout, unasked

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import re
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, ParamSpec
 
 import pytest
+import structlog
+import structlog.testing
 import trio
 import trio_websocket as tw
 from trio.testing import MockClock
@@ -41,6 +44,7 @@ from capture.sim.market import (
 )
 from capture.sim.record import load_sent_data, recorded_bytes
 from capture.sim.server import Simulator, WhereError, compile_where, parse_inbound
+from capture.sim.tls import make_test_ca
 
 BASE_NS = 1_748_875_510_000_000_000  # 2025-06-02 14:45:10 UTC, a Monday
 KEY = "1234-5678-9012-3141"
@@ -1061,3 +1065,34 @@ async def test_restarted_simulator_continues_connection_ids(tmp_path: Path) -> N
 def test_main_reports_configuration_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--stripes", "A,Q", "--port", "0"]) == 2
     assert "sim.stripes" in capsys.readouterr().err
+
+
+def test_over_tls_a_failed_handshake_is_logged_and_others_are_served(tmp_path: Path) -> None:
+    tls = make_test_ca(tmp_path / "tls")
+    cfg = SimConfig(rate=0, tls_cert=tls.cert, tls_key=tls.key)
+
+    async def main() -> bytes:
+        sim = Simulator(cfg)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(sim.run)
+            with trio.fail_after(5):  # well within the 10 s upgrade timeout
+                untrusting = await trio.open_ssl_over_tcp_stream(
+                    "127.0.0.1", port, ssl_context=ssl.create_default_context())
+                with pytest.raises(trio.BrokenResourceError):
+                    await untrusting.send_all(b"GET / HTTP/1.1\r\n\r\n")
+                await trio.aclose_forcefully(untrusting)
+                while sim.tls_failures == 0:  # noqa: ASYNC110 - the server's own counter
+                    await trio.sleep(0.01)
+                trusting = ssl.create_default_context(cafile=str(tls.ca))
+                async with tw.open_websocket_url(
+                    f"wss://127.0.0.1:{port}/mlink/jsonf", trusting
+                ) as ws:
+                    first = await ws.get_message()
+            nursery.cancel_scope.cancel()
+        return first if isinstance(first, bytes) else first.encode()
+
+    with structlog.testing.capture_logs() as logs:
+        first = trio.run(main)
+    assert b'"mTyp":"MLinkAdmin"' in first
+    failed = [e for e in logs if e["event"] == "sim.tls_failed"]
+    assert len(failed) == 1 and failed[0]["error"], failed  # the client hung up mid-handshake

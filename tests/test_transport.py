@@ -606,3 +606,24 @@ def test_an_untrusted_certificate_is_refused_and_says_so(
             assert text == f"connect to 127.0.0.1:{port} timed out"
 
     trio.run(main)
+
+
+def test_a_certificate_for_another_host_is_refused(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trusted CA is not enough: the certificate must name the host we connect to."""
+    files = make_test_ca(tmp_path / "ca", hosts=("feed.example",))
+    monkeypatch.setenv("SSL_CERT_FILE", str(files.ca))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(_serve_tls, server_context(files.cert, files.key))
+            port = server.port
+            with trio.fail_after(20), pytest.raises(TransportError) as info:
+                async with connect(f"wss://127.0.0.1:{port}/mlink/jsonf", Secret(TOKEN),
+                                   connect_timeout=3.0, client="wsproto"):
+                    raise AssertionError("connected")
+            nursery.cancel_scope.cancel()
+        assert "IP address mismatch" in str(info.value), str(info.value)
+
+    trio.run(main)

@@ -125,6 +125,7 @@ class Simulator:
         self._accepted = itertools.count(1)
         self._acc: dict[str, float] = {}
         self.errors: list[BaseException] = []
+        self.tls_failures = 0  # TLS handshakes that failed (e.g. a client refused our cert)
         """Unexpected exceptions of connection tasks (logged; a test asserts this is empty)."""
         self._jwt_keys: dict[str, rsa.RSAPublicKey] = {}  # fetched from jwt_jwks_url, by kid
         self._jwks_fetched_at: float | None = None
@@ -145,10 +146,22 @@ class Simulator:
         async def handler(stream: trio.SocketStream) -> None:
             if tls is None:
                 await self.serve_stream(stream)
-            else:  # the TLS handshake happens on the first read, inside serve_stream
-                await self.serve_stream(
-                    trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
-                )
+                return
+            ssl_stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+            with trio.move_on_after(HANDSHAKE_TIMEOUT) as scope:
+                try:
+                    await ssl_stream.do_handshake()
+                except trio.BrokenResourceError as exc:  # e.g. the client refused our cert
+                    self.tls_failures += 1
+                    log.warning("sim.tls_failed", error=repr(exc.__cause__ or exc))
+                    await stream.aclose()
+                    return
+            if scope.cancelled_caught:
+                self.tls_failures += 1
+                log.warning("sim.tls_failed", error="no TLS handshake in time")
+                await stream.aclose()
+                return
+            await self.serve_stream(ssl_stream)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.run_market)

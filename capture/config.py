@@ -22,6 +22,8 @@ from capture.schemas import lookup as lookup_message
 T = TypeVar("T")
 
 DEFAULT_TYPES = ("OptionNbboQuote", "OptionPrint", "StockBookQuote", "StockPrint")
+WEBSOCKET_CLIENTS = ("wsproto", "trio-websocket")
+"""``source.websocket``: the WebSocket clients of ``capture.transport``, the default first."""
 
 
 class ConfigError(ValueError):
@@ -39,7 +41,7 @@ class SourceConfig:
     message_types: tuple[str, ...]
     active_latency: int = 1
     resume: bool = True  # send highwaterTs on reconnect instead of taking a full snapshot
-    websocket: str = "wsproto"  # the WebSocket client: wsproto | trio-websocket (transport.py)
+    websocket: str = WEBSOCKET_CLIENTS[0]  # the WebSocket client (transport.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +243,9 @@ class Config:
             active_latency=r.get(s, "source.active_latency", int, default=1, check=_at_least(1)),
             resume=r.get(s, "source.resume", bool, default=True),
             websocket=r.get(
-                s, "source.websocket", str, default="wsproto",
-                check=_one_of("wsproto", "trio-websocket"),
-            ) or "wsproto",
+                s, "source.websocket", str, default=WEBSOCKET_CLIENTS[0],
+                check=_one_of(*WEBSOCKET_CLIENTS),
+            ) or WEBSOCKET_CLIENTS[0],
         )
 
         # A secret written into the file itself is refused (by its key, never echoing it).

@@ -38,8 +38,9 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from capture.auth import Secret
+from capture.config import WEBSOCKET_CLIENTS
 
-CLIENTS = ("wsproto", "trio-websocket")
+CLIENTS = WEBSOCKET_CLIENTS  # "wsproto" (default), "trio-websocket": module docstring
 CLOSE_TIMEOUT_S = 2.0
 """How long closing waits for the server's close frame (and trio-websocket's disconnect)."""
 
@@ -196,8 +197,7 @@ class _WsprotoConnection(Connection):
                     reason = f"message larger than {self._max_size} bytes"
                     self._parts, self._size = [], 0
                     self._outgoing.append(ws.send(CloseConnection(code=1009, reason=reason)))
-                    self._lost = ConnectionLost(_closed_text(1009, reason), 1009)
-                    self._ended = True
+                    self._end(ConnectionLost(_closed_text(1009, reason), 1009))
                     break
                 if event.message_finished:
                     if self._parts:
@@ -217,16 +217,19 @@ class _WsprotoConnection(Connection):
                     self._parse_failed = True
                     self._outgoing.append(ws.send(CloseConnection(code=event.code)))
                     text = f"protocol error from the server ({event.code} {event.reason})"
-                    self._lost = ConnectionLost(text, event.code)
-                    self._ended = True
+                    self._end(ConnectionLost(text, event.code))
                     break
                 if ws.state is ConnectionState.REMOTE_CLOSING:
                     self._outgoing.append(ws.send(event.response()))
-                self._lost = ConnectionLost(_closed_text(event.code, event.reason), event.code)
-                self._ended = True
+                self._end(ConnectionLost(_closed_text(event.code, event.reason), event.code))
                 break
             # Pong: we send no pings.
         return out
+
+    def _end(self, lost: ConnectionLost) -> None:
+        """A close (ours or the server's) was taken: no message after it; then ``lost``."""
+        self._lost = lost
+        self._ended = True
 
     async def _flush(self) -> None:
         """Send the queued replies. Shielded (bounded), so that a deadline that expires in the
@@ -236,9 +239,8 @@ class _WsprotoConnection(Connection):
         with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True) as scope:
             try:
                 await self._send_raw(data)
-            except ConnectionLost as exc:
-                if self._lost is None:
-                    self._lost = exc
+            except ConnectionLost:
+                pass  # recorded in _lost by _send_raw: the next recv_batch raises it
         if scope.cancelled_caught:  # a frame may be half-written: nothing more can follow it
             self._send_broken = True
             if self._lost is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 import trio.testing
@@ -61,6 +61,29 @@ def config(root: Path, stripes: list[str], types: list[str], **over: dict[str, A
     return Config.from_mapping(raw)
 
 
+class Network(Protocol):
+    """Where the daemon's connect attempts go (``Daemon(stream_factory=net.open)``)."""
+
+    async def open(self) -> trio.abc.Stream: ...
+
+
+@dataclass
+class ScriptedNet:
+    """Every connect attempt gets an in-memory stream served by ``serve(stream, n)``, n
+    counting the attempts from 1: a server scripted byte by byte, for what the simulator
+    does not play."""
+
+    nursery: trio.Nursery
+    serve: Callable[[trio.abc.Stream, int], Awaitable[None]]
+    opened: int = 0
+
+    async def open(self) -> trio.abc.Stream:
+        self.opened += 1
+        client, server = trio.testing.memory_stream_pair()
+        self.nursery.start_soon(self.serve, server, self.opened)
+        return client
+
+
 @dataclass
 class Launched:
     """A daemon started in a nursery; ``finished`` is set with its exit code in ``code``."""
@@ -80,7 +103,7 @@ def launch(
     nursery: trio.Nursery,
     cfg: Config,
     clock: TrioWallClock,
-    net: MemoryNet,
+    net: Network,
     *,
     key: str = KEY,
     offload: Callable[..., Awaitable[Any]] | None = None,

@@ -7,14 +7,22 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import trio
-import trio.testing
 from e2e_util import assert_rows_equal, data_bodies, read_table
-from memnet import BASE_NS, KEY, MemoryNet, config, launch, mock_clock, run, wait_for
+from memnet import (
+    BASE_NS,
+    KEY,
+    MemoryNet,
+    ScriptedNet,
+    config,
+    launch,
+    mock_clock,
+    run,
+    wait_for,
+)
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
 
@@ -158,7 +166,6 @@ def test_data_in_the_read_that_also_ends_the_connection_is_kept(tmp_path: Path) 
     (logged_on,) = _sample_frames("MLinkAdmin", b"LoggedOn")
     quotes = _sample_frames("OptionNbboQuote")
     cfg = config(root, ["A"], ["OptionNbboQuote"])
-    opened: list[int] = []
 
     async def serve(stream: trio.abc.Stream, n: int) -> None:
         ws = WSConnection(ConnectionType.SERVER)
@@ -174,16 +181,9 @@ def test_data_in_the_read_that_also_ends_the_connection_is_kept(tmp_path: Path) 
 
     async def main() -> int:
         async with trio.open_nursery() as nursery:
-
-            async def open_stream() -> trio.abc.Stream:
-                client, server = trio.testing.memory_stream_pair()
-                opened.append(len(opened) + 1)
-                nursery.start_soon(serve, server, opened[-1])
-                return client
-
-            net = SimpleNamespace(open=open_stream)
-            launched = launch(nursery, cfg, TrioWallClock(BASE_NS), net)  # type: ignore[arg-type]
-            await wait_for(lambda: len(opened) >= 2)  # the first connection is over
+            net = ScriptedNet(nursery, serve)
+            launched = launch(nursery, cfg, TrioWallClock(BASE_NS), net)
+            await wait_for(lambda: net.opened >= 2)  # the first connection is over
             code = await launched.stop()
             nursery.cancel_scope.cancel()
         return code
@@ -204,7 +204,7 @@ def test_a_refusal_after_the_requests_went_out_at_logon_timeout_is_an_auth_failu
     cfg = config(root, ["A"], ["OptionNbboQuote"], supervision={"logon_timeout": 5.0})
     requests_seen: list[float] = []
 
-    async def serve(stream: trio.abc.Stream) -> None:
+    async def serve(stream: trio.abc.Stream, n: int) -> None:
         ws = WSConnection(ConnectionType.SERVER)
         while True:
             for event in ws.events():
@@ -220,14 +220,7 @@ def test_a_refusal_after_the_requests_went_out_at_logon_timeout_is_an_auth_failu
 
     async def main() -> tuple[str, str | None]:
         async with trio.open_nursery() as nursery:
-
-            async def open_stream() -> trio.abc.Stream:
-                client, server = trio.testing.memory_stream_pair()
-                nursery.start_soon(serve, server)
-                return client
-
-            net = SimpleNamespace(open=open_stream)
-            launched = launch(nursery, cfg, TrioWallClock(BASE_NS), net)  # type: ignore[arg-type]
+            launched = launch(nursery, cfg, TrioWallClock(BASE_NS), ScriptedNet(nursery, serve))
             stats = launched.daemon.supervisor.workers["A"].stats
             await wait_for(lambda: stats.state == "auth_failed")
             outcome = (stats.state, stats.last_error)

@@ -580,6 +580,19 @@ def test_wss_over_real_tls_on_loopback(client: str, tls_server: tuple[ssl.SSLCon
     trio.run(main)
 
 
+async def _tls_refusal(server_ctx: ssl.SSLContext, client: str) -> tuple[int, str]:
+    """Connect to a TLS server the client must refuse: (the server's port, the error text)."""
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(_serve_tls, server_ctx)
+        port = server.port
+        with trio.fail_after(20), pytest.raises(TransportError) as info:
+            async with connect(f"wss://127.0.0.1:{port}/mlink/jsonf", Secret(TOKEN),
+                               connect_timeout=3.0, client=client):
+                raise AssertionError("connected")
+        nursery.cancel_scope.cancel()
+    return port, str(info.value)
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_an_untrusted_certificate_is_refused_and_says_so(
     client: str, tls_server: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch,
@@ -590,15 +603,7 @@ def test_an_untrusted_certificate_is_refused_and_says_so(
     server_ctx = tls_server[0]
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(_serve_tls, server_ctx)
-            port = server.port
-            url = f"wss://127.0.0.1:{port}/mlink/jsonf"
-            with trio.fail_after(20), pytest.raises(TransportError) as info:
-                async with connect(url, Secret(TOKEN), connect_timeout=3.0, client=client):
-                    raise AssertionError("connected")
-            nursery.cancel_scope.cancel()
-        text = str(info.value)
+        port, text = await _tls_refusal(server_ctx, client)
         if client == "wsproto":
             assert text.startswith(f"cannot reach 127.0.0.1:{port}: BrokenResourceError")
             assert "certificate verify failed" in text, text
@@ -616,14 +621,7 @@ def test_a_certificate_for_another_host_is_refused(tmp_path: Path,
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(_serve_tls, server_context(files.cert, files.key))
-            port = server.port
-            with trio.fail_after(20), pytest.raises(TransportError) as info:
-                async with connect(f"wss://127.0.0.1:{port}/mlink/jsonf", Secret(TOKEN),
-                                   connect_timeout=3.0, client="wsproto"):
-                    raise AssertionError("connected")
-            nursery.cancel_scope.cancel()
-        assert "IP address mismatch" in str(info.value), str(info.value)
+        _, text = await _tls_refusal(server_context(files.cert, files.key), "wsproto")
+        assert "IP address mismatch" in text, text
 
     trio.run(main)

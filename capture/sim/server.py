@@ -148,20 +148,19 @@ class Simulator:
                 await self.serve_stream(stream)
                 return
             ssl_stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
-            with trio.move_on_after(HANDSHAKE_TIMEOUT) as scope:
+            failure: str | None = "no TLS handshake in time"
+            with trio.move_on_after(HANDSHAKE_TIMEOUT):
                 try:
                     await ssl_stream.do_handshake()
+                    failure = None
                 except trio.BrokenResourceError as exc:  # e.g. the client refused our cert
-                    self.tls_failures += 1
-                    log.warning("sim.tls_failed", error=repr(exc.__cause__ or exc))
-                    await stream.aclose()
-                    return
-            if scope.cancelled_caught:
-                self.tls_failures += 1
-                log.warning("sim.tls_failed", error="no TLS handshake in time")
-                await stream.aclose()
+                    failure = repr(exc.__cause__ or exc)
+            if failure is None:
+                await self.serve_stream(ssl_stream)
                 return
-            await self.serve_stream(ssl_stream)
+            self.tls_failures += 1
+            log.warning("sim.tls_failed", error=failure)
+            await stream.aclose()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.run_market)

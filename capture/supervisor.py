@@ -37,10 +37,12 @@ class Supervisor:
         self.rng = rng or random.Random()
         self._make_worker = make_worker or _same_worker
         self._stopping = False
+        self._stop = trio.Event()
         self.failed: set[str] = set()
 
     def request_stop(self) -> None:
         self._stopping = True
+        self._stop.set()  # ends a restart backoff at once: no replacement connects
         for w in self.workers.values():
             w.request_stop()
 
@@ -97,7 +99,11 @@ class Supervisor:
                     delay=delay,
                     exc_info=exc,
                 )
-                await trio.sleep(delay)
+                with trio.move_on_after(delay):
+                    await self._stop.wait()
+                if self._stop.is_set():
+                    worker.stats.state = "stopped"
+                    return
                 replacement = self._make_worker(worker)
                 replacement.stats = worker.stats
                 replacement.stats.restarts += 1

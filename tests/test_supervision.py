@@ -7,6 +7,7 @@ up is in Parquet.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 from functools import partial
@@ -16,6 +17,7 @@ import pyarrow.dataset as ds
 import trio
 from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
 
+from capture import faultpoints
 from capture.app import Daemon
 from capture.sim.config import SimConfig
 from capture.sim.faults import Faults
@@ -158,3 +160,35 @@ def test_a_rejected_key_backs_off_long_and_says_auth_failed(tmp_path: Path) -> N
     assert all("environment variable MLINK_TEST_KEY" in s["last_error"] for s in stripes.values())
     text = (root / "health.json").read_text()
     assert wrong not in text and "healthy\": false" in text
+
+
+def test_a_stop_during_a_restart_backoff_stops_at_once(tmp_path: Path) -> None:
+    """A stop requested while a failed stripe waits out its restart backoff is not ignored:
+    no replacement worker connects, and the daemon exits without waiting for the grace."""
+    root = tmp_path / "data"
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=20, seed=7, record_dir=tmp_path / "sent")
+    cfg = config(
+        root, ["A"], TYPES,
+        supervision={"backoff_initial": 120.0, "backoff_max": 120.0, "backoff_jitter": 0.0,
+                     "shutdown_grace": 30.0},
+    )
+    seen: dict[str, float] = {}
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        await wait_for(lambda: stats(daemon)["messages"] > 50)
+        faultpoints.arm_failure("sink.write.A", errno.EIO, 1)
+        daemon.rotate()  # the commit fails: the worker fails, the stripe waits 120 s
+        await wait_for(
+            lambda: stats(daemon)["state"] == "backoff"
+            and "Input/output error" in str(stats(daemon)["last_error"])
+        )
+        await trio.sleep(1)
+        seen["connections"] = len(net.opened_at)
+        seen["stop_at"] = trio.current_time()
+
+    clock = mock_clock()
+    daemon, code = trio.run(run, sim_cfg, cfg, scenario, clock=clock)
+    assert code == 0
+    assert clock.current_time() - seen["stop_at"] < 5  # not the 120 s backoff, nor the grace
+    assert stats(daemon)["connects"] == seen["connections"] == 1  # no replacement connected
+    assert stats(daemon)["state"] == "stopped"

@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfoNotFoundError
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,6 +37,17 @@ import structlog
 from capture import __version__
 from capture.durable import make_dirs
 from capture.faultpoints import crash_point, fail_point
+from capture.rotation import (
+    NS_PER_S,
+    Due,
+    OpenInterval,
+    check_interval,
+    day_window,
+    next_boundary_ns,
+    partition_date,
+    time_zone,
+)
+from capture.rotation import due as due_files
 
 __all__ = [
     "INPROGRESS_SUFFIX",
@@ -62,8 +73,6 @@ log = structlog.get_logger(__name__)
 if not hasattr(pq.ParquetWriter, "add_key_value_metadata"):  # pragma: no cover
     raise ImportError(f"capture.sink needs pyarrow >= 17 (found {pa.__version__})")
 
-NS_PER_S: Final = 1_000_000_000
-SECONDS_PER_DAY: Final = 86_400
 
 #: In-progress files are ``"." + <final name> + INPROGRESS_SUFFIX``.
 INPROGRESS_SUFFIX: Final = ".inprogress"
@@ -107,21 +116,6 @@ _TS_FORMAT: Final = "%Y%m%dT%H%M%SZ"
 # --------------------------------------------------------------------------------------------
 
 
-def _zone(tz: str) -> ZoneInfo:
-    """ZoneInfo keeps its own cache, so this is cheap after the first call."""
-    return ZoneInfo(tz)
-
-
-def _check_interval(interval_s: int, name: str = "rotate_interval_s") -> None:
-    if isinstance(interval_s, bool) or not isinstance(interval_s, int):
-        raise TypeError(f"{name} must be an int number of seconds, got {interval_s!r}")
-    if interval_s <= 0 or SECONDS_PER_DAY % interval_s != 0:
-        raise ValueError(
-            f"{name} must be a positive divisor of 86400 (one day) so that rotation "
-            f"boundaries align with local midnight; got {interval_s}"
-        )
-
-
 _FileKey = tuple[str, dt.date, int]  # (message type, local date, interval end ns)
 
 
@@ -158,7 +152,7 @@ class SinkSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))  # tolerate str from config code
-        _check_interval(self.rotate_interval_s)
+        check_interval(self.rotate_interval_s)
         if not 0 <= self.commit_grace_s < self.rotate_interval_s:
             raise ValueError(
                 "commit_grace_s must be >= 0 and below rotate_interval_s, "
@@ -189,7 +183,7 @@ class SinkSettings:
                     f"{self.compression!r}: {exc}"
                 ) from exc
         try:
-            _zone(self.tz)
+            time_zone(self.tz)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"tz must be an IANA time zone name, got {self.tz!r}") from exc
 
@@ -297,87 +291,6 @@ def _sink_error(
         seq_min=f.seq_min,
         seq_max=f.seq_max,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Time: date partition and rotation boundaries
-# --------------------------------------------------------------------------------------------
-
-_EPOCH_DATE: Final = dt.date(1970, 1, 1)
-
-
-def _utc_offset_s(sec: int, zone: ZoneInfo) -> int:
-    off = dt.datetime.fromtimestamp(sec, zone).utcoffset()
-    assert off is not None
-    return int(off.total_seconds())
-
-
-def _local_midnight_ns(day: dt.date, zone: ZoneInfo) -> int:
-    """UTC instant (ns) at which local ``day`` begins.
-
-    fold=0 is right in both DST cases: if local midnight is skipped (spring forward at 00:00)
-    the pre-transition offset maps it exactly onto the transition instant, which is when the
-    day starts; if midnight is repeated, the first occurrence starts the day.
-    """
-    off = dt.datetime(day.year, day.month, day.day, tzinfo=zone).utcoffset()
-    assert off is not None
-    local_s = (day - _EPOCH_DATE).days * SECONDS_PER_DAY
-    return (local_s - int(off.total_seconds())) * NS_PER_S
-
-
-def _day_window(ns: int, tz: str) -> tuple[int, int, dt.date]:
-    """[start_ns, end_ns) of the local day in ``tz`` containing instant ``ns``, and that date."""
-    zone = _zone(tz)
-    day = dt.datetime.fromtimestamp(ns // NS_PER_S, zone).date()
-    start = _local_midnight_ns(day, zone)
-    end = _local_midnight_ns(day + dt.timedelta(days=1), zone)
-    if not start <= ns < end:  # pragma: no cover - would need a pathological tz rule
-        return ns, ns + 1, day
-    return start, end, day
-
-
-# tz -> (start_ns, end_ns, date) of the most recently seen day.  A tuple is replaced
-# atomically, so concurrent callers at worst recompute.
-_DAY_CACHE: dict[str, tuple[int, int, dt.date]] = {}
-
-
-def partition_date(recv_ns: int, tz: str) -> dt.date:
-    """Local date in ``tz`` of the UTC instant ``recv_ns`` (ns since the epoch).
-
-    The common case (same day as the previous call for this tz) is a dict lookup and two
-    integer compares.
-    """
-    window = _DAY_CACHE.get(tz)
-    if window is not None and window[0] <= recv_ns < window[1]:
-        return window[2]
-    window = _day_window(recv_ns, tz)
-    _DAY_CACHE[tz] = window
-    return window[2]
-
-
-def _next_boundary_ns(now_ns: int, interval_s: int, tz: str) -> int:
-    _check_interval(interval_s, "interval_s")
-    zone = _zone(tz)
-    # The answer is a whole second b with b * 1e9 > now_ns, i.e. b >= floor(now_ns / 1e9) + 1.
-    start = now_ns // NS_PER_S + 1
-    # A boundary is an instant t whose local wall time (t + offset(t)) is a multiple of the
-    # interval.  Take the first candidate under the offset in force at `start`; if the offset
-    # changed before that candidate, restart from the transition instant with the new offset.
-    # Transitions are months apart, so this loops at most once in practice.
-    for _ in range(8):
-        off = _utc_offset_s(start, zone)
-        candidate = start + (-(start + off)) % interval_s
-        if _utc_offset_s(candidate, zone) == off:
-            return candidate * NS_PER_S
-        lo, hi = start, candidate  # offset(lo) == off != offset(hi): find the transition
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _utc_offset_s(mid, zone) == off:
-                lo = mid
-            else:
-                hi = mid
-        start = hi
-    raise RuntimeError(f"could not find a rotation boundary after {now_ns} in {tz!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,16 +455,6 @@ class PartitionSink:
         """The token used in file names for this session."""
         return self._tag
 
-    @staticmethod
-    def next_boundary_ns(now_ns: int, interval_s: int, tz: str) -> int:
-        """First rotation boundary strictly after ``now_ns``.
-
-        Boundaries are the instants whose local wall time in ``tz`` is a multiple of
-        ``interval_s`` after local midnight.  Local times skipped by a DST jump have no
-        boundary; local times repeated by a DST fall-back have one per occurrence.
-        """
-        return _next_boundary_ns(now_ns, interval_s, tz)
-
     def write(self, msg_type: str, batch: Any) -> list[CommittedFile]:
         """Buffer ``batch`` into the open file for (msg_type, date); returns files committed
         as a side effect (interval boundary passed, schema change, size bound).
@@ -585,18 +488,24 @@ class PartitionSink:
 
     def rotate_due(self) -> list[CommittedFile]:
         """Commit files whose interval ended ``commit_grace_s`` ago or that had no write for
-        ``rotate_interval_s``."""
+        ``rotate_interval_s`` (capture.rotation.due)."""
         with self._lock:
-            now = self._now_ns()
-            idle_ns = self._settings.rotate_interval_s * NS_PER_S
-            grace_ns = int(self._settings.commit_grace_s * NS_PER_S)
-            due: list[tuple[_FileKey, str]] = []
-            for key, f in self._files.items():
-                if now - f.last_write_ns >= idle_ns:
-                    due.append((key, "idle"))
-                elif now >= f.boundary_ns + grace_ns:
-                    due.append((key, "interval"))
-            return self._commit_many(due)
+            return self._commit_many(self._due().files)
+
+    def next_due_ns(self) -> int | None:
+        """When the next open file falls due (None: no file open): the writer loop wakes then,
+        so that the last file of a type that went quiet is committed at its grace deadline."""
+        with self._lock:
+            return self._due().next_ns
+
+    def _due(self) -> Due[_FileKey]:
+        s = self._settings
+        return due_files(
+            ((key, OpenInterval(f.boundary_ns, f.last_write_ns)) for key, f in self._files.items()),
+            self._now_ns(),
+            grace_ns=int(s.commit_grace_s * NS_PER_S),
+            idle_ns=s.rotate_interval_s * NS_PER_S,
+        )
 
     def rotate_all(self, reason: str = "manual") -> list[CommittedFile]:
         """Commit every open file now (SIGHUP "rotate now"; shutdown)."""
@@ -670,11 +579,7 @@ class PartitionSink:
         tz = self._settings.tz
         mm = pc.min_max(recv)
         lo, hi = mm["min"].as_py(), mm["max"].as_py()
-        window = _DAY_CACHE.get(tz)
-        if window is None or not window[0] <= lo < window[1]:
-            window = _day_window(lo, tz)
-            _DAY_CACHE[tz] = window
-        start, end, day = window
+        start, end, day = day_window(lo, tz)
         if hi < end:  # the caller's contract: one date per batch
             yield day, batch
             return
@@ -686,7 +591,7 @@ class PartitionSink:
             if part.num_rows:
                 remaining -= part.num_rows
                 yield day, part
-            start, end, day = _day_window(end, tz)
+            start, end, day = day_window(end, tz)
 
     def _split_by_interval(self, part: Any) -> Iterator[tuple[int, Any]]:
         """(interval end, rows received in that interval) for the rows of one local date."""
@@ -694,7 +599,7 @@ class PartitionSink:
         recv = part.column(RECV_TIME_COLUMN).cast(pa.int64())
         mm = pc.min_max(recv)
         lo, hi = mm["min"].as_py(), mm["max"].as_py()
-        boundary = _next_boundary_ns(lo, s.rotate_interval_s, s.tz)
+        boundary = next_boundary_ns(lo, s.rotate_interval_s, s.tz)
         if hi < boundary:  # the common case: one interval
             yield boundary, part
             return
@@ -703,7 +608,7 @@ class PartitionSink:
             chunk = part.filter(pc.and_(pc.greater_equal(recv, start), pc.less(recv, boundary)))
             if chunk.num_rows:
                 yield boundary, chunk
-            start, boundary = boundary, _next_boundary_ns(boundary, s.rotate_interval_s, s.tz)
+            start, boundary = boundary, next_boundary_ns(boundary, s.rotate_interval_s, s.tz)
 
     def _write_part(
         self, msg_type: str, day: dt.date, boundary: int, part: Any, out: list[CommittedFile]

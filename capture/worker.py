@@ -52,8 +52,9 @@ from capture.frames import FrameDecoder, Garbage, encode_client_frame
 from capture.logs import get_logger, redact
 from capture.memory import InFlightBudget, decode_slots
 from capture.recovery import CommittedIndex, scan_committed
+from capture.rotation import next_boundary_ns, partition_date
 from capture.schemas import lookup as lookup_message
-from capture.sink import CommittedFile, PartitionSink, SinkSettings, partition_date
+from capture.sink import CommittedFile, PartitionSink, SinkSettings
 from capture.stats import StripeStats
 from capture.transport import (
     AuthRejected,
@@ -981,9 +982,14 @@ class StripeWorker:
         tz = self.cfg.output.timezone
         async with recv:
             while True:
-                boundary = PartitionSink.next_boundary_ns(self.clock.now_ns(), interval, tz)
+                # Wake at the next clock boundary, or sooner when an open file falls due (the
+                # last file of a type that went quiet: its interval's grace deadline).
+                wake = next_boundary_ns(self.clock.now_ns(), interval, tz)
+                due = sink.next_due_ns()
+                if due is not None:
+                    wake = min(wake, due)
                 item: _WriterItem | None = None
-                with trio.move_on_at(trio_deadline_for(self.clock, boundary)):
+                with trio.move_on_at(trio_deadline_for(self.clock, wake)):
                     if self._rotate_now.is_set():
                         self._rotate_now = trio.Event()
                         self._committed(await self._heavy(sink.rotate_all))

@@ -61,3 +61,24 @@ def test_rotate_now_commits_every_open_file(tmp_path: Path) -> None:
 
     trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
     assert counts == [0, 2]
+
+
+def test_the_last_file_of_a_type_that_goes_quiet_commits_at_its_grace_deadline(
+    tmp_path: Path,
+) -> None:
+    """A type that stops sending in the middle of an interval: its file is committed once the
+    interval ended and the grace passed (~302 s with 300 s files), not a whole interval late."""
+    root, record = tmp_path / "data", tmp_path / "sent"
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=10, seed=10, record_dir=record)
+    cfg = config(root, ["A"], ["OptionNbboQuote"], output={"rotate_interval": 300})
+    seen: dict[str, float] = {}
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        # BASE is 14:45:00: the interval ends at 14:50:00 (300 s).
+        await trio.sleep(100)
+        sim.cfg = sim.cfg.with_overrides(rate=0.0)  # the type goes quiet
+        seen["committed_at"] = await wait_for(lambda: len(committed(root)) == 1)
+
+    trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
+    grace = 2.0  # output.commit_grace: max(2, 4 x flush_interval) with the tests' settings
+    assert 300 + grace <= seen["committed_at"] <= 300 + grace + 0.5, seen

@@ -23,6 +23,7 @@ import pytest
 
 import capture
 from capture import sink as sink_mod
+from capture.rotation import next_boundary_ns, partition_date
 from capture.sink import (
     FOOTER_BYTES_PER_COLUMN_CHUNK,
     CommittedFile,
@@ -34,7 +35,6 @@ from capture.sink import (
     SinkSettings,
     SinkWriteError,
     cleanup_in_progress,
-    partition_date,
 )
 
 NS = 1_000_000_000
@@ -522,7 +522,7 @@ def test_cleanup_on_missing_root(tmp_path: Path) -> None:
 def boundaries(start_ns: int, interval: int, tz: str, count: int) -> list[int]:
     out, t = [], start_ns
     for _ in range(count):
-        t = PartitionSink.next_boundary_ns(t, interval, tz)
+        t = next_boundary_ns(t, interval, tz)
         out.append(t)
     return out
 
@@ -568,14 +568,14 @@ def test_dst_hourly_boundaries_new_york() -> None:
 
 def test_boundary_is_strictly_after_now_and_aligned_in_zone() -> None:
     on = ns("2024-06-03T14:05:00+00:00")
-    assert PartitionSink.next_boundary_ns(on, 300, "UTC") == on + 300 * NS
-    assert PartitionSink.next_boundary_ns(on - 1, 300, "UTC") == on
+    assert next_boundary_ns(on, 300, "UTC") == on + 300 * NS
+    assert next_boundary_ns(on - 1, 300, "UTC") == on
     # half-hour zone: local top of the hour is UTC :30
-    assert PartitionSink.next_boundary_ns(
+    assert next_boundary_ns(
         ns("2024-01-01T00:00:00+00:00"), 3600, "Asia/Kolkata"
     ) == ns("2024-01-01T00:30:00+00:00")
     # daily boundary is local midnight, also across DST
-    assert PartitionSink.next_boundary_ns(ns("2024-03-10T12:00:00-04:00"), 86_400, NY) == ns(
+    assert next_boundary_ns(ns("2024-03-10T12:00:00-04:00"), 86_400, NY) == ns(
         "2024-03-11T00:00:00-04:00"
     )
 
@@ -625,7 +625,7 @@ def test_interval_must_divide_a_day(tmp_path: Path, interval: int) -> None:
     with pytest.raises(ValueError, match="rotate_interval_s"):
         SinkSettings(root=tmp_path, rotate_interval_s=interval)
     with pytest.raises(ValueError, match="interval_s"):
-        PartitionSink.next_boundary_ns(T0, interval, "UTC")
+        next_boundary_ns(T0, interval, "UTC")
 
 
 def test_settings_validation(tmp_path: Path) -> None:

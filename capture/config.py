@@ -7,6 +7,7 @@ file, systemd credential), never the secret itself.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -188,9 +189,17 @@ class Config:
     def from_toml(cls, path: str | os.PathLike[str], *, check_paths: bool = False) -> Config:
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            text = p.read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise ConfigError([f"{p}: file not found"], str(p)) from None
+        except IsADirectoryError:
+            raise ConfigError([f"{p}: is a directory, not a configuration file"], str(p)) from None
+        except OSError as exc:
+            raise ConfigError([f"{p}: cannot be read ({exc.strerror})"], str(p)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                [f"{p}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8"], str(p)
+            ) from None
         return cls.from_toml_text(text, p, check_paths=check_paths)
 
     @classmethod
@@ -227,6 +236,7 @@ class Config:
             "logging",
             "demo",
         )
+        r.no_secrets("demo")  # not read here, but a secret has no place in it either
 
         s = r.section("source", {"url", "stripes", "message_types", "active_latency", "resume",
                                   "websocket"})
@@ -240,7 +250,9 @@ class Config:
             url=url or "",
             stripes=tuple(str(x) for x in stripes),
             message_types=tuple(_canonical_type(str(t)) for t in types),
-            active_latency=r.get(s, "source.active_latency", int, default=1, check=_at_least(1)),
+            active_latency=r.get(
+                s, "source.active_latency", int, default=1, check=_int_range(1, 60_000)
+            ),
             resume=r.get(s, "source.resume", bool, default=True),
             websocket=r.get(
                 s, "source.websocket", str, default=WEBSOCKET_CLIENTS[0],
@@ -295,7 +307,9 @@ class Config:
             cognito_client_secret_credential=a_str("cognito_client_secret_credential"),
             cognito_flow=a_str("cognito_flow", "srp", check=_one_of("srp", "password")),
             cognito_token=a_str("cognito_token", "access", check=_one_of("access", "id")),
-            cognito_refresh_margin=r.num(a, "auth.cognito_refresh_margin", 300.0, _positive),
+            cognito_refresh_margin=r.num(
+                a, "auth.cognito_refresh_margin", 300.0, _seconds(1, 86_400)
+            ),
             cognito_endpoint_url=a_str("cognito_endpoint_url", check=_check_http_url),
         )
         if method == "api_key" and not (
@@ -335,12 +349,14 @@ class Config:
             rotate_interval=r.get(
                 o, "output.rotate_interval", int, default=300, check=_divides_day
             ),
-            max_file_mb=r.get(o, "output.max_file_mb", int, default=512, check=_at_least(1)),
+            max_file_mb=r.get(
+                o, "output.max_file_mb", int, default=512, check=_int_range(1, 2**20)
+            ),
             row_group_rows=r.get(
-                o, "output.row_group_rows", int, default=131_072, check=_at_least(1024)
+                o, "output.row_group_rows", int, default=131_072, check=_int_range(1024, 2**26)
             ),
             memory_budget_mb=r.get(
-                o, "output.memory_budget_mb", int, default=48, check=_at_least(16)
+                o, "output.memory_budget_mb", int, default=48, check=_int_range(16, 2**20)
             ),
             compression=r.get(
                 o,
@@ -350,14 +366,20 @@ class Config:
                 check=_one_of("zstd", "snappy", "gzip", "lz4", "none"),
             ),
         )
+        if root:
+            _check_not_fs_root(r, "output.root", output_cfg.root)
         if check_paths and root:
             _check_writable(r, "output.root", output_cfg.root)
 
         pl = r.section("pipeline", {"batch_rows", "flush_interval", "queue_batches"})
         pipeline_cfg = PipelineConfig(
-            batch_rows=r.get(pl, "pipeline.batch_rows", int, default=4096, check=_at_least(1)),
-            flush_interval=r.num(pl, "pipeline.flush_interval", 0.5, _positive),
-            queue_batches=r.get(pl, "pipeline.queue_batches", int, default=32, check=_at_least(1)),
+            batch_rows=r.get(
+                pl, "pipeline.batch_rows", int, default=4096, check=_int_range(1, 2**20)
+            ),
+            flush_interval=r.num(pl, "pipeline.flush_interval", 0.5, _seconds(0.01, 3600)),
+            queue_batches=r.get(
+                pl, "pipeline.queue_batches", int, default=32, check=_int_range(1, 10_000)
+            ),
         )
 
         j = r.section(
@@ -368,10 +390,12 @@ class Config:
         journal_cfg = JournalConfig(
             enabled=r.get(j, "journal.enabled", bool, default=True),
             directory=r.path(jdir) if jdir else None,
-            durability_interval=r.num(j, "journal.durability_interval", 1.0, _positive),
-            segment_mb=r.get(j, "journal.segment_mb", int, default=64, check=_at_least(1)),
-            retain_hours=r.num(j, "journal.retain_hours", 0.0, _non_negative),
+            durability_interval=r.num(j, "journal.durability_interval", 1.0, _seconds(0.01, 3600)),
+            segment_mb=r.get(j, "journal.segment_mb", int, default=64, check=_int_range(1, 4096)),
+            retain_hours=r.num(j, "journal.retain_hours", 0.0, _within(0, 24 * 3650, "hours")),
         )
+        if journal_cfg.directory is not None:
+            _check_not_fs_root(r, "journal.directory", journal_cfg.directory)
         if check_paths and journal_cfg.directory is not None:
             _check_writable(r, "journal.directory", journal_cfg.directory)
 
@@ -385,15 +409,12 @@ class Config:
             if isinstance(default, bool):
                 sv_values[name] = r.get(sv, key, bool, default=default)
             elif isinstance(default, int):
-                sv_values[name] = r.get(sv, key, int, default=default, check=_at_least(1))
+                sv_values[name] = r.get(sv, key, int, default=default, check=_int_range(1, 10_000))
             else:
-                check = _fraction if name == "backoff_jitter" else _positive
-                sv_values[name] = r.num(sv, key, default, check)
+                sv_values[name] = r.num(sv, key, default, _SUPERVISION_CHECKS.get(name, _TIME))
         supervision_cfg = SupervisionConfig(**sv_values)
         if supervision_cfg.backoff_max < supervision_cfg.backoff_initial:
             r.problem("supervision.backoff_max", "must be >= supervision.backoff_initial")
-        if supervision_cfg.backoff_multiplier < 1:
-            r.problem("supervision.backoff_multiplier", "must be >= 1")
         groups = group_count(supervision_cfg.processes, len(source_cfg.stripes))
         if groups > 1 and (output_cfg.memory_budget_mb or 0) < 16 * groups:
             r.problem(
@@ -406,9 +427,11 @@ class Config:
         hpath = r.get(h, "health.path", str, default=None)
         health_cfg = HealthConfig(
             path=r.path(hpath) if hpath else None,
-            interval=r.num(h, "health.interval", 5.0, _positive),
-            quiet_after=r.num(h, "health.quiet_after", 30.0, _positive),
+            interval=r.num(h, "health.interval", 5.0, _seconds(0.01, 3600)),
+            quiet_after=r.num(h, "health.quiet_after", 30.0, _seconds(0.01, WEEK_S)),
         )
+        if health_cfg.path is not None and health_cfg.path.is_dir():
+            r.problem("health.path", f"{health_cfg.path} is a directory; name the file to write")
         if check_paths and health_cfg.path is not None:
             _check_writable(r, "health.path", health_cfg.path.parent)
 
@@ -455,13 +478,22 @@ class _Reader:
             if key not in names:
                 self.problem(key, f"unknown section (known: {', '.join(names)})")
 
+    def no_secrets(self, name: str) -> None:
+        value = self.raw.get(name, {})
+        for key in value if isinstance(value, Mapping) else ():
+            if _looks_secret(key):
+                self.problem(f"{name}.{key}", _SECRET_IN_FILE)
+
     def section(self, name: str, keys: set[str]) -> Mapping[str, Any]:
         value = self.raw.get(name, {})
         if not isinstance(value, Mapping):
             self.problem(name, "must be a table")
             return {}
         for key in value:
-            if key not in keys and key not in ("api_key", "password"):
+            if name != "auth" and _looks_secret(key):
+                # Never echo the value; never accept it silently as an unknown key either.
+                self.problem(f"{name}.{key}", _SECRET_IN_FILE)
+            elif key not in keys:
                 self.problem(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(keys))})")
         return value
 
@@ -502,6 +534,9 @@ class _Reader:
         value = table[name]
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.problem(dotted, f"must be a number, got {_type_name(type(value))}")
+            return default
+        if not math.isfinite(value):
+            self.problem(dotted, f"must be a finite number, got {value}")
             return default
         if (why := check(value)) is not None:
             self.problem(dotted, why)
@@ -574,20 +609,31 @@ def _divides_day(v: int) -> str | None:
     return None
 
 
-def _at_least(n: int) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= n else f"must be >= {n}"
+def _within(lo: float, hi: float, unit: str = "") -> Callable[[Any], str | None]:
+    """A number in [lo, hi]: finite (the reader checks that) and sane, so that an interval of
+    1e-9 s cannot spin a loop, nor a typo put a timer off for a century."""
+    suffix = f" {unit}" if unit else ""
+    return lambda v: None if lo <= v <= hi else f"must be between {lo:g} and {hi:g}{suffix}"
 
 
-def _positive(v: float) -> str | None:
-    return None if v > 0 else "must be > 0"
+def _seconds(lo: float, hi: float) -> Callable[[Any], str | None]:
+    return _within(lo, hi, "seconds")
 
 
-def _non_negative(v: float) -> str | None:
-    return None if v >= 0 else "must be >= 0"
+def _int_range(lo: int, hi: int) -> Callable[[Any], str | None]:
+    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}"
 
 
-def _fraction(v: float) -> str | None:
-    return None if 0 <= v <= 1 else "must be between 0 and 1"
+WEEK_S = 7 * 86_400.0
+_TIME = _seconds(0.01, WEEK_S)
+_SUPERVISION_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "backoff_jitter": _within(0, 1),
+    "backoff_multiplier": _within(1, 100),
+    "stale_after": _seconds(0.1, 86_400),
+    "connect_timeout": _seconds(0.01, 3600),
+    "logon_timeout": _seconds(0.01, 3600),
+    "shutdown_grace": _seconds(0.01, 86_400),
+}
 
 
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
@@ -602,3 +648,23 @@ def _check_writable(r: _Reader, key: str, path: Path) -> None:
         r.problem(key, f"{path} is not under a directory")
     elif not os.access(probe, os.W_OK | os.X_OK):
         r.problem(key, f"{path} is not writable")
+
+
+def _check_not_fs_root(r: _Reader, key: str, path: Path) -> None:
+    """The daemon creates, renames and deletes below these directories: never the whole
+    filesystem."""
+    if path.resolve() == Path(path.anchor or "/"):
+        r.problem(key, f"{path} is the filesystem root; name a directory of its own")
+
+
+_SECRET_IN_FILE = (
+    "secrets are not read from the TOML; name their source in [auth] "
+    "(*_env, *_file or *_credential)"
+)
+_SECRET_WORDS = re.compile(r"(^|_)(api_?key|password|passwd|secret|token)$", re.IGNORECASE)
+
+
+def _looks_secret(key: str) -> bool:
+    """A key that would hold a secret itself (``api_key``, ``password``, ``client_secret``);
+    ``api_key_env`` and the like name where a secret lives and are fine."""
+    return bool(_SECRET_WORDS.search(key))

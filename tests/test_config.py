@@ -101,3 +101,93 @@ def test_check_config_command_exit_codes(tmp_path: Path) -> None:
     assert good.returncode == 0, good.stderr
     assert bad.returncode == 2
     assert "source.stripes" in bad.stderr and "output.root: required" in bad.stderr
+
+
+@pytest.mark.parametrize("section", ["source", "output", "journal", "health", "demo", "logging"])
+@pytest.mark.parametrize("key", ["api_key", "password", "client_secret", "token", "API_KEY"])
+def test_a_secret_in_any_section_is_refused_without_echoing_it(section: str, key: str) -> None:
+    raw = minimal()
+    raw[section] = {**raw.get(section, {}), key: "hunter2-very-secret"}  # type: ignore[dict-item]
+    with pytest.raises(ConfigError) as info:
+        Config.from_mapping(raw)
+    assert f"{section}.{key}: secrets are not read from the TOML" in str(info.value)
+    assert "hunter2-very-secret" not in str(info.value)
+
+
+def test_secret_sources_are_not_secrets() -> None:
+    raw = minimal(auth={"api_key_env": "X", "api_key_file": "k", "api_key_credential": "c"})
+    assert Config.from_mapping(raw).auth.api_key_env == "X"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "why"),
+    [
+        ("journal", "durability_interval", float("inf"), "must be a finite number"),
+        ("supervision", "backoff_max", float("inf"), "must be a finite number"),
+        ("supervision", "backoff_initial", float("nan"), "must be a finite number"),
+        ("health", "interval", float("-inf"), "must be a finite number"),
+        ("pipeline", "flush_interval", 1e-9, "must be between 0.01 and 3600 seconds"),
+        ("journal", "durability_interval", 1e-9, "must be between 0.01 and 3600 seconds"),
+        ("health", "interval", 0, "must be between 0.01 and 3600 seconds"),
+        ("supervision", "stale_after", 1e-6, "must be between 0.1 and 86400 seconds"),
+        ("supervision", "backoff_multiplier", 0.5, "must be between 1 and 100"),
+        ("supervision", "auth_backoff", 1e12, "must be between 0.01 and 604800 seconds"),
+        ("journal", "retain_hours", -1, "must be between 0 and 87600 hours"),
+        ("journal", "segment_mb", 10**9, "must be between 1 and 4096"),
+        ("pipeline", "batch_rows", 0, "must be between 1 and 1048576"),
+    ],
+)
+def test_numbers_must_be_finite_and_sane(section: str, key: str, value: float, why: str) -> None:
+    raw = minimal(**{section: {key: value}})
+    with pytest.raises(ConfigError) as info:
+        Config.from_mapping(raw)
+    got = f", got {value}" if "finite" in why else ""
+    assert info.value.problems == [f"{section}.{key}: {why}{got}"]
+
+
+def test_the_filesystem_root_is_refused_as_data_root_or_journal(tmp_path: Path) -> None:
+    raw = minimal(output={"root": "/"}, journal={"directory": "/"})
+    with pytest.raises(ConfigError) as info:
+        Config.from_mapping(raw)
+    assert sorted(p.split(":")[0] for p in info.value.problems) == [
+        "journal.directory", "output.root",
+    ]
+    assert "filesystem root" in str(info.value)
+    # The same through a relative path that climbs to the root.
+    depth = len(tmp_path.resolve().parts)
+    with pytest.raises(ConfigError):
+        Config.from_mapping(minimal(output={"root": "/".join([".."] * depth)}), base_dir=tmp_path)
+
+
+def test_a_health_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "health").mkdir()
+    raw = minimal(health={"path": "health"})
+    with pytest.raises(ConfigError) as info:
+        Config.from_mapping(raw, base_dir=tmp_path)
+    assert [p.split(":")[0] for p in info.value.problems] == ["health.path"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'[source]\nurl = "ws://h/mlink/jsonf"\n# caf\xe9 in Latin-1\n', "not UTF-8 text"),
+        (b"\xff\xfe[\x00s\x00", "not UTF-8 text"),
+        (b"[source\nurl = 1", "not valid TOML"),
+        (None, "is a directory"),
+    ],
+)
+def test_check_config_names_an_unreadable_file_without_a_traceback(
+    tmp_path: Path, content: bytes | None, expected: str
+) -> None:
+    path = tmp_path / "c.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "capture", "check-config", str(path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr

@@ -15,7 +15,7 @@ event loop.  What it raises decides the worker's reaction:
 
 * :class:`CredentialError` — the credential is missing, unreadable or was refused: the stripe goes
   to ``auth_failed`` and waits ``supervision.auth_backoff`` (no tight loop against the vendor).
-* :class:`capture.transport.TransportError` — Cognito could not be reached (network, timeout,
+* :class:`capture.errors.TransportError` — Cognito could not be reached (network, timeout,
   throttling, HTTP 5xx): an ordinary reconnect with the normal backoff.  The credentials may be
   fine, so this must not look like a rejection.
 
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from capture.config import AuthConfig
+from capture.errors import CredentialError, TransportError
 from capture.logs import get_logger, redact, register_secret
 
 if TYPE_CHECKING:
@@ -52,10 +53,6 @@ if TYPE_CHECKING:
     from capture.config import Config
 
 log = get_logger(component="auth")
-
-
-class CredentialError(Exception):
-    """No usable credential (missing, unreadable or refused): the stripe backs off (auth_failed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,9 +286,6 @@ class _Unreachable(Exception):
 
 
 def _transport_error(message: str) -> Exception:
-    # capture.transport imports this module (Secret), so it is imported when first needed.
-    from capture.transport import TransportError
-
     return TransportError(message)
 
 

@@ -39,30 +39,11 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from capture.auth import Secret
 from capture.config import WEBSOCKET_CLIENTS
+from capture.errors import AuthRejected, ConnectionLost, TransportError
 
 CLIENTS = WEBSOCKET_CLIENTS  # "wsproto" (default), "trio-websocket": module docstring
 CLOSE_TIMEOUT_S = 2.0
 """How long closing waits for the server's close frame (and trio-websocket's disconnect)."""
-
-
-class TransportError(Exception):
-    """The network or the WebSocket failed: reconnect with backoff."""
-
-
-class ConnectionLost(TransportError):
-    """The peer closed the connection or it broke: reconnect with backoff."""
-
-    def __init__(self, reason: str, code: int | None = None) -> None:
-        self.code = code
-        super().__init__(reason)
-
-
-class StaleConnection(TransportError):
-    """No frame at all (data or heartbeat) for the stale timeout: reconnect with backoff."""
-
-
-class AuthRejected(Exception):
-    """The server refused our credentials: long backoff, health state auth_failed."""
 
 
 class Connection:

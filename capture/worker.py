@@ -42,11 +42,17 @@ import trio
 from capture import events as capture_events
 from capture import journal as journal_mod
 from capture import protocol
-from capture.auth import CredentialError, CredentialProvider
+from capture.auth import CredentialProvider
 from capture.backoff import Backoff
 from capture.batches import BatchDecoder
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
+from capture.errors import (
+    AuthRejected,
+    CredentialError,
+    StaleConnection,
+    TransportError,
+)
 from capture.faultpoints import crash_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
 from capture.logs import get_logger, redact
@@ -56,14 +62,7 @@ from capture.rotation import next_boundary_ns, partition_date
 from capture.schemas import lookup as lookup_message
 from capture.sink import CommittedFile, PartitionSink, SinkSettings
 from capture.stats import StripeStats
-from capture.transport import (
-    AuthRejected,
-    Connection,
-    StaleConnection,
-    StreamFactory,
-    TransportError,
-    connect,
-)
+from capture.transport import Connection, StreamFactory, connect
 
 
 def new_session_id(now_ns: int) -> str:

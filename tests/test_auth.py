@@ -35,7 +35,6 @@ from capture.app import Daemon
 from capture.auth import (
     ApiKeyProvider,
     CognitoProvider,
-    CredentialError,
     Secret,
     SecretSource,
     base32_key,
@@ -45,10 +44,10 @@ from capture.auth import (
     totp,
 )
 from capture.config import AuthConfig, Config, ConfigError
+from capture.errors import CredentialError, TransportError
 from capture.sim.config import SimConfig
 from capture.sim.faults import Faults, FaultState
 from capture.sim.server import Simulator, verify_jwt
-from capture.transport import TransportError
 
 TYPES = ["StockPrint"]
 

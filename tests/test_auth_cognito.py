@@ -43,8 +43,9 @@ from moto.server import ThreadedMotoServer
 
 from capture import logs
 from capture.app import Daemon
-from capture.auth import TOTP_STEP, CognitoProvider, CredentialError, jwt_claims, totp
+from capture.auth import TOTP_STEP, CognitoProvider, jwt_claims, totp
 from capture.config import AuthConfig
+from capture.errors import CredentialError
 from capture.sim.config import SimConfig
 from capture.sim.server import Simulator, rsa_public_keys, verify_jwt
 

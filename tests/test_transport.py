@@ -35,13 +35,11 @@ from wsproto.events import (
 )
 
 from capture.auth import Secret
+from capture.errors import AuthRejected, ConnectionLost, TransportError
 from capture.sim.tls import make_test_ca, server_context
 from capture.transport import (
     CLIENTS,
     CLOSE_TIMEOUT_S,
-    AuthRejected,
-    ConnectionLost,
-    TransportError,
     connect,
 )
 

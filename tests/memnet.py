@@ -19,6 +19,7 @@ from capture.app import Daemon
 from capture.clock import TrioWallClock
 from capture.config import Config
 from capture.sim.config import SimConfig
+from capture.sim.record import load_sent_data
 from capture.sim.server import Simulator
 
 KEY = "5b2d0c8e-7f41-4a3c-b1d2-9e8f7a6b5c4d"
@@ -164,3 +165,22 @@ async def wait_for(predicate: Callable[[], bool]) -> float:
         while not predicate():  # noqa: ASYNC110 - state owned by other tasks' counters
             await trio.sleep(0.01)
     return trio.current_time()
+
+
+class SentCount:
+    """The number of data messages the simulator has sent so far, from its record: the oracle
+    of "everything sent was received".  Parsed again only when the record changed, so that a
+    test polling it every 0.01 s of mock time does not re-read every frame each time."""
+
+    def __init__(self, record: Path) -> None:
+        self.record = record
+        self._signature: tuple[tuple[str, int], ...] | None = None
+        self._count = 0
+
+    def __call__(self) -> int:
+        files = sorted(p for p in self.record.rglob("*") if p.is_file())
+        signature = tuple((str(p), p.stat().st_size) for p in files)
+        if signature != self._signature:
+            self._count = sum(len(v) for v in load_sent_data(self.record).values())
+            self._signature = signature
+        return self._count

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.dataset as ds
 import trio
 import trio.testing
-from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
+from memnet import KEY, MemoryNet, SentCount, config, mock_clock, run, wait_for
 
 from capture.app import Daemon
 from capture.memory import InFlightBudget
@@ -42,7 +42,7 @@ def test_a_slow_writer_applies_backpressure_without_loss_or_crash(tmp_path: Path
         worker = daemon.workers[0]
         await trio.sleep(8)
         sim.cfg = sim.cfg.with_overrides(rate=0.0)
-        sent = lambda: sum(len(v) for v in load_sent_data(record).values())  # noqa: E731
+        sent = SentCount(record)
         with trio.fail_after(60):  # a crashed and restarted worker would never catch up
             await wait_for(lambda: worker.stats.messages == sent())
 
@@ -81,7 +81,7 @@ def test_the_stripes_share_one_in_flight_budget(tmp_path: Path) -> None:
         daemon.in_flight.limit = limit  # the real budget object, made small for this test
         await trio.sleep(8)
         sim.cfg = sim.cfg.with_overrides(rate=0.0)
-        sent = lambda: sum(len(v) for v in load_sent_data(record).values())  # noqa: E731
+        sent = SentCount(record)
         received = lambda: sum(w.stats.messages for w in daemon.workers)  # noqa: E731
         with trio.fail_after(600):
             await wait_for(lambda: received() == sent())
@@ -176,7 +176,7 @@ def test_a_pending_batch_is_handed_over_at_its_share_of_the_budget(tmp_path: Pat
                 await trio.sleep(0.01)
         sim.cfg = sim.cfg.with_overrides(rate=0.0)
         await trio.sleep(1)  # the burst the simulator was sending when the rate dropped
-        sent = lambda: sum(len(v) for v in load_sent_data(record).values())  # noqa: E731
+        sent = SentCount(record)
         received = lambda: sum(w.stats.messages for w in daemon.workers)  # noqa: E731
         with trio.fail_after(60):
             await wait_for(lambda: received() == sent())

@@ -10,12 +10,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import trio
-from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
+from memnet import KEY, MemoryNet, SentCount, config, mock_clock, run, wait_for
 
 from capture.app import Daemon
 from capture.sim.config import SimConfig
 from capture.sim.faults import Faults
-from capture.sim.record import load_sent_data
 from capture.sim.server import Simulator
 
 TYPES = ["OptionNbboQuote", "StockBookQuote"]
@@ -35,7 +34,7 @@ def test_reconnect_resumes_from_the_high_water_mark(tmp_path: Path) -> None:
         await trio.sleep(20)
         sim.cfg = sim.cfg.with_overrides(rate=0.0)
         worker = daemon.supervisor.workers["A"]
-        sent = lambda: sum(len(v) for v in load_sent_data(record).values())  # noqa: E731
+        sent = SentCount(record)
         await wait_for(lambda: worker.stats.messages == sent())
         for t in TYPES:  # what the server holds at the end: the latest record of every key
             held[t] = {(r.sid, r.seqn) for r in sim.market.snapshot(t) if "A" in r.stripes}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import trio
-from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
+from memnet import KEY, MemoryNet, SentCount, config, mock_clock, run, wait_for
 
 from capture import faultpoints
 from capture.app import Daemon
@@ -77,7 +77,8 @@ def test_a_stalled_connection_is_detected_and_replaced(tmp_path: Path) -> None:
         await wait_for(lambda: stats(daemon)["state"] == "streaming")
         await trio.sleep(5)
         sim.cfg = sim.cfg.with_overrides(rate=0.0)
-        await wait_for(lambda: stats(daemon)["messages"] == sent_rows(record))
+        sent = SentCount(record)
+        await wait_for(lambda: stats(daemon)["messages"] == sent())
 
     daemon, code = trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
     assert code == 0

@@ -42,6 +42,7 @@ import trio
 from capture import events as capture_events
 from capture import journal as journal_mod
 from capture import protocol
+from capture import session as mlink
 from capture.auth import CredentialProvider
 from capture.backoff import Backoff
 from capture.batches import BatchDecoder
@@ -60,6 +61,7 @@ from capture.memory import InFlightBudget, decode_slots
 from capture.recovery import CommittedIndex, scan_committed
 from capture.rotation import next_boundary_ns, partition_date
 from capture.schemas import lookup as lookup_message
+from capture.session import MLinkSession
 from capture.sink import CommittedFile, PartitionSink, SinkSettings
 from capture.stats import StripeStats
 from capture.transport import Connection, StreamFactory, connect
@@ -72,43 +74,17 @@ def new_session_id(now_ns: int) -> str:
 
 
 @dataclass(slots=True)
-class StreamState:
-    """One MLinkStream subscription inside a session."""
-
-    request: protocol.StreamRequest
-    acked: bool = False
-    failed: str | None = None
-    in_snapshot: bool = False
-    begun: bool = False
-    completed: bool = False
-
-
-@dataclass(slots=True)
-class _Session:
-    """One connection session's protocol state (live, or rebuilt when replaying a journal)."""
+class _Link:
+    """One connection as the reader sees it: its id, its frame decoder (bytes may straddle
+    WebSocket messages) and its MLink session (capture.session), live or rebuilt from the
+    journal."""
 
     id: str
-    streams: dict[str, StreamState]
-    by_query: dict[int, StreamState]
-    by_name: dict[str, StreamState]
-    snapshot_types: set[str] = field(default_factory=set)
+    protocol: MLinkSession
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
-    requested: bool = False
-    """The stream requests have been sent (on LoggedOn, or at ``logon_timeout`` without it)."""
-    logged_on: bool = False
-    """MLinkAdmin said LoggedOn: later logon verdicts are only logged (GoodNight still ends)."""
     ended: Exception | None = None
     """Why the connection must end (GoodNight, a refused logon, a failed send), found while
     handling a message: raised once every message received with it has been kept."""
-
-    @classmethod
-    def start(cls, session: str, streams: dict[str, StreamState]) -> _Session:
-        return cls(
-            session,
-            streams,
-            {st.request.query_id: st for st in streams.values()},
-            {t.lower(): st for t, st in streams.items()},
-        )
 
 
 @dataclass(slots=True)
@@ -381,7 +357,7 @@ class StripeWorker:
             # first, because the high-water mark is taken from decoded batches.
             await self._flush_pending(send, older_than_ns=None)
             await self._writer_caught_up()
-        streams = self._stream_states()
+        requests = self._requests()
         self.stats.connects += 1
         self.log.info("connecting", url=cfg.source.url, session=session)
         async with connect(
@@ -401,62 +377,55 @@ class StripeWorker:
                     self.clock.now_ns(),
                     {
                         "url": cfg.source.url,
-                        "streams": {t: st.request.query_id for t, st in streams.items()},
+                        "streams": {r.msg_name: r.query_id for r in requests},
                     },
                 )
-            self.stats.streams = {t: "requested" for t in streams}
-            await self._read(conn, session, streams, send, bearer.value)
+            self.stats.streams = {r.msg_name: "requested" for r in requests}
+            await self._read(conn, session, requests, send, bearer.value)
 
-    def _stream_states(self) -> dict[str, StreamState]:
+    def _requests(self) -> tuple[protocol.StreamRequest, ...]:
         src = self.cfg.source
-        out: dict[str, StreamState] = {}
-        for msg_type in src.message_types:
-            hw = self.highwater.get(msg_type) if src.resume else None
-            out[msg_type] = StreamState(
-                protocol.StreamRequest(
-                    msg_name=msg_type,
-                    query_id=self._query_ids[msg_type],
-                    stripe=self.stripe,
-                    label=f"mlink-capture-{self.stripe}",
-                    active_latency=src.active_latency,
-                    highwater_ts=hw,
-                )
+        return tuple(
+            protocol.StreamRequest(
+                msg_name=msg_type,
+                query_id=self._query_ids[msg_type],
+                stripe=self.stripe,
+                label=f"mlink-capture-{self.stripe}",
+                active_latency=src.active_latency,
+                highwater_ts=self.highwater.get(msg_type) if src.resume else None,
             )
-        return out
-
-    async def _send_requests(self, conn: Connection, streams: dict[str, StreamState]) -> None:
-        now = self.clock.now_ns()
-        for st in streams.values():
-            await conn.send(encode_client_frame(st.request.body(now)))
+            for msg_type in src.message_types
+        )
 
     async def _read(
         self,
         conn: Connection,
         session: str,
-        streams: dict[str, StreamState],
+        requests: tuple[protocol.StreamRequest, ...],
         send: trio.MemorySendChannel[_WriterItem],
         api_key: str,
     ) -> None:
         sup = self.cfg.supervision
         stats = self.stats
         now_ns = self.clock.now_ns
-        sess = _Session.start(session, streams)
-        logon_deadline = trio.current_time() + sup.logon_timeout
+        sess = _Link(
+            session, MLinkSession(requests, logon_deadline=trio.current_time() + sup.logon_timeout)
+        )
         last_frame = trio.current_time()
         journal = self.journal
         try:
             while True:
                 deadline = last_frame + sup.stale_after
-                if not sess.requested:
-                    deadline = min(deadline, logon_deadline)
+                if (timed := sess.protocol.deadline) is not None:
+                    deadline = min(deadline, timed)
                 with trio.move_on_at(deadline) as scope:
                     messages = await conn.recv_batch()
                 if scope.cancelled_caught:
-                    if not sess.requested and trio.current_time() >= logon_deadline:
+                    events = sess.protocol.tick(trio.current_time())
+                    if events:
                         # No MLinkAdmin yet: some servers wait for the request first (§7.1, [I]).
                         self.log.warning("no MLinkAdmin within logon_timeout; requesting anyway")
-                        await self._send_requests(conn, streams)
-                        sess.requested = True
+                        await self._apply(events, sess, conn, api_key)
                         continue
                     raise StaleConnection(f"no frame for {sup.stale_after:g} s")
                 last_frame = trio.current_time()
@@ -475,7 +444,11 @@ class StripeWorker:
                         await self._drain_ready(send)
                 if sess.ended is not None:
                     raise sess.ended
-                if sess.requested and stats.state != "streaming" and stats.session is not None:
+                if (
+                    sess.protocol.requested
+                    and stats.state != "streaming"
+                    and stats.session is not None
+                ):
                     stats.state = "streaming"
         finally:
             # Bytes still waiting for the rest of a frame can never complete now: keep them.
@@ -484,7 +457,7 @@ class StripeWorker:
 
     async def _process(
         self,
-        sess: _Session,
+        sess: _Link,
         message: bytes | str,
         recv_ns: int,
         conn: Connection | None,
@@ -527,16 +500,9 @@ class StripeWorker:
                     except protocol.ControlParseError as exc:
                         self._quarantine(recv_ns, session, str(exc), body)
                         continue
-                    if not isinstance(ctl, protocol.Admin):
-                        self._on_control(ctl, sess)
-                    elif conn is None:  # replay: the requests were sent when this was live
-                        if not sess.requested:
-                            sess.requested = ctl.verdict is protocol.AdminVerdict.LOGGED_ON
-                    elif sess.ended is None:
-                        try:
-                            await self._on_admin(ctl, conn, sess, api_key)
-                        except (TransportError, AuthRejected) as exc:
-                            sess.ended = exc  # the frames after it are still kept
+                    events = sess.protocol.receive(ctl)
+                    if events:
+                        await self._apply(events, sess, conn, api_key)
                     continue
                 seq = self._seq
                 self._seq += 1
@@ -547,7 +513,7 @@ class StripeWorker:
                     if pb is not None:
                         self._enqueue(pending.pop(mtyp))
                     pb = pending[mtyp] = PendingBatch(mtyp, session, first_ns=recv_ns)
-                in_snapshot = mtyp in sess.snapshot_types
+                in_snapshot = sess.protocol.in_snapshot(mtyp)
                 pb.bodies.append(body)
                 pb.type_numbers.append(type_number)
                 pb.recv_ns.append(recv_ns)
@@ -564,9 +530,7 @@ class StripeWorker:
                 stats.last_data_ns = recv_ns
                 stats.snapshot_rows += snapshot_rows
 
-    async def _end_of_stream(
-        self, sess: _Session, send: trio.MemorySendChannel[_WriterItem]
-    ) -> None:
+    async def _end_of_stream(self, sess: _Link, send: trio.MemorySendChannel[_WriterItem]) -> None:
         for leftover in sess.decoder.flush():
             self.stats.garbage_bytes += len(leftover.data)
             self._quarantine(self.clock.now_ns(), sess.id, leftover.reason, leftover.data)
@@ -575,99 +539,78 @@ class StripeWorker:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.log.error("writer gone; could not hand over what was received last")
 
-    async def _on_admin(
+    async def _apply(
         self,
-        admin: protocol.Admin,
-        conn: Connection,
-        sess: _Session,
+        events: list[mlink.Event],
+        sess: _Link,
+        conn: Connection | None,
         api_key: str | None,
     ) -> None:
-        """Act on an MLinkAdmin. Raises what ends the connection: GoodNight (at any time:
-        reconnect later) or, until LoggedOn, a refused logon (even if the requests already
-        went out at ``logon_timeout``)."""
-        verdict = admin.verdict
-        if not sess.logged_on:
-            self._event("logon", result=admin.state, detail=admin.detail)
-        if verdict is protocol.AdminVerdict.GOOD_NIGHT:
-            raise TransportError(f"server said GoodNight ({admin.detail or 'no detail'})")
-        if sess.logged_on:  # later verdicts are only logged
-            if verdict is not protocol.AdminVerdict.LOGGED_ON:
-                self.log.warning("MLinkAdmin after logon", state=admin.state, detail=admin.detail)
-            return
-        if verdict is protocol.AdminVerdict.LOGGED_ON:
-            self.log.info("logged on", session=self.stats.session)
-            sess.logged_on = True
-            if not sess.requested:
-                await self._send_requests(conn, sess.streams)
-                sess.requested = True
-            return
-        if verdict is protocol.AdminVerdict.SEND_LOGON and api_key is not None:
-            body = protocol.logon_body(api_key, self.clock.now_ns(), self.credentials.logon_field)
-            await conn.send(encode_client_frame(body))
-            return
-        raise AuthRejected(f"MLinkAdmin {admin.state}: {admin.detail or 'no detail'}")
-
-    def _on_control(self, ctl: protocol.Control, sess: _Session) -> None:
+        """Carry out what the MLink session decided.  Live, ``conn`` is the connection; when
+        the journal is replayed it is None: the same state changes, nothing is sent, recorded
+        or ended again (it was when the messages arrived)."""
         stats = self.stats
-        if isinstance(ctl, protocol.Heartbeat):
-            stats.heartbeats += 1
-            return
-        if isinstance(ctl, protocol.StreamAck):
-            st = _match(ctl.query_id, ctl.msg_name, sess, lambda s: s.acked)
-            if st is None:
-                self.log.warning("stream ack matches no request", msg_name=ctl.msg_name)
-                return
-            st.acked = True
-            name = st.request.msg_name
-            self._event("stream_ack", msg_type=name, result=ctl.result, detail=ctl.detail)
-            if ctl.ok:
-                stats.streams[name] = "acked"
-                sess.snapshot_types.add(name)  # until Active/Complete: this stream's snapshot
-                st.in_snapshot = True
-            else:
-                st.failed = f"{ctl.result}: {ctl.detail or ''}".strip(": ")
-                stats.streams[name] = f"refused ({st.failed})"
-                stats.last_error = f"{name} refused by server: {st.failed}"
-                self.log.error(
-                    "stream refused", msg_type=name, result=ctl.result, detail=ctl.detail
+        for ev in events:
+            if isinstance(ev, mlink.HeartbeatSeen):
+                stats.heartbeats += 1
+            elif isinstance(ev, mlink.StreamAcked):
+                self._event("stream_ack", msg_type=ev.msg_type, result=ev.result, detail=ev.detail)
+                if ev.ok:
+                    stats.streams[ev.msg_type] = "acked"
+                else:
+                    failed = f"{ev.result}: {ev.detail or ''}".strip(": ")
+                    stats.streams[ev.msg_type] = f"refused ({failed})"
+                    stats.last_error = f"{ev.msg_type} refused by server: {failed}"
+                    self.log.error(
+                        "stream refused", msg_type=ev.msg_type, result=ev.result, detail=ev.detail
+                    )
+            elif isinstance(ev, mlink.Checkpoint):
+                self._event(
+                    "checkpoint",
+                    msg_type=ev.msg_type,
+                    result=ev.state,
+                    count=ev.count,
+                    highwater_ts=ev.highwater_ts,
                 )
-            return
-        if isinstance(ctl, protocol.CheckPt):
-            st = _match(
-                ctl.query_id,
-                None,
-                sess,
-                lambda s: not s.acked or s.failed is not None or _checkpoint_done(s, ctl.state),
-            )
-            if st is None:
-                return
-            name = st.request.msg_name
-            self._event(
-                "checkpoint",
-                msg_type=name,
-                result=ctl.state,
-                count=ctl.num_messages_sent,
-                highwater_ts=ctl.highwater_ts,
-            )
-            if ctl.state == "Begin":
-                st.begun = True
-                st.in_snapshot = True
-                sess.snapshot_types.add(name)
-                stats.streams[name] = "snapshot"
-            elif ctl.state in ("Active", "Complete"):
-                st.in_snapshot = False
-                st.completed = st.completed or ctl.state == "Complete"
-                sess.snapshot_types.discard(name)
-                stats.streams[name] = "live"
-            elif ctl.state in ("Replaced", "Terminated"):
-                sess.snapshot_types.discard(name)
-                stats.streams[name] = ctl.state.lower()
-                self.log.warning("stream ended by server", msg_type=name, state=ctl.state)
-            if ctl.highwater_ts and ctl.highwater_ts > 0:
-                self.highwater[name] = max(self.highwater.get(name, 0), ctl.highwater_ts)
-            return
-        if isinstance(ctl, protocol.DataAck):
-            self.log.warning("server reported a problem", result=ctl.result, detail=ctl.detail)
+                if ev.status is not None:
+                    stats.streams[ev.msg_type] = ev.status
+                if ev.status in ("replaced", "terminated"):
+                    self.log.warning("stream ended by server", msg_type=ev.msg_type, state=ev.state)
+                if ev.highwater_ts and ev.highwater_ts > 0:
+                    hw = self.highwater
+                    hw[ev.msg_type] = max(hw.get(ev.msg_type, 0), ev.highwater_ts)
+            elif isinstance(ev, mlink.UnmatchedAck):
+                self.log.warning("stream ack matches no request", msg_name=ev.msg_name)
+            elif isinstance(ev, mlink.ServerProblem):
+                self.log.warning("server reported a problem", result=ev.result, detail=ev.detail)
+            elif conn is None:
+                continue  # replay: logon, requests and endings happened when this was live
+            elif isinstance(ev, mlink.LogonVerdict):
+                self._event("logon", result=ev.state, detail=ev.detail)
+                if ev.verdict is protocol.AdminVerdict.LOGGED_ON:
+                    self.log.info("logged on", session=stats.session)
+            elif isinstance(ev, mlink.AdminAfterLogon):
+                self.log.warning("MLinkAdmin after logon", state=ev.state, detail=ev.detail)
+            elif isinstance(ev, mlink.EndSession):
+                if sess.ended is None:  # the frames after it are still kept
+                    ending = AuthRejected if ev.auth_failed else TransportError
+                    sess.ended = ending(ev.reason)
+            elif sess.ended is None:  # a send: SendRequests or SendLogon
+                try:
+                    await self._send(ev, conn, api_key)
+                except TransportError as exc:
+                    sess.ended = exc
+
+    async def _send(
+        self, ev: mlink.SendRequests | mlink.SendLogon, conn: Connection, api_key: str | None
+    ) -> None:
+        now = self.clock.now_ns()
+        if isinstance(ev, mlink.SendRequests):
+            for request in ev.requests:
+                await conn.send(encode_client_frame(request.body(now)))
+        elif api_key is not None:
+            body = protocol.logon_body(api_key, now, self.credentials.logon_field)
+            await conn.send(encode_client_frame(body))
 
     # -- hand-over to the writer ------------------------------------------------------------------
 
@@ -877,7 +820,7 @@ class StripeWorker:
         self._replaying = True
         replayed = 0
         last_ns: int | None = None
-        sess: _Session | None = None
+        sess: _Link | None = None
         contains = committed.contains if committed is not None else None
 
         def already(msg_type: str, seq: int) -> bool:
@@ -897,10 +840,10 @@ class StripeWorker:
                                 continue  # a segment boundary inside the same session
                             if sess is not None:
                                 await self._end_of_stream(sess, send)
-                            sess = _Session.start(rec.session, self._replayed_streams(rec))
+                            sess = _Link(rec.session, mlink.replayed(self._replayed_requests(rec)))
                             continue
                         if sess is None:  # the journal starts inside a session
-                            sess = _Session.start("unknown", {})
+                            sess = _Link("unknown", mlink.replayed(()))
                         self._seq = rec.first_seq
                         await self._process(
                             sess, rec.payload, rec.recv_ns, None, live=False, committed=already
@@ -916,17 +859,17 @@ class StripeWorker:
             self._seq = max(self._seq, self.journal.next_seq)
         return replayed, last_ns
 
-    def _replayed_streams(self, rec: journal_mod.SessionRecord) -> dict[str, StreamState]:
+    def _replayed_requests(
+        self, rec: journal_mod.SessionRecord
+    ) -> list[protocol.StreamRequest]:
         streams = rec.context.get("streams", {})
         items = streams.items() if isinstance(streams, dict) else ()
-        return {
-            name: StreamState(
-                protocol.StreamRequest(
-                    msg_name=name, query_id=int(qid), stripe=self.stripe, label="replay"
-                )
+        return [
+            protocol.StreamRequest(
+                msg_name=name, query_id=int(qid), stripe=self.stripe, label="replay"
             )
             for name, qid in items
-        }
+        ]
 
     async def replay(self, directories: list[Path]) -> int:
         """Offline: rebuild this stripe's Parquet from journal segments (``mlink-capture
@@ -1130,32 +1073,6 @@ def in_flight_limit(cfg: Config) -> int:
     """A quarter of ``output.memory_budget_mb``: raw frames handed to the writers and not yet
     decoded, all stripes together (capture.memory: why a quarter)."""
     return cfg.output.memory_budget_mb * 2**20 // 4
-
-
-def _checkpoint_done(st: StreamState, state: str) -> bool:
-    """A stream that already had this phase cannot be the target of this checkpoint."""
-    if state == "Begin":
-        return st.begun
-    if state == "Complete":
-        return st.completed
-    return False
-
-
-def _match(
-    query_id: int | None,
-    msg_name: str | None,
-    sess: _Session,
-    skip: Callable[[StreamState], bool],
-) -> StreamState | None:
-    """Match a reply to its request: by queryID, else msgName, else the first still waiting."""
-    if query_id is not None and query_id in sess.by_query:
-        return sess.by_query[query_id]
-    if msg_name is not None and msg_name.lower() in sess.by_name:
-        return sess.by_name[msg_name.lower()]
-    for st in sess.streams.values():
-        if not skip(st):
-            return st
-    return None
 
 
 def _slow_mtyp(body: bytes) -> str | None:

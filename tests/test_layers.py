@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
         "capture.stripes", "capture.sim.tls",
     },
-    {"capture.schemas", "capture.schemas.mapping", "capture.config"},
+    {"capture.schemas", "capture.schemas.mapping", "capture.config", "capture.session"},
     {  # the edges and the storage layers
         "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
         "capture.journal", "capture.batches", "capture.health", "capture.recovery",
@@ -174,7 +174,7 @@ def test_no_import_cycles() -> None:
 def test_sans_io_modules_import_neither_trio_nor_pyarrow() -> None:
     mods = modules()
     pure = ("capture.frames", "capture.protocol", "capture.stripes", "capture.backoff",
-            "capture.rotation", "capture.errors")
+            "capture.rotation", "capture.errors", "capture.session")
     for name in pure:
         assert not uses(mods[name], "trio"), name
         assert not uses(mods[name], "pyarrow"), name

@@ -103,7 +103,7 @@ WRITER_ID: Final = f"mlink-capture {__version__}"
 _KNOWN_DIRS_MAX: Final = 4096
 _DATA_PAGE_SIZE: Final = 1 << 20  # 1 MiB: Arrow's default, stated explicitly
 # Memory an open ParquetWriter keeps per column chunk written (its footer metadata), measured
-# with pyarrow 26: ~0.9 KB, statistics or not (bench/README.md, history item 18).
+# with pyarrow 26: ~0.9 KB, statistics or not (bench/HISTORY.md, item 18).
 FOOTER_BYTES_PER_COLUMN_CHUNK: Final = 1024
 _COMPRESSIONS: Final = frozenset({"none", "snappy", "gzip", "brotli", "lz4", "zstd"})
 _PATH_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")

@@ -73,10 +73,10 @@ def main() -> None:
     print(f"1 MB in 1 KB   : {t * 1e3:8.1f} ms per frame")
 
     try:
-        from capture.bounds import Bounds, check_body
+        from capture.bounds import Limits, check_body
     except ImportError:
         return
-    bounds = Bounds()
+    bounds = Limits()
     sample = bodies * (args.frames // len(bodies))
 
     def scan() -> None:

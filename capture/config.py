@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from capture import bounds
 from capture import stripes as stripe_table
 from capture.schemas import lookup as lookup_message
 
@@ -183,6 +184,7 @@ class Config:
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    limits: bounds.Limits = field(default_factory=bounds.Limits)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], *, check_paths: bool = False) -> Config:
@@ -225,6 +227,7 @@ class Config:
             "supervision",
             "health",
             "logging",
+            "limits",
             "demo",
         )
 
@@ -425,6 +428,7 @@ class Config:
                 lg, "logging.format", str, default="auto", check=_one_of("auto", "json", "console")
             ),
         )
+        limits_cfg = _read_limits(r)
         if r.problems:
             raise ConfigError(r.problems, source)
         return cls(
@@ -436,7 +440,28 @@ class Config:
             supervision=supervision_cfg,
             health=health_cfg,
             logging=logging_cfg,
+            limits=limits_cfg,
         )
+
+
+def _read_limits(r: _Reader) -> bounds.Limits:
+    """``[limits]``: what a server may send (capture.bounds), each within its range."""
+    ranges = {
+        "max_depth": bounds.DEPTH_RANGE,
+        "max_fields": bounds.FIELDS_RANGE,
+        "max_frame_bytes": bounds.FRAME_BYTES_RANGE,
+        "max_type_name": bounds.TYPE_NAME_RANGE,
+        "max_open_types": bounds.OPEN_TYPES_RANGE,
+    }
+    table = r.section("limits", set(ranges))
+    defaults = bounds.Limits()
+    values = {
+        name: r.get(
+            table, f"limits.{name}", int, default=getattr(defaults, name), check=_within(lo, hi)
+        )
+        for name, (lo, hi) in ranges.items()
+    }
+    return bounds.Limits(**values)
 
 
 class _Reader:
@@ -576,6 +601,10 @@ def _divides_day(v: int) -> str | None:
 
 def _at_least(n: int) -> Callable[[Any], str | None]:
     return lambda v: None if v >= n else f"must be >= {n}"
+
+
+def _within(lo: int, hi: int) -> Callable[[Any], str | None]:
+    return lambda v: None if lo <= v <= hi else f"must be between {lo:,} and {hi:,}, got {v:,}"
 
 
 def _positive(v: float) -> str | None:

@@ -101,3 +101,24 @@ def test_check_config_command_exit_codes(tmp_path: Path) -> None:
     assert good.returncode == 0, good.stderr
     assert bad.returncode == 2
     assert "source.stripes" in bad.stderr and "output.root: required" in bad.stderr
+
+
+def test_limits_have_sane_defaults_and_the_shipped_file_spells_them_out() -> None:
+    cfg = Config.from_mapping(minimal())
+    shipped = Config.from_toml(ROOT / "config" / "capture.toml")
+    assert cfg.limits == shipped.limits
+    assert (cfg.limits.max_depth, cfg.limits.max_frame_bytes) == (64, 999_999)
+    assert cfg.limits.max_open_types == 64 and cfg.limits.max_type_name == 128
+
+
+def test_limits_out_of_range_or_unknown_are_named_by_key() -> None:
+    raw = minimal(
+        limits={"max_depth": 1000, "max_fields": "many", "max_frame_bytes": 2_000_000, "depth": 3}
+    )
+    with pytest.raises(ConfigError) as err:
+        Config.from_mapping(raw)
+    problems = err.value.problems
+    assert "limits.max_depth: must be between 8 and 200, got 1,000" in problems
+    assert "limits.max_fields: must be an integer, got a string" in problems
+    assert "limits.max_frame_bytes: must be between 1,024 and 999,999, got 2,000,000" in problems
+    assert any(p.startswith("limits.depth: unknown key") for p in problems)

@@ -211,6 +211,8 @@ class FrameDecoder:
     def flush(self) -> list[Garbage]:
         """End of stream: whatever is still buffered can never complete a frame."""
         rest, self._buf, self._need = bytes(self._buf), bytearray(), 0
+        # A CR or CR LF at the very end is the tolerated trailer, as when the stream is fed whole.
+        rest = rest.rstrip(b"\r\n")
         if rest.strip(b"\r\n"):
             self.garbage_events += 1
             self._garbage_bytes += len(rest)

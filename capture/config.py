@@ -552,7 +552,7 @@ def _type_name(t: type) -> str:
 def _check_url(v: str) -> str | None:
     if not v.startswith(("ws://", "wss://")):
         return "must start with ws:// or wss://"
-    if not v.rstrip("/").endswith("/mlink/jsonf"):
+    if not v.partition("?")[0].rstrip("/").endswith("/mlink/jsonf"):
         return "must be the JSONFramed endpoint (…/mlink/jsonf)"
     return None
 

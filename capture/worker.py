@@ -39,17 +39,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import trio
 
+from capture import bounds, protocol
 from capture import events as capture_events
 from capture import journal as journal_mod
-from capture import protocol
 from capture.auth import CredentialError, CredentialProvider
 from capture.backoff import Backoff
-from capture.batches import BatchDecoder
+from capture.batches import BatchDecoder, DecodeResult, DriftReport
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
 from capture.faultpoints import crash_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
-from capture.logs import get_logger, redact
+from capture.logs import get_logger, redact, redact_url, secret_scrubber
 from capture.memory import InFlightBudget, decode_slots
 from capture.recovery import CommittedIndex, scan_committed
 from capture.schemas import lookup as lookup_message
@@ -226,6 +226,10 @@ class StripeWorker:
             for i, t in enumerate(cfg.source.message_types)
         }
         self._unknown_fields: dict[str, set[str]] = {}
+        # The URL as logged and stored: a key in it (?apikey=, user:key@) is a secret.
+        self._url = redact_url(cfg.source.url)
+        self._valid_types: set[str] = set()  # data type names checked by bounds.check_type_name
+        self._tracebacks: set[str] = set()  # where contained bugs were raised (logged once each)
         self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
         out = cfg.output
         n_stripes = max(1, len(cfg.source.stripes))
@@ -248,6 +252,7 @@ class StripeWorker:
             tz=out.timezone,
             # Long enough for a pending batch and the decode queue to reach the sink.
             commit_grace_s=min(max(2.0, 4 * cfg.pipeline.flush_interval), out.rotate_interval / 2),
+            max_open_files=cfg.limits.max_open_types,
         )
         self._backoff = Backoff(
             cfg.supervision.backoff_initial,
@@ -383,7 +388,7 @@ class StripeWorker:
             await self._writer_caught_up()
         streams = self._stream_states()
         self.stats.connects += 1
-        self.log.info("connecting", url=cfg.source.url, session=session)
+        self.log.info("connecting", url=self._url, session=session)
         async with connect(
             cfg.source.url,
             bearer,
@@ -393,14 +398,14 @@ class StripeWorker:
         ) as conn:
             self.stats.session = session
             self.stats.connected_since_ns = self.clock.now_ns()
-            self._event("connect", result="ok", detail=cfg.source.url)
+            self._event("connect", result="ok", detail=self._url)
             if self.journal is not None:
                 self.journal.begin_session(
                     session,
                     self.stripe,
                     self.clock.now_ns(),
                     {
-                        "url": cfg.source.url,
+                        "url": self._url,
                         "streams": {t: st.request.query_id for t, st in streams.items()},
                     },
                 )
@@ -442,11 +447,15 @@ class StripeWorker:
         now_ns = self.clock.now_ns
         sess = _Session.start(session, streams)
         logon_deadline = trio.current_time() + sup.logon_timeout
-        last_frame = trio.current_time()
+        # Only data and heartbeats show that the stream is alive: a server that sends nothing
+        # else (or garbage, or admin messages) for stale_after is stale, and the stripe is
+        # "connecting" until the first of them arrives (README, Health).
+        last_alive = trio.current_time()
         journal = self.journal
+        scrub = secret_scrubber()
         try:
             while True:
-                deadline = last_frame + sup.stale_after
+                deadline = last_alive + sup.stale_after
                 if not sess.requested:
                     deadline = min(deadline, logon_deadline)
                 with trio.move_on_at(deadline) as scope:
@@ -458,15 +467,17 @@ class StripeWorker:
                         await self._send_requests(conn, streams)
                         sess.requested = True
                         continue
-                    raise StaleConnection(f"no frame for {sup.stale_after:g} s")
-                last_frame = trio.current_time()
+                    raise StaleConnection(f"no data or heartbeat for {sup.stale_after:g} s")
                 recv_ns = now_ns()  # one socket read: its messages were received together
                 if self._gap_from_ns is not None:  # first frame after a disconnect
                     self._event("gap", gap_start_ns=self._gap_from_ns, gap_end_ns=recv_ns)
                     self._gap_from_ns = None
                 stats.last_frame_ns = recv_ns
+                alive_before = stats.last_alive_ns
                 for message in messages:
                     stats.bytes += len(message)
+                    if scrub is not None:  # a secret the server echoes is kept nowhere
+                        message = scrub(message)
                     first_seq = self._seq
                     await self._process(sess, message, recv_ns, conn, api_key)
                     if journal is not None:  # buffered; fsynced by its own thread
@@ -475,8 +486,10 @@ class StripeWorker:
                         await self._drain_ready(send)
                 if sess.ended is not None:
                     raise sess.ended
-                if sess.requested and stats.state != "streaming" and stats.session is not None:
-                    stats.state = "streaming"
+                if stats.last_alive_ns != alive_before:
+                    last_alive = trio.current_time()
+                    if sess.requested and stats.state != "streaming" and stats.session is not None:
+                        stats.state = "streaming"
         finally:
             # Bytes still waiting for the rest of a frame can never complete now: keep them.
             with trio.CancelScope(shield=True):
@@ -506,37 +519,58 @@ class StripeWorker:
         batch_rows = self.cfg.pipeline.batch_rows
         batch_max_bytes = self._batch_max_bytes
         control_types = protocol.CONTROL_TYPES
+        limits = self.cfg.limits
+        valid_types = self._valid_types
         session = sess.id
-        data_frames = snapshot_rows = 0
+        data_frames = snapshot_rows = alive = 0
         try:
-            for event in sess.decoder.feed_typed(message):
+            try:
+                events = sess.decoder.feed_typed(message)
+            except Exception as exc:  # noqa: BLE001 - a decoder bug: keep the message, start afresh
+                sess.decoder = FrameDecoder()
+                self._contain(exc, recv_ns, session, _as_bytes(message))
+                events = []
+            for event in events:
                 if isinstance(event, Garbage):
                     stats.garbage_bytes += len(event.data)
                     self._quarantine(recv_ns, session, event.reason, event.data)
                     continue
                 mtyp, type_number, body = event
-                if not mtyp:  # not peeked, or peeked empty: parse the body to be sure
-                    mtyp = _slow_mtyp(body)
-                    if mtyp is None:
-                        self._quarantine(recv_ns, session, "no header.mTyp", body)
-                        continue
-                if mtyp in control_types:
-                    stats.control_messages += 1
-                    try:
+                # Each frame on its own: bad input (RemoteProtocolError, the protocol layer's
+                # one exception) is quarantined; anything else is a bug, contained the same
+                # way.  Either way the next frame is handled (README "Guarantee").
+                try:
+                    bounds.check_body(body, limits)  # before any JSON parser sees it
+                    if not mtyp:  # not peeked, or peeked empty: parse the body to be sure
+                        mtyp = _slow_mtyp(body)
+                        if mtyp is None:
+                            self._quarantine(recv_ns, session, "no header.mTyp", body)
+                            continue
+                    if mtyp in control_types:
+                        stats.control_messages += 1
                         ctl = protocol.parse_control(mtyp, body)
-                    except protocol.ControlParseError as exc:
-                        self._quarantine(recv_ns, session, str(exc), body)
+                        if not isinstance(ctl, protocol.Admin):
+                            alive += isinstance(ctl, protocol.Heartbeat)
+                            self._on_control(ctl, sess)
+                        elif conn is None:  # replay: the requests were sent when this was live
+                            if not sess.requested:
+                                sess.requested = ctl.verdict is protocol.AdminVerdict.LOGGED_ON
+                        elif sess.ended is None:
+                            try:
+                                await self._on_admin(ctl, conn, sess, api_key)
+                            except (TransportError, AuthRejected) as exc:
+                                sess.ended = exc  # the frames after it are still kept
                         continue
-                    if not isinstance(ctl, protocol.Admin):
-                        self._on_control(ctl, sess)
-                    elif conn is None:  # replay: the requests were sent when this was live
-                        if not sess.requested:
-                            sess.requested = ctl.verdict is protocol.AdminVerdict.LOGGED_ON
-                    elif sess.ended is None:
-                        try:
-                            await self._on_admin(ctl, conn, sess, api_key)
-                        except (TransportError, AuthRejected) as exc:
-                            sess.ended = exc  # the frames after it are still kept
+                    if mtyp not in valid_types:  # where a type name enters: never the writer's
+                        bounds.check_type_name(mtyp, limits)
+                        if len(valid_types) >= _VALID_TYPES_MAX:
+                            valid_types.clear()
+                        valid_types.add(mtyp)
+                except protocol.RemoteProtocolError as exc:
+                    self._quarantine(recv_ns, session, str(exc), body)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a bug, contained (README "Guarantee")
+                    self._contain(exc, recv_ns, session, body)
                     continue
                 seq = self._seq
                 self._seq += 1
@@ -563,6 +597,24 @@ class StripeWorker:
                 stats.messages += data_frames
                 stats.last_data_ns = recv_ns
                 stats.snapshot_rows += snapshot_rows
+            if live and (data_frames or alive):
+                stats.last_alive_ns = recv_ns
+
+    def _contain(self, exc: Exception, recv_ns: int, session: str, data: bytes) -> None:
+        """A bug met while handling one frame (or message): quarantine its bytes, log the
+        traceback once per kind of failure, go on with the next."""
+        reason = f"internal error: {type(exc).__name__}: {exc}"[:500]
+        where = f"{type(exc).__name__}@{_origin(exc)}"
+        if where not in self._tracebacks and len(self._tracebacks) < 100:
+            self._tracebacks.add(where)
+            self.log.error(
+                "bug while handling a frame; frame quarantined, capture goes on",
+                reason=reason,
+                exc_info=exc,
+            )
+        else:
+            self.log.error("bug while handling a frame (traceback logged before)", reason=reason)
+        self._quarantine(recv_ns, session, reason, data)
 
     async def _end_of_stream(
         self, sess: _Session, send: trio.MemorySendChannel[_WriterItem]
@@ -727,6 +779,9 @@ class StripeWorker:
     def _event(self, kind: str, **fields: Any) -> None:
         if self._replaying:  # these events were recorded when the messages arrived
             return
+        for name in ("detail", "result"):  # text from the server may echo a secret
+            if isinstance(fields.get(name), str):
+                fields[name] = redact(fields[name])
         self._events.append(
             capture_events.Event(
                 time_ns=self.clock.now_ns(),
@@ -812,7 +867,9 @@ class StripeWorker:
             self.log.debug("journal synced", durable_seq=seq, synced_ns=synced_ns)
         durable = journal.durable_seq
         self.stats.durable_seq = durable
-        self.stats.journal_lag = self._seq - (durable + 1 if durable is not None else 0)
+        # Never negative: during a disk outage the journal's count can run ahead of this
+        # stripe's (a restarted writer numbers from the journal's next_seq).
+        self.stats.journal_lag = max(0, self._seq - (durable + 1 if durable is not None else 0))
 
     def _close_journal(self) -> None:
         """In a thread: the final sync and retirement, then close (the caller publishes the
@@ -977,6 +1034,7 @@ class StripeWorker:
         self, recv: trio.MemoryReceiveChannel[_WriterItem], sink: PartitionSink
     ) -> None:
         decoders: dict[str, BatchDecoder] = {}
+        max_decoders = max(64, self.cfg.limits.max_open_types)
         interval = self.cfg.output.rotate_interval
         tz = self.cfg.output.timezone
         async with recv:
@@ -996,6 +1054,8 @@ class StripeWorker:
                 elif isinstance(item, PendingBatch):
                     dec = decoders.get(item.msg_type)
                     if dec is None:
+                        if len(decoders) >= max_decoders:  # a type flood: forget the oldest
+                            del decoders[next(iter(decoders))]
                         dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
                     outcome = await self._heavy(self._decode_and_write, dec, sink, item)
                     self._inflight.discard(item.seq[0])
@@ -1065,15 +1125,16 @@ class StripeWorker:
         self, dec: BatchDecoder, sink: PartitionSink, pb: PendingBatch
     ) -> _WriteOutcome:
         """Runs in a worker thread: bulk decode, split by partition date, write."""
-        result = dec.decode(
-            pb.bodies,
-            type_numbers=pb.type_numbers,
-            recv_ns=pb.recv_ns,
-            snapshot=pb.snapshot,
-            seq=pb.seq,
-            stripe=self.stripe,
-            session=pb.session,
-        )
+        try:
+            result = self._decode(dec, pb)
+        except Exception as exc:  # a bug in the decoder: contained, body by body
+            self.log.error(
+                "bug while decoding a batch; decoding its frames one by one",
+                msg_type=pb.msg_type,
+                frames=len(pb.bodies),
+                exc_info=exc,
+            )
+            result = self._decode_each(dec, pb)
         for index, body, reason in result.rejected:
             self._write_quarantine(Quarantined(pb.recv_ns[index], pb.session, reason, body))
         batch = result.batch
@@ -1092,6 +1153,41 @@ class StripeWorker:
             unknown_fields=result.drift.unknown_fields,
             latest_sent_ns=latest,
         )
+
+    def _decode(self, dec: BatchDecoder, pb: PendingBatch, rows: list[int] | None = None) -> Any:
+        pick = (lambda xs: xs) if rows is None else (lambda xs: [xs[i] for i in rows])
+        return dec.decode(
+            pick(pb.bodies),
+            type_numbers=pick(pb.type_numbers),
+            recv_ns=pick(pb.recv_ns),
+            snapshot=pick(pb.snapshot),
+            seq=pick(pb.seq),
+            stripe=self.stripe,
+            session=pb.session,
+        )
+
+    def _decode_each(self, dec: BatchDecoder, pb: PendingBatch) -> DecodeResult:
+        """The batch decoded one body at a time: a body the decoder fails on is quarantined
+        with the error, the others are kept (in order)."""
+        batches: list[pa.RecordBatch] = []
+        rejected: list[tuple[int, bytes, str]] = []
+        drift = DriftReport()
+        for i, body in enumerate(pb.bodies):
+            try:
+                one = self._decode(dec, pb, [i])
+            except Exception as exc:  # noqa: BLE001 - the body the bug is about
+                rejected.append((i, body, f"internal error: {type(exc).__name__}: {exc}"[:500]))
+                continue
+            batches.append(one.batch)
+            drift = drift.merged(one.drift)
+            rejected += [(i, b, reason) for _, b, reason in one.rejected]
+        table = pa.Table.from_batches(batches, schema=dec.schema).combine_chunks()
+        batch = (
+            table.to_batches()[0]
+            if table.num_rows
+            else pa.RecordBatch.from_pylist([], schema=dec.schema)
+        )
+        return DecodeResult(batch=batch, drift=drift, rejected=rejected)
 
     def _write_quarantine(self, q: Quarantined) -> None:
         day = partition_date(q.recv_ns, self.cfg.output.timezone)
@@ -1153,10 +1249,28 @@ def _match(
     return None
 
 
+_VALID_TYPES_MAX = 4096
+"""Type names a reader remembers as checked (then it starts over: a cache, not a bound)."""
+
+
+def _as_bytes(message: bytes | str) -> bytes:
+    return message.encode("utf-8", "surrogateescape") if isinstance(message, str) else message
+
+
+def _origin(exc: BaseException) -> str:
+    """Where an exception was raised (file:line of the innermost frame), to log a traceback
+    once per place rather than once per frame."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+
+
 def _slow_mtyp(body: bytes) -> str | None:
+    """``header.mTyp`` by parsing the body (its size and nesting are bounded already)."""
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     header = obj.get("header") if isinstance(obj, dict) else None
     mtyp = header.get("mTyp") if isinstance(header, dict) else None

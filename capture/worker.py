@@ -143,7 +143,15 @@ class EventBatch:
     events: list[capture_events.Event]
 
 
-_WriterItem = PendingBatch | Quarantined | EventBatch
+@dataclass(frozen=True, slots=True)
+class QuarantineBatch:
+    """The frames one WebSocket message (or one decoded batch) had to quarantine: written with
+    one fsync, so that a message of thousands of bad frames costs one, not thousands."""
+
+    items: list[Quarantined]
+
+
+_WriterItem = PendingBatch | QuarantineBatch | EventBatch
 Offload = Callable[..., Awaitable[Any]]
 
 
@@ -228,6 +236,7 @@ class StripeWorker:
         self._unknown_fields: dict[str, set[str]] = {}
         # The URL as logged and stored: a key in it (?apikey=, user:key@) is a secret.
         self._url = redact_url(cfg.source.url)
+        self._quarantined: list[Quarantined] = []  # of the message being handled
         self._valid_types: set[str] = set()  # data type names checked by bounds.check_type_name
         self._tracebacks: set[str] = set()  # where contained bugs were raised (logged once each)
         self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
@@ -599,6 +608,8 @@ class StripeWorker:
                 stats.snapshot_rows += snapshot_rows
             if live and (data_frames or alive):
                 stats.last_alive_ns = recv_ns
+            if self._quarantined:
+                self._enqueue_quarantined()
 
     def _contain(self, exc: Exception, recv_ns: int, session: str, data: bytes) -> None:
         """A bug met while handling one frame (or message): quarantine its bytes, log the
@@ -622,6 +633,8 @@ class StripeWorker:
         for leftover in sess.decoder.flush():
             self.stats.garbage_bytes += len(leftover.data)
             self._quarantine(self.clock.now_ns(), sess.id, leftover.reason, leftover.data)
+        if self._quarantined:
+            self._enqueue_quarantined()
         try:
             await self._drain_ready(send)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -772,9 +785,20 @@ class StripeWorker:
         return self._writer_gone
 
     def _quarantine(self, recv_ns: int, session: str, reason: str, data: bytes) -> None:
+        """Set bytes aside (handed to the writer with the rest of the message's, at its end)."""
         self.stats.quarantined += 1
-        self.log.warning("quarantined bytes", reason=reason, size=len(data))
-        self._enqueue(Quarantined(recv_ns, session, reason, data))
+        self._quarantined.append(Quarantined(recv_ns, session, reason, data))
+
+    def _enqueue_quarantined(self) -> None:
+        items, self._quarantined = self._quarantined, []
+        reasons = sorted({q.reason for q in items})
+        self.log.warning(  # one line per message, however many frames it had to set aside
+            "quarantined bytes",
+            frames=len(items),
+            size=sum(len(q.data) for q in items),
+            reason=reasons[0] if len(reasons) == 1 else reasons[:3],
+        )
+        self._enqueue(QuarantineBatch(items))
 
     def _event(self, kind: str, **fields: Any) -> None:
         if self._replaying:  # these events were recorded when the messages arrived
@@ -1066,7 +1090,7 @@ class StripeWorker:
                     batch = capture_events.to_batch(item.events, self.stripe)
                     self._committed(await self._heavy(sink.write, capture_events.TABLE, batch))
                 else:
-                    await self.offload(self._write_quarantine, item)
+                    await self.offload(self._write_quarantine, item.items)
                 if item is not None:
                     self._processed += 1
                     self._progress.unpark_all()
@@ -1135,8 +1159,9 @@ class StripeWorker:
                 exc_info=exc,
             )
             result = self._decode_each(dec, pb)
-        for index, body, reason in result.rejected:
-            self._write_quarantine(Quarantined(pb.recv_ns[index], pb.session, reason, body))
+        self._write_quarantine(
+            [Quarantined(pb.recv_ns[i], pb.session, why, body) for i, body, why in result.rejected]
+        )
         batch = result.batch
         crash_point("worker.decoded")
         committed: list[CommittedFile] = []
@@ -1189,27 +1214,34 @@ class StripeWorker:
         )
         return DecodeResult(batch=batch, drift=drift, rejected=rejected)
 
-    def _write_quarantine(self, q: Quarantined) -> None:
-        day = partition_date(q.recv_ns, self.cfg.output.timezone)
+    def _write_quarantine(self, items: list[Quarantined]) -> None:
+        """Append records to the quarantine file of their day, one write and one fsync per file
+        (the journal may retire these bytes: they must be on disk first)."""
+        if not items:
+            return
         directory = Path(self.cfg.output.root) / "_quarantine" / f"stripe={self.stripe}"
         directory.mkdir(parents=True, exist_ok=True)
-        record = {
-            "recv_time_ns": q.recv_ns,
-            "stripe": self.stripe,
-            "session": q.session,
-            "reason": q.reason,
-            "size": len(q.data),
-            "bytes_b64": base64.b64encode(q.data).decode("ascii"),
-        }
-        line = json.dumps(record, separators=(",", ":")) + "\n"
-        fd = os.open(
-            directory / f"{day.isoformat()}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640
-        )
-        try:
-            os.write(fd, line.encode("ascii"))
-            os.fsync(fd)  # the journal may retire these bytes: they must be on disk first
-        finally:
-            os.close(fd)
+        by_day: dict[str, list[str]] = {}
+        for q in items:
+            day = partition_date(q.recv_ns, self.cfg.output.timezone).isoformat()
+            record = {
+                "recv_time_ns": q.recv_ns,
+                "stripe": self.stripe,
+                "session": q.session,
+                "reason": q.reason,
+                "size": len(q.data),
+                "bytes_b64": base64.b64encode(q.data).decode("ascii"),
+            }
+            by_day.setdefault(day, []).append(json.dumps(record, separators=(",", ":")) + "\n")
+        for day, lines in by_day.items():
+            fd = os.open(directory / f"{day}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            try:
+                data = "".join(lines).encode("ascii")
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 # The smallest byte bound of a pending batch (a tiny budget with many stripes): below this the

@@ -267,6 +267,10 @@ CASES: dict[str, tuple[list[Message], list[str]]] = {
         [typed("capture_events"), typed("CAPTURE_EVENTS")],
         ["the daemon's own tables"] * 2,
     ),
+    "10,000 bad frames in one message": (
+        [b"".join(encode_frame(2785, b"[" * 100) for _ in range(10_000))],
+        ["deeper than limits.max_depth"] * 10_000,
+    ),
     "too many members, too many bytes": (
         [
             encode_frame(

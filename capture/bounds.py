@@ -126,7 +126,10 @@ def _too_deep(text: bytes, max_depth: int) -> bool:
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > max_depth
 
 
-_TYPE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+# Letters, digits and _ . + - (ASCII: no look-alikes, no invisible characters), not starting
+# with one of ". _ + -" (readers skip hidden and underscore directories) nor ending with "."
+# (some file systems drop it).
+_TYPE_NAME: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.+-]*[A-Za-z0-9_+-])?")
 
 
 def type_name_problem(name: str, max_len: int) -> str | None:
@@ -135,8 +138,8 @@ def type_name_problem(name: str, max_len: int) -> str | None:
         return f"{len(name)} characters, over limits.max_type_name ({max_len})"
     if not _TYPE_NAME.fullmatch(name):
         return (
-            "not usable as a directory name (allowed: letters, digits and _ . + -, "
-            "starting with a letter or digit)"
+            "not usable as a directory name (allowed: ASCII letters, digits and _ . + -, "
+            "starting with a letter or digit, not ending with '.')"
         )
     if name.lower().startswith(RESERVED_PREFIX):
         return f"names starting with {RESERVED_PREFIX!r} are the daemon's own tables"

@@ -99,7 +99,8 @@ def test_the_scan_agrees_with_the_real_depth_of_any_json(value: object) -> None:
     [
         "../../etc", "Opt/../../x", "..", ".", "Option\x00Nbbo", "O" * 129, "capture_events",
         "Capture_Events", "_quarantine", "_journal", "a\\b", "date=2025-01-01", "x y", "",
-        "Opt\u2215x", "\u0130stanbul", "x\n",
+        "Opt\u2215x", "\u0130stanbul", "x\n", "x.", "x..", ".x", "-x", "Option\u200b",
+        "\uff2fption",
     ],
 )
 def test_type_names_that_cannot_be_a_table_of_their_own_are_refused(name: str) -> None:

@@ -49,10 +49,12 @@ async def serve(stream: trio.SocketStream, types: int) -> None:
     for i in range(0, types, 50):
         msg = b"".join(frame(n) for n in names[i : i + 50])
         await stream.send_all(ws.send(BytesMessage(data=msg)))
-    with trio.move_on_after(3600):
+    try:
         while True:
             await stream.send_all(ws.send(BytesMessage(data=BEAT)))
             await trio.sleep(1)
+    except trio.BrokenResourceError:
+        return  # the daemon stopped
 
 
 def fds() -> int:
@@ -81,13 +83,21 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         nursery.start_soon(trio.serve_listeners, lambda s: serve(s, args.types), listeners)
         daemon = Daemon(cfg, environ={"FLOOD_KEY": KEY}, install_signals=False)
         nursery.start_soon(daemon.run)
+        t0 = trio.current_time()
+        drained: float | None = None
         with trio.move_on_after(args.seconds):
             while True:
                 peak["fds"] = max(peak["fds"], fds())
                 peak["rss_mb"] = max(peak["rss_mb"], rss_bytes() / 2**20)
+                worker = daemon.supervisor.workers.get("A")
+                if (
+                    drained is None
+                    and worker is not None
+                    and worker.stats.rows_written >= args.types
+                ):
+                    drained = round(trio.current_time() - t0, 1)
                 await trio.sleep(0.1)
-        worker = daemon.supervisor.workers["A"]
-        rows = worker.stats.rows_written
+        rows = daemon.supervisor.workers["A"].stats.rows_written
         daemon.stop()
         await trio.sleep(5)
         nursery.cancel_scope.cancel()
@@ -98,6 +108,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "start": start,
         "peak": peak,
         "rows_written": rows,
+        "all_written_after_s": drained,
         "tables": tables,
     }
 

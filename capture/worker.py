@@ -1126,12 +1126,13 @@ class StripeWorker:
         if outcome.unknown_fields:
             seen = self._unknown_fields.setdefault(msg_type, set())
             new = outcome.unknown_fields - seen
-            if new:  # once per field per type: drift is news, not noise
+            if new and len(seen) < _DRIFT_FIELDS_MAX:  # once per field per type: drift is news
                 seen |= new
                 self.log.warning(
                     "schema drift: fields not in the dictionary kept in _extra",
                     msg_type=msg_type,
-                    fields=sorted(new),
+                    fields=sorted(new)[:_DRIFT_FIELDS_MAX],
+                    complete=len(seen) < _DRIFT_FIELDS_MAX,  # false: later new fields unlisted
                 )
         latest = outcome.latest_sent_ns
         if latest is not None and latest > self.highwater.get(msg_type, 0):
@@ -1280,6 +1281,10 @@ def _match(
             return st
     return None
 
+
+_DRIFT_FIELDS_MAX = 256
+"""Unknown field names remembered (and logged) per type: a server inventing a new name in every
+message must not grow memory or the log without bound (the values are in _extra anyway)."""
 
 _VALID_TYPES_MAX = 4096
 """Type names a reader remembers as checked (then it starts over: a cache, not a bound)."""

@@ -215,6 +215,9 @@ def restart_captures_new_frames(tmp_path: Path) -> None:
     outcome = run_daemon(tmp_path, Script([good(s) for s in fresh]), until=rows_at_least(50))
     assert outcome.code == 0
     assert seqs_in_parquet(root) == sorted(before + fresh)
+    assert verify(root).ok
+    for path in tmp_path.rglob("*"):
+        assert not path.is_file() or KEY.encode() not in path.read_bytes(), path
 
 
 def around(hostile: Sequence[Message]) -> tuple[list[Message], list[int]]:
@@ -308,6 +311,7 @@ def test_an_odd_heartbeat_number_does_not_stop_the_stripe_or_lose_its_message(
     assert_user_sees(tmp_path, outcome, [*seqs, 1000, 1001], [])
     assert outcome.daemon.supervisor.workers["A"].stats.heartbeats >= 1
     assert outcome.health["stripes"]["A"]["state"] in ("streaming", "quiet")
+    restart_captures_new_frames(tmp_path)
 
 
 def test_a_bug_in_per_message_handling_is_contained(
@@ -332,6 +336,7 @@ def test_a_bug_in_per_message_handling_is_contained(
     assert_user_sees(tmp_path, outcome, [*seqs, 1000, 1001], ["internal error: KeyError"] * 2)
     err = capsys.readouterr()
     assert (err.out + err.err).count("Traceback") == 1
+    restart_captures_new_frames(tmp_path)
 
 
 def test_a_silent_server_is_never_reported_healthy(tmp_path: Path) -> None:
@@ -346,6 +351,7 @@ def test_a_silent_server_is_never_reported_healthy(tmp_path: Path) -> None:
     assert "streaming" not in outcome.states and "quiet" not in outcome.states
     assert outcome.health["healthy"] is False
     assert outcome.health["stripes"]["A"]["state"] in ("connecting", "backoff")
+    restart_captures_new_frames(tmp_path)
 
 
 def test_heartbeats_alone_keep_a_connection_healthy_and_data_makes_it_streaming(
@@ -405,6 +411,7 @@ def test_the_key_is_in_no_file_when_the_url_and_the_server_carry_it(tmp_path: Pa
     details = [d for d in events.column("detail").to_pylist() if d]
     assert any("invalid api key ****" in d for d in details), details  # masked as received
     assert any("apikey=[redacted]" in d for d in details), details
+    restart_captures_new_frames(tmp_path)
 
 
 # A stream mixing valid frames with random malformed ones.
@@ -502,8 +509,10 @@ def test_over_real_loopback_with_threads(tmp_path: Path) -> None:
             nursery.start_soon(run)
             with trio.fail_after(60):
                 await wait_for(
-                    lambda: daemon.supervisor.workers.get("A") is not None
-                    and daemon.supervisor.workers["A"].stats.rows_written >= 402
+                    lambda: (
+                        daemon.supervisor.workers.get("A") is not None
+                        and daemon.supervisor.workers["A"].stats.rows_written >= 402
+                    )
                 )
                 await trio.sleep(1.5)  # a health write
             health = json.loads((root / "health.json").read_text())
@@ -523,3 +532,27 @@ def test_over_real_loopback_with_threads(tmp_path: Path) -> None:
     assert verify(root).ok
     for path in tmp_path.rglob("*"):
         assert path == root or root in path.parents or path in root.parents, path
+
+
+def test_a_new_field_name_in_every_message_is_kept_and_not_logged_forever(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Schema drift as an attack: 2,000 frames, each with a field name never seen before. Every
+    row is kept with its field in ``_extra``; the log names at most 256 of them per type
+    (plus one batch's worth), not 2,000."""
+    frames = [
+        encode_frame(2785, good_body(s)[:-2] + b',"zz%d":%d}}' % (s, s)) for s in range(1, 2001)
+    ]
+    msgs: list[Message] = [b"".join(frames[i : i + 100]) for i in range(0, 2000, 100)]
+    outcome = run_daemon(tmp_path, Script(msgs), until=rows_at_least(2000))
+    assert_user_sees(tmp_path, outcome, range(1, 2001), [])
+    root = tmp_path / "a" / "b" / "data"
+    table = ds.dataset(root / TYPE, format="parquet", partitioning="hive").to_table()
+    extra = dict(
+        zip(table.column("h_seqN").to_pylist(), table.column("_extra").to_pylist(), strict=True)
+    )
+    assert all(json.loads(extra[s])["message"] == {f"zz{s}": s} for s in (1, 777, 2000))
+    restart_captures_new_frames(tmp_path)
+    logged = capsys.readouterr().out
+    named = sum(logged.count(f"message.zz{s}'") for s in range(1, 2001))
+    assert 0 < named <= 256 + 256, named  # pipeline.batch_rows is 256 in these tests

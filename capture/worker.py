@@ -488,7 +488,7 @@ class StripeWorker:
                     if scrub is not None:  # a secret the server echoes is kept nowhere
                         message = scrub(message)
                     first_seq = self._seq
-                    await self._process(sess, message, recv_ns, conn, api_key)
+                    await self._process(sess, message, recv_ns, conn, api_key, send=send)
                     if journal is not None:  # buffered; fsynced by its own thread
                         journal.append(recv_ns, first_seq, self._seq - first_seq, message)
                     if self._ready:  # after the journal: waiting for the writers delays no fsync
@@ -514,6 +514,7 @@ class StripeWorker:
         *,
         live: bool = True,
         committed: Callable[[str, int], bool] | None = None,
+        send: trio.MemorySendChannel[_WriterItem] | None = None,
     ) -> None:
         """One received WebSocket message: frames -> control handling / pending batches.
 
@@ -577,6 +578,8 @@ class StripeWorker:
                         valid_types.add(mtyp)
                 except protocol.RemoteProtocolError as exc:
                     self._quarantine(recv_ns, session, str(exc), body)
+                    if send is not None and len(self._ready) >= _HAND_OVER_ITEMS:
+                        await self._hand_over(send)
                     continue
                 except Exception as exc:  # noqa: BLE001 - a bug, contained (README "Guarantee")
                     self._contain(exc, recv_ns, session, body)
@@ -610,6 +613,17 @@ class StripeWorker:
                 stats.last_alive_ns = recv_ns
             if self._quarantined:
                 self._enqueue_quarantined()
+
+    async def _hand_over(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
+        """Hand what is queued to the writer in the middle of a message: a message of
+        millions of bad frames must not hold them all in memory.  Shielded, so that a stop
+        cannot leave the rest of the message unhandled (and unjournaled); a writer that is
+        gone leaves the items queued, as at the end of a stream."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self._drain_ready(send)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     def _contain(self, exc: Exception, recv_ns: int, session: str, data: bytes) -> None:
         """A bug met while handling one frame (or message): quarantine its bytes, log the
@@ -788,6 +802,8 @@ class StripeWorker:
         """Set bytes aside (handed to the writer with the rest of the message's, at its end)."""
         self.stats.quarantined += 1
         self._quarantined.append(Quarantined(recv_ns, session, reason, data))
+        if len(self._quarantined) >= 1000:  # a message of many bad frames: batches of 1,000
+            self._enqueue_quarantined()
 
     def _enqueue_quarantined(self) -> None:
         items, self._quarantined = self._quarantined, []
@@ -984,7 +1000,13 @@ class StripeWorker:
                             sess = _Session.start("unknown", {})
                         self._seq = rec.first_seq
                         await self._process(
-                            sess, rec.payload, rec.recv_ns, None, live=False, committed=already
+                            sess,
+                            rec.payload,
+                            rec.recv_ns,
+                            None,
+                            live=False,
+                            committed=already,
+                            send=send,
                         )
                         if self._ready:
                             await self._drain_ready(send)
@@ -1216,32 +1238,39 @@ class StripeWorker:
         return DecodeResult(batch=batch, drift=drift, rejected=rejected)
 
     def _write_quarantine(self, items: list[Quarantined]) -> None:
-        """Append records to the quarantine file of their day, one write and one fsync per file
-        (the journal may retire these bytes: they must be on disk first)."""
+        """Append records to the quarantine file of their day: written a thousand at a time,
+        one fsync per file at the end (the journal may retire these bytes: they must be on
+        disk first)."""
         if not items:
             return
         directory = Path(self.cfg.output.root) / "_quarantine" / f"stripe={self.stripe}"
         directory.mkdir(parents=True, exist_ok=True)
-        by_day: dict[str, list[str]] = {}
-        for q in items:
-            day = partition_date(q.recv_ns, self.cfg.output.timezone).isoformat()
-            record = {
-                "recv_time_ns": q.recv_ns,
-                "stripe": self.stripe,
-                "session": q.session,
-                "reason": q.reason,
-                "size": len(q.data),
-                "bytes_b64": base64.b64encode(q.data).decode("ascii"),
-            }
-            by_day.setdefault(day, []).append(json.dumps(record, separators=(",", ":")) + "\n")
-        for day, lines in by_day.items():
-            fd = os.open(directory / f"{day}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-            try:
-                data = "".join(lines).encode("ascii")
-                while data:
-                    data = data[os.write(fd, data) :]
+        fds: dict[str, int] = {}
+        try:
+            for start in range(0, len(items), 1000):
+                by_day: dict[str, list[str]] = {}
+                for q in items[start : start + 1000]:
+                    day = partition_date(q.recv_ns, self.cfg.output.timezone).isoformat()
+                    record = {
+                        "recv_time_ns": q.recv_ns,
+                        "stripe": self.stripe,
+                        "session": q.session,
+                        "reason": q.reason,
+                        "size": len(q.data),
+                        "bytes_b64": base64.b64encode(q.data).decode("ascii"),
+                    }
+                    by_day.setdefault(day, []).append(json.dumps(record, separators=(",", ":")))
+                for day, lines in by_day.items():
+                    if day not in fds:
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                        fds[day] = os.open(directory / f"{day}.jsonl", flags, 0o640)
+                    data = ("\n".join(lines) + "\n").encode("ascii")
+                    while data:
+                        data = data[os.write(fds[day], data) :]
+            for fd in fds.values():
                 os.fsync(fd)
-            finally:
+        finally:
+            for fd in fds.values():
                 os.close(fd)
 
 
@@ -1281,6 +1310,10 @@ def _match(
             return st
     return None
 
+
+_HAND_OVER_ITEMS = 4
+"""Quarantine batches (of 1,000 frames) queued inside one message before the reader hands them
+to the writer without waiting for the message's end."""
 
 _DRIFT_FIELDS_MAX = 256
 """Unknown field names remembered (and logged) per type: a server inventing a new name in every

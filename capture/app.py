@@ -197,6 +197,7 @@ class Daemon:
             started_ns=self.started_ns,
             data_root=self.cfg.output.root,
             quiet_after_s=self.cfg.health.quiet_after,
+            stale_after_s=self.cfg.supervision.stale_after,
             open_files=sum(
                 w.sink.open_file_count for w in self.supervisor.workers.values() if w.sink
             ),

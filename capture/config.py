@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from capture import bounds
 from capture import stripes as stripe_table
 from capture.schemas import lookup as lookup_message
 
@@ -184,6 +185,7 @@ class Config:
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    limits: bounds.Limits = field(default_factory=bounds.Limits)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], *, check_paths: bool = False) -> Config:
@@ -234,6 +236,7 @@ class Config:
             "supervision",
             "health",
             "logging",
+            "limits",
             "demo",
         )
         r.no_secrets("demo")  # not read here, but a secret has no place in it either
@@ -448,6 +451,7 @@ class Config:
                 lg, "logging.format", str, default="auto", check=_one_of("auto", "json", "console")
             ),
         )
+        limits_cfg = _read_limits(r)
         if r.problems:
             raise ConfigError(r.problems, source)
         return cls(
@@ -459,7 +463,28 @@ class Config:
             supervision=supervision_cfg,
             health=health_cfg,
             logging=logging_cfg,
+            limits=limits_cfg,
         )
+
+
+def _read_limits(r: _Reader) -> bounds.Limits:
+    """``[limits]``: what a server may send (capture.bounds), each within its range."""
+    ranges = {
+        "max_depth": bounds.DEPTH_RANGE,
+        "max_fields": bounds.FIELDS_RANGE,
+        "max_frame_bytes": bounds.FRAME_BYTES_RANGE,
+        "max_type_name": bounds.TYPE_NAME_RANGE,
+        "max_open_types": bounds.OPEN_TYPES_RANGE,
+    }
+    table = r.section("limits", set(ranges))
+    defaults = bounds.Limits()
+    values = {
+        name: r.get(
+            table, f"limits.{name}", int, default=getattr(defaults, name), check=_int_range(lo, hi)
+        )
+        for name, (lo, hi) in ranges.items()
+    }
+    return bounds.Limits(**values)
 
 
 class _Reader:
@@ -562,7 +587,7 @@ def _type_name(t: type) -> str:
 def _check_url(v: str) -> str | None:
     if not v.startswith(("ws://", "wss://")):
         return "must start with ws:// or wss://"
-    if not v.rstrip("/").endswith("/mlink/jsonf"):
+    if not v.partition("?")[0].rstrip("/").endswith("/mlink/jsonf"):
         return "must be the JSONFramed endpoint (…/mlink/jsonf)"
     return None
 
@@ -613,7 +638,9 @@ def _within(lo: float, hi: float, unit: str = "") -> Callable[[Any], str | None]
     """A number in [lo, hi]: finite (the reader checks that) and sane, so that an interval of
     1e-9 s cannot spin a loop, nor a typo put a timer off for a century."""
     suffix = f" {unit}" if unit else ""
-    return lambda v: None if lo <= v <= hi else f"must be between {lo:g} and {hi:g}{suffix}"
+    return lambda v: (
+        None if lo <= v <= hi else f"must be between {lo:g} and {hi:g}{suffix}, got {v:g}"
+    )
 
 
 def _seconds(lo: float, hi: float) -> Callable[[Any], str | None]:
@@ -621,7 +648,7 @@ def _seconds(lo: float, hi: float) -> Callable[[Any], str | None]:
 
 
 def _int_range(lo: int, hi: int) -> Callable[[Any], str | None]:
-    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}"
+    return lambda v: None if lo <= v <= hi else f"must be between {lo:,} and {hi:,}, got {v:,}"
 
 
 WEEK_S = 7 * 86_400.0

@@ -44,6 +44,15 @@ TypedFrame = tuple[str | None, int, bytes]
 """``(mtyp, type_number, body)``: what :meth:`FrameDecoder.feed_typed` gives per frame."""
 
 
+class RemoteProtocolError(ValueError):
+    """What the server sent is not usable: the one exception the protocol layer (this module,
+    :mod:`capture.bounds` and :mod:`capture.protocol`) raises for bad input, whatever the input.
+
+    Like h11's ``RemoteProtocolError``: a caller handles bad input by catching this type only;
+    anything else escaping the protocol layer is a bug (the worker still contains it).
+    """
+
+
 class FrameDecoderError(Exception):
     """The decoder's input is unusable as configured (e.g. a buffer bound smaller than a frame)."""
 
@@ -57,16 +66,31 @@ class FrameDecoder:
     MAX_BODY_LEN``, so the bound is checked once, at construction.
     """
 
-    __slots__ = ("_buf", "_garbage_bytes", "_max_buffer", "frames", "garbage_events")
+    __slots__ = (
+        "_buf",
+        "_checked",
+        "_garbage_bytes",
+        "_max_buffer",
+        "_need",
+        "frames",
+        "garbage_events",
+    )
 
     def __init__(self, max_buffer: int = HEADER_LEN + MAX_BODY_LEN) -> None:
         if max_buffer < HEADER_LEN + MAX_BODY_LEN:
             raise FrameDecoderError(
                 f"max_buffer must be at least {HEADER_LEN + MAX_BODY_LEN} bytes "
-                "(one maximal frame), got {max_buffer}"
+                f"(one maximal frame), got {max_buffer}"
             )
         self._max_buffer = max_buffer
-        self._buf = b""
+        # Carry-over bytes (a frame split across messages).  Linear in the bytes received, like
+        # h11's receive buffer: new bytes are appended (amortised O(1)), and while a frame whose
+        # header has been read is incomplete, ``_need`` is the buffer length it completes at and
+        # ``_checked`` how far its body is known to hold no CR LF, so a feed looks at its own
+        # bytes only; the frame is scanned once, when it is complete.
+        self._buf = bytearray()
+        self._need = 0
+        self._checked = 0
         self._garbage_bytes = 0
         self.frames = 0
         self.garbage_events = 0
@@ -94,7 +118,21 @@ class FrameDecoder:
     ) -> list[Frame | TypedFrame | Garbage]:
         if isinstance(data, str):  # a text WebSocket message: the length counts UTF-8 bytes
             data = data.encode("utf-8")
-        buf = self._buf + bytes(data) if self._buf else bytes(data)
+        if self._buf:
+            carry = self._buf
+            carry += data
+            need = self._need
+            if need and len(carry) < need:  # still incomplete: look at the new bytes only
+                if self._checked < 0:  # a P frame: its body is not JSON, CR LF may be in it
+                    return []
+                bad = carry.find(_SYNC, max(self._checked - 1, HEADER_LEN), len(carry))
+                if bad < 0:
+                    self._checked = len(carry)
+                    return []
+            buf = bytes(carry)
+        else:
+            buf = bytes(data)
+        self._need = 0
         events: list[Frame | TypedFrame | Garbage] = []
         names = _NAMES
         pos = 0
@@ -123,8 +161,10 @@ class FrameDecoder:
                             self._garbage_bytes += bad - pos
                             pos = bad
                             continue
-                    if stop > end:
-                        break  # wait for the rest of the frame
+                    if stop > end:  # wait for the rest of the frame
+                        self._need = stop - pos
+                        self._checked = end - pos if proto == 74 else -1
+                        break
                     body = buf[start:stop]
                     if typed:
                         # peek_mtyp's common case inline (a call per frame is measurable)
@@ -145,7 +185,10 @@ class FrameDecoder:
             pos = self._skip(buf, pos, end, reason, events)
         # A lone stray CR LF (or part of one) at the very end is the examples' tolerated trailer;
         # it stays buffered as the possible start of the next frame.
-        self._buf = buf[pos:] if pos < end else b""
+        if pos < end:
+            self._buf = bytearray(memoryview(buf)[pos:])
+        elif self._buf:
+            self._buf = bytearray()
         if len(self._buf) > self._max_buffer:  # pragma: no cover - impossible by construction
             raise FrameDecoderError("frame decoder buffer exceeded its bound")
         self.frames += frames
@@ -167,7 +210,9 @@ class FrameDecoder:
 
     def flush(self) -> list[Garbage]:
         """End of stream: whatever is still buffered can never complete a frame."""
-        rest, self._buf = self._buf, b""
+        rest, self._buf, self._need = bytes(self._buf), bytearray(), 0
+        # A CR or CR LF at the very end is the tolerated trailer, as when the stream is fed whole.
+        rest = rest.rstrip(b"\r\n")
         if rest.strip(b"\r\n"):
             self.garbage_events += 1
             self._garbage_bytes += len(rest)

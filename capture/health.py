@@ -17,12 +17,14 @@ Schema (``"schema": 1``; documented in the README):
   ``memory`` is then summed over the processes (``pss_mb`` is the sum that means something:
   RSS counts the pages the processes share once per process); ``process.fork_server``:
   its ``pid`` and why it was ``lost`` (null while it serves), or null (exec only);
-* ``stripes``: per stripe code, ``state`` (starting, connecting, streaming, quiet, backoff,
+* ``stripes``: per stripe code, ``state`` (starting, connecting, streaming, quiet, stale, backoff,
   auth_failed, failed, stopping, stopped; with stripe-group processes also ``unresponsive``:
   its process stopped reporting) and the counters of :class:`capture.worker.StripeStats`.
 
 A stripe is *quiet* when it is connected but no data message arrived for ``quiet_after``
-seconds (heartbeats only): the connection is fine, the market may be closed.
+seconds (heartbeats only): the connection is fine, the market may be closed.  It is *stale*
+(unhealthy) when neither data nor a heartbeat arrived for ``supervision.stale_after`` seconds;
+the reader then reconnects, and a reconnect is *connecting* until data or a heartbeat arrives.
 """
 
 from __future__ import annotations
@@ -44,11 +46,16 @@ log = get_logger(component="health")
 OK_STATES = frozenset({"streaming", "quiet"})
 
 
-def stripe_view(stats: StripeStats, now_ns: int, quiet_after_s: float) -> dict[str, Any]:
+def stripe_view(
+    stats: StripeStats, now_ns: int, quiet_after_s: float, stale_after_s: float | None = None
+) -> dict[str, Any]:
     view = stats.snapshot()
     if stats.state == "streaming":
+        alive = stats.last_alive_ns or stats.connected_since_ns or now_ns
         since = stats.last_data_ns or stats.connected_since_ns or now_ns
-        if now_ns - since > quiet_after_s * 1e9:
+        if stale_after_s is not None and now_ns - alive > stale_after_s * 1e9:
+            view["state"] = "stale"  # neither data nor heartbeat: the reader will reconnect
+        elif now_ns - since > quiet_after_s * 1e9:
             view["state"] = "quiet"
     if view["last_error"] is not None:
         view["last_error"] = redact(view["last_error"])
@@ -64,9 +71,10 @@ def build(
     quiet_after_s: float,
     open_files: int,
     memory: Mapping[str, Any] | None = None,
+    stale_after_s: float | None = None,
 ) -> dict[str, Any]:
     return assemble(
-        {s.stripe: stripe_view(s, now_ns, quiet_after_s) for s in stats},
+        {s.stripe: stripe_view(s, now_ns, quiet_after_s, stale_after_s) for s in stats},
         now_ns=now_ns,
         started_ns=started_ns,
         data_root=data_root,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 import structlog
 
@@ -32,6 +33,68 @@ def redact(text: str) -> str:
         if s in text:
             text = text.replace(s, REDACTED)
     return text
+
+
+_URL_SECRET_PARAMS = frozenset(
+    {"apikey", "api_key", "key", "token", "access_token", "jwt", "jwttoken", "password",
+     "secret", "auth"}
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be logged or stored: user information (``user:key@``) and the values
+    of secret-looking query parameters (``?apikey=``) become ``[redacted]``.  The values taken
+    out are registered as secrets, so they are scrubbed wherever else they turn up (a server
+    echoing them, an error message quoting the URL)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        secret = password if colon else user  # user:key@, or key@
+        register_secret(unquote(secret))
+        register_secret(secret)
+        netloc = f"{REDACTED}@{host}"
+    query = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name.lower() in _URL_SECRET_PARAMS and value:
+            register_secret(value)
+            value = REDACTED
+        query.append(f"{quote(name, safe='')}={quote(value, safe='[]')}")
+    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(query), parts.fragment))
+
+
+SCRUB_MIN = 8
+"""Secrets at least this long are masked in what the server sends (a shorter one could match
+ordinary market data)."""
+
+
+def secret_scrubber() -> Callable[[bytes | str], bytes | str] | None:
+    """A function masking every registered secret in a received WebSocket message with ``*``
+    of the same length (frame lengths stay valid), or None when there is none to mask.  Taken
+    at the start of a session: the secrets known then."""
+    with _lock:
+        texts = sorted({s for s in _secrets if len(s) >= SCRUB_MIN}, key=len, reverse=True)
+    if not texts:
+        return None
+    pairs = [(t.encode("utf-8"), b"*" * len(t.encode("utf-8"))) for t in texts]
+    strs = [(t, "*" * len(t.encode("utf-8"))) for t in texts if t.isascii()]
+
+    def scrub(message: bytes | str) -> bytes | str:
+        if isinstance(message, str):
+            for t, mask in strs:
+                if t in message:
+                    message = message.replace(t, mask)
+            return message
+        for b, bmask in pairs:
+            if b in message:
+                message = message.replace(b, bmask)
+        return message
+
+    return scrub
 
 
 def _scrub(value: Any) -> Any:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from capture.frames import RemoteProtocolError as RemoteProtocolError
 
 # Every MLinkWs/MLinkRest message is control traffic, not market data (Appendix A, tokens
 # MLinkWs and MLinkRest).  Anything else the server sends is data and is captured.
@@ -106,29 +109,43 @@ class OtherControl:
 Control = Admin | StreamAck | CheckPt | Heartbeat | DataAck | OtherControl
 
 
-class ControlParseError(ValueError):
-    """A control frame whose body is not the JSON object the protocol describes."""
+class ControlParseError(RemoteProtocolError):
+    """A control frame whose body is not the JSON object the protocol describes (the
+    protocol layer's one exception for bad input, :class:`RemoteProtocolError`)."""
+
+
+_INT64 = range(-(2**63), 2**63)
+_INT_TEXT = re.compile(r"\s*-?[0-9]{1,19}\s*")  # ASCII digits only: "²".isdigit() is true
+MAX_TEXT = 2000
+"""Characters kept of a text member of a control message (a detail, a state): the rest is
+cut, so that a server cannot put a megabyte into every log line and event row."""
 
 
 def _opt_int(v: Any) -> int | None:
+    """An int64 the server sent as a number or (lenient, like the server) as decimal text;
+    None for anything else, never an exception."""
     if isinstance(v, bool):
         return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.strip().lstrip("-").isdigit():  # lenient, like the server
-        return int(v)
-    return None
+    if isinstance(v, str) and _INT_TEXT.fullmatch(v):
+        v = int(v)
+    return v if isinstance(v, int) and v in _INT64 else None
 
 
 def _opt_str(v: Any) -> str | None:
-    return v if isinstance(v, str) and v != "" else None
+    if not isinstance(v, str) or v == "":
+        return None
+    if len(v) > MAX_TEXT:
+        return f"{v[:MAX_TEXT]}... ({len(v) - MAX_TEXT} more characters)"
+    return v
 
 
 def parse_control(mtyp: str, body: bytes) -> Control:
-    """Parse a control frame body; raises ControlParseError if it is not a JSON object."""
+    """Parse a control frame body.  Raises ControlParseError (a RemoteProtocolError) for any
+    body that is not a JSON object, and nothing else whatever the body; the caller bounds its
+    size and nesting first (:func:`capture.bounds.check_body`)."""
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ControlParseError(f"{mtyp}: body is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ControlParseError(f"{mtyp}: body is not a JSON object")

@@ -149,6 +149,11 @@ class SinkSettings:
     #: its boundary for rows received before the boundary that are still on their way from
     #: the socket (pending batches, the decode queue); later ones go to a file of their own.
     commit_grace_s: float = 2.0
+    #: Files held open at once (one per type, date and interval; [limits] max_open_types);
+    #: past it the least recently written one is committed early (reason "open_files"), like
+    #: pyarrow's ``max_open_files``: a server sending thousands of types cannot exhaust file
+    #: descriptors or memory.  None: no bound.
+    max_open_files: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))  # tolerate str from config code
@@ -393,6 +398,7 @@ class _OpenFile:
     seq_max: int = 0
     row_groups: int = 0
     leaf_columns: int = 1
+    last_use: int = 0  # the sink's write counter at the last write (least recently written)
 
     def approx_bytes(self) -> int:
         return int(self.stream.tell()) + self.buffered_bytes
@@ -431,6 +437,7 @@ class PartitionSink:
         self._known_dirs: set[Path] = set()
         self._checked_msg_types: set[str] = set()
         self._counter = 0
+        self._uses = 0
         self._closed = False
         self._buffered_bytes = 0
         self._rows_written = 0
@@ -626,7 +633,13 @@ class PartitionSink:
             self._commit(key, "schema", out)
             f = None
         if f is None:
+            bound = s.max_open_files
+            while bound is not None and len(self._files) >= bound:
+                lru = min(self._files, key=lambda k: self._files[k].last_use)
+                self._commit(lru, "open_files", out)
             f = self._open(msg_type, day, part, now, boundary)
+        self._uses += 1
+        f.last_use = self._uses
 
         seq = pc.min_max(part.column(SEQ_COLUMN))
         seq_lo, seq_hi = seq["min"].as_py(), seq["max"].as_py()

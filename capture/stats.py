@@ -17,6 +17,7 @@ class StripeStats:
     connected_since_ns: int | None = None
     last_frame_ns: int | None = None
     last_data_ns: int | None = None
+    last_alive_ns: int | None = None  # last data frame or heartbeat: the stream is alive
     messages: int = 0
     control_messages: int = 0
     heartbeats: int = 0
@@ -43,6 +44,7 @@ class StripeStats:
             "connected_since": _iso(self.connected_since_ns),
             "last_frame": _iso(self.last_frame_ns),
             "last_data": _iso(self.last_data_ns),
+            "last_alive": _iso(self.last_alive_ns),
             "messages": self.messages,
             "control_messages": self.control_messages,
             "heartbeats": self.heartbeats,

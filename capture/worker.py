@@ -39,13 +39,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import trio
 
+from capture import bounds, protocol
 from capture import events as capture_events
 from capture import journal as journal_mod
-from capture import protocol
 from capture import session as mlink
 from capture.auth import CredentialProvider
 from capture.backoff import Backoff
-from capture.batches import BatchDecoder
+from capture.batches import BatchDecoder, DecodeResult, DriftReport
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
 from capture.errors import (
@@ -56,7 +56,7 @@ from capture.errors import (
 )
 from capture.faultpoints import crash_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
-from capture.logs import get_logger, redact
+from capture.logs import get_logger, redact, redact_url, secret_scrubber
 from capture.memory import InFlightBudget, decode_slots
 from capture.recovery import CommittedIndex, scan_committed
 from capture.rotation import next_boundary_ns, partition_date
@@ -119,7 +119,15 @@ class EventBatch:
     events: list[capture_events.Event]
 
 
-_WriterItem = PendingBatch | Quarantined | EventBatch
+@dataclass(frozen=True, slots=True)
+class QuarantineBatch:
+    """The frames one WebSocket message (or one decoded batch) had to quarantine: written with
+    one fsync, so that a message of thousands of bad frames costs one, not thousands."""
+
+    items: list[Quarantined]
+
+
+_WriterItem = PendingBatch | QuarantineBatch | EventBatch
 Offload = Callable[..., Awaitable[Any]]
 
 
@@ -202,6 +210,11 @@ class StripeWorker:
             for i, t in enumerate(cfg.source.message_types)
         }
         self._unknown_fields: dict[str, set[str]] = {}
+        # The URL as logged and stored: a key in it (?apikey=, user:key@) is a secret.
+        self._url = redact_url(cfg.source.url)
+        self._quarantined: list[Quarantined] = []  # of the message being handled
+        self._valid_types: set[str] = set()  # data type names checked by bounds.check_type_name
+        self._tracebacks: set[str] = set()  # where contained bugs were raised (logged once each)
         self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
         out = cfg.output
         n_stripes = max(1, len(cfg.source.stripes))
@@ -224,6 +237,7 @@ class StripeWorker:
             tz=out.timezone,
             # Long enough for a pending batch and the decode queue to reach the sink.
             commit_grace_s=min(max(2.0, 4 * cfg.pipeline.flush_interval), out.rotate_interval / 2),
+            max_open_files=cfg.limits.max_open_types,
         )
         self._backoff = Backoff(
             cfg.supervision.backoff_initial,
@@ -359,7 +373,7 @@ class StripeWorker:
             await self._writer_caught_up()
         requests = self._requests()
         self.stats.connects += 1
-        self.log.info("connecting", url=cfg.source.url, session=session)
+        self.log.info("connecting", url=self._url, session=session)
         async with connect(
             cfg.source.url,
             bearer,
@@ -369,14 +383,14 @@ class StripeWorker:
         ) as conn:
             self.stats.session = session
             self.stats.connected_since_ns = self.clock.now_ns()
-            self._event("connect", result="ok", detail=cfg.source.url)
+            self._event("connect", result="ok", detail=self._url)
             if self.journal is not None:
                 self.journal.begin_session(
                     session,
                     self.stripe,
                     self.clock.now_ns(),
                     {
-                        "url": cfg.source.url,
+                        "url": self._url,
                         "streams": {r.msg_name: r.query_id for r in requests},
                     },
                 )
@@ -411,11 +425,15 @@ class StripeWorker:
         sess = _Link(
             session, MLinkSession(requests, logon_deadline=trio.current_time() + sup.logon_timeout)
         )
-        last_frame = trio.current_time()
+        # Only data and heartbeats show that the stream is alive: a server that sends nothing
+        # else (or garbage, or admin messages) for stale_after is stale, and the stripe is
+        # "connecting" until the first of them arrives (README, Health).
+        last_alive = trio.current_time()
         journal = self.journal
+        scrub = secret_scrubber()
         try:
             while True:
-                deadline = last_frame + sup.stale_after
+                deadline = last_alive + sup.stale_after
                 if (timed := sess.protocol.deadline) is not None:
                     deadline = min(deadline, timed)
                 with trio.move_on_at(deadline) as scope:
@@ -427,29 +445,33 @@ class StripeWorker:
                         self.log.warning("no MLinkAdmin within logon_timeout; requesting anyway")
                         await self._apply(events, sess, conn, api_key)
                         continue
-                    raise StaleConnection(f"no frame for {sup.stale_after:g} s")
-                last_frame = trio.current_time()
+                    raise StaleConnection(f"no data or heartbeat for {sup.stale_after:g} s")
                 recv_ns = now_ns()  # one socket read: its messages were received together
                 if self._gap_from_ns is not None:  # first frame after a disconnect
                     self._event("gap", gap_start_ns=self._gap_from_ns, gap_end_ns=recv_ns)
                     self._gap_from_ns = None
                 stats.last_frame_ns = recv_ns
+                alive_before = stats.last_alive_ns
                 for message in messages:
                     stats.bytes += len(message)
+                    if scrub is not None:  # a secret the server echoes is kept nowhere
+                        message = scrub(message)
                     first_seq = self._seq
-                    await self._process(sess, message, recv_ns, conn, api_key)
+                    await self._process(sess, message, recv_ns, conn, api_key, send=send)
                     if journal is not None:  # buffered; fsynced by its own thread
                         journal.append(recv_ns, first_seq, self._seq - first_seq, message)
                     if self._ready:  # after the journal: waiting for the writers delays no fsync
                         await self._drain_ready(send)
                 if sess.ended is not None:
                     raise sess.ended
-                if (
-                    sess.protocol.requested
-                    and stats.state != "streaming"
-                    and stats.session is not None
-                ):
-                    stats.state = "streaming"
+                if stats.last_alive_ns != alive_before:
+                    last_alive = trio.current_time()
+                    if (
+                        sess.protocol.requested
+                        and stats.state != "streaming"
+                        and stats.session is not None
+                    ):
+                        stats.state = "streaming"
         finally:
             # Bytes still waiting for the rest of a frame can never complete now: keep them.
             with trio.CancelScope(shield=True):
@@ -465,6 +487,7 @@ class StripeWorker:
         *,
         live: bool = True,
         committed: Callable[[str, int], bool] | None = None,
+        send: trio.MemorySendChannel[_WriterItem] | None = None,
     ) -> None:
         """One received WebSocket message: frames -> control handling / pending batches.
 
@@ -479,30 +502,53 @@ class StripeWorker:
         batch_rows = self.cfg.pipeline.batch_rows
         batch_max_bytes = self._batch_max_bytes
         control_types = protocol.CONTROL_TYPES
+        limits = self.cfg.limits
+        valid_types = self._valid_types
         session = sess.id
-        data_frames = snapshot_rows = 0
+        data_frames = snapshot_rows = alive = 0
         try:
-            for event in sess.decoder.feed_typed(message):
+            try:
+                events = sess.decoder.feed_typed(message)
+            except Exception as exc:  # noqa: BLE001 - a decoder bug: keep the message, start afresh
+                sess.decoder = FrameDecoder()
+                self._contain(exc, recv_ns, session, _as_bytes(message))
+                events = []
+            for event in events:
                 if isinstance(event, Garbage):
                     stats.garbage_bytes += len(event.data)
                     self._quarantine(recv_ns, session, event.reason, event.data)
                     continue
                 mtyp, type_number, body = event
-                if not mtyp:  # not peeked, or peeked empty: parse the body to be sure
-                    mtyp = _slow_mtyp(body)
-                    if mtyp is None:
-                        self._quarantine(recv_ns, session, "no header.mTyp", body)
-                        continue
-                if mtyp in control_types:
-                    stats.control_messages += 1
-                    try:
+                # Each frame on its own: bad input (RemoteProtocolError, the protocol layer's
+                # one exception) is quarantined; anything else is a bug, contained the same
+                # way.  Either way the next frame is handled (README "Guarantee").
+                try:
+                    bounds.check_body(body, limits)  # before any JSON parser sees it
+                    if not mtyp:  # not peeked, or peeked empty: parse the body to be sure
+                        mtyp = _slow_mtyp(body)
+                        if mtyp is None:
+                            self._quarantine(recv_ns, session, "no header.mTyp", body)
+                            continue
+                    if mtyp in control_types:
+                        stats.control_messages += 1
                         ctl = protocol.parse_control(mtyp, body)
-                    except protocol.ControlParseError as exc:
-                        self._quarantine(recv_ns, session, str(exc), body)
+                        alive += isinstance(ctl, protocol.Heartbeat)
+                        decided = sess.protocol.receive(ctl)
+                        if decided:
+                            await self._apply(decided, sess, conn, api_key)
                         continue
-                    events = sess.protocol.receive(ctl)
-                    if events:
-                        await self._apply(events, sess, conn, api_key)
+                    if mtyp not in valid_types:  # where a type name enters: never the writer's
+                        bounds.check_type_name(mtyp, limits)
+                        if len(valid_types) >= _VALID_TYPES_MAX:
+                            valid_types.clear()
+                        valid_types.add(mtyp)
+                except protocol.RemoteProtocolError as exc:
+                    self._quarantine(recv_ns, session, str(exc), body)
+                    if send is not None and len(self._ready) >= _HAND_OVER_ITEMS:
+                        await self._hand_over(send)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a bug, contained (README "Guarantee")
+                    self._contain(exc, recv_ns, session, body)
                     continue
                 seq = self._seq
                 self._seq += 1
@@ -529,11 +575,44 @@ class StripeWorker:
                 stats.messages += data_frames
                 stats.last_data_ns = recv_ns
                 stats.snapshot_rows += snapshot_rows
+            if live and (data_frames or alive):
+                stats.last_alive_ns = recv_ns
+            if self._quarantined:
+                self._enqueue_quarantined()
+
+    async def _hand_over(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
+        """Hand what is queued to the writer in the middle of a message: a message of
+        millions of bad frames must not hold them all in memory.  Shielded, so that a stop
+        cannot leave the rest of the message unhandled (and unjournaled); a writer that is
+        gone leaves the items queued, as at the end of a stream."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self._drain_ready(send)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def _contain(self, exc: Exception, recv_ns: int, session: str, data: bytes) -> None:
+        """A bug met while handling one frame (or message): quarantine its bytes, log the
+        traceback once per kind of failure, go on with the next."""
+        reason = f"internal error: {type(exc).__name__}: {exc}"[:500]
+        where = f"{type(exc).__name__}@{_origin(exc)}"
+        if where not in self._tracebacks and len(self._tracebacks) < 100:
+            self._tracebacks.add(where)
+            self.log.error(
+                "bug while handling a frame; frame quarantined, capture goes on",
+                reason=reason,
+                exc_info=exc,
+            )
+        else:
+            self.log.error("bug while handling a frame (traceback logged before)", reason=reason)
+        self._quarantine(recv_ns, session, reason, data)
 
     async def _end_of_stream(self, sess: _Link, send: trio.MemorySendChannel[_WriterItem]) -> None:
         for leftover in sess.decoder.flush():
             self.stats.garbage_bytes += len(leftover.data)
             self._quarantine(self.clock.now_ns(), sess.id, leftover.reason, leftover.data)
+        if self._quarantined:
+            self._enqueue_quarantined()
         try:
             await self._drain_ready(send)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -663,13 +742,29 @@ class StripeWorker:
         return self._writer_gone
 
     def _quarantine(self, recv_ns: int, session: str, reason: str, data: bytes) -> None:
+        """Set bytes aside (handed to the writer with the rest of the message's, at its end)."""
         self.stats.quarantined += 1
-        self.log.warning("quarantined bytes", reason=reason, size=len(data))
-        self._enqueue(Quarantined(recv_ns, session, reason, data))
+        self._quarantined.append(Quarantined(recv_ns, session, reason, data))
+        if len(self._quarantined) >= 1000:  # a message of many bad frames: batches of 1,000
+            self._enqueue_quarantined()
+
+    def _enqueue_quarantined(self) -> None:
+        items, self._quarantined = self._quarantined, []
+        reasons = sorted({q.reason for q in items})
+        self.log.warning(  # one line per message, however many frames it had to set aside
+            "quarantined bytes",
+            frames=len(items),
+            size=sum(len(q.data) for q in items),
+            reason=reasons[0] if len(reasons) == 1 else reasons[:3],
+        )
+        self._enqueue(QuarantineBatch(items))
 
     def _event(self, kind: str, **fields: Any) -> None:
         if self._replaying:  # these events were recorded when the messages arrived
             return
+        for name in ("detail", "result"):  # text from the server may echo a secret
+            if isinstance(fields.get(name), str):
+                fields[name] = redact(fields[name])
         self._events.append(
             capture_events.Event(
                 time_ns=self.clock.now_ns(),
@@ -755,7 +850,9 @@ class StripeWorker:
             self.log.debug("journal synced", durable_seq=seq, synced_ns=synced_ns)
         durable = journal.durable_seq
         self.stats.durable_seq = durable
-        self.stats.journal_lag = self._seq - (durable + 1 if durable is not None else 0)
+        # Never negative: during a disk outage the journal's count can run ahead of this
+        # stripe's (a restarted writer numbers from the journal's next_seq).
+        self.stats.journal_lag = max(0, self._seq - (durable + 1 if durable is not None else 0))
 
     def _close_journal(self) -> None:
         """In a thread: the final sync and retirement, then close (the caller publishes the
@@ -846,7 +943,13 @@ class StripeWorker:
                             sess = _Link("unknown", mlink.replayed(()))
                         self._seq = rec.first_seq
                         await self._process(
-                            sess, rec.payload, rec.recv_ns, None, live=False, committed=already
+                            sess,
+                            rec.payload,
+                            rec.recv_ns,
+                            None,
+                            live=False,
+                            committed=already,
+                            send=send,
                         )
                         if self._ready:
                             await self._drain_ready(send)
@@ -920,6 +1023,7 @@ class StripeWorker:
         self, recv: trio.MemoryReceiveChannel[_WriterItem], sink: PartitionSink
     ) -> None:
         decoders: dict[str, BatchDecoder] = {}
+        max_decoders = max(64, self.cfg.limits.max_open_types)
         interval = self.cfg.output.rotate_interval
         tz = self.cfg.output.timezone
         async with recv:
@@ -944,6 +1048,8 @@ class StripeWorker:
                 elif isinstance(item, PendingBatch):
                     dec = decoders.get(item.msg_type)
                     if dec is None:
+                        if len(decoders) >= max_decoders:  # a type flood: forget the oldest
+                            del decoders[next(iter(decoders))]
                         dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
                     outcome = await self._heavy(self._decode_and_write, dec, sink, item)
                     self._inflight.discard(item.seq[0])
@@ -954,7 +1060,7 @@ class StripeWorker:
                     batch = capture_events.to_batch(item.events, self.stripe)
                     self._committed(await self._heavy(sink.write, capture_events.TABLE, batch))
                 else:
-                    await self.offload(self._write_quarantine, item)
+                    await self.offload(self._write_quarantine, item.items)
                 if item is not None:
                     self._processed += 1
                     self._progress.unpark_all()
@@ -990,12 +1096,13 @@ class StripeWorker:
         if outcome.unknown_fields:
             seen = self._unknown_fields.setdefault(msg_type, set())
             new = outcome.unknown_fields - seen
-            if new:  # once per field per type: drift is news, not noise
+            if new and len(seen) < _DRIFT_FIELDS_MAX:  # once per field per type: drift is news
                 seen |= new
                 self.log.warning(
                     "schema drift: fields not in the dictionary kept in _extra",
                     msg_type=msg_type,
-                    fields=sorted(new),
+                    fields=sorted(new)[:_DRIFT_FIELDS_MAX],
+                    complete=len(seen) < _DRIFT_FIELDS_MAX,  # false: later new fields unlisted
                 )
         latest = outcome.latest_sent_ns
         if latest is not None and latest > self.highwater.get(msg_type, 0):
@@ -1013,17 +1120,19 @@ class StripeWorker:
         self, dec: BatchDecoder, sink: PartitionSink, pb: PendingBatch
     ) -> _WriteOutcome:
         """Runs in a worker thread: bulk decode, split by partition date, write."""
-        result = dec.decode(
-            pb.bodies,
-            type_numbers=pb.type_numbers,
-            recv_ns=pb.recv_ns,
-            snapshot=pb.snapshot,
-            seq=pb.seq,
-            stripe=self.stripe,
-            session=pb.session,
+        try:
+            result = self._decode(dec, pb)
+        except Exception as exc:  # a bug in the decoder: contained, body by body
+            self.log.error(
+                "bug while decoding a batch; decoding its frames one by one",
+                msg_type=pb.msg_type,
+                frames=len(pb.bodies),
+                exc_info=exc,
+            )
+            result = self._decode_each(dec, pb)
+        self._write_quarantine(
+            [Quarantined(pb.recv_ns[i], pb.session, why, body) for i, body, why in result.rejected]
         )
-        for index, body, reason in result.rejected:
-            self._write_quarantine(Quarantined(pb.recv_ns[index], pb.session, reason, body))
         batch = result.batch
         crash_point("worker.decoded")
         committed: list[CommittedFile] = []
@@ -1041,27 +1150,76 @@ class StripeWorker:
             latest_sent_ns=latest,
         )
 
-    def _write_quarantine(self, q: Quarantined) -> None:
-        day = partition_date(q.recv_ns, self.cfg.output.timezone)
+    def _decode(self, dec: BatchDecoder, pb: PendingBatch, rows: list[int] | None = None) -> Any:
+        pick = (lambda xs: xs) if rows is None else (lambda xs: [xs[i] for i in rows])
+        return dec.decode(
+            pick(pb.bodies),
+            type_numbers=pick(pb.type_numbers),
+            recv_ns=pick(pb.recv_ns),
+            snapshot=pick(pb.snapshot),
+            seq=pick(pb.seq),
+            stripe=self.stripe,
+            session=pb.session,
+        )
+
+    def _decode_each(self, dec: BatchDecoder, pb: PendingBatch) -> DecodeResult:
+        """The batch decoded one body at a time: a body the decoder fails on is quarantined
+        with the error, the others are kept (in order)."""
+        batches: list[pa.RecordBatch] = []
+        rejected: list[tuple[int, bytes, str]] = []
+        drift = DriftReport()
+        for i, body in enumerate(pb.bodies):
+            try:
+                one = self._decode(dec, pb, [i])
+            except Exception as exc:  # noqa: BLE001 - the body the bug is about
+                rejected.append((i, body, f"internal error: {type(exc).__name__}: {exc}"[:500]))
+                continue
+            batches.append(one.batch)
+            drift = drift.merged(one.drift)
+            rejected += [(i, b, reason) for _, b, reason in one.rejected]
+        table = pa.Table.from_batches(batches, schema=dec.schema).combine_chunks()
+        batch = (
+            table.to_batches()[0]
+            if table.num_rows
+            else pa.RecordBatch.from_pylist([], schema=dec.schema)
+        )
+        return DecodeResult(batch=batch, drift=drift, rejected=rejected)
+
+    def _write_quarantine(self, items: list[Quarantined]) -> None:
+        """Append records to the quarantine file of their day: written a thousand at a time,
+        one fsync per file at the end (the journal may retire these bytes: they must be on
+        disk first)."""
+        if not items:
+            return
         directory = Path(self.cfg.output.root) / "_quarantine" / f"stripe={self.stripe}"
         directory.mkdir(parents=True, exist_ok=True)
-        record = {
-            "recv_time_ns": q.recv_ns,
-            "stripe": self.stripe,
-            "session": q.session,
-            "reason": q.reason,
-            "size": len(q.data),
-            "bytes_b64": base64.b64encode(q.data).decode("ascii"),
-        }
-        line = json.dumps(record, separators=(",", ":")) + "\n"
-        fd = os.open(
-            directory / f"{day.isoformat()}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640
-        )
+        fds: dict[str, int] = {}
         try:
-            os.write(fd, line.encode("ascii"))
-            os.fsync(fd)  # the journal may retire these bytes: they must be on disk first
+            for start in range(0, len(items), 1000):
+                by_day: dict[str, list[str]] = {}
+                for q in items[start : start + 1000]:
+                    day = partition_date(q.recv_ns, self.cfg.output.timezone).isoformat()
+                    record = {
+                        "recv_time_ns": q.recv_ns,
+                        "stripe": self.stripe,
+                        "session": q.session,
+                        "reason": q.reason,
+                        "size": len(q.data),
+                        "bytes_b64": base64.b64encode(q.data).decode("ascii"),
+                    }
+                    by_day.setdefault(day, []).append(json.dumps(record, separators=(",", ":")))
+                for day, lines in by_day.items():
+                    if day not in fds:
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                        fds[day] = os.open(directory / f"{day}.jsonl", flags, 0o640)
+                    data = ("\n".join(lines) + "\n").encode("ascii")
+                    while data:
+                        data = data[os.write(fds[day], data) :]
+            for fd in fds.values():
+                os.fsync(fd)
         finally:
-            os.close(fd)
+            for fd in fds.values():
+                os.close(fd)
 
 
 # The smallest byte bound of a pending batch (a tiny budget with many stripes): below this the
@@ -1075,10 +1233,36 @@ def in_flight_limit(cfg: Config) -> int:
     return cfg.output.memory_budget_mb * 2**20 // 4
 
 
+_HAND_OVER_ITEMS = 4
+"""Quarantine batches (of 1,000 frames) queued inside one message before the reader hands them
+to the writer without waiting for the message's end."""
+
+_DRIFT_FIELDS_MAX = 256
+"""Unknown field names remembered (and logged) per type: a server inventing a new name in every
+message must not grow memory or the log without bound (the values are in _extra anyway)."""
+
+_VALID_TYPES_MAX = 4096
+"""Type names a reader remembers as checked (then it starts over: a cache, not a bound)."""
+
+
+def _as_bytes(message: bytes | str) -> bytes:
+    return message.encode("utf-8", "surrogateescape") if isinstance(message, str) else message
+
+
+def _origin(exc: BaseException) -> str:
+    """Where an exception was raised (file:line of the innermost frame), to log a traceback
+    once per place rather than once per frame."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+
+
 def _slow_mtyp(body: bytes) -> str | None:
+    """``header.mTyp`` by parsing the body (its size and nesting are bounded already)."""
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     header = obj.get("header") if isinstance(obj, dict) else None
     mtyp = header.get("mTyp") if isinstance(header, dict) else None

@@ -70,3 +70,19 @@ def test_unhealthy_states_and_secret_free_errors(tmp_path: Path) -> None:
     health.write_atomic(path, doc)
     code, line = health.check(path, max_age_s=30, now_ns=101 * S)
     assert code == 1 and "C=auth_failed" in line
+
+
+def test_a_stripe_with_neither_data_nor_heartbeat_for_stale_after_is_stale(tmp_path: Path) -> None:
+    silent = streaming("A", last_alive_ns=60 * S, last_data_ns=60 * S)
+    beating = streaming("B", last_alive_ns=99 * S, last_data_ns=10 * S)  # heartbeats only
+    doc = health.build(
+        [silent, beating], now_ns=101 * S, started_ns=S, data_root=tmp_path, quiet_after_s=30,
+        open_files=0, stale_after_s=30,
+    )
+    assert doc["stripes"]["A"]["state"] == "stale"
+    assert doc["stripes"]["B"]["state"] == "quiet"
+    assert doc["healthy"] is False
+    path = tmp_path / "health.json"
+    health.write_atomic(path, doc)
+    code, line = health.check(path, max_age_s=30, now_ns=101 * S)
+    assert code == 1 and "A=stale" in line

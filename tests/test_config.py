@@ -133,16 +133,19 @@ def test_secret_sources_are_not_secrets() -> None:
         ("supervision", "backoff_multiplier", 0.5, "must be between 1 and 100"),
         ("supervision", "auth_backoff", 1e12, "must be between 0.01 and 604800 seconds"),
         ("journal", "retain_hours", -1, "must be between 0 and 87600 hours"),
-        ("journal", "segment_mb", 10**9, "must be between 1 and 4096"),
-        ("pipeline", "batch_rows", 0, "must be between 1 and 1048576"),
+        ("journal", "segment_mb", 10**9, "must be between 1 and 4,096"),
+        ("pipeline", "batch_rows", 0, "must be between 1 and 1,048,576"),
     ],
 )
 def test_numbers_must_be_finite_and_sane(section: str, key: str, value: float, why: str) -> None:
     raw = minimal(**{section: {key: value}})
     with pytest.raises(ConfigError) as info:
         Config.from_mapping(raw)
-    got = f", got {value}" if "finite" in why else ""
-    assert info.value.problems == [f"{section}.{key}: {why}{got}"]
+    if "finite" in why:
+        got = f"{value}"
+    else:
+        got = f"{value:,}" if isinstance(value, int) else f"{value:g}"
+    assert info.value.problems == [f"{section}.{key}: {why}, got {got}"]
 
 
 def test_the_filesystem_root_is_refused_as_data_root_or_journal(tmp_path: Path) -> None:
@@ -191,3 +194,24 @@ def test_check_config_names_an_unreadable_file_without_a_traceback(
     assert result.returncode == 2
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_limits_have_sane_defaults_and_the_shipped_file_spells_them_out() -> None:
+    cfg = Config.from_mapping(minimal())
+    shipped = Config.from_toml(ROOT / "config" / "capture.toml")
+    assert cfg.limits == shipped.limits
+    assert (cfg.limits.max_depth, cfg.limits.max_frame_bytes) == (64, 999_999)
+    assert cfg.limits.max_open_types == 64 and cfg.limits.max_type_name == 128
+
+
+def test_limits_out_of_range_or_unknown_are_named_by_key() -> None:
+    raw = minimal(
+        limits={"max_depth": 1000, "max_fields": "many", "max_frame_bytes": 2_000_000, "depth": 3}
+    )
+    with pytest.raises(ConfigError) as err:
+        Config.from_mapping(raw)
+    problems = err.value.problems
+    assert "limits.max_depth: must be between 8 and 200, got 1,000" in problems
+    assert "limits.max_fields: must be an integer, got a string" in problems
+    assert "limits.max_frame_bytes: must be between 1,024 and 999,999, got 2,000,000" in problems
+    assert any(p.startswith("limits.depth: unknown key") for p in problems)

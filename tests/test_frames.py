@@ -20,6 +20,7 @@ from capture.frames import (
     peek_mtyp,
 )
 
+MAX_BODY = 999_999
 SAMPLES = (Path(__file__).parent / "data" / "samples.jsonf").read_bytes()
 
 
@@ -203,3 +204,50 @@ def test_feed_typed_gives_the_frames_of_feed_with_the_peeked_mtyp(data: st.DataO
     assert any(isinstance(e, tuple) and e[0] == "MLinkHeartbeat" for e in got)
     assert any(isinstance(e, tuple) and e[0] is None for e in got)  # the protobuf body
     assert (typed.frames, typed.garbage_bytes) == (plain.frames, plain.garbage_bytes)
+
+
+def _garbage_bytes(events: list[Frame | Garbage]) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, Garbage))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_split_of_a_hostile_stream_gives_the_frames_and_garbage_of_one_feed(
+    data: st.DataObject,
+) -> None:
+    """The carry-over buffer keeps its scan position between feeds (linear buffering): that
+    must not change what comes out, for truncated frames, lengths pointing past a CR LF,
+    protobuf frames holding CR LF, bad header digits and a frame cut at the end."""
+    good = [b"\r\nJ" + part for part in SAMPLES.split(b"\r\nJ")[1:6]]
+    hostile = [
+        good[0][:40],  # truncated: the next frame's CR LF is inside its declared body
+        b"\r\nJ00012999999{}",  # declares far more than follows
+        b"\r\nJ0001x000002{}",  # non-digit in the header
+        encode_frame(2785, b"a\r\nJb\r\n", proto=b"P"),  # CR LF inside a protobuf body
+        b"\xff\xfe garbage \r",
+    ]
+    parts = data.draw(st.lists(st.sampled_from(good + hostile), min_size=1, max_size=12))
+    stream = b"".join(parts) + data.draw(st.sampled_from([b"", good[1][:30], b"\r", b"\r\n"]))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=30)))
+    chunks = [stream[i:j] for i, j in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    whole, split = decode_all([stream]), decode_all(chunks)
+    assert frames_of(split) == frames_of(whole)
+    assert _garbage_bytes(split) == _garbage_bytes(whole)
+
+
+def test_a_large_frame_in_small_pieces_comes_out_once_whole() -> None:
+    """A 1 MB frame fed 1 KB at a time (the incremental path: only the new bytes are looked
+    at; its cost is measured by bench/bench_reader.py): nothing until the last piece."""
+    body = b'{"a":"' + b"x" * (MAX_BODY - 8) + b'"}'
+    frame = encode_frame(1, body)
+    dec = FrameDecoder()
+    for i in range(0, len(frame) - 1024, 1024):
+        assert dec.feed(frame[i : i + 1024]) == []
+        assert dec.buffered == i + 1024
+    assert dec.feed(frame[(len(frame) - 1) // 1024 * 1024 :]) == [Frame(b"J", 1, body)]
+    assert dec.buffered == 0
+
+
+def test_the_buffer_bound_message_names_the_value() -> None:
+    with pytest.raises(FrameDecoderError, match=r"got 10$"):
+        FrameDecoder(max_buffer=10)

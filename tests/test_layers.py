@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "capture"
 # Lowest first.  A new module must be placed here (test_every_module_has_a_layer).
 LAYERS: list[set[str]] = [
     {  # pure leaves: no other module of ours
-        "capture", "capture.clock", "capture.durable", "capture.errors", "capture.events",
+        "capture", "capture.bounds", "capture.clock", "capture.durable", "capture.errors",
+        "capture.events",
         "capture.faultpoints", "capture.frames", "capture.logs", "capture.memory",
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
         "capture.stripes", "capture.sim.tls",
@@ -174,7 +175,7 @@ def test_no_import_cycles() -> None:
 def test_sans_io_modules_import_neither_trio_nor_pyarrow() -> None:
     mods = modules()
     pure = ("capture.frames", "capture.protocol", "capture.stripes", "capture.backoff",
-            "capture.rotation", "capture.errors", "capture.session")
+            "capture.rotation", "capture.errors", "capture.session", "capture.bounds")
     for name in pure:
         assert not uses(mods[name], "trio"), name
         assert not uses(mods[name], "pyarrow"), name

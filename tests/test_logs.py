@@ -50,3 +50,38 @@ def test_console_on_a_tty_is_readable_and_redacted() -> None:
     text = out.getvalue()
     assert "retrying" in text and not text.lstrip().startswith("{")
     assert "pw-0987654321" not in text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secret"),
+    [
+        (
+            "wss://h/mlink/jsonf?apikey=k-0123456789abcdef&x=1",
+            "wss://h/mlink/jsonf?apikey=[redacted]&x=1",
+            "k-0123456789abcdef",
+        ),
+        (
+            "wss://user:p%40ss-0123456789@h:443/mlink/jsonf",
+            "wss://[redacted]@h:443/mlink/jsonf",
+            "p@ss-0123456789",
+        ),
+        ("ws://k-fedcba987654@h/mlink/jsonf", "ws://[redacted]@h/mlink/jsonf", "k-fedcba987654"),
+    ],
+)
+def test_a_key_in_the_url_is_redacted_and_becomes_a_secret(
+    url: str, shown: str, secret: str
+) -> None:
+    assert logs.redact_url(url) == shown
+    assert secret not in logs.redact(f"server said: {secret} is not valid")
+    scrub = logs.secret_scrubber()
+    assert scrub is not None
+    echoed = b'{"detail":"bad key ' + secret.encode() + b'"}'
+    masked = scrub(echoed)
+    assert isinstance(masked, bytes) and len(masked) == len(echoed)  # frame lengths stay valid
+    assert secret.encode() not in masked and b"*" * len(secret) in masked
+    assert scrub("text " + secret) == "text " + "*" * len(secret)
+
+
+def test_a_url_without_secrets_is_unchanged() -> None:
+    url = "wss://mlink-live.example.com/mlink/jsonf"
+    assert logs.redact_url(url) == url

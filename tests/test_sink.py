@@ -360,6 +360,26 @@ def test_footer_budget_bounds_the_row_groups_open_files_hold(tmp_path: Path) -> 
     assert len(other.close()) == 1
 
 
+def test_open_files_are_bounded_and_the_least_recently_written_is_committed(
+    tmp_path: Path,
+) -> None:
+    """max_open_files (limits.max_open_types): a flood of types never holds more files open;
+    the file written longest ago is committed first, and no row is lost."""
+    clock = Clock(T0)
+    sink = new_sink(tmp_path, clock, max_open_files=3)
+    committed: list[CommittedFile] = []
+    committed += sink.write("Busy", make_batch(2, seq0=1))
+    for i in range(10):
+        committed += sink.write(f"T{i}", make_batch(1, seq0=100 + i))
+        committed += sink.write("Busy", make_batch(1, seq0=200 + i))  # keeps it recent
+        assert sink.open_file_count <= 3
+    assert {cf.reason for cf in committed} == {"open_files"}
+    assert all(cf.msg_type != "Busy" for cf in committed)  # never the least recently written
+    committed += sink.close()
+    assert sum(cf.rows for cf in committed) == 2 + 10 + 10
+    assert {cf.msg_type for cf in committed} == {"Busy", *(f"T{i}" for i in range(10))}
+
+
 def test_size_bound_rotates_and_seq_ranges_tile(tmp_path: Path) -> None:
     clock = Clock(T0)
     sink = new_sink(tmp_path, clock, row_group_rows=500, max_file_bytes=20_000)

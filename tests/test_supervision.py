@@ -84,7 +84,7 @@ def test_a_stalled_connection_is_detected_and_replaced(tmp_path: Path) -> None:
     assert code == 0
     s = stats(daemon)
     assert s["connects"] == 2 and s["restarts"] == 1
-    assert "no frame for 30 s" in str(s["last_error"])
+    assert "no data or heartbeat for 30 s" in str(s["last_error"])
     # Detected stale_after (30 s) after the last frame, reconnected after the first backoff (1 s).
     gap = seen["reconnected_at"] - seen["stalled_at"]
     assert 31 - 0.02 <= gap <= 31 + 0.02, gap  # +- the 10 ms polling step above

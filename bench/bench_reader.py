@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Reader hot path: the frame decoder and the input bounds scan, per frame.
+
+Usage::
+
+    python bench/bench_reader.py [--frames 200000] [--repeat 5]
+
+Scenarios (best of ``--repeat``, CPU time per frame / per byte):
+
+* ``whole``: the common case, ~20 whole OptionNbboQuote frames per WebSocket message;
+* ``split 1 KB``: one 999,999-byte frame arriving in 1 KB pieces (was quadratic);
+* ``scan``: :func:`capture.bounds.check_body` on every body of ``whole`` (the cost the
+  reader adds per frame), and on a Repeater-like body with 100 nested objects (exact path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_decode import make_bodies
+
+from capture.frames import FrameDecoder, encode_frame
+
+
+def best(fn: Callable[[], None], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frames", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    bodies = make_bodies(2000)
+    frames = [encode_frame(1234, b) for b in bodies]
+    per_msg = 20
+    messages = [
+        b"".join(frames[i % len(frames) : i % len(frames) + per_msg])
+        for i in range(0, args.frames, per_msg)
+    ]
+    n = sum(len(m) for m in messages)
+
+    def whole() -> None:
+        dec = FrameDecoder()
+        for m in messages:
+            dec.feed_typed(m)
+
+    t = best(whole, args.repeat)
+    count = len(messages) * per_msg
+    print(f"whole frames   : {t / count * 1e9:8.0f} ns/frame  ({n / t / 2**20:.0f} MB/s)")
+
+    big = encode_frame(1, b'{"a":"' + b"x" * (999_999 - 8) + b'"}')
+    pieces = [big[i : i + 1024] for i in range(0, len(big), 1024)]
+
+    def split() -> None:
+        dec = FrameDecoder()
+        for p in pieces:
+            dec.feed(p)
+
+    t = best(split, args.repeat)
+    print(f"1 MB in 1 KB   : {t * 1e3:8.1f} ms per frame")
+
+    try:
+        from capture.bounds import Limits, check_body
+    except ImportError:
+        return
+    bounds = Limits()
+    sample = bodies * (args.frames // len(bodies))
+
+    def scan() -> None:
+        for b in sample:
+            check_body(b, bounds)
+
+    t = best(scan, args.repeat)
+    print(f"scan (common)  : {t / len(sample) * 1e9:8.0f} ns/frame")
+    legs = b'{"header":{"mTyp":"X"},"message":{"legs":[' + b",".join(
+        b'{"a":{"b":1},"c":"[x]"}' for _ in range(100)
+    ) + b"]}}"
+
+    def scan_legs() -> None:
+        for _ in range(2000):
+            check_body(legs, bounds)
+
+    t = best(scan_legs, args.repeat)
+    print(f"scan (100 legs): {t / 2000 * 1e9:8.0f} ns/frame ({len(legs)} bytes, exact path)")
+
+
+if __name__ == "__main__":
+    main()

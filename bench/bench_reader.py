@@ -9,6 +9,8 @@ Scenarios (best of ``--repeat``, CPU time per frame / per byte):
 
 * ``whole``: the common case, ~20 whole OptionNbboQuote frames per WebSocket message;
 * ``split 1 KB``: one 999,999-byte frame arriving in 1 KB pieces (was quadratic);
+* ``CR LF J storm``: 900 KB of ``\\r\\nJ`` (every skip searched to the end for a ``\\r\\nP``:
+  was quadratic, minutes);
 * ``scan``: :func:`capture.bounds.check_body` on every body of ``whole`` (the cost the
   reader adds per frame), and on a Repeater-like body with 100 nested objects (exact path).
 """
@@ -71,6 +73,16 @@ def main() -> None:
 
     t = best(split, args.repeat)
     print(f"1 MB in 1 KB   : {t * 1e3:8.1f} ms per frame")
+
+    storm = b"\r\nJ" * 300_000  # a header candidate every 3 bytes, none valid
+
+    def sync_storm() -> None:
+        dec = FrameDecoder()
+        dec.feed(storm)
+        dec.flush()
+
+    t = best(sync_storm, 1)
+    print(f"CR LF J storm  : {t * 1e3:8.1f} ms for 300,000 markers (900 KB)")
 
     try:
         from capture.bounds import Limits, check_body

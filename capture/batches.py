@@ -63,6 +63,8 @@ from capture.schemas.mapping import (
 
 __all__ = ["BatchDecoder", "DecodeResult", "DriftReport"]
 
+_FAST_UNKNOWN_MAX: Final = 128
+"""Distinct unknown members in one chunk above which it is decoded on the slow path."""
 _MIN_BISECT_ROWS: Final = 4
 """A failing chunk this small goes to the slow path whole instead of being split further."""
 _FAILED_READ_BUDGET: Final = 6
@@ -183,6 +185,7 @@ _HEADER_LEAVES: Final = tuple(
 )
 _HEADER_SPEC: Final = _ObjectSpec({leaf.path[0]: leaf for leaf in _HEADER_LEAVES})
 _HEADER_WIRE: Final = pa.struct([pa.field("mTyp", pa.utf8()), *_wire_struct(_HEADER_SPEC, {})])
+_HEADER_WIRE_NAMES: Final = frozenset(f.name for f in _HEADER_WIRE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,6 +475,10 @@ class _ChunkFailed(Exception):
     """The fast path cannot hold this chunk as a whole."""
 
 
+class _TooWide(Exception):
+    """The chunk holds more distinct unknown members than the fast path renders cheaply."""
+
+
 class _Chunk:
     """Drift and rows-to-redo-slowly collected while converting one parsed chunk."""
 
@@ -552,6 +559,10 @@ class BatchDecoder:
         self._screen_patterns: set[bytes] = set()
         self._screen: re.Pattern[bytes] | None = None
         self._screen_version = 0
+        # Member names this type can have (every level), and a generous colon budget per row
+        # (DateTime values hold two colons each; Repeaters repeat their item's names).
+        self._known_names: frozenset[bytes] = frozenset()
+        self._colons_per_row = 0
         if self._msg is None:
             return  # generic schema: the slow path renders the message as JSON text
         self._columns = layout(self._msg).columns
@@ -562,6 +573,11 @@ class BatchDecoder:
             if isinstance(c, RepeaterColumn)
         }
         self._loose_capable = frozenset(c.column for c in self._columns if isinstance(c, Leaf))
+        self._known_names = frozenset(
+            name.encode()
+            for name in _spec_names(self._spec, self._items) | _HEADER_WIRE_NAMES | _TOP_NAMES
+        )
+        self._colons_per_row = 3 * len(self._known_names) + 64
         self._read_options = pj.ReadOptions(use_threads=True, block_size=_READ_BLOCK_SIZE)
         self._rebuild_parse_options()
         by_name = {f.name: f for f in self._msg.fields if f.repeater is None}
@@ -692,6 +708,9 @@ class BatchDecoder:
     def _fast_path(self, bodies: Sequence[bytes], run: _Run) -> None:
         n = len(bodies)
         joined = b"\n".join(bodies)
+        if self._too_many_names(joined, n):
+            run.slow = list(range(n))
+            return
         # Every body starts a line with "{", so each yields at least one row or a read error;
         # with exactly n rows read, row i is body i. (A raw LF inside a body can only split it
         # into unbalanced lines, which fail to parse, or add rows.)
@@ -759,7 +778,15 @@ class BatchDecoder:
             single_block = tries > 0
             try:
                 table = self._read(data, len(lines), single_block)
+                if self._unknown_count(table) > _FAST_UNKNOWN_MAX:
+                    raise _TooWide
                 core, chunk = self._convert(table)
+            except _TooWide:
+                # Rendering _extra costs Arrow calls per distinct unknown member (superlinear:
+                # 10,000 distinct names in 50 rows took 32 s); the slow path is linear in the
+                # bytes.  A server inventing names in every message goes there.
+                run.slow += idx
+                continue
             except (pa.ArrowException, _ChunkFailed) as exc:
                 run.read_budget -= len(data)
                 if len(idx) <= _MIN_BISECT_ROWS or run.read_budget < 0:
@@ -815,6 +842,30 @@ class BatchDecoder:
         if table.num_rows != rows:
             raise _ChunkFailed("row count mismatch")  # some line held no object, or two
         return table
+
+    def _too_many_names(self, joined: bytes, rows: int) -> bool:
+        """True if the bodies hold more distinct member names the dictionary does not know
+        than the fast path handles cheaply.  Arrow's reader infers one struct child per
+        distinct name, superlinearly (400,000 names in 200 rows: 13 s), so this is decided
+        before the read: first by a colon count (C speed; only a chunk averaging more colons
+        per row than its type could have is looked at), then by the set of names."""
+        if joined.count(b":") <= rows * self._colons_per_row:
+            return False
+        plain = joined.replace(b"\\\\", b"").replace(b'\\"', b"")
+        names = set(_MEMBER_NAME.findall(plain))
+        return len(names - self._known_names) > _FAST_UNKNOWN_MAX
+
+    def _unknown_count(self, table: pa.Table) -> int:
+        """Distinct members the dictionary does not know, in the chunk's inferred schema."""
+        count = 0
+        for f in table.schema:
+            if f.name == "header" and pa.types.is_struct(f.type):
+                count += sum(1 for h in f.type if h.name not in _HEADER_WIRE_NAMES)
+            elif f.name == "message" and pa.types.is_struct(f.type):
+                count += len(_unknown_paths(f.type, self._spec))
+            else:
+                count += 1
+        return count
 
     def _convert(self, table: pa.Table) -> tuple[pa.Table, _Chunk]:
         """Wire table -> core columns (header, data, _extra), plus rows to redo slowly."""
@@ -1165,6 +1216,23 @@ def _member(obj: _Arr, path: Sequence[str]) -> _Arr | None:
             return None
         obj = pc.struct_field(obj, part)
     return obj
+
+
+# Over text without escaped quotes and backslashes: linear (each try ends at the next quote).
+_MEMBER_NAME: Final = re.compile(rb'"([^"]*)":')
+_TOP_NAMES: Final = frozenset({"header", "message"})
+
+
+def _spec_names(spec: _ObjectSpec, items: dict[str, _ObjectSpec]) -> set[str]:
+    """Every member name of ``spec`` at any level, Repeater items included."""
+    out: set[str] = set()
+    for name, member in spec.members.items():
+        out.add(name)
+        if isinstance(member, _ObjectSpec):
+            out |= _spec_names(member, items)
+        elif isinstance(member, RepeaterColumn):
+            out |= _spec_names(items[member.column], items)
+    return out
 
 
 def _unknown_paths(struct_type: pa.DataType, spec: _ObjectSpec) -> list[str]:

@@ -207,7 +207,11 @@ def test_feed_typed_gives_the_frames_of_feed_with_the_peeked_mtyp(data: st.DataO
 
 
 def _garbage_bytes(events: list[Frame | Garbage]) -> bytes:
-    return b"".join(e.data for e in events if isinstance(e, Garbage))
+    """Skipped bytes but bare CR and LF, which are tolerated between frames: whether one next
+    to garbage is reported with it depends on where a feed ends (before and after linear
+    buffering alike)."""
+    data = b"".join(e.data for e in events if isinstance(e, Garbage))
+    return data.replace(b"\r", b"").replace(b"\n", b"")
 
 
 @settings(max_examples=300, deadline=None)

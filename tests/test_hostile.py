@@ -556,3 +556,27 @@ def test_a_new_field_name_in_every_message_is_kept_and_not_logged_forever(
     logged = capsys.readouterr().out
     named = sum(logged.count(f"message.zz{s}'") for s in range(1, 2001))
     assert 0 < named <= 256 + 256, named  # pipeline.batch_rows is 256 in these tests
+
+
+def test_thousands_of_new_field_names_per_message_are_kept_without_stalling(
+    tmp_path: Path,
+) -> None:
+    """200 frames with 300 field names each, never seen before (60,000 distinct names): Arrow's
+    reader would infer a struct child per name (superlinear: 400,000 names took minutes); the
+    batch goes to the linear slow path instead.  Every row is kept with its fields in _extra."""
+    frames = [
+        encode_frame(
+            2785,
+            good_body(s)[:-2] + b"".join(b',"n%d_%d":%d' % (s, k, k) for k in range(300)) + b"}}",
+        )
+        for s in range(1, 201)
+    ]
+    msgs: list[Message] = [b"".join(frames[i : i + 20]) for i in range(0, 200, 20)]
+    outcome = run_daemon(tmp_path, Script(msgs), until=rows_at_least(200))
+    assert_user_sees(tmp_path, outcome, range(1, 201), [])
+    root = tmp_path / "a" / "b" / "data"
+    table = ds.dataset(root / TYPE, format="parquet", partitioning="hive").to_table()
+    extra = dict(
+        zip(table.column("h_seqN").to_pylist(), table.column("_extra").to_pylist(), strict=True)
+    )
+    assert json.loads(extra[150])["message"] == {f"n150_{k}": k for k in range(300)}

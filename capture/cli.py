@@ -12,29 +12,68 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from capture import __version__
 
 EXIT_USAGE = 2
 
 
+def _command(
+    sub: Any, name: str, summary: str, description: str, exits: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` says what it does and what its exit codes mean."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog="exit codes:\n" + exits,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlink-capture",
         description="Record SpiderRock MLink JSONFramed streams into partitioned Parquet.",
+        epilog="Run 'mlink-capture COMMAND --help' for a command's options and exit codes.",
     )
-    p.add_argument("--version", action="version", version=f"mlink-capture {__version__}")
+    p.add_argument(
+        "-V", "--version", action="version", version=f"mlink-capture {__version__}"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the capture daemon")
+    run = _command(
+        sub, "run", "run the capture daemon",
+        "Run the capture daemon: one WebSocket per stripe, Parquet under output.root, the "
+        "journal, the health file, sd_notify. SIGTERM/SIGINT stop it gracefully, SIGHUP "
+        "commits every open file and retries stripes whose credentials were refused.",
+        "  0  stopped on request\n  1  every stripe failed for good\n"
+        "  2  bad usage or configuration",
+    )  # fmt: skip
     run.add_argument("--config", "-c", required=True, type=Path, help="TOML configuration file")
     # Set by the parent process for a stripe group's child (capture.groups): I/N:STRIPES.
     run.add_argument("--group", help=argparse.SUPPRESS)
 
-    chk = sub.add_parser("check-config", help="validate a configuration file and exit")
-    chk.add_argument("config", type=Path)
+    chk = _command(
+        sub, "check-config", "validate a configuration file and exit",
+        "Read a configuration file and report every problem with the key that has it "
+        "(also: are output.root, journal.directory and the health file's directory writable "
+        "here). Nothing is started.",
+        "  0  the configuration is valid\n  2  it has problems (each printed), or bad usage",
+    )  # fmt: skip
+    chk.add_argument("file", nargs="?", type=Path, metavar="FILE", help="same as --config")
+    chk.add_argument("--config", "-c", type=Path, help="TOML configuration file")
 
-    h = sub.add_parser("health", help="exit 0 if the daemon's health file says healthy")
+    h = _command(
+        sub, "health", "exit 0 if the daemon's health file says healthy",
+        "Read the daemon's health file and print one line: for container health checks and "
+        "monitoring scripts.",
+        "  0  healthy: the file is fresh and every stripe streaming or quiet\n"
+        "  1  unhealthy, or the file is older than --max-age (daemon stuck or gone)\n"
+        "  2  unknown: no health file, unreadable, or bad usage",
+    )  # fmt: skip
     h.add_argument("--config", "-c", type=Path, help="read health.path from this config")
     h.add_argument("--file", type=Path, help="health file (instead of --config)")
     h.add_argument("--max-age", type=float, default=30.0, help="seconds (default 30)")
@@ -44,25 +83,43 @@ def _parser() -> argparse.ArgumentParser:
         help="treat quiet stripes (heartbeats only) as unhealthy",
     )
 
-    demo = sub.add_parser(
-        "demo", help="run the simulator and the daemon, then show what was captured"
-    )
+    demo = _command(
+        sub, "demo", "run the simulator and the daemon, then show what was captured",
+        "Run the MLink simulator and the daemon in one process for a while (a progress line "
+        "meanwhile, their logs in a file), then print rows per type and stripe, the files and "
+        "a few rows read back.",
+        "  0  captured and shown\n  1  the capture failed\n  2  bad usage or configuration",
+    )  # fmt: skip
     demo.add_argument("--config", "-c", type=Path, help="demo configuration (default: built in)")
-    demo.add_argument("--seconds", type=float, default=20.0, help="capture duration (default 20)")
+    demo.add_argument("--seconds", type=float, default=None, help="capture duration (default 20)")
     demo.add_argument("--root", type=Path, help="output directory (overrides the config)")
 
-    ver = sub.add_parser("verify", help="check a capture tree; exit 1 if anything is wrong")
+    ver = _command(
+        sub, "verify", "check a capture tree; exit 1 if anything is wrong",
+        "Open every Parquet file under a data root, count rows per table, date and stripe, "
+        "check footers, duplicate sequence ranges, unfinished files and the journal's "
+        "accounting.",
+        "  0  no problem found\n  1  a problem was found (each printed)\n  2  bad usage",
+    )  # fmt: skip
     ver.add_argument("root", nargs="?", type=Path, help="data root (default: the config's)")
     ver.add_argument("--config", "-c", type=Path, help="read output.root from this config")
     ver.add_argument("--deep", action="store_true", help="decode every page, not just footers")
     ver.add_argument("--json", action="store_true", help="machine-readable report")
 
-    rep = sub.add_parser("replay", help="rebuild Parquet from the journal into another root")
+    rep = _command(
+        sub, "replay", "rebuild Parquet from the journal into another root",
+        "Rebuild Parquet from the journal's segments (live and archived) into another root: "
+        "the same rows as the live run wrote.",
+        "  0  replayed\n  2  bad usage or configuration, or nothing to replay",
+    )  # fmt: skip
     rep.add_argument("--config", "-c", type=Path, required=True, help="the daemon's config")
     rep.add_argument("--to", type=Path, required=True, help="output root for the rebuilt data")
     rep.add_argument("--stripe", action="append", help="only this stripe (repeatable)")
 
-    sim = sub.add_parser("simulate", help="run the MLink simulator", add_help=False)
+    sim = sub.add_parser(
+        "simulate", help="run the MLink simulator ('simulate --help' for its options)",
+        add_help=False,
+    )  # fmt: skip
     sim.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
@@ -77,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run(args.config, args.group)
     if args.command == "check-config":
-        return _check_config(args.config)
+        return _check_config(args)
     if args.command == "health":
         return _health(args)
     if args.command == "replay":
@@ -110,7 +167,12 @@ def _load(path: Path, *, check_paths: bool = False, text: str | None = None) -> 
         return None
 
 
-def _check_config(path: Path) -> int:
+def _check_config(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.config is None):
+        print("mlink-capture check-config: give the file once: --config FILE (or FILE)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    path: Path = args.config or args.file
     cfg = _load(path, check_paths=True)
     if cfg is None:
         return EXIT_USAGE

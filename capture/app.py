@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from capture import health
+from capture import health, metrics
 from capture.auth import make_provider
 from capture.clock import SystemClock, WallClock
 from capture.config import Config
@@ -80,6 +80,8 @@ class Daemon:
             for stripe in self.cfg.source.stripes
         ]
         self.supervisor = Supervisor(self.workers, self.cfg.supervision)
+        self.metrics = metrics.HealthCollector()
+        self.metrics_url: str | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -105,10 +107,21 @@ class Daemon:
             root=str(cfg.output.root),
             run_id=self.run_id,
         )
+        server = metrics.start(cfg.metrics, self.metrics)
+        self.metrics_url = server.url if server is not None else None
+        try:
+            return await self._run(task_status)
+        finally:
+            if server is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(server.close)
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> int:
+        cfg = self.cfg
         async with trio.open_nursery() as outer:
             if self.install_signals:
                 outer.start_soon(self._signals)
-            if cfg.health.path is not None:
+            if cfg.health.path is not None or self.metrics_url is not None:
                 outer.start_soon(self._health_loop)
             if self.notifier.watchdog_interval:
                 outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
@@ -121,8 +134,7 @@ class Daemon:
                 outer.start_soon(self._announce_ready)
                 task_status.started()
             self.notifier.stopping(self._summary())
-            if cfg.health.path is not None:
-                self._write_health()
+            self._write_health()
             outer.cancel_scope.cancel()
         if self.supervisor.failed and len(self.supervisor.failed) == len(self.workers):
             log.critical("every stripe failed; exiting")
@@ -191,7 +203,7 @@ class Daemon:
             await trio.sleep(interval)
 
     def health_doc(self) -> dict[str, object]:
-        return health.build(
+        doc = health.build(
             (w.stats for w in self.supervisor.workers.values()),
             now_ns=self.clock.now_ns(),
             started_ns=self.started_ns,
@@ -202,6 +214,8 @@ class Daemon:
             ),
             memory=self._memory(),
         )
+        doc["process"]["metrics_url"] = self.metrics_url
+        return doc
 
     def _memory(self) -> dict[str, float | str | None]:
         workers = self.supervisor.workers.values()
@@ -221,9 +235,14 @@ class Daemon:
         }
 
     def _write_health(self, doc: dict[str, object] | None = None) -> None:
+        """The health file, and the same document to the metrics endpoint."""
         path = self.cfg.health.path
+        if path is None and self.metrics_url is None:
+            return
+        doc = doc if doc is not None else self.health_doc()
         if path is not None:
-            health.publish(path, doc if doc is not None else self.health_doc())
+            health.publish(path, doc)
+        self.metrics.update(doc)
 
     def _summary(self) -> str:
         doc = self.health_doc()

@@ -7,6 +7,7 @@ file, systemd credential), never the secret itself.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -167,6 +168,16 @@ class LoggingConfig:
     format: str = "auto"  # auto: console on a TTY, JSON lines otherwise
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint (capture.metrics); off unless enabled, and on the
+    loopback interface unless an address is given."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = 9650  # 0: any free port (the health file's process.metrics_url says which)
+
+
 def group_count(processes: int, stripes: int) -> int:
     """Stripe-group processes for ``supervision.processes`` and this many stripes: at most one
     per stripe, at least one (capture.groups)."""
@@ -183,6 +194,7 @@ class Config:
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], *, check_paths: bool = False) -> Config:
@@ -225,6 +237,7 @@ class Config:
             "supervision",
             "health",
             "logging",
+            "metrics",
             "demo",
         )
 
@@ -425,6 +438,12 @@ class Config:
                 lg, "logging.format", str, default="auto", check=_one_of("auto", "json", "console")
             ),
         )
+        m = r.section("metrics", {"enabled", "address", "port"})
+        metrics_cfg = MetricsConfig(
+            enabled=r.get(m, "metrics.enabled", bool, default=False),
+            address=r.get(m, "metrics.address", str, default="127.0.0.1", check=_check_address),
+            port=r.get(m, "metrics.port", int, default=9650, check=_check_port),
+        )
         if r.problems:
             raise ConfigError(r.problems, source)
         return cls(
@@ -436,6 +455,7 @@ class Config:
             supervision=supervision_cfg,
             health=health_cfg,
             logging=logging_cfg,
+            metrics=metrics_cfg,
         )
 
 
@@ -558,6 +578,20 @@ def _check_types(v: list[Any]) -> str | None:
 def _canonical_type(name: str) -> str:
     found = lookup_message(name)
     return found.name if found is not None else name
+
+
+def _check_address(v: str) -> str | None:
+    if v == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return "must be an IP address (127.0.0.1, ::1, 0.0.0.0 for every interface) or localhost"
+    return None
+
+
+def _check_port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a TCP port, 0-65535 (0: any free port)"
 
 
 def _check_tz(v: str) -> str | None:

@@ -83,6 +83,24 @@ def _parser() -> argparse.ArgumentParser:
         help="treat quiet stripes (heartbeats only) as unhealthy",
     )
 
+    st = _command(
+        sub, "status", "a live table of the daemon's stripes, from its health file",
+        "Show every stripe of a running daemon: state, messages per second, age of the last "
+        "data, rows written, files, quarantined frames, journal lag. Read from the health file "
+        "(works beside the daemon or in its container: docker exec C mlink-capture status). On "
+        "a terminal it redraws in place until Ctrl-C; --once or a pipe prints once (after a "
+        "second report, for the rates).",
+        "  0  healthy (live view: always, on Ctrl-C)\n"
+        "  1  unhealthy, or no new report within --max-age (daemon stuck or gone)\n"
+        "  2  no readable health file, or bad usage",
+    )  # fmt: skip
+    st.add_argument("--config", "-c", type=Path, help="read health.path from this config")
+    st.add_argument("--file", type=Path, help="health file (instead of --config)")
+    st.add_argument("--once", action="store_true", help="print once and exit")
+    st.add_argument("--json", action="store_true", help="print one JSON document and exit")
+    st.add_argument("--interval", type=float, default=1.0, help="redraw every S seconds (1)")
+    st.add_argument("--max-age", type=float, default=30.0, help="stale after S seconds (30)")
+
     demo = _command(
         sub, "demo", "run the simulator and the daemon, then show what was captured",
         "Run the MLink simulator and the daemon in one process for a while (a progress line "
@@ -137,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "health":
         return _health(args)
+    if args.command == "status":
+        return _status(args)
     if args.command == "replay":
         return _replay(args)
     if args.command == "verify":
@@ -310,18 +330,50 @@ def _verify(args: argparse.Namespace) -> int:
     return verify.main(root, deep=args.deep, as_json=args.json, journal_root=journal_root)
 
 
-def _health(args: argparse.Namespace) -> int:
-    from capture import health
+def _health_path(args: argparse.Namespace) -> Path | None:
+    """--file, or the health.path of --config; None after saying why there is none."""
     from capture.config import Config
 
     path: Path | None = args.file
     if path is None and args.config is not None:
         cfg = _load(args.config)
         if not isinstance(cfg, Config):
-            return EXIT_USAGE
+            return None
         path = cfg.health.path
     if path is None:
-        print("mlink-capture health: give --file or a --config with health.path", file=sys.stderr)
+        print(
+            f"mlink-capture {args.command}: give --file or a --config with health.path",
+            file=sys.stderr,
+        )
+    return path
+
+
+def _status(args: argparse.Namespace) -> int:
+    import shutil
+
+    from capture import status
+
+    path = _health_path(args)
+    if path is None:
+        return EXIT_USAGE
+    if args.interval <= 0 or args.max_age <= 0:
+        print("mlink-capture status: --interval and --max-age must be > 0", file=sys.stderr)
+        return EXIT_USAGE
+    if args.once or args.json or not sys.stdout.isatty():
+        return status.once(path, json_out=args.json, max_age_s=args.max_age, out=sys.stdout)
+    return status.live(
+        path,
+        refresh_s=args.interval,
+        out=sys.stdout,
+        width=lambda: shutil.get_terminal_size().columns,
+    )
+
+
+def _health(args: argparse.Namespace) -> int:
+    from capture import health
+
+    path = _health_path(args)
+    if path is None:
         return EXIT_USAGE
     code, line = health.check(
         path, max_age_s=args.max_age, now_ns=time.time_ns(), require_data=args.require_data

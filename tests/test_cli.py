@@ -14,7 +14,7 @@ from capture import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "mlink-capture"
-COMMANDS = ["run", "check-config", "health", "demo", "verify", "replay", "simulate"]
+COMMANDS = ["run", "check-config", "health", "status", "demo", "verify", "replay", "simulate"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -200,6 +200,14 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_logs(cfg: Any) -> None:
+    """Logging as ``[logging]`` says (capture.logs)."""
+    from capture import logs
+
+    lg = cfg.logging
+    logs.configure(lg.level, lg.format, priority_prefix=lg.priority_prefix)
+
+
 # At full rate the event-loop thread holds the GIL almost all the time.  A decode/encode thread
 # takes the GIL back after each pyarrow call (which runs with it released) and has to wait until
 # the loop lets go, which CPython forces only every switch interval: 5 ms by default.  With
@@ -223,7 +231,7 @@ def _run(path: Path, group: str | None = None) -> int:
     _prepare_process()
     import trio
 
-    from capture import groups, logs
+    from capture import groups
     from capture.config import Config, group_count
 
     try:
@@ -234,7 +242,7 @@ def _run(path: Path, group: str | None = None) -> int:
     cfg = _load(path, text=text)
     if not isinstance(cfg, Config):
         return EXIT_USAGE
-    logs.configure(cfg.logging.level, cfg.logging.format)
+    _configure_logs(cfg)
     if group_count(cfg.supervision.processes, len(cfg.source.stripes)) > 1:
         # The parent of the stripe-group processes: it captures nothing and hands each group
         # the configuration it just read (capture.groups).  The groups are forked from a server
@@ -266,7 +274,7 @@ def _run_group(path: Path, group: str) -> int:
     import structlog
     import trio
 
-    from capture import groups, logs
+    from capture import groups
     from capture.config import Config
 
     try:
@@ -278,7 +286,7 @@ def _run_group(path: Path, group: str) -> int:
     cfg = _load(path, text=text)
     if not isinstance(cfg, Config):
         return groups.CHILD_BAD_CONFIG
-    logs.configure(cfg.logging.level, cfg.logging.format)
+    _configure_logs(cfg)
     try:
         cfg = groups.child_config(cfg, spec)
     except ValueError as exc:
@@ -293,14 +301,13 @@ def _run_group(path: Path, group: str) -> int:
 def _replay(args: argparse.Namespace) -> int:
     import trio
 
-    from capture import logs
     from capture.config import Config
     from capture.replay import ReplayError, plan, replay
 
     cfg = _load(args.config)
     if not isinstance(cfg, Config):
         return EXIT_USAGE
-    logs.configure(cfg.logging.level, cfg.logging.format)
+    _configure_logs(cfg)
     try:
         journals = plan(cfg, args.to, args.stripe)
     except ReplayError as exc:

@@ -166,6 +166,8 @@ class HealthConfig:
 class LoggingConfig:
     level: str = "info"
     format: str = "auto"  # auto: console on a TTY, JSON lines otherwise
+    # syslog priority "<N>" before each line: auto (when stderr is the journal), always, never
+    priority_prefix: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +427,7 @@ class Config:
         if check_paths and health_cfg.path is not None:
             _check_writable(r, "health.path", health_cfg.path.parent)
 
-        lg = r.section("logging", {"level", "format"})
+        lg = r.section("logging", {"level", "format", "priority_prefix"})
         logging_cfg = LoggingConfig(
             level=r.get(
                 lg,
@@ -436,6 +438,10 @@ class Config:
             ),
             format=r.get(
                 lg, "logging.format", str, default="auto", check=_one_of("auto", "json", "console")
+            ),
+            priority_prefix=r.get(
+                lg, "logging.priority_prefix", str, default="auto",
+                check=_one_of("auto", "always", "never"),
             ),
         )
         m = r.section("metrics", {"enabled", "address", "port"})

@@ -1021,6 +1021,7 @@ class StripeWorker:
     def _written(self, msg_type: str, outcome: _WriteOutcome) -> None:
         stats = self.stats
         stats.rows_written += outcome.rows
+        stats.rows_by_type[msg_type] = stats.rows_by_type.get(msg_type, 0) + outcome.rows
         stats.quarantined += outcome.rejected
         if outcome.rejected:
             self.log.warning(

@@ -51,6 +51,7 @@ def test_one_owner_per_edge_library() -> None:
         "trio_websocket": {"capture.transport", "capture.sim.server"},
         "wsproto": {"capture.transport"},
         "pycognito": {"capture.auth"},
+        "prometheus_client": {"capture.metrics"},
     }
     for lib, allowed in owners.items():
         users = {m for m, imps in mods.items() if uses(imps, lib)}

@@ -60,7 +60,7 @@ class Daemon:
         self.run_id = new_session_id(self.started_ns)
         self.files_committed = 0  # a count, not a list: the daemon runs for months
         # One provider for every stripe (auth.method): a Cognito login is shared, not repeated.
-        credentials = make_provider(self.cfg, self.environ, clock=self.clock)
+        credentials = self.credentials = make_provider(self.cfg, self.environ, clock=self.clock)
         # Memory bounds for the process, not per stripe (capture.memory).
         self.in_flight = InFlightBudget(in_flight_limit(self.cfg))
         decode_limiter = trio.CapacityLimiter(decode_slots(self.processes))
@@ -91,6 +91,13 @@ class Daemon:
 
     def rotate(self) -> None:
         self.supervisor.request_rotate()
+
+    def reload(self) -> None:
+        """SIGHUP: commit every open file now; forget cached credentials and retry the stripes
+        whose credentials were refused, at once rather than after their auth backoff."""
+        self.rotate()
+        self.credentials.reload()
+        self.supervisor.retry_auth()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         cfg = self.cfg
@@ -169,8 +176,8 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    log.info("SIGHUP: rotating files now")
-                    self.rotate()
+                    log.info("SIGHUP: rotating files now, reloading credentials")
+                    self.reload()
                 elif self._stop.is_set():
                     log.warning("second stop signal: not waiting for the grace period")
                     raise KeyboardInterrupt

@@ -89,6 +89,11 @@ class CredentialProvider(Protocol):
         """The server refused the last token: do not hand it out again."""
         ...
 
+    def reload(self) -> None:
+        """The operator changed the credentials (SIGHUP): forget everything cached, including
+        a remembered failure, so that the next ``bearer()`` reads the sources again."""
+        ...
+
 
 def make_provider(
     cfg: Config, environ: Mapping[str, str] | None = None, *, clock: WallClock | None = None
@@ -224,6 +229,9 @@ class ApiKeyProvider:
         return self._key.read()
 
     def invalidate(self) -> None:
+        """Nothing cached: the key is read again at the next connection anyway."""
+
+    def reload(self) -> None:
         """Nothing cached: the key is read again at the next connection anyway."""
 
 
@@ -394,6 +402,13 @@ class CognitoProvider:
         """MLink refused the token: the next ``bearer()`` refreshes or logs in again."""
         with self._lock:
             self._token = None
+
+    def reload(self) -> None:
+        """SIGHUP: the next ``bearer()`` logs in afresh, reading the password (and TOTP and
+        client secrets) again, even within the pause after a refused login."""
+        with self._lock:
+            self._forget()
+            self._failure, self._failure_until = None, 0.0
 
     # -- the one public operation -----------------------------------------------------------
 

@@ -205,6 +205,7 @@ class StripeWorker:
         self._stop_scope = trio.CancelScope()
         self._stopping = False
         self._rotate_now = trio.Event()
+        self._retry_auth = trio.Event()  # SIGHUP: credentials changed, end the auth backoff
         self._pending: dict[str, PendingBatch] = {}
         self._events: list[capture_events.Event] = []
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
@@ -274,6 +275,12 @@ class StripeWorker:
 
     def request_rotate(self) -> None:
         self._rotate_now.set()
+
+    def retry_auth(self) -> None:
+        """The operator fixed the credentials (SIGHUP): a stripe waiting out its auth backoff
+        connects now.  Nothing for a stripe in any other state."""
+        if self.stats.state == "auth_failed":
+            self._retry_auth.set()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -367,7 +374,13 @@ class StripeWorker:
                 attempt += 1
             self.stats.restarts += 1
             self.log.warning("disconnected; reconnecting", reason=reason, delay=round(delay, 3))
-            await trio.sleep(delay)
+            if self.stats.state == "auth_failed":
+                self._retry_auth = trio.Event()  # a SIGHUP from now on ends this wait
+                with trio.move_on_after(delay):
+                    await self._retry_auth.wait()
+                    self.log.info("credentials reloaded (SIGHUP); connecting now")
+            else:
+                await trio.sleep(delay)
 
     # -- one connection -------------------------------------------------------------------------
 

@@ -147,6 +147,10 @@ _WriterItem = PendingBatch | Quarantined | EventBatch
 Offload = Callable[..., Awaitable[Any]]
 
 
+# Distinct unknown message types a stripe logs (capture.worker._note_unknown_type).
+UNKNOWN_TYPES_LOGGED = 20
+
+
 @dataclass(frozen=True, slots=True)
 class _WriteOutcome:
     committed: list[CommittedFile]
@@ -227,6 +231,7 @@ class StripeWorker:
             for i, t in enumerate(cfg.source.message_types)
         }
         self._unknown_fields: dict[str, set[str]] = {}
+        self._unknown_types: set[str] = set()  # logged once each, at most UNKNOWN_TYPES_LOGGED
         self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
         out = cfg.output
         n_stripes = max(1, len(cfg.source.stripes))
@@ -1033,6 +1038,8 @@ class StripeWorker:
 
     def _written(self, msg_type: str, outcome: _WriteOutcome) -> None:
         stats = self.stats
+        if msg_type not in self._unknown_types and lookup_message(msg_type) is None:
+            self._note_unknown_type(msg_type)
         stats.rows_written += outcome.rows
         stats.rows_by_type[msg_type] = stats.rows_by_type.get(msg_type, 0) + outcome.rows
         stats.quarantined += outcome.rejected
@@ -1067,6 +1074,29 @@ class StripeWorker:
         if latest is not None and latest > self.highwater.get(msg_type, 0):
             self.highwater[msg_type] = latest
         self._committed(outcome.committed)
+
+    def _note_unknown_type(self, msg_type: str) -> None:
+        """Log a message type the data dictionary does not know, once per stripe, with what to
+        do about it; a server naming ever new types fills neither the log nor memory."""
+        if len(self._unknown_types) > UNKNOWN_TYPES_LOGGED:
+            return
+        self._unknown_types.add(msg_type)
+        if len(self._unknown_types) > UNKNOWN_TYPES_LOGGED:
+            self.log.warning(
+                "more message types not in the data dictionary; not logging them any more",
+                logged=UNKNOWN_TYPES_LOGGED,
+            )
+            return
+        self.log.warning(
+            "message type not in the data dictionary: its rows go to a generic table",
+            msg_type=msg_type,
+            hint=(
+                "nothing is lost: the table holds the header columns and the message as JSON "
+                "(column `message`); a newer data dictionary (tools/gen_schemas.py) gives it "
+                "typed columns. A misspelled or retired type name on the server's side also "
+                "shows up here"
+            ),
+        )
 
     def _committed(self, files: list[CommittedFile]) -> None:
         for f in files:

@@ -10,15 +10,25 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck bench venv clean dist
 
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
+
+# The test tools (moto, polars, duckdb, mypy, ...) take longer to install than the demo runs:
+# `make demo` on a fresh clone installs the daemon's own dependencies only.
+$(RUNTIME_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUNTIME_STAMP)
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	rm -rf demo-data  # each demo shows its own capture
 	$(BIN)/mlink-capture demo --config config/demo.toml --root demo-data $(if $(SECONDS),--seconds $(SECONDS),)
 

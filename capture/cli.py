@@ -200,10 +200,13 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_logs(cfg: Any) -> None:
-    """Logging as ``[logging]`` says (capture.logs)."""
+def _apply_settings(cfg: Any) -> None:
+    """Logging as ``[logging]`` says (capture.logs), and the permissions of what the process
+    creates (``output.file_mode``/``dir_mode``, as its umask): every command that writes calls
+    this first."""
     from capture import logs
 
+    os.umask(cfg.output.umask)
     lg = cfg.logging
     logs.configure(lg.level, lg.format, priority_prefix=lg.priority_prefix)
 
@@ -242,7 +245,7 @@ def _run(path: Path, group: str | None = None) -> int:
     cfg = _load(path, text=text)
     if not isinstance(cfg, Config):
         return EXIT_USAGE
-    _configure_logs(cfg)
+    _apply_settings(cfg)
     if group_count(cfg.supervision.processes, len(cfg.source.stripes)) > 1:
         # The parent of the stripe-group processes: it captures nothing and hands each group
         # the configuration it just read (capture.groups).  The groups are forked from a server
@@ -286,7 +289,7 @@ def _run_group(path: Path, group: str) -> int:
     cfg = _load(path, text=text)
     if not isinstance(cfg, Config):
         return groups.CHILD_BAD_CONFIG
-    _configure_logs(cfg)
+    _apply_settings(cfg)
     try:
         cfg = groups.child_config(cfg, spec)
     except ValueError as exc:
@@ -307,7 +310,7 @@ def _replay(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if not isinstance(cfg, Config):
         return EXIT_USAGE
-    _configure_logs(cfg)
+    _apply_settings(cfg)
     try:
         journals = plan(cfg, args.to, args.stripe)
     except ReplayError as exc:

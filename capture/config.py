@@ -7,6 +7,7 @@ file, systemd credential), never the secret itself.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -112,6 +113,16 @@ class OutputConfig:
     row_group_rows: int = 131_072
     memory_budget_mb: int = 48  # process-wide data in flight (capture.memory)
     compression: str = "zstd"
+    # Permissions of what the daemon creates (data, journal, health file): licensed market
+    # data is not world-readable.  Applied as the process's umask (capture.cli).
+    file_mode: int = 0o640
+    dir_mode: int = 0o750
+
+    @property
+    def umask(self) -> int:
+        """The umask that creates files with ``file_mode`` and directories with ``dir_mode``
+        (a pair the configuration check accepted)."""
+        return (0o666 & ~self.file_mode) | (0o777 & ~self.dir_mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +352,8 @@ class Config:
                 "row_group_rows",
                 "memory_budget_mb",
                 "compression",
+                "file_mode",
+                "dir_mode",
             },
         )
         root = r.get(o, "output.root", str, required=True)
@@ -365,6 +378,17 @@ class Config:
                 check=_one_of("zstd", "snappy", "gzip", "lz4", "none"),
             ),
         )
+        file_mode = _mode(r, o, "output.file_mode", 0o640, owner=0o600, forbidden=0o111)
+        dir_mode = _mode(r, o, "output.dir_mode", 0o750, owner=0o700, forbidden=0)
+        output_cfg = dataclasses.replace(output_cfg, file_mode=file_mode, dir_mode=dir_mode)
+        mask = output_cfg.umask
+        if (0o666 & ~mask, 0o777 & ~mask) != (file_mode, dir_mode):
+            r.problem(
+                "output.file_mode",
+                f"{file_mode:04o} and output.dir_mode {dir_mode:04o} cannot both hold (one umask "
+                "creates both): give directories the same read/write bits plus x, e.g. "
+                "0640 and 0750, or 0660 and 0770",
+            )
         if check_paths and root:
             _check_writable(r, "output.root", output_cfg.root)
 
@@ -584,6 +608,32 @@ def _check_types(v: list[Any]) -> str | None:
 def _canonical_type(name: str) -> str:
     found = lookup_message(name)
     return found.name if found is not None else name
+
+
+def _mode(
+    r: _Reader, table: Mapping[str, Any], dotted: str, default: int, *, owner: int, forbidden: int
+) -> int:
+    """A permission mode: an octal string ("0640") or a TOML integer (0o640)."""
+    name = dotted.rsplit(".", 1)[1]
+    if name not in table:
+        return default
+    value = table[name]
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        mode = int(value, 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        r.problem(dotted, f'must be an octal mode like "{default:04o}" (or 0o{default:o})')
+        return default
+    if not 0 <= mode <= 0o777:
+        r.problem(dotted, f"{mode:o}: must be permission bits only, at most 0777")
+    elif mode & owner != owner:
+        r.problem(dotted, f"{mode:04o}: the daemon itself needs at least {owner:04o}")
+    elif mode & forbidden:
+        r.problem(dotted, f"{mode:04o}: data files are not executable (no x bits)")
+    else:
+        return mode
+    return default
 
 
 def _check_address(v: str) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import secrets
 import sys
 import tomllib
@@ -67,10 +68,12 @@ def main(*, config: Path | None, seconds: float | None, root: Path | None) -> in
         raw.setdefault("health", {})["path"] = str(root.resolve() / "health.json")
     duration = seconds if seconds is not None else float(demo.get("seconds", 20.0))
     try:  # the same checks as the daemon's, before anything starts
-        data_root = Config.from_mapping(raw, base_dir=base, source="demo configuration").output.root
+        output = Config.from_mapping(raw, base_dir=base, source="demo configuration").output
     except ConfigError as exc:
         print(f"mlink-capture demo: {exc}", file=sys.stderr)
         return 2
+    os.umask(output.umask)
+    data_root = output.root
     data_root.mkdir(parents=True, exist_ok=True)
     log_path = data_root / "demo.log"
     with log_path.open("w", encoding="utf-8") as log_file:

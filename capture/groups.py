@@ -627,7 +627,7 @@ class Parent:
         doc = doc if doc is not None else self.health_doc()
         path = self.cfg.health.path
         if path is not None:
-            health.publish(path, doc)
+            health.publish(path, doc, health.file_mode(self.cfg.output.file_mode))
         self.metrics.update(doc)
 
     def _summary(self) -> str:

@@ -377,6 +377,7 @@ class CognitoProvider:
         self._refresh_at = 0.0
         self._failure: str | None = None
         self._failure_until = 0.0
+        self._reload_requested = False  # set by reload(), acted on by the next bearer()
         self._last_totp_step: int | None = None
         self.logins = 0
         """Login attempts sent to Cognito (successful or not)."""
@@ -405,16 +406,19 @@ class CognitoProvider:
 
     def reload(self) -> None:
         """SIGHUP: the next ``bearer()`` logs in afresh, reading the password (and TOTP and
-        client secrets) again, even within the pause after a refused login."""
-        with self._lock:
-            self._forget()
-            self._failure, self._failure_until = None, 0.0
+        client secrets) again, even within the pause after a refused login.  Never blocks:
+        called on the event loop while a login may hold the lock in a thread."""
+        self._reload_requested = True
 
     # -- the one public operation -----------------------------------------------------------
 
     def bearer(self) -> Secret:
         """A valid JWT: cached, refreshed, or from a new login (blocking, thread-safe)."""
         with self._lock:
+            if self._reload_requested:
+                self._reload_requested = False
+                self._forget()
+                self._failure, self._failure_until = None, 0.0
             now = self._now()
             if self._failure is not None and now < self._failure_until:
                 raise CredentialError(self._failure)

@@ -528,3 +528,31 @@ def test_sighup_logs_in_again_at_once_after_the_password_is_fixed(
     assert seen["logins"] == 2  # the refused one, then one for both stripes
     assert all(n > 0 for n in seen["rows"])
     assert '"credentials reloaded (SIGHUP); connecting now"' in captured.getvalue()
+
+
+def test_reload_never_waits_for_a_login_in_progress(pool: Pool) -> None:
+    """SIGHUP runs on the event loop; a login to Cognito may hold the provider's lock in a
+    thread for seconds. reload() must return at once, and take effect at the next bearer()."""
+    import threading
+
+    prov = provider(pool)
+    first = prov.bearer()
+    holding = threading.Event()
+    release = threading.Event()
+
+    def slow_login() -> None:
+        with prov._lock:  # what a login in progress does
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=slow_login)
+    thread.start()
+    assert holding.wait(5)
+    started = time.monotonic()
+    prov.reload()
+    assert time.monotonic() - started < 0.1
+    release.set()
+    thread.join()
+    logins = prov.logins
+    second = prov.bearer()  # a fresh login, not the cached token
+    assert prov.logins == logins + 1 and second.value != first.value

@@ -178,6 +178,16 @@ def families(doc: Mapping[str, Any], *, now: float) -> list[Metric]:
             if number is not None:
                 c.add_metric([code], number)
         out.append(c)
+    reconnects = CounterMetricFamily(
+        PREFIX + "reconnects",
+        "Connections after the first one (connects - 1): the stripe lost its connection",
+        labels=["stripe"],
+    )
+    for code, view in stripes.items():
+        number = _number(view.get("connects"))
+        if number is not None:
+            reconnects.add_metric([code], max(0.0, number - 1))
+    out.append(reconnects)
     for key, name, text in STRIPE_GAUGES:
         if not any(key in view for view in stripes.values()):
             continue

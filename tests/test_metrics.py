@@ -103,6 +103,7 @@ def test_scrape_the_running_daemon(
             assert by_stripe(samples, name) == {s: v[key] for s, v in stripes.items()}, name
         assert by_stripe(samples, "mlink_capture_rows_written_total")["A"] > 0
         assert by_stripe(samples, "mlink_capture_connects_total") == {"A": 1, "M": 1}
+        assert by_stripe(samples, "mlink_capture_reconnects_total") == {"A": 0, "M": 0}
         state = samples["mlink_capture_stripe_state"]
         for stripe in ("A", "M"):
             current = [
@@ -241,3 +242,35 @@ def test_any_document_renders_and_parses_back(doc: Any) -> None:
         assert parsed["mlink_capture_upload_lag_seconds"].samples[0].value == 3.5
     # the family list is the same function the endpoint uses
     assert len(families(doc, now=0.0)) >= 1
+
+
+def test_hostile_requests_do_not_stop_the_endpoint() -> None:
+    """What a port scanner, a confused client or a slow one sends: the endpoint answers the next
+    scrape all the same."""
+    collector = HealthCollector()
+    collector.update({"written_at_ns": 1, "stripes": {"A": {"messages": 3}}})
+    server = MetricsServer(MetricsConfig(True, "127.0.0.1", 0), collector)
+    url = server.start()
+    host, port = url.split("/")[2].split(":")
+    idle = socket.create_connection((host, int(port)))  # connects and says nothing
+    try:
+        for request in (
+            b"GARBAGE\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 1_000_000 + b"\r\n\r\n",
+            b"\x00\xff" * 1000,
+            b"GET /" + b"%" * 70_000 + b" HTTP/1.1\r\n\r\n",
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            b"GET /metrics?name[]=" + b"x" * 10_000 + b" HTTP/1.0\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\n",  # truncated, then closed
+        ):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                try:
+                    s.sendall(request)
+                    s.shutdown(socket.SHUT_WR)
+                    s.recv(65536)
+                except OSError:
+                    pass  # the server may close on us: fine, as long as it serves the next one
+            assert scrape(url)["mlink_capture_messages_total"] == {(("stripe", "A"),): 3}
+    finally:
+        idle.close()
+        server.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import signal
 import sys
 import time
@@ -41,8 +42,8 @@ def read(path: Path) -> dict[str, Any]:
         raise StatusError(f"no health file at {path} (is the daemon running?)") from None
     except OSError as exc:
         raise StatusError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise StatusError(f"{path} is not a health file: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # not JSON, or nested beyond the parser
+        raise StatusError(f"{path} is not a health file: {type(exc).__name__}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("written_at_ns"), int):
         raise StatusError(f"{path} is not a health file (no written_at_ns)")
     return doc
@@ -183,7 +184,16 @@ def render(
             f"memory: pss {memory.get('pss_mb', '-')} MB, rss {memory.get('rss_mb', '-')} MB, "
             f"budget {memory.get('budget_mb', '-')} MB; open files {process.get('open_files', '-')}"
         )
-    return [line[:width] for line in lines]
+    return [printable(line)[:width] for line in lines]
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` without control characters: a stripe's ``last_error`` can quote what a server
+    sent, and an escape sequence in it must not reach the operator's terminal."""
+    return _CONTROL.sub("?", text)
 
 
 def as_json(doc: Mapping[str, Any], table: list[Row], now_ns: int, stale: bool) -> str:

@@ -153,6 +153,7 @@ def test_status_in_a_terminal_beside_a_running_daemon(
         (b"[1, 2]", "not a health file"),
         (b"\xff\xfe garbage", "not a health file"),
         (b"{\"written_at_ns\": \"yesterday\"}", "not a health file"),
+        (b"[" * 200_000 + b"]" * 200_000, "not a health file"),  # nested beyond the parser
     ],
 )
 def test_no_readable_health_file_exits_2(tmp_path: Path, content: bytes | None, why: str) -> None:
@@ -181,3 +182,24 @@ def test_rates_are_the_difference_of_two_reports() -> None:
     assert got == {"A": 100.0, "B": None, "C": None, "D": None}
     assert {r.stripe: r.msg_per_s for r in rows(second, None, 0)} == dict.fromkeys("ABCD")
     assert rows(second, second, 0)[0].msg_per_s is None  # same report: no interval
+
+
+def test_nothing_from_the_file_reaches_the_terminal_as_a_control_sequence(
+    tmp_path: Path,
+) -> None:
+    """last_error can quote a server's text; a stripe name, a version, a summary are strings
+    from a file. None of them may move the cursor, retitle the window or clear the screen."""
+    evil = "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\r\n\x9b1;1H\x00"
+    path = tmp_path / "health.json"
+    now = time.time_ns()
+    path.write_text(json.dumps({
+        "written_at_ns": now, "healthy": False, "summary": evil,
+        "process": {"version": evil, "pid": evil, "memory": {"pss_mb": evil}},
+        "stripes": {evil: {"state": evil, "last_error": evil, "messages": 1},
+                    "A": {"state": "failed", "last_error": evil, "messages": "many"}},
+    }))  # fmt: skip
+    result = _status("--file", str(path), "--once", "--max-age", "0.3")
+    assert result.returncode == 1  # unhealthy (and no new report)
+    for ch in result.stdout:
+        assert ch == "\n" or ch.isprintable(), repr(ch)  # no C0/C1 control, no ESC
+    assert "A: failed: ?]0;pwned??[2J?[31mred" in result.stdout

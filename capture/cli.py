@@ -385,10 +385,12 @@ def _health(args: argparse.Namespace) -> int:
     path = _health_path(args)
     if path is None:
         return EXIT_USAGE
+    from capture.status import printable
+
     code, line = health.check(
         path, max_age_s=args.max_age, now_ns=time.time_ns(), require_data=args.require_data
     )
-    print(line)
+    print(printable(line))  # states and the summary are strings from a file
     return code
 
 

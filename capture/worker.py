@@ -283,9 +283,9 @@ class StripeWorker:
 
     def retry_auth(self) -> None:
         """The operator fixed the credentials (SIGHUP): a stripe waiting out its auth backoff
-        connects now.  Nothing for a stripe in any other state."""
-        if self.stats.state == "auth_failed":
-            self._retry_auth.set()
+        connects now, and so does one whose attempt under way is refused; a connected stripe
+        is not disturbed (its next attempt starts with this forgotten)."""
+        self._retry_auth.set()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -349,6 +349,9 @@ class StripeWorker:
         while True:
             started = trio.current_time()
             self.stats.state = "connecting"
+            # A SIGHUP from now on (even while this attempt still uses the old credentials)
+            # ends the auth backoff that may follow it.
+            self._retry_auth = trio.Event()
             try:
                 await self._session(send)
                 reason = "server ended the session"
@@ -380,7 +383,6 @@ class StripeWorker:
             self.stats.restarts += 1
             self.log.warning("disconnected; reconnecting", reason=reason, delay=round(delay, 3))
             if self.stats.state == "auth_failed":
-                self._retry_auth = trio.Event()  # a SIGHUP from now on ends this wait
                 with trio.move_on_after(delay):
                     await self._retry_auth.wait()
                     self.log.info("credentials reloaded (SIGHUP); connecting now")

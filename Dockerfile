@@ -23,8 +23,10 @@ COPY --from=build /opt/mlink-capture /opt/mlink-capture
 COPY config/docker.toml /etc/mlink-capture/capture.toml
 # glibc's malloc for Arrow, at most 2 arenas: lower peak RSS at the same throughput
 # (bench/README.md; the daemon picks the same by itself).
+# MLINK_CAPTURE_HEALTH_FILE: `docker exec CONTAINER mlink-capture status` (and health) read it.
 ENV PATH=/opt/mlink-capture/bin:$PATH PYTHONUNBUFFERED=1 MALLOC_ARENA_MAX=2 \
-    ARROW_DEFAULT_MEMORY_POOL=system
+    ARROW_DEFAULT_MEMORY_POOL=system \
+    MLINK_CAPTURE_HEALTH_FILE=/var/lib/mlink-capture/health.json
 # Numeric, so that the runtime (and Kubernetes' runAsNonRoot) can tell it is not root.
 USER 10001:10001
 VOLUME ["/var/lib/mlink-capture"]

@@ -17,6 +17,7 @@ from typing import Any
 from capture import __version__
 
 EXIT_USAGE = 2
+HEALTH_FILE_ENV = "MLINK_CAPTURE_HEALTH_FILE"  # the image sets it: `docker exec C ... status`
 
 
 def _command(
@@ -75,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         "  2  unknown: no health file, unreadable, or bad usage",
     )  # fmt: skip
     h.add_argument("--config", "-c", type=Path, help="read health.path from this config")
-    h.add_argument("--file", type=Path, help="health file (instead of --config)")
+    h.add_argument(
+        "--file", type=Path, help=f"health file (instead of --config; default ${HEALTH_FILE_ENV})"
+    )
     h.add_argument("--max-age", type=float, default=30.0, help="seconds (default 30)")
     h.add_argument(
         "--require-data",
@@ -95,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
         "  2  no readable health file, or bad usage",
     )  # fmt: skip
     st.add_argument("--config", "-c", type=Path, help="read health.path from this config")
-    st.add_argument("--file", type=Path, help="health file (instead of --config)")
+    st.add_argument(
+        "--file", type=Path, help=f"health file (instead of --config; default ${HEALTH_FILE_ENV})"
+    )
     st.add_argument("--once", action="store_true", help="print once and exit")
     st.add_argument("--json", action="store_true", help="print one JSON document and exit")
     st.add_argument("--interval", type=float, default=1.0, help="redraw every S seconds (1)")
@@ -341,7 +346,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _health_path(args: argparse.Namespace) -> Path | None:
-    """--file, or the health.path of --config; None after saying why there is none."""
+    """--file, or the health.path of --config, or $MLINK_CAPTURE_HEALTH_FILE; None after
+    saying why there is none."""
     from capture.config import Config
 
     path: Path | None = args.file
@@ -350,9 +356,12 @@ def _health_path(args: argparse.Namespace) -> Path | None:
         if not isinstance(cfg, Config):
             return None
         path = cfg.health.path
+    if path is None and os.environ.get(HEALTH_FILE_ENV):
+        path = Path(os.environ[HEALTH_FILE_ENV])
     if path is None:
         print(
-            f"mlink-capture {args.command}: give --file or a --config with health.path",
+            f"mlink-capture {args.command}: give --file or a --config with health.path "
+            f"(or set {HEALTH_FILE_ENV})",
             file=sys.stderr,
         )
     return path

@@ -66,8 +66,10 @@ def test_dockerfile_runs_the_tested_command_as_a_non_root_user() -> None:
     assert "STOPSIGNAL SIGTERM" in text and "tzdata" in text and "VOLUME" in text
     assert re.search(r'HEALTHCHECK .*\n\s+CMD \["mlink-capture", "health"', text)
     assert "--format docker" in text  # podman/buildah keep HEALTHCHECK only in that format
-    # The configuration the image ships is valid.
-    Config.from_toml(ROOT / "config" / "docker.toml")
+    # The configuration the image ships is valid, and `docker exec C mlink-capture status`
+    # finds its health file through the image's environment.
+    shipped = Config.from_toml(ROOT / "config" / "docker.toml")
+    assert f"MLINK_CAPTURE_HEALTH_FILE={shipped.health.path}" in text
 
 
 def test_every_shipped_configuration_is_valid() -> None:

@@ -28,10 +28,12 @@ BIN = test_process.BIN
 COLS, LINES = 110, 30
 
 
-def _status(*args: str) -> subprocess.CompletedProcess[str]:
+def _status(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "MLINK_CAPTURE_HEALTH_FILE"}
     return subprocess.run(
-        [str(BIN), "status", *args], capture_output=True, text=True, check=False, timeout=60
-    )
+        [str(BIN), "status", *args], capture_output=True, text=True, check=False, timeout=60,
+        env={**environ, **(env or {})},
+    )  # fmt: skip
 
 
 def _stripe_line(screen: pyte.Screen, stripe: str) -> list[str] | None:
@@ -130,7 +132,8 @@ def test_status_in_a_terminal_beside_a_running_daemon(
         for view in report["stripes"].values():
             assert view["state"] == "streaming" and view["msg_per_s"] > 0
             assert view["rows_written"] > 0 and view["quarantined_frames"] == 0
-        once = _status("--file", str(health_file), "--once")
+        # as in the container: the image names the file in its environment
+        once = _status("--once", env={"MLINK_CAPTURE_HEALTH_FILE": str(health_file)})
         assert once.returncode == 0, once.stderr
         assert re.search(r"^A\s+streaming\s+[\d,.]+\s", once.stdout, re.M), once.stdout
         assert "\x1b" not in once.stdout  # no escape sequences in a pipe

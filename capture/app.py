@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
-from capture import health, metrics
+from capture import health
 from capture.auth import make_provider
 from capture.clock import SystemClock, WallClock
 from capture.config import Config
@@ -30,6 +31,9 @@ from capture.sink import CommittedFile, cleanup_in_progress
 from capture.supervisor import Supervisor
 from capture.transport import StreamFactory
 from capture.worker import Offload, StripeWorker, in_flight_limit, new_session_id
+
+if TYPE_CHECKING:
+    from capture.metrics import HealthCollector
 
 log = get_logger(component="app")
 
@@ -80,7 +84,9 @@ class Daemon:
             for stripe in self.cfg.source.stripes
         ]
         self.supervisor = Supervisor(self.workers, self.cfg.supervision)
-        self.metrics = metrics.HealthCollector()
+        # The metrics endpoint's view of the health document, when [metrics] is enabled
+        # (prometheus_client is imported only then: start-up time).
+        self.metrics: HealthCollector | None = None
         self.metrics_url: str | None = None
 
     def stop(self) -> None:
@@ -114,8 +120,13 @@ class Daemon:
             root=str(cfg.output.root),
             run_id=self.run_id,
         )
-        server = metrics.start(cfg.metrics, self.metrics)
-        self.metrics_url = server.url if server is not None else None
+        server = None
+        if cfg.metrics.enabled:
+            from capture import metrics
+
+            self.metrics = metrics.HealthCollector()
+            server = metrics.start(cfg.metrics, self.metrics)
+            self.metrics_url = server.url if server is not None else None
         try:
             return await self._run(task_status)
         finally:
@@ -249,7 +260,8 @@ class Daemon:
         doc = doc if doc is not None else self.health_doc()
         if path is not None:
             health.publish(path, doc, health.file_mode(self.cfg.output.file_mode))
-        self.metrics.update(doc)
+        if self.metrics is not None:
+            self.metrics.update(doc)
 
     def _summary(self) -> str:
         doc = self.health_doc()

@@ -236,6 +236,11 @@ def _prepare_process() -> None:
 def _run(path: Path, group: str | None = None) -> int:
     if group is not None:
         return _run_group(path, group)
+    import signal
+
+    # Until the event loop's handler is installed, SIGHUP (rotate, reload) must not kill a
+    # starting daemon (its default action); there is nothing to rotate yet.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _prepare_process()
     import trio
 

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from capture import health, metrics
+from capture import health
 from capture.backoff import RestartLimit
 from capture.config import Config, group_count
 from capture.forkserver import ForkedProcess, ForkServer, ForkServerError
@@ -59,6 +59,7 @@ from capture.stats import StripeStats
 
 if TYPE_CHECKING:
     from capture.app import Daemon
+    from capture.metrics import HealthCollector
 
 log = get_logger(component="groups")
 
@@ -268,7 +269,7 @@ class Parent:
         self.unresponsive_after = max(UNRESPONSIVE_AFTER_S, 10 * interval)
         self.late_after = max(5.0, LATE_AFTER_INTERVALS * interval)
         # One metrics endpoint for the daemon: the merged reports (capture.metrics).
-        self.metrics = metrics.HealthCollector()
+        self.metrics: HealthCollector | None = None
         self.metrics_url: str | None = None
 
     def command(self, child: Child) -> list[str]:
@@ -278,8 +279,13 @@ class Parent:
                 "--group", group]  # fmt: skip
 
     async def run(self) -> int:
-        server = metrics.start(self.cfg.metrics, self.metrics)
-        self.metrics_url = server.url if server is not None else None
+        server = None
+        if self.cfg.metrics.enabled:
+            from capture import metrics
+
+            self.metrics = metrics.HealthCollector()
+            server = metrics.start(self.cfg.metrics, self.metrics)
+            self.metrics_url = server.url if server is not None else None
         try:
             return await self._run()
         finally:
@@ -628,7 +634,8 @@ class Parent:
         path = self.cfg.health.path
         if path is not None:
             health.publish(path, doc, health.file_mode(self.cfg.output.file_mode))
-        self.metrics.update(doc)
+        if self.metrics is not None:
+            self.metrics.update(doc)
 
     def _summary(self) -> str:
         return str(self.health_doc()["summary"])

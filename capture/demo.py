@@ -123,19 +123,27 @@ async def _progress(daemon: Daemon, seconds: float, out: TextIO) -> None:
     start = last_t = trio.current_time()
     last_messages = 0
     last_print = -5.0
-    while True:
-        await trio.sleep(0.5)
-        now = trio.current_time()
-        messages = sum(w.stats.messages for w in daemon.supervisor.workers.values())
-        rate = (messages - last_messages) / (now - last_t)
-        last_messages, last_t = messages, now
-        line = progress_line(daemon, now - start, seconds, rate)
-        if tty:
-            out.write("\r" + line + "\x1b[K")
-            out.flush()
-        elif now - start - last_print >= 5:
-            last_print = now - start
-            print(line, file=out, flush=True)
+    unprinted = None  # off a terminal: the latest line, if not printed yet
+    try:
+        while True:
+            await trio.sleep(0.5)
+            now = trio.current_time()
+            messages = sum(w.stats.messages for w in daemon.supervisor.workers.values())
+            rate = (messages - last_messages) / (now - last_t)
+            last_messages, last_t = messages, now
+            line = progress_line(daemon, now - start, seconds, rate)
+            if tty:
+                out.write("\r" + line + "\x1b[K")
+                out.flush()
+            elif now - start - last_print >= 5:
+                last_print = now - start
+                print(line, file=out, flush=True)
+                unprinted = None
+            else:
+                unprinted = line
+    finally:  # the window is over: where it ended
+        if unprinted is not None:
+            print(unprinted, file=out, flush=True)
 
 
 async def _demo(

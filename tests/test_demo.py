@@ -88,3 +88,22 @@ def test_demo_in_a_terminal(tmp_path: Path) -> None:
         assert int(stripes) == rows
         assert rows >= shown_rows.get(table, 0)
     assert "Read it with DuckDB" in text
+
+
+def test_demo_in_a_pipe_prints_plain_progress_lines(tmp_path: Path) -> None:
+    """Off a terminal (CI, `make demo | tee`): no carriage returns or escape sequences, a line
+    every 5 s and one where the window ended, with the rows of every type."""
+    result = subprocess.run(
+        [str(test_process.BIN), "demo", "--config", str(ROOT / "config" / "demo.toml"),
+         "--root", str(tmp_path / "d"), "--seconds", "3"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr
+    lines = result.stderr.splitlines()
+    stop = lines.index("demo: stopping (committing every file)")
+    last = lines[stop - 1]
+    assert re.match(r"^\s*3/3 s\s+[\d,]+ msg/s  rows written: ", last), last
+    shown = set(re.findall(r"(\w+) [\d,]+", last.split("rows written:")[1]))
+    assert {"OptionNbboQuote", "StockPrint", "LiveSurfaceCurve"} <= shown
+    assert "committed" not in result.stdout + result.stderr

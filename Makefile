@@ -8,19 +8,34 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck bench venv clean
+.PHONY: demo test lint typecheck bench venv clean dist
+
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
+
+# The test tools (moto, polars, duckdb, mypy, ...) take longer to install than the demo runs:
+# `make demo` on a fresh clone installs the daemon's own dependencies only.
+$(RUNTIME_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUNTIME_STAMP)
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	rm -rf demo-data  # each demo shows its own capture
 	$(BIN)/mlink-capture demo --config config/demo.toml --root demo-data $(if $(SECONDS),--seconds $(SECONDS),)
+
+# A wheel to install outside a clone (README, Install): dist/mlink_capture-VERSION-py3-none-any.whl
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
 
 lint: $(STAMP)
 	$(BIN)/ruff check capture tests tools bench
@@ -38,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_e2e.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) dist build demo-data .pytest_cache .mypy_cache .ruff_cache .hypothesis

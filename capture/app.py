@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -30,6 +31,9 @@ from capture.sink import CommittedFile, cleanup_in_progress
 from capture.supervisor import Supervisor
 from capture.transport import StreamFactory
 from capture.worker import Offload, StripeWorker, in_flight_limit, new_session_id
+
+if TYPE_CHECKING:
+    from capture.metrics import HealthCollector
 
 log = get_logger(component="app")
 
@@ -60,7 +64,7 @@ class Daemon:
         self.run_id = new_session_id(self.started_ns)
         self.files_committed = 0  # a count, not a list: the daemon runs for months
         # One provider for every stripe (auth.method): a Cognito login is shared, not repeated.
-        credentials = make_provider(self.cfg, self.environ, clock=self.clock)
+        credentials = self.credentials = make_provider(self.cfg, self.environ, clock=self.clock)
         # Memory bounds for the process, not per stripe (capture.memory).
         self.in_flight = InFlightBudget(in_flight_limit(self.cfg))
         decode_limiter = trio.CapacityLimiter(decode_slots(self.processes))
@@ -80,6 +84,10 @@ class Daemon:
             for stripe in self.cfg.source.stripes
         ]
         self.supervisor = Supervisor(self.workers, self.cfg.supervision)
+        # The metrics endpoint's view of the health document, when [metrics] is enabled
+        # (prometheus_client is imported only then: start-up time).
+        self.metrics: HealthCollector | None = None
+        self.metrics_url: str | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -89,6 +97,13 @@ class Daemon:
 
     def rotate(self) -> None:
         self.supervisor.request_rotate()
+
+    def reload(self) -> None:
+        """SIGHUP: commit every open file now; forget cached credentials and retry the stripes
+        whose credentials were refused, at once rather than after their auth backoff."""
+        self.rotate()
+        self.credentials.reload()
+        self.supervisor.retry_auth()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         cfg = self.cfg
@@ -105,10 +120,26 @@ class Daemon:
             root=str(cfg.output.root),
             run_id=self.run_id,
         )
+        server = None
+        if cfg.metrics.enabled:
+            from capture import metrics
+
+            self.metrics = metrics.HealthCollector()
+            server = metrics.start(cfg.metrics, self.metrics)
+            self.metrics_url = server.url if server is not None else None
+        try:
+            return await self._run(task_status)
+        finally:
+            if server is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(server.close)
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> int:
+        cfg = self.cfg
         async with trio.open_nursery() as outer:
             if self.install_signals:
                 outer.start_soon(self._signals)
-            if cfg.health.path is not None:
+            if cfg.health.path is not None or self.metrics_url is not None:
                 outer.start_soon(self._health_loop)
             if self.notifier.watchdog_interval:
                 outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
@@ -121,8 +152,7 @@ class Daemon:
                 outer.start_soon(self._announce_ready)
                 task_status.started()
             self.notifier.stopping(self._summary())
-            if cfg.health.path is not None:
-                self._write_health()
+            self._write_health()
             outer.cancel_scope.cancel()
         if self.supervisor.failed and len(self.supervisor.failed) == len(self.workers):
             log.critical("every stripe failed; exiting")
@@ -157,8 +187,8 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    log.info("SIGHUP: rotating files now")
-                    self.rotate()
+                    log.info("SIGHUP: rotating files now, reloading credentials")
+                    self.reload()
                 elif self._stop.is_set():
                     log.warning("second stop signal: not waiting for the grace period")
                     raise KeyboardInterrupt
@@ -191,7 +221,7 @@ class Daemon:
             await trio.sleep(interval)
 
     def health_doc(self) -> dict[str, object]:
-        return health.build(
+        doc = health.build(
             (w.stats for w in self.supervisor.workers.values()),
             now_ns=self.clock.now_ns(),
             started_ns=self.started_ns,
@@ -203,6 +233,8 @@ class Daemon:
             ),
             memory=self._memory(),
         )
+        doc["process"]["metrics_url"] = self.metrics_url
+        return doc
 
     def _memory(self) -> dict[str, float | str | None]:
         workers = self.supervisor.workers.values()
@@ -222,9 +254,15 @@ class Daemon:
         }
 
     def _write_health(self, doc: dict[str, object] | None = None) -> None:
+        """The health file, and the same document to the metrics endpoint."""
         path = self.cfg.health.path
+        if path is None and self.metrics_url is None:
+            return
+        doc = doc if doc is not None else self.health_doc()
         if path is not None:
-            health.publish(path, doc if doc is not None else self.health_doc())
+            health.publish(path, doc, health.file_mode(self.cfg.output.file_mode))
+        if self.metrics is not None:
+            self.metrics.update(doc)
 
     def _summary(self) -> str:
         doc = self.health_doc()

@@ -86,6 +86,11 @@ class CredentialProvider(Protocol):
         """The server refused the last token: do not hand it out again."""
         ...
 
+    def reload(self) -> None:
+        """The operator changed the credentials (SIGHUP): forget everything cached, including
+        a remembered failure, so that the next ``bearer()`` reads the sources again."""
+        ...
+
 
 def make_provider(
     cfg: Config, environ: Mapping[str, str] | None = None, *, clock: WallClock | None = None
@@ -221,6 +226,9 @@ class ApiKeyProvider:
         return self._key.read()
 
     def invalidate(self) -> None:
+        """Nothing cached: the key is read again at the next connection anyway."""
+
+    def reload(self) -> None:
         """Nothing cached: the key is read again at the next connection anyway."""
 
 
@@ -363,6 +371,7 @@ class CognitoProvider:
         self._refresh_at = 0.0
         self._failure: str | None = None
         self._failure_until = 0.0
+        self._reload_requested = False  # set by reload(), acted on by the next bearer()
         self._last_totp_step: int | None = None
         self.logins = 0
         """Login attempts sent to Cognito (successful or not)."""
@@ -389,11 +398,21 @@ class CognitoProvider:
         with self._lock:
             self._token = None
 
+    def reload(self) -> None:
+        """SIGHUP: the next ``bearer()`` logs in afresh, reading the password (and TOTP and
+        client secrets) again, even within the pause after a refused login.  Never blocks:
+        called on the event loop while a login may hold the lock in a thread."""
+        self._reload_requested = True
+
     # -- the one public operation -----------------------------------------------------------
 
     def bearer(self) -> Secret:
         """A valid JWT: cached, refreshed, or from a new login (blocking, thread-safe)."""
         with self._lock:
+            if self._reload_requested:
+                self._reload_requested = False
+                self._forget()
+                self._failure, self._failure_until = None, 0.0
             now = self._now()
             if self._failure is not None and now < self._failure_until:
                 raise CredentialError(self._failure)

@@ -7,6 +7,8 @@ file, systemd credential), never the secret itself.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -113,6 +115,16 @@ class OutputConfig:
     row_group_rows: int = 131_072
     memory_budget_mb: int = 48  # process-wide data in flight (capture.memory)
     compression: str = "zstd"
+    # Permissions of what the daemon creates (data, journal, health file): licensed market
+    # data is not world-readable.  Applied as the process's umask (capture.cli).
+    file_mode: int = 0o640
+    dir_mode: int = 0o750
+
+    @property
+    def umask(self) -> int:
+        """The umask that creates files with ``file_mode`` and directories with ``dir_mode``
+        (a pair the configuration check accepted)."""
+        return (0o666 & ~self.file_mode) | (0o777 & ~self.dir_mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +179,18 @@ class HealthConfig:
 class LoggingConfig:
     level: str = "info"
     format: str = "auto"  # auto: console on a TTY, JSON lines otherwise
+    # syslog priority "<N>" before each line: auto (when stderr is the journal), always, never
+    priority_prefix: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint (capture.metrics); off unless enabled, and on the
+    loopback interface unless an address is given."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = 9650  # 0: any free port (the health file's process.metrics_url says which)
 
 
 def group_count(processes: int, stripes: int) -> int:
@@ -186,6 +210,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     limits: bounds.Limits = field(default_factory=bounds.Limits)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], *, check_paths: bool = False) -> Config:
@@ -237,6 +262,7 @@ class Config:
             "health",
             "logging",
             "limits",
+            "metrics",
             "demo",
         )
         r.no_secrets("demo")  # not read here, but a secret has no place in it either
@@ -343,6 +369,8 @@ class Config:
                 "row_group_rows",
                 "memory_budget_mb",
                 "compression",
+                "file_mode",
+                "dir_mode",
             },
         )
         root = r.get(o, "output.root", str, required=True)
@@ -371,6 +399,17 @@ class Config:
         )
         if root:
             _check_not_fs_root(r, "output.root", output_cfg.root)
+        file_mode = _mode(r, o, "output.file_mode", 0o640, owner=0o600, forbidden=0o111)
+        dir_mode = _mode(r, o, "output.dir_mode", 0o750, owner=0o700, forbidden=0)
+        output_cfg = dataclasses.replace(output_cfg, file_mode=file_mode, dir_mode=dir_mode)
+        mask = output_cfg.umask
+        if (0o666 & ~mask, 0o777 & ~mask) != (file_mode, dir_mode):
+            r.problem(
+                "output.file_mode",
+                f"{file_mode:04o} and output.dir_mode {dir_mode:04o} cannot both hold (one umask "
+                "creates both): give directories the same read/write bits plus x, e.g. "
+                "0640 and 0750, or 0660 and 0770",
+            )
         if check_paths and root:
             _check_writable(r, "output.root", output_cfg.root)
 
@@ -438,7 +477,7 @@ class Config:
         if check_paths and health_cfg.path is not None:
             _check_writable(r, "health.path", health_cfg.path.parent)
 
-        lg = r.section("logging", {"level", "format"})
+        lg = r.section("logging", {"level", "format", "priority_prefix"})
         logging_cfg = LoggingConfig(
             level=r.get(
                 lg,
@@ -450,6 +489,16 @@ class Config:
             format=r.get(
                 lg, "logging.format", str, default="auto", check=_one_of("auto", "json", "console")
             ),
+            priority_prefix=r.get(
+                lg, "logging.priority_prefix", str, default="auto",
+                check=_one_of("auto", "always", "never"),
+            ),
+        )
+        m = r.section("metrics", {"enabled", "address", "port"})
+        metrics_cfg = MetricsConfig(
+            enabled=r.get(m, "metrics.enabled", bool, default=False),
+            address=r.get(m, "metrics.address", str, default="127.0.0.1", check=_check_address),
+            port=r.get(m, "metrics.port", int, default=9650, check=_check_port),
         )
         limits_cfg = _read_limits(r)
         if r.problems:
@@ -464,6 +513,7 @@ class Config:
             health=health_cfg,
             logging=logging_cfg,
             limits=limits_cfg,
+            metrics=metrics_cfg,
         )
 
 
@@ -618,6 +668,46 @@ def _check_types(v: list[Any]) -> str | None:
 def _canonical_type(name: str) -> str:
     found = lookup_message(name)
     return found.name if found is not None else name
+
+
+def _mode(
+    r: _Reader, table: Mapping[str, Any], dotted: str, default: int, *, owner: int, forbidden: int
+) -> int:
+    """A permission mode: an octal string ("0640") or a TOML integer (0o640)."""
+    name = dotted.rsplit(".", 1)[1]
+    if name not in table:
+        return default
+    value = table[name]
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        mode = int(value, 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        r.problem(dotted, f'must be an octal mode like "{default:04o}" (or 0o{default:o})')
+        return default
+    if not 0 <= mode <= 0o777:
+        r.problem(dotted, f"{mode:o}: must be permission bits only, at most 0777")
+    elif mode & owner != owner:
+        r.problem(dotted, f"{mode:04o}: the daemon itself needs at least {owner:04o}")
+    elif mode & forbidden:
+        r.problem(dotted, f"{mode:04o}: data files are not executable (no x bits)")
+    else:
+        return mode
+    return default
+
+
+def _check_address(v: str) -> str | None:
+    if v == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return "must be an IP address (127.0.0.1, ::1, 0.0.0.0 for every interface) or localhost"
+    return None
+
+
+def _check_port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a TCP port, 0-65535 (0: any free port)"
 
 
 def _check_tz(v: str) -> str | None:

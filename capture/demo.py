@@ -1,25 +1,30 @@
 """``mlink-capture demo``: the simulator and the daemon in one process, then what was captured.
 
 The simulator listens on an ephemeral loopback port with a random API key that only this
-process knows; the daemon connects to it exactly as it would to the real server.  After the
-capture window the daemon stops gracefully (files committed) and the demo reads the Parquet
-back with pyarrow.dataset.
+process knows; the daemon connects to it exactly as it would to the real server.  While it
+captures, one progress line (rows written per type, messages per second) is all the terminal
+shows: both components' logs go to ``<root>/demo.log`` as JSON lines, summarised at the end.
+After the capture window the daemon stops gracefully (files committed) and the demo reads the
+Parquet back with pyarrow.dataset.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import secrets
 import sys
 import tomllib
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import trio
 
 from capture import logs
 from capture.app import Daemon
-from capture.config import Config
+from capture.config import Config, ConfigError
 
 DEMO_KEY_ENV = "MLINK_DEMO_KEY"
 
@@ -48,7 +53,11 @@ DEFAULT: dict[str, Any] = {
 
 def main(*, config: Path | None, seconds: float | None, root: Path | None) -> int:
     if config is not None:
-        raw = tomllib.loads(config.read_text(encoding="utf-8"))
+        try:
+            raw = tomllib.loads(config.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            print(f"mlink-capture demo: cannot read {config}: {exc}", file=sys.stderr)
+            return 2
         base = config.parent
     else:
         raw = copy.deepcopy(DEFAULT)
@@ -58,16 +67,87 @@ def main(*, config: Path | None, seconds: float | None, root: Path | None) -> in
         raw.setdefault("output", {})["root"] = str(root.resolve())
         raw.setdefault("health", {})["path"] = str(root.resolve() / "health.json")
     duration = seconds if seconds is not None else float(demo.get("seconds", 20.0))
-    logs.configure(raw.get("logging", {}).get("level", "info"), "console")
-    cfg_root = trio.run(_demo, raw, base, demo, duration)
+    try:  # the same checks as the daemon's, before anything starts
+        output = Config.from_mapping(raw, base_dir=base, source="demo configuration").output
+    except ConfigError as exc:
+        print(f"mlink-capture demo: {exc}", file=sys.stderr)
+        return 2
+    os.umask(output.umask)
+    data_root = output.root
+    data_root.mkdir(parents=True, exist_ok=True)
+    log_path = data_root / "demo.log"
+    with log_path.open("w", encoding="utf-8") as log_file:
+        logs.configure(raw.get("logging", {}).get("level", "info"), "json", stream=log_file)
+        cfg_root = trio.run(_demo, raw, base, demo, duration, sys.stderr)
+    print(summarise_log(log_path), file=sys.stderr)
     if cfg_root is None:
         return 1
     show(cfg_root)
     return 0
 
 
+def summarise_log(path: Path, *, show_at_most: int = 5) -> str:
+    """Where the log is, how many lines at each level, and the first warnings and errors."""
+    levels: Counter[str] = Counter()
+    notable: list[str] = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            level = str(event.get("level", event.get("log_level", "info")))
+            levels[level] += 1
+            if level in ("warning", "error", "critical") and len(notable) < show_at_most:
+                where = f" [stripe {event['stripe']}]" if "stripe" in event else ""
+                notable.append(f"  {level}: {event.get('event')}{where}")
+    counts = ", ".join(f"{n} {level}" for level, n in sorted(levels.items()))
+    return "\n".join([f"demo: logs in {path} ({counts or 'empty'})", *notable])
+
+
+def progress_line(daemon: Daemon, elapsed: float, seconds: float, rate: float) -> str:
+    """``12/20 s  1,523 msg/s  rows written: OptionNbboQuote 1,234  OptionPrint 567 ...``"""
+    rows: Counter[str] = Counter()
+    for worker in daemon.supervisor.workers.values():
+        rows.update(worker.stats.rows_by_type)
+    per_type = "  ".join(f"{t} {n:,}" for t, n in sorted(rows.items()) if not t.startswith("_"))
+    done = min(elapsed, seconds)
+    return f"{done:3.0f}/{seconds:g} s  {rate:7,.0f} msg/s  rows written: {per_type}"
+
+
+async def _progress(daemon: Daemon, seconds: float, out: TextIO) -> None:
+    """The progress line, rewritten in place on a terminal (a line every 5 s otherwise)."""
+    tty = out.isatty()
+    start = last_t = trio.current_time()
+    last_messages = 0
+    last_print = -5.0
+    unprinted = None  # off a terminal: the latest line, if not printed yet
+    try:
+        while True:
+            await trio.sleep(0.5)
+            now = trio.current_time()
+            messages = sum(w.stats.messages for w in daemon.supervisor.workers.values())
+            rate = (messages - last_messages) / (now - last_t)
+            last_messages, last_t = messages, now
+            line = progress_line(daemon, now - start, seconds, rate)
+            if tty:
+                out.write("\r" + line + "\x1b[K")
+                out.flush()
+            elif now - start - last_print >= 5:
+                last_print = now - start
+                print(line, file=out, flush=True)
+                unprinted = None
+            else:
+                unprinted = line
+    finally:  # the window is over: where it ended
+        if unprinted is not None:
+            print(unprinted, file=out, flush=True)
+
+
 async def _demo(
-    raw: dict[str, Any], base: Path, demo: dict[str, Any], seconds: float
+    raw: dict[str, Any], base: Path, demo: dict[str, Any], seconds: float, out: TextIO
 ) -> Path | None:
     from capture.sim.config import SimConfig
     from capture.sim.server import serve
@@ -91,7 +171,7 @@ async def _demo(
         print(
             f"demo: simulator on 127.0.0.1:{port}; capturing stripes {', '.join(stripes)} "
             f"x {len(types)} message types for {seconds:g} s into {cfg.output.root}",
-            file=sys.stderr,
+            file=out,
         )
         daemon = Daemon(cfg, environ={DEMO_KEY_ENV: key}, install_signals=False)
         done = trio.Event()
@@ -102,7 +182,11 @@ async def _demo(
             done.set()
 
         nursery.start_soon(run_daemon)
-        await trio.sleep(seconds)
+        with trio.move_on_after(seconds):
+            await _progress(daemon, seconds, out)
+        if out.isatty():
+            out.write("\n")
+        print("demo: stopping (committing every file)", file=out, flush=True)
         daemon.stop()
         await done.wait()
         nursery.cancel_scope.cancel()

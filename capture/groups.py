@@ -59,6 +59,7 @@ from capture.stats import StripeStats
 
 if TYPE_CHECKING:
     from capture.app import Daemon
+    from capture.metrics import HealthCollector
 
 log = get_logger(component="groups")
 
@@ -123,7 +124,8 @@ class GroupSpec:
 
 def child_config(cfg: Config, spec: GroupSpec) -> Config:
     """A child's configuration: its stripes and 1/N of the memory budget; it writes no health
-    file (it reports to the parent).  ``ValueError`` if the stripes are not all in ``cfg``."""
+    file and serves no metrics (it reports to the parent, which does both for all).
+    ``ValueError`` if the stripes are not all in ``cfg``."""
     unknown = [s for s in spec.stripes if s not in cfg.source.stripes]
     if unknown:
         raise ValueError(f"stripes {unknown} are not in source.stripes")
@@ -134,6 +136,7 @@ def child_config(cfg: Config, spec: GroupSpec) -> Config:
             cfg.output, memory_budget_mb=max(1, cfg.output.memory_budget_mb // spec.count)
         ),
         health=dataclasses.replace(cfg.health, path=None),
+        metrics=dataclasses.replace(cfg.metrics, enabled=False),
         supervision=dataclasses.replace(cfg.supervision, processes=1),
     )
 
@@ -265,6 +268,9 @@ class Parent:
         interval = cfg.health.interval
         self.unresponsive_after = max(UNRESPONSIVE_AFTER_S, 10 * interval)
         self.late_after = max(5.0, LATE_AFTER_INTERVALS * interval)
+        # One metrics endpoint for the daemon: the merged reports (capture.metrics).
+        self.metrics: HealthCollector | None = None
+        self.metrics_url: str | None = None
 
     def command(self, child: Child) -> list[str]:
         group = GroupSpec(child.index, len(self.children), child.stripes).argument()
@@ -273,6 +279,21 @@ class Parent:
                 "--group", group]  # fmt: skip
 
     async def run(self) -> int:
+        server = None
+        if self.cfg.metrics.enabled:
+            from capture import metrics
+
+            self.metrics = metrics.HealthCollector()
+            server = metrics.start(self.cfg.metrics, self.metrics)
+            self.metrics_url = server.url if server is not None else None
+        try:
+            return await self._run()
+        finally:
+            if server is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(server.close)
+
+    async def _run(self) -> int:
         log.info(
             "starting stripe groups",
             processes=len(self.children),
@@ -604,12 +625,17 @@ class Parent:
         doc["process"]["fork_server"] = (
             None if server is None else {"pid": server.pid, "lost": server.lost}
         )
+        doc["process"]["metrics_url"] = self.metrics_url
         return doc
 
     def _write_health(self, doc: dict[str, Any] | None = None) -> None:
+        """The merged health file, and the same document to the metrics endpoint."""
+        doc = doc if doc is not None else self.health_doc()
         path = self.cfg.health.path
         if path is not None:
-            health.publish(path, doc if doc is not None else self.health_doc())
+            health.publish(path, doc, health.file_mode(self.cfg.output.file_mode))
+        if self.metrics is not None:
+            self.metrics.update(doc)
 
     def _summary(self) -> str:
         return str(self.health_doc()["summary"])

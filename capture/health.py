@@ -123,7 +123,14 @@ def assemble(
     }
 
 
-def write_atomic(path: Path, doc: Mapping[str, Any]) -> None:
+def file_mode(data_file_mode: int) -> int:
+    """The health file's mode: the data files' (``output.file_mode``), and always readable by
+    the group, which monitors it (``status``, ``health``, an exporter); it holds no secret and no
+    market data."""
+    return data_file_mode | 0o040
+
+
+def write_atomic(path: Path, doc: Mapping[str, Any], mode: int = 0o640) -> None:
     """Write to a temporary file in the same directory, then rename over the old file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(doc, indent=2, sort_keys=False).encode("utf-8")
@@ -131,18 +138,18 @@ def write_atomic(path: Path, doc: Mapping[str, Any]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def publish(path: Path, doc: Mapping[str, Any]) -> None:
+def publish(path: Path, doc: Mapping[str, Any], mode: int = 0o640) -> None:
     """:func:`write_atomic`, and an error log instead of an exception (a full disk must not stop
     the daemon that reports it)."""
     try:
-        write_atomic(path, doc)
+        write_atomic(path, doc, mode)
     except OSError as exc:
         log.error("cannot write the health file", path=str(path), error=exc.strerror)
 

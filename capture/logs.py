@@ -3,14 +3,22 @@
 JSON lines when stderr is not a TTY (journald, Docker), a readable console renderer on a TTY.
 Every secret the process learns is registered with :func:`register_secret` and scrubbed from
 every event, whatever key or nested text it hides in.
+
+Under systemd, stderr is a stream to the journal and each line may start with its syslog
+priority, ``<N>`` (sd-daemon(3): journald strips it and files the line at that priority, so
+``journalctl -p warning`` finds warnings).  ``logging.priority_prefix = "auto"`` adds it when
+stderr is the journal's stream: ``$JOURNAL_STREAM`` names the device and inode systemd
+connected, and only if stderr is still that file (not redirected by a wrapper) is it the
+journal (systemd.exec(5)).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
@@ -122,9 +130,48 @@ def _redact_rendered(_: Any, __: str, event: Any) -> Any:
     return redact(event) if isinstance(event, str) and _secrets else event
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+# syslog priorities (sd-daemon(3)) of structlog's method names.
+PRIORITIES = {
+    "debug": 7, "info": 6, "msg": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3,
+    "critical": 2, "fatal": 2,
+}  # fmt: skip
+
+
+def is_journal_stream(stream: Any, environ: Mapping[str, str] | None = None) -> bool:
+    """True if ``stream`` is the journal's stream systemd connected (``$JOURNAL_STREAM`` is
+    ``DEVICE:INODE`` of that file, and the stream is still that file)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        expected = (int(dev), int(ino))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):  # unset or malformed; no real file
+        return False
+    return (st.st_dev, st.st_ino) == expected
+
+
+def _priority_prefix(_: Any, method_name: str, event: Any) -> Any:
+    """``<N>`` before every line of the rendered event (a traceback has several)."""
+    if not isinstance(event, str):
+        return event
+    prefix = f"<{PRIORITIES.get(method_name, 6)}>"
+    return "\n".join(prefix + line for line in event.split("\n"))
+
+
+def configure(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: Any = None,
+    priority_prefix: str = "auto",
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Set up logging to ``stream`` (stderr).  ``priority_prefix``: "always", "never" or
+    "auto" (when the stream is the journal's: :func:`is_journal_stream`)."""
     out = stream if stream is not None else sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    prefixed = priority_prefix == "always" or (
+        priority_prefix == "auto" and is_journal_stream(out, environ)
+    )
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if as_json
@@ -140,6 +187,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
             _redact_processor,
             renderer,
             _redact_rendered,
+            *([_priority_prefix] if prefixed else []),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]

@@ -37,6 +37,9 @@ class _NoCredentials:
     def invalidate(self) -> None:  # pragma: no cover - never called
         pass
 
+    def reload(self) -> None:  # pragma: no cover - never called
+        pass
+
 
 def plan(cfg: Config, to_root: Path, stripes: list[str] | None = None) -> dict[str, Path]:
     """The journal directory of every stripe to replay; raises ReplayError if it cannot run."""

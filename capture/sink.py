@@ -320,7 +320,8 @@ def _rename(src: Path, dst: Path) -> None:
 
 
 def _create_exclusive(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    # 0o666: the umask decides (output.file_mode, set by capture.cli)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     os.close(fd)
 
 

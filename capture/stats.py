@@ -36,6 +36,7 @@ class StripeStats:
     journal_lag: int = 0  # frames received but not yet fsynced
     last_error: str | None = None
     streams: dict[str, str] = field(default_factory=dict)  # msg type -> ack result/phase
+    rows_by_type: dict[str, int] = field(default_factory=dict)  # rows written per message type
 
     def snapshot(self) -> dict[str, Any]:
         return {

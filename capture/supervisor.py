@@ -50,6 +50,11 @@ class Supervisor:
         for w in self.workers.values():
             w.request_rotate()
 
+    def retry_auth(self) -> None:
+        """Stripes waiting out an auth backoff connect now (the credentials changed)."""
+        for w in self.workers.values():
+            w.retry_auth()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             for stripe in self.workers:

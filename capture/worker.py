@@ -131,6 +131,10 @@ _WriterItem = PendingBatch | QuarantineBatch | EventBatch
 Offload = Callable[..., Awaitable[Any]]
 
 
+# Distinct unknown message types a stripe logs (capture.worker._note_unknown_type).
+UNKNOWN_TYPES_LOGGED = 20
+
+
 @dataclass(frozen=True, slots=True)
 class _WriteOutcome:
     committed: list[CommittedFile]
@@ -189,6 +193,7 @@ class StripeWorker:
         self._stop_scope = trio.CancelScope()
         self._stopping = False
         self._rotate_now = trio.Event()
+        self._retry_auth = trio.Event()  # SIGHUP: credentials changed, end the auth backoff
         self._pending: dict[str, PendingBatch] = {}
         self._events: list[capture_events.Event] = []
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
@@ -215,6 +220,7 @@ class StripeWorker:
         self._quarantined: list[Quarantined] = []  # of the message being handled
         self._valid_types: set[str] = set()  # data type names checked by bounds.check_type_name
         self._tracebacks: set[str] = set()  # where contained bugs were raised (logged once each)
+        self._unknown_types: set[str] = set()  # logged once each, at most UNKNOWN_TYPES_LOGGED
         self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
         out = cfg.output
         n_stripes = max(1, len(cfg.source.stripes))
@@ -264,6 +270,12 @@ class StripeWorker:
 
     def request_rotate(self) -> None:
         self._rotate_now.set()
+
+    def retry_auth(self) -> None:
+        """The operator fixed the credentials (SIGHUP): a stripe waiting out its auth backoff
+        connects now, and so does one whose attempt under way is refused; a connected stripe
+        is not disturbed (its next attempt starts with this forgotten)."""
+        self._retry_auth.set()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -327,6 +339,9 @@ class StripeWorker:
         while True:
             started = trio.current_time()
             self.stats.state = "connecting"
+            # A SIGHUP from now on (even while this attempt still uses the old credentials)
+            # ends the auth backoff that may follow it.
+            self._retry_auth = trio.Event()
             try:
                 await self._session(send)
                 reason = "server ended the session"
@@ -357,7 +372,12 @@ class StripeWorker:
                 attempt += 1
             self.stats.restarts += 1
             self.log.warning("disconnected; reconnecting", reason=reason, delay=round(delay, 3))
-            await trio.sleep(delay)
+            if self.stats.state == "auth_failed":
+                with trio.move_on_after(delay):
+                    await self._retry_auth.wait()
+                    self.log.info("credentials reloaded (SIGHUP); connecting now")
+            else:
+                await trio.sleep(delay)
 
     # -- one connection -------------------------------------------------------------------------
 
@@ -1074,7 +1094,10 @@ class StripeWorker:
 
     def _written(self, msg_type: str, outcome: _WriteOutcome) -> None:
         stats = self.stats
+        if msg_type not in self._unknown_types and lookup_message(msg_type) is None:
+            self._note_unknown_type(msg_type)
         stats.rows_written += outcome.rows
+        stats.rows_by_type[msg_type] = stats.rows_by_type.get(msg_type, 0) + outcome.rows
         stats.quarantined += outcome.rejected
         if outcome.rejected:
             self.log.warning(
@@ -1108,6 +1131,29 @@ class StripeWorker:
         if latest is not None and latest > self.highwater.get(msg_type, 0):
             self.highwater[msg_type] = latest
         self._committed(outcome.committed)
+
+    def _note_unknown_type(self, msg_type: str) -> None:
+        """Log a message type the data dictionary does not know, once per stripe, with what to
+        do about it; a server naming ever new types fills neither the log nor memory."""
+        if len(self._unknown_types) > UNKNOWN_TYPES_LOGGED:
+            return
+        self._unknown_types.add(msg_type)
+        if len(self._unknown_types) > UNKNOWN_TYPES_LOGGED:
+            self.log.warning(
+                "more message types not in the data dictionary; not logging them any more",
+                logged=UNKNOWN_TYPES_LOGGED,
+            )
+            return
+        self.log.warning(
+            "message type not in the data dictionary: its rows go to a generic table",
+            msg_type=msg_type,
+            hint=(
+                "nothing is lost: the table holds the header columns and the message as JSON "
+                "(column `message`); a newer data dictionary (tools/gen_schemas.py) gives it "
+                "typed columns. A misspelled or retired type name on the server's side also "
+                "shows up here"
+            ),
+        )
 
     def _committed(self, files: list[CommittedFile]) -> None:
         for f in files:

@@ -491,3 +491,69 @@ def test_wrong_password_means_auth_failed_and_one_login_per_auth_backoff(
     assert len(failures) == 4  # 2 stripes x 2 rounds: one clear error each time
     assert_nothing_leaks({wrong, PASSWORD, pool.totp_secret, *pool.issued_tokens()},
                          log_text, json.dumps(health), (root / "health.json").read_text())
+
+
+def test_sighup_logs_in_again_at_once_after_the_password_is_fixed(
+    pool: Pool, tmp_path: Path, captured: io.StringIO
+) -> None:
+    """The operator fixes the password and reloads (SIGHUP: Daemon.reload): the provider
+    forgets the refused login it would otherwise repeat only after auth_backoff, the stripes
+    waiting out that backoff connect now, and stream."""
+    root = tmp_path / "data"
+    auth = pool.auth(cognito_flow="password", cognito_password_env=KEY_ENV)
+    cfg = memnet_config(root, ["A", "S"], TYPES, auth=auth,
+                        supervision={"auth_backoff": 900.0, "backoff_jitter": 0.0})
+    sim_cfg = SimConfig(rate=20, seed=42, **pool.sim_knobs())
+    seen: dict[str, Any] = {}
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        workers = daemon.supervisor.workers
+        credentials = workers["A"].credentials
+        assert isinstance(credentials, CognitoProvider)
+        await wait_for(lambda: all(w.stats.state == "auth_failed" for w in workers.values()))
+        await trio.sleep(60)
+        assert daemon.environ is not None
+        daemon.environ[KEY_ENV] = PASSWORD  # the operator fixed it
+        daemon.reload()
+        fixed_at = trio.current_time()
+        done = await wait_for(
+            lambda: all(w.stats.state == "streaming" for w in workers.values())
+        )
+        seen["after"] = done - fixed_at
+        seen["logins"] = credentials.logins
+        seen["rows"] = [w.stats.messages for w in workers.values()]
+
+    trio.run(functools.partial(run, key="Wr0ng-but-secret-pw!"), sim_cfg, cfg, scenario,
+             clock=mock_clock())  # fmt: skip
+    assert seen["after"] < 30  # not the 900 s backoff
+    assert seen["logins"] == 2  # the refused one, then one for both stripes
+    assert all(n > 0 for n in seen["rows"])
+    assert '"credentials reloaded (SIGHUP); connecting now"' in captured.getvalue()
+
+
+def test_reload_never_waits_for_a_login_in_progress(pool: Pool) -> None:
+    """SIGHUP runs on the event loop; a login to Cognito may hold the provider's lock in a
+    thread for seconds. reload() must return at once, and take effect at the next bearer()."""
+    import threading
+
+    prov = provider(pool)
+    first = prov.bearer()
+    holding = threading.Event()
+    release = threading.Event()
+
+    def slow_login() -> None:
+        with prov._lock:  # what a login in progress does
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=slow_login)
+    thread.start()
+    assert holding.wait(5)
+    started = time.monotonic()
+    prov.reload()
+    assert time.monotonic() - started < 0.1
+    release.set()
+    thread.join()
+    logins = prov.logins
+    second = prov.bearer()  # a fresh login, not the cached token
+    assert prov.logins == logins + 1 and second.value != first.value

@@ -28,12 +28,13 @@ LAYERS: list[set[str]] = [
     {  # the edges and the storage layers
         "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
         "capture.journal", "capture.batches", "capture.health", "capture.recovery",
+        "capture.metrics",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.sim.market", "capture.sim.faults",
         "capture.sim.record", "capture.sim.config", "capture.sim.server", "capture.sim",
     },
-    {"capture.supervisor", "capture.replay"},
+    {"capture.supervisor", "capture.replay", "capture.status"},
     {"capture.app"},
     {"capture.forkserver", "capture.groups", "capture.demo"},
     {"capture.cli", "capture.__main__"},
@@ -194,6 +195,7 @@ def test_one_owner_per_edge_library() -> None:
         "trio_websocket": {"capture.transport", "capture.sim.server"},
         "wsproto": {"capture.transport"},
         "pycognito": {"capture.auth"},
+        "prometheus_client": {"capture.metrics"},
     }
     for lib, allowed in owners.items():
         users = {m for m, imps in mods.items() if uses(imps, lib)}

@@ -46,6 +46,9 @@ def build_parser(prog: str = "mlink-capture simulate") -> argparse.ArgumentParse
     p = argparse.ArgumentParser(
         prog=prog,
         description="Run a local MLink JSONFramed server with simulated market data.",
+        epilog="exit codes:\n  0  stopped (Ctrl-C)\n  1  cannot serve (e.g. the port is taken)\n"
+        "  2  bad usage or configuration",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", type=Path, help="simulator TOML file (knobs and [faults])")
     p.add_argument("--host", help="interface to bind (default 127.0.0.1)")

@@ -88,6 +88,12 @@ META_SEQ_MIN: Final = "mlink.seq_min"
 META_SEQ_MAX: Final = "mlink.seq_max"
 META_ROWS: Final = "mlink.rows"
 META_WRITER: Final = "mlink.writer"
+#: The capture host (``capture.host_id``): which of two redundant captures wrote the file.
+META_HOST: Final = "mlink.host"
+#: Compacted files only (capture.compact): present on every compacted file, and the receive
+#: sequence ranges ("lo-hi,lo-hi") of this root's files it replaced, on the first of a unit.
+META_COMPACTED: Final = "mlink.compacted"
+META_SEQ_RANGES: Final = "mlink.seq_ranges"
 
 WRITER_ID: Final = f"mlink-capture {__version__}"
 
@@ -155,6 +161,8 @@ class SinkSettings:
     #: its boundary for rows received before the boundary that are still on their way from
     #: the socket (pending batches, the decode queue); later ones go to a file of their own.
     commit_grace_s: float = 2.0
+    #: Written to every footer as ``mlink.host`` (None: not written).
+    host: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))  # tolerate str from config code
@@ -925,6 +933,7 @@ class PartitionSink:
                     META_SEQ_MAX: str(f.seq_max),
                     META_ROWS: str(f.rows),
                     META_WRITER: WRITER_ID,
+                    **({META_HOST: s_host} if (s_host := self._settings.host) else {}),
                 }
             )
             f.writer.close()  # writes the footer

@@ -11,13 +11,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from capture import compact as compact_mod
-from capture import dirswap
-from capture.compact import CompactionSettings, compact
-from capture.recovery import scan_committed
-from capture.verify import verify
-from tests.compact_util import (
+from compact_util import (
     TYPE,
     arrow_rows,
     duck_rows,
@@ -26,6 +20,12 @@ from tests.compact_util import (
     write_lake_layout_file,
     write_live,
 )
+
+from capture import compact as compact_mod
+from capture import dirswap
+from capture.compact import CompactionSettings, compact
+from capture.recovery import scan_committed
+from capture.verify import verify
 
 DAY1 = ns_of("2026-01-05T10:00:00+00:00")
 DAY2 = ns_of("2026-01-06T10:00:00+00:00")

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from compact_util import arrow_rows, duck_rows, ns_of, write_live
+
 from capture.compact import CompactionSettings, compact
-from tests.compact_util import arrow_rows, duck_rows, ns_of, write_live
 
 DAYS = ("2026-01-03", "2026-01-04", "2026-01-05")
 NOW = ns_of("2026-01-06T12:00:00+00:00")

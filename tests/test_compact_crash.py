@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.compact_util import TYPE, duck_rows, ns_of, write_live
+from compact_util import TYPE, duck_rows, ns_of, write_live
 
 CONFIG = """
 [source]

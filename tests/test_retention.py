@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+from compact_util import TYPE, duck_rows, ns_of, write_live
 
 from capture.config import Config
 from capture.housekeeping import run_once
 from capture.retention import apply, expired
-from tests.compact_util import TYPE, duck_rows, ns_of, write_live
 
 NY = "America/New_York"
 

@@ -125,6 +125,11 @@ class CompactionSettings:
     host_id: str = "local"
     #: Other hosts' capture roots for the A/B merge (read only).
     peers: tuple[Path, ...] = ()
+    #: Rows are ordered by "instrument" (every key column: a contract's rows together) or
+    #: "underlier" (the key up to its ticker: an underlier's rows in receive order), then by
+    #: receive time.  Both let a ticker filter skip row groups; "instrument" also a contract
+    #: filter, "underlier" compresses the time columns better (docs/compaction.md).
+    sort: str = "instrument"
 
 
 @dataclass
@@ -290,12 +295,17 @@ def _recv_key(table: pa.Table) -> str:
     return RECV_NS_COLUMN if RECV_NS_COLUMN in table.column_names else RECV_TIME_COLUMN
 
 
-def key_columns(msg_type: str) -> list[str]:
-    """The instrument key's columns of ``msg_type`` (``pkey`` leaves), in dictionary order."""
+def key_columns(msg_type: str, sort: str = "instrument") -> list[str]:
+    """The instrument key's columns of ``msg_type`` (``pkey`` leaves), in dictionary order;
+    with ``sort="underlier"`` only those up to the first ticker (``*_tk``)."""
     msg = lookup(msg_type)
     if msg is None:
         return []
-    return [c.column for c in layout(msg).columns if isinstance(c, Leaf) and c.path[0] == "pkey"]
+    cols = [c.column for c in layout(msg).columns if isinstance(c, Leaf) and c.path[0] == "pkey"]
+    if sort == "underlier":
+        ticker = next((i for i, c in enumerate(cols) if c.endswith("_tk")), len(cols) - 1)
+        return cols[: ticker + 1]
+    return cols
 
 
 def _normalize(tables: list[pa.Table]) -> list[pa.Table]:
@@ -331,9 +341,9 @@ def _sortable(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return col
 
 
-def sort_rows(table: pa.Table, msg_type: str) -> pa.Table:
+def sort_rows(table: pa.Table, msg_type: str, sort: str = "instrument") -> pa.Table:
     """Rows by instrument key, then receive time (then receive sequence)."""
-    names = [c for c in key_columns(msg_type) if c in table.column_names]
+    names = [c for c in key_columns(msg_type, sort) if c in table.column_names]
     names += [_recv_key(table), "_seq"]
     keys = pa.table({n: _sortable(table.column(n)) for n in names})
     order = pc.sort_indices(keys, sort_keys=[(n, "ascending", "at_end") for n in names])
@@ -347,8 +357,9 @@ def _rows_per_group(table: pa.Table, settings: CompactionSettings) -> int:
     return int(max(1, min(settings.row_group_rows, settings.row_group_bytes // per_row)))
 
 
-def _sorting_columns(table: pa.Table, msg_type: str) -> list[pq.SortingColumn]:
-    names = [c for c in key_columns(msg_type) if c in table.column_names] + [_recv_key(table)]
+def _sorting_columns(table: pa.Table, msg_type: str, sort: str) -> list[pq.SortingColumn]:
+    names = [c for c in key_columns(msg_type, sort) if c in table.column_names]
+    names.append(_recv_key(table))
     return [pq.SortingColumn(table.schema.get_field_index(n)) for n in names]
 
 
@@ -366,7 +377,8 @@ def _write_outputs(
     paths: list[Path] = []
     offset = 0
     part = 0
-    sorting = _sorting_columns(table, msg_type)
+    sorting = _sorting_columns(table, msg_type, settings.sort)
+    dictionary, encodings = encodings_for(table, settings.compression_level)
     while offset < table.num_rows or (part == 0 and table.num_rows == 0):
         path = directory / f"{base}-{part:03d}.parquet"
         sink = pa.OSFile(str(path), "wb")
@@ -374,7 +386,8 @@ def _write_outputs(
             sink,
             table.schema,
             version="2.6",
-            use_dictionary=True,
+            use_dictionary=dictionary,
+            column_encoding=encodings or None,
             compression="zstd",
             compression_level=settings.compression_level,
             write_statistics=True,
@@ -408,6 +421,70 @@ def _write_outputs(
         if table.num_rows == 0:
             break
     return paths
+
+
+_SAMPLE_CHUNKS: Final = 4
+_SAMPLE_CHUNK_ROWS: Final = 16_384
+_ENCODINGS: Final = ("DELTA_BINARY_PACKED", "BYTE_STREAM_SPLIT")
+
+
+def _encoded_size(column: pa.ChunkedArray, encoding: str | None, level: int) -> int | None:
+    """Compressed bytes of ``column`` as a Parquet column chunk: dictionary (None) or plain
+    with ``encoding`` ("PLAIN" or one of _ENCODINGS); None where it does not apply."""
+    buf = pa.BufferOutputStream()
+    kw: dict[str, Any] = {"use_dictionary": encoding is None}
+    if encoding not in (None, "PLAIN"):
+        kw["column_encoding"] = {"c": encoding}
+    try:
+        pq.write_table(pa.table({"c": column}), buf, compression="zstd", compression_level=level,
+                       row_group_size=1 << 30, **kw)  # fmt: skip
+    except (pa.ArrowException, ValueError, OSError):  # not for this type
+        return None
+    meta = pq.read_metadata(pa.BufferReader(buf.getvalue()))
+    return int(meta.row_group(0).column(0).total_compressed_size)
+
+
+def encodings_for(table: pa.Table, level: int) -> tuple[list[str], dict[str, str]]:
+    """Per column, the smallest of dictionary, plain, delta and byte-stream-split, measured on
+    a sample of the sorted rows (a few contiguous stretches, so deltas see real neighbours).
+    Returns (the Parquet column paths that use a dictionary, {column: encoding} for the rest).
+    Only numeric and temporal columns are tried; strings, dictionaries, booleans and nested
+    columns keep their dictionary."""
+    n = table.num_rows
+    if n > _SAMPLE_CHUNKS * _SAMPLE_CHUNK_ROWS:
+        stride = n // _SAMPLE_CHUNKS
+        sample = pa.concat_tables(
+            [table.slice(i * stride, _SAMPLE_CHUNK_ROWS) for i in range(_SAMPLE_CHUNKS)]
+        )
+    else:
+        sample = table
+    chosen: dict[str, str] = {}
+    for f in table.schema:
+        t = f.type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_temporal(t)):
+            continue
+        if pa.types.is_date(t) or sample.num_rows == 0:
+            continue
+        col = sample.column(f.name)
+        sizes = {None: _encoded_size(col, None, level), "PLAIN": _encoded_size(col, "PLAIN", level)}
+        for enc in _ENCODINGS:
+            if enc == "DELTA_BINARY_PACKED" and pa.types.is_floating(t):
+                continue  # integers only
+            sizes[enc] = _encoded_size(col, enc, level)
+        valid = {k: v for k, v in sizes.items() if v is not None}
+        best = min(valid, key=lambda k: (valid[k], k is not None))
+        if best is not None:
+            chosen[f.name] = best
+    paths = _leaf_paths(table.schema)
+    dictionary = [p for p in paths if p.split(".", 1)[0] not in chosen]
+    return dictionary, {k: v for k, v in chosen.items() if v != "PLAIN"}
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    buf = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), buf)
+    meta = pq.read_metadata(pa.BufferReader(buf.getvalue()))
+    return [meta.schema.column(i).path for i in range(meta.num_columns)]
 
 
 def _fsync_file(path: Path) -> None:
@@ -602,7 +679,7 @@ def _rewrite_unit(
         _write_coverage(ctx, table, day, stripe, unit, report)
     else:
         merged = pa.concat_tables(parts, promote_options="permissive")
-    merged = sort_rows(merged, table)
+    merged = sort_rows(merged, table, s.sort)
     own = [i for i in unit.inputs if i.side == 0]
     ranges = merge_ranges([r for i in own for r in i.own_ranges()])
     first_meta = {

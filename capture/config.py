@@ -187,6 +187,7 @@ class CompactionConfig:
     compression_level: int = 9
     max_unit_mb: int = 4096
     peers: tuple[Path, ...] = ()  # other capture hosts' roots, merged in (A/B)
+    sort: str = "instrument"  # or "underlier" (capture.compact.CompactionSettings.sort)
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,6 +520,10 @@ def _compaction_sections(r: _Reader) -> tuple[CaptureConfig, CompactionConfig, R
         compression_level=k_int("compression_level", 1, 22),
         max_unit_mb=k_int("max_unit_mb", 16),
         peers=tuple(r.path(str(p)) for p in peers),
+        sort=r.get(
+            k, "compaction.sort", str, default="instrument",
+            check=_one_of("instrument", "underlier"),
+        ) or "instrument",
     )  # fmt: skip
 
     t = r.section("retention", {"days", "tables", "journal_archive_days"})

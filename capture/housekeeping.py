@@ -43,6 +43,7 @@ def settings(cfg: Config) -> compact.CompactionSettings:
         max_unit_bytes=c.max_unit_mb * 2**20,
         host_id=cfg.capture.host_id,
         peers=c.peers,
+        sort=c.sort,
     )
 
 

@@ -97,8 +97,11 @@ async def two_daemons(sim_cfg: SimConfig, root_a: Path, root_b: Path, seconds: f
         port = await nursery.start(sim.run)
         daemons = []
         for root, host, latency in ((root_a, "hosta", 1), (root_b, "hostb", 250)):
+            # A's reconnect waits 1 s: a gap B fills
             cfg = daemon_config(root, port, ["A"], [TYPE], capture={"host_id": host},
-                                source={"active_latency": latency})  # fmt: skip
+                                source={"active_latency": latency},
+                                supervision={"backoff_initial": 1.0, "backoff_max": 1.0,
+                                             "backoff_jitter": 0.0})  # fmt: skip
             d = Daemon(cfg, environ={KEY_ENV: KEY}, install_signals=False)
             daemons.append(d)
             nursery.start_soon(d.run)
@@ -125,7 +128,9 @@ def test_two_daemons_with_different_conflation_and_a_drop_merge_into_the_union(
     live_a = ds.dataset(root_a / TYPE, format="parquet", partitioning="hive").to_table()
     live_b = ds.dataset(root_b / TYPE, format="parquet", partitioning="hive").to_table()
     ca, cb = content(live_a), content(live_b)
-    assert ca != cb and ca - cb and cb - ca  # conflation and the drop made them differ
+    # conflation and the drop made them differ both ways
+    assert ca - cb, (sum(ca.values()), sum(cb.values()))
+    assert cb - ca, (sum(ca.values()), sum(cb.values()))
     events_a = ds.dataset(root_a / "capture_events", format="parquet").to_table(columns=["event"])
     assert "gap" in events_a.column("event").to_pylist()  # the drop on A's side
     index_before = scan_committed(root_a, "A", since_ns=None)

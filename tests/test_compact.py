@@ -256,3 +256,22 @@ def test_unreadable_file_fails_its_partition_only(tmp_path: Path) -> None:
     assert out.units_compacted == 1
     assert len(out.failed) == 1 and "stripe=4" in out.failed[0]
     assert bad.read_bytes() == b"PAR1 not really"
+
+
+def test_underlier_sort_and_measured_encodings_keep_every_row(tmp_path: Path) -> None:
+    two_days(tmp_path)
+    before = duck_rows(tmp_path)
+    compact(CompactionSettings(root=tmp_path, sort="underlier"), now_ns=NOW)
+    assert duck_rows(tmp_path) == before
+    path = next(day_dir(tmp_path, "2026-01-05").iterdir())
+    t = pq.read_table(path)
+    keys = list(zip(t.column("okey_tk").to_pylist(),
+                    t.column("_recv_time").cast(pa.int64()).to_pylist(), strict=True))  # fmt: skip
+    assert keys == sorted(keys)
+    meta = pq.read_metadata(path)
+    rg = meta.row_group(0)
+    encodings = {rg.column(i).path_in_schema: rg.column(i).encodings for i in range(rg.num_columns)}
+    # measured: the receive time is not dictionary encoded (unique values), the ticker is
+    assert "RLE_DICTIONARY" not in encodings["_recv_time"]
+    assert "RLE_DICTIONARY" in encodings["okey_tk"]
+    assert compact_mod.key_columns(TYPE, "underlier") == ["okey_at", "okey_ts", "okey_tk"]

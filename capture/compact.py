@@ -666,12 +666,16 @@ def _rewrite_unit(
     parts: list[pa.Table] = []
     sides: list[int] = []
     for inp in unit.inputs:
-        t = pq.read_table(inp.path)
-        parts.append(_with_host(t, inp.host))
+        parts.append(pq.read_table(inp.path))
         sides.append(inp.side)
+    merging = ctx.merge is not None and any(sides)
+    # The _host column exists only where rows of several hosts meet (one host's data keeps
+    # the live schema, so `SELECT *` over a glob needs no union_by_name for it).
+    if merging or any(HOST_COLUMN in p.column_names for p in parts):
+        parts = [_with_host(p, i.host) for p, i in zip(parts, unit.inputs, strict=True)]
     parts = _normalize(parts)
     rows_in = sum(p.num_rows for p in parts)
-    if ctx.merge is not None and any(sides):
+    if merging:
         lo = min(i.min_ns for i in unit.inputs)
         hi = max(i.max_ns for i in unit.inputs)
         gaps = [g for g in _gaps(ctx, day, stripe) if g[1] < hi and g[2] > lo]
@@ -690,8 +694,10 @@ def _rewrite_unit(
     if ranges:
         first_meta[META_SEQ_MIN] = str(ranges[0][0])
         first_meta[META_SEQ_MAX] = str(ranges[-1][1])
-    hosts = sorted({str(h) for h in pc.unique(merged.column(HOST_COLUMN).cast(pa.string()))
-                    .to_pylist() if h is not None})  # fmt: skip
+    hosts = [s.host_id]
+    if HOST_COLUMN in merged.column_names:
+        found = pc.unique(merged.column(HOST_COLUMN).cast(pa.string())).to_pylist()
+        hosts = sorted({str(h) for h in found if h is not None})
     common = {
         META_MSG_TYPE: table,
         META_STRIPE: stripe,

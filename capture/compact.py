@@ -576,22 +576,30 @@ class _Context:
     merge: Any = None  # capture.abmerge.merge, when peers are configured
 
 
+def _is_data_file(name: str) -> bool:
+    """A file readers read (``*.parquet``, not hidden, not ``_``-prefixed)."""
+    return name.endswith(".parquet") and not name.startswith((".", "_"))
+
+
 def _compact_partition(ctx: _Context, table: str, day: dt.date, stripe: str) -> None:
     s = ctx.settings
     rel = Path(table) / f"date={day.isoformat()}" / f"stripe={stripe}"
     visible = s.root / rel
     before = _listing(visible)
-    if any(not n.endswith(".parquet") and n.startswith(".") for n in before):
+    if any(n.endswith(".inprogress") for n in before):
         ctx.outcome.skipped.append(f"{rel}: a file is being written")
+        return
+    if any(not (visible / n).is_file() or (visible / n).is_symlink() for n in before):
+        ctx.outcome.skipped.append(f"{rel}: holds something other than files (left alone)")
         return
     inputs: list[_Input] = []
     for name in sorted(before):
-        if name.endswith(".parquet"):
+        if _is_data_file(name):
             inputs.append(_read_input(visible / name, 0, s.host_id))
     for side, peer in enumerate(s.peers, start=1):
         pdir = peer / rel
         for name in sorted(_listing(pdir)):
-            if name.endswith(".parquet") and not name.startswith((".", "_")):
+            if _is_data_file(name):
                 inputs.append(_read_input(pdir / name, side, f"peer{side}"))
     units: dict[str, _Unit] = {}
     for inp in inputs:
@@ -631,9 +639,8 @@ def _compact_partition(ctx: _Context, table: str, day: dt.date, stripe: str) -> 
         replaced.update(i.path.name for i in unit.inputs if i.side == 0)
         ctx.outcome.files_out += len(outputs)
         ctx.outcome.bytes_out += sum(p.stat().st_size for p in outputs)
-    for name in sorted(before - replaced):
-        if name.endswith(".parquet"):
-            os.link(visible / name, work / name)
+    for name in sorted(before - replaced):  # every other file stays, under its name
+        os.link(visible / name, work / name)
     dirswap.fsync_dir(work)
     crash_point("compact.built")
     if _listing(visible) != before:

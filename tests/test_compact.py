@@ -276,3 +276,63 @@ def test_underlier_sort_and_measured_encodings_keep_every_row(tmp_path: Path) ->
     assert "RLE_DICTIONARY" not in encodings["_recv_time"]
     assert "RLE_DICTIONARY" in encodings["okey_tk"]
     assert compact_mod.key_columns(TYPE, "underlier") == ["okey_at", "okey_ts", "okey_tk"]
+
+
+def test_odd_names_and_foreign_files_survive_and_odd_directories_are_ignored(
+    tmp_path: Path,
+) -> None:
+    two_days(tmp_path)
+    part = day_dir(tmp_path, "2026-01-05")
+    (part / "_SUCCESS").write_text("")
+    (part / "notes.txt").write_text("operator was here")
+    (part / ".keep").write_bytes(b"")
+    (tmp_path / TYPE / "date=yesterday" / "stripe=3").mkdir(parents=True)
+    (tmp_path / TYPE / "date=2026-01-04").mkdir()  # an empty date
+    (tmp_path / "_quarantine" / "x").mkdir(parents=True)
+    before = duck_rows(tmp_path)
+    out = compact(CompactionSettings(root=tmp_path), now_ns=NOW)
+    assert out.units_compacted == 1 and not out.failed
+    names = sorted(p.name for p in part.iterdir())
+    assert names[:2] == [".keep", "_SUCCESS"] and names[2].startswith("compacted-20260105-")
+    assert len(names) == 4
+    assert (part / "notes.txt").read_text() == "operator was here"
+    assert duck_rows(tmp_path) == before
+    # a directory inside a partition: not ours to swap away
+    (day_dir(tmp_path, "2026-01-06") / "sub").mkdir()
+    later = compact(CompactionSettings(root=tmp_path, min_age_s=0),
+                    now_ns=ns_of("2026-01-08T00:00:00+00:00"))  # fmt: skip
+    assert later.units_compacted == 0 and "other than files" in later.skipped[0]
+
+
+def test_inputs_that_cannot_be_merged_fail_their_partition_and_change_nothing(
+    tmp_path: Path,
+) -> None:
+    nxt = two_days(tmp_path)
+    part = day_dir(tmp_path, "2026-01-05")
+    odd = pa.table({"_recv_time": pa.array([DAY1], pa.timestamp("ns", tz="UTC")),
+                    "_seq": pa.array([nxt], pa.int64()),
+                    "okey_tk": pa.array([7], pa.int64())})  # a ticker that is a number  # fmt: skip
+    meta = {"mlink.msg_type": TYPE, "mlink.stripe": "3", "mlink.seq_min": str(nxt),
+            "mlink.seq_max": str(nxt), "mlink.rows": "1"}  # fmt: skip
+    pq.write_table(odd.replace_schema_metadata(meta), part / "part-odd.parquet")
+    listing = sorted(p.name for p in part.iterdir())
+    out = compact(CompactionSettings(root=tmp_path), now_ns=NOW)
+    assert out.units_compacted == 0 and len(out.failed) == 1 and "stripe=3" in out.failed[0]
+    assert sorted(p.name for p in part.iterdir()) == listing
+    assert not [p for p in (tmp_path / "_compaction" / "work").rglob("*") if p.is_file()]
+
+
+def test_a_damaged_sequence_range_footer_is_reported_by_recovery_and_verify(
+    tmp_path: Path,
+) -> None:
+    two_days(tmp_path)
+    compact(CompactionSettings(root=tmp_path), now_ns=NOW)
+    path = next(day_dir(tmp_path, "2026-01-05").iterdir())
+    t = pq.read_table(path)
+    kv = dict(pq.read_metadata(path).metadata)
+    kv[b"mlink.seq_ranges"] = b"12-3,x"
+    pq.write_table(t.replace_schema_metadata(kv), path)
+    index = scan_committed(tmp_path, "3", since_ns=None)
+    assert index.unreadable == [path] and not index.contains(TYPE, 5)
+    report = verify(tmp_path)
+    assert not report.ok and "mlink.seq_ranges: bad sequence range '12-3'" in report.render()

@@ -558,8 +558,10 @@ def recover(root: Path) -> list[str]:
     for work in sorted(base.glob("*/date=*/stripe=*")):
         rel = work.relative_to(base)
         visible = root / rel
-        visible.mkdir(parents=True, exist_ok=True)
-        _finish_work_dir(visible, work)
+        if visible.is_dir():
+            _finish_work_dir(visible, work)
+        else:  # retention removed the partition since: nothing of it is to come back
+            shutil.rmtree(work)
         done.append(str(rel))
     return done
 
@@ -779,6 +781,8 @@ def _write_coverage(
 
 
 class _Lock:
+    """``ROOT/_compaction/lock`` (flock): one housekeeping run per root at a time."""
+
     def __init__(self, root: Path) -> None:
         self.path = root / COMPACTION_DIR / "lock"
         self.fd = -1
@@ -797,6 +801,11 @@ class _Lock:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+def lock(root: Path) -> _Lock:
+    """The root's housekeeping lock (raises BlockingIOError when another run holds it)."""
+    return _Lock(root)
 
 
 def compact(

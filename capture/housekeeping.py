@@ -8,6 +8,7 @@ atomically (nothing was changed); 75 another compaction holds the root's lock.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import signal
@@ -68,17 +69,25 @@ def run_once(
             "error": f"{cfg.output.root}: cannot exchange directories atomically ({exc.strerror})"
             "; compaction needs ext4, XFS, btrfs or tmpfs (not NFS or overlayfs)"
         }
+    except OSError as exc:  # the root itself (lock, work area): nothing was swapped
+        where = exc.filename or cfg.output.root
+        return EXIT_FAILED, {"error": f"{where}: {exc.strerror or exc}"}
     summary["compaction"] = outcome.as_dict()
     r = cfg.retention
-    kept = retention.apply(
-        cfg.output.root,
-        lambda table: r.days_for(table) if tables is None or table in tables else 0,
-        tz=cfg.output.timezone,
-        now_ns=now_ns,
-        journal_dir=cfg.journal.directory or cfg.output.root / "_journal",
-        journal_archive_days=r.journal_archive_days,
-        dry_run=dry_run,
-    )
+    try:
+        root_exists = cfg.output.root.is_dir()
+        with compact.lock(cfg.output.root) if root_exists else contextlib.nullcontext():
+            kept = retention.apply(
+                cfg.output.root,
+                lambda table: r.days_for(table) if tables is None or table in tables else 0,
+                tz=cfg.output.timezone,
+                now_ns=now_ns,
+                journal_dir=cfg.journal.directory or cfg.output.root / "_journal",
+                journal_archive_days=r.journal_archive_days,
+                dry_run=dry_run,
+            )
+    except BlockingIOError:
+        return EXIT_LOCKED, {**summary, "error": "another compaction is running on this root"}
     summary["retention"] = kept.as_dict()
     log.info(
         "housekeeping.done",

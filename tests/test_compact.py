@@ -336,3 +336,27 @@ def test_a_damaged_sequence_range_footer_is_reported_by_recovery_and_verify(
     assert index.unreadable == [path] and not index.contains(TYPE, 5)
     report = verify(tmp_path)
     assert not report.ok and "mlink.seq_ranges: bad sequence range '12-3'" in report.render()
+
+
+def test_leftover_work_of_a_partition_removed_since_brings_nothing_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_days(tmp_path)
+
+    def broken(a: Path, b: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(dirswap, "exchange", broken)
+    monkeypatch.setattr(dirswap, "supported", lambda _d: True)
+    hourly = CompactionSettings(root=tmp_path, granularity="hour", min_age_s=0)
+    out = compact(hourly, now_ns=DAY1 + 5400 * 10**9)  # 11:30: 10:00 closed, 11:00 open
+    assert len(out.failed) == 1 and "Input/output error" in out.failed[0]
+    assert any((tmp_path / "_compaction" / "work").rglob("part-*.parquet"))  # links left
+    monkeypatch.undo()
+    import shutil
+
+    shutil.rmtree(tmp_path / TYPE / "date=2026-01-05")  # retention, meanwhile
+    again = compact(CompactionSettings(root=tmp_path), now_ns=NOW)
+    assert again.recovered == [f"{TYPE}/date=2026-01-05/stripe=3"]
+    assert not (tmp_path / TYPE / "date=2026-01-05").exists()
+    assert {r[-2] for r in duck_rows(tmp_path)} == {dt.date(2026, 1, 6)}

@@ -112,3 +112,22 @@ def test_retention_config_problems_name_the_key(tmp_path: Path) -> None:
     assert "retention.tables.NoSuchType: unknown message type" in text
     assert f"retention.tables.{TYPE}: must be a whole number of days" in text
     assert "retention.journal_archive_days: must be an integer" in text
+
+
+def test_retention_waits_for_a_running_compaction(tmp_path: Path) -> None:
+    from capture import compact
+
+    write_live(tmp_path, start_ns=ns_of("2026-01-01T12:00:00+00:00"), seconds=60, rows=50)
+    cfg = config(tmp_path, days=1)
+    with compact.lock(tmp_path):
+        code, summary = run_once(cfg, now_ns=ns_of("2026-01-10T00:00:00+00:00"))
+    assert code == 75 and "another compaction" in summary["error"]
+    assert len(duck_rows(tmp_path)) == 50
+    assert run_once(cfg, now_ns=ns_of("2026-01-10T00:00:00+00:00"))[0] == 0
+    assert not (tmp_path / TYPE).exists() or not list((tmp_path / TYPE).iterdir())
+
+
+def test_a_missing_root_is_nothing_to_do(tmp_path: Path) -> None:
+    code, summary = run_once(config(tmp_path / "nowhere", days=1))
+    assert code == 0 and summary["retention"]["partitions_removed"] == []
+    assert not (tmp_path / "nowhere").exists()

@@ -289,9 +289,21 @@ def _compact(args: argparse.Namespace) -> int:
     if args.every is not None and args.every <= 0:
         print("mlink-capture compact: --every must be > 0", file=sys.stderr)
         return EXIT_USAGE
+    tables = None
+    if args.table:
+        from capture.schemas import lookup
+
+        tables = []
+        for name in args.table:
+            found = lookup(name)
+            if found is None and name != "capture_events":
+                print(f"mlink-capture compact: --table {name!r}: not an MLink message type",
+                      file=sys.stderr)  # fmt: skip
+                return EXIT_USAGE
+            tables.append(found.name if found is not None else name)
     logs.configure(cfg.logging.level, cfg.logging.format)
     return housekeeping.main(
-        cfg, tables=args.table, dates=args.date, dry_run=args.dry_run, every=args.every
+        cfg, tables=tables, dates=args.date, dry_run=args.dry_run, every=args.every
     )
 
 

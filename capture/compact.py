@@ -118,8 +118,8 @@ class CompactionSettings:
     row_group_bytes: int = 256 * 2**20  # Arrow bytes per row group at most
     target_file_bytes: int = 512 * 2**20
     compression_level: int = 9
-    #: A unit whose inputs hold more Arrow bytes than this is skipped (logged): one unit is
-    #: sorted in memory.  Use granularity "hour" for such tables.
+    #: One unit is sorted in memory: a day whose inputs hold more Arrow bytes than this is
+    #: compacted hour by hour; an hour over it is skipped (logged).
     max_unit_bytes: int = 4 * 2**30
     #: This root's capture host (rows of files without ``mlink.host`` in their footer).
     host_id: str = "local"
@@ -611,16 +611,24 @@ def _compact_partition(ctx: _Context, table: str, day: dt.date, stripe: str) -> 
         unit.inputs.append(inp)
     horizon = ctx.now_ns - s.min_age_s * NS
     due = []
-    for unit in units.values():
+    pending = list(units.values())
+    while pending:
+        unit = pending.pop(0)
         if unit.end_ns > horizon or any(i.max_ns >= horizon for i in unit.inputs):
             continue  # open (or too young): never touched
         if not _needs_work(unit):
             continue
         size = sum(i.nbytes for i in unit.inputs)
+        if size > s.max_unit_bytes and unit.tag.startswith("day:"):
+            # Too big to sort in memory at once: this day is compacted hour by hour.
+            hours: dict[str, _Unit] = {}
+            for inp in unit.inputs:
+                tag, end = _unit_of(inp, day, "hour", s.tz)
+                hours.setdefault(tag, _Unit(tag, end)).inputs.append(inp)
+            pending.extend(hours.values())
+            continue
         if size > s.max_unit_bytes:
-            ctx.outcome.skipped.append(
-                f"{rel} {unit.tag}: {size} Arrow bytes > max_unit_bytes (use hour granularity)"
-            )
+            ctx.outcome.skipped.append(f"{rel} {unit.tag}: {size} Arrow bytes > max_unit_bytes")
             continue
         due.append(unit)
     if not due:

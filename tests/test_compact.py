@@ -360,3 +360,23 @@ def test_leftover_work_of_a_partition_removed_since_brings_nothing_back(
     assert again.recovered == [f"{TYPE}/date=2026-01-05/stripe=3"]
     assert not (tmp_path / TYPE / "date=2026-01-05").exists()
     assert {r[-2] for r in duck_rows(tmp_path)} == {dt.date(2026, 1, 6)}
+
+
+def test_a_day_too_big_for_memory_is_compacted_hour_by_hour(tmp_path: Path) -> None:
+    two_days(tmp_path)
+    before = duck_rows(tmp_path)
+    sizes = sum(
+        pq.read_metadata(p).row_group(i).total_byte_size
+        for p in day_dir(tmp_path, "2026-01-05").iterdir()
+        for i in range(pq.read_metadata(p).num_row_groups)
+    )
+    s = CompactionSettings(root=tmp_path, max_unit_bytes=sizes * 2 // 3)
+    out = compact(s, now_ns=NOW)
+    names = sorted(p.name for p in day_dir(tmp_path, "2026-01-05").iterdir())
+    assert [n.split("-")[1] for n in names] == ["20260105T10", "20260105T11"]
+    assert out.units_compacted == 2 and duck_rows(tmp_path) == before
+    assert compact(s, now_ns=NOW).units_compacted == 0  # and it stays that way
+    tiny = compact(CompactionSettings(root=tmp_path, max_unit_bytes=1000, min_age_s=0),
+                   now_ns=ns_of("2026-01-08T00:00:00+00:00"))  # fmt: skip
+    assert tiny.units_compacted == 0 and "max_unit_bytes" in tiny.skipped[0]
+    assert verify(tmp_path).ok

@@ -125,3 +125,15 @@ def test_exit_codes_bad_config_and_a_held_lock(tree: tuple[Path, Path], tmp_path
         timeout=60,
     )
     assert wrong.returncode == 2 and "not a date" in wrong.stderr
+    folded = subprocess.run(
+        [sys.executable, "-m", "capture", "compact", "-c", str(config), "--dry-run",
+         "--table", "optionnbboquote", "--table", "NoSuchType"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert folded.returncode == 2 and "'NoSuchType': not an MLink message type" in folded.stderr
+    lower = subprocess.run(
+        [sys.executable, "-m", "capture", "compact", "-c", str(config), "--dry-run",
+         "--table", "optionnbboquote"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert lower.returncode == 0 and lower.stdout.count("day:2026-01-0") == 4

@@ -117,7 +117,7 @@ class CompactionSettings:
     row_group_rows: int = 1_048_576
     row_group_bytes: int = 256 * 2**20  # Arrow bytes per row group at most
     target_file_bytes: int = 512 * 2**20
-    compression_level: int = 9
+    compression_level: int = 6
     #: One unit is sorted in memory: a day whose inputs hold more Arrow bytes than this is
     #: compacted hour by hour; an hour over it is skipped (logged).
     max_unit_bytes: int = 4 * 2**30

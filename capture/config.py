@@ -184,7 +184,7 @@ class CompactionConfig:
     row_group_rows: int = 1_048_576
     row_group_mb: int = 256
     target_file_mb: int = 512
-    compression_level: int = 9
+    compression_level: int = 6
     max_unit_mb: int = 4096
     peers: tuple[Path, ...] = ()  # other capture hosts' roots, merged in (A/B)
     sort: str = "instrument"  # or "underlier" (capture.compact.CompactionSettings.sort)

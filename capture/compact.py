@@ -509,17 +509,20 @@ def _listing(directory: Path) -> set[str]:
         return set()
 
 
-def _manifest_inputs(directory: Path) -> set[str]:
-    """File names the compacted files visible in ``directory`` say they replaced."""
+def _manifest_inputs(directory: Path) -> set[str] | None:
+    """File names the compacted files visible in ``directory`` say they replaced; None when a
+    compacted file's list cannot be read (then nobody can tell a replaced file from a stray)."""
     names: set[str] = set()
     for path in directory.glob(f"{COMPACTED_PREFIX}*.parquet"):
         try:
             kv = pq.read_metadata(path).metadata or {}
+            raw = kv.get(META_INPUTS.encode())
+            listed = json.loads(raw.decode()) if raw is not None else []
         except (OSError, ValueError):
-            continue
-        raw = kv.get(META_INPUTS.encode())
-        if raw:
-            names.update(json.loads(raw.decode()))
+            return None
+        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+            return None
+        names.update(listed)
     return names
 
 
@@ -534,12 +537,20 @@ def _finish_work_dir(visible: Path, work: Path) -> list[str]:
     if not work.is_dir():
         return rescued
     present = _listing(visible)
-    replaced = _manifest_inputs(visible)
-    for name in sorted(_listing(work)):
-        if name.startswith(LIVE_PREFIX) and name.endswith(".parquet"):
-            if name not in present and name not in replaced:
-                os.rename(work / name, visible / name)
-                rescued.append(name)
+    strays = [
+        n for n in sorted(_listing(work))
+        if n.startswith(LIVE_PREFIX) and n.endswith(".parquet") and n not in present
+    ]  # fmt: skip
+    replaced = _manifest_inputs(visible) if strays else set()
+    if replaced is None:
+        raise CompactionError(
+            f"{work}: left in place: the compacted files in {visible} do not say which files "
+            "they replaced, so its part files can be neither moved back nor deleted"
+        )
+    for name in strays:
+        if name not in replaced:
+            os.rename(work / name, visible / name)
+            rescued.append(name)
     if rescued:
         dirswap.fsync_dir(visible)
         log.warning("compact.rescued", directory=str(visible), files=rescued)
@@ -548,22 +559,29 @@ def _finish_work_dir(visible: Path, work: Path) -> list[str]:
     return rescued
 
 
-def recover(root: Path) -> list[str]:
-    """Finish what a crashed run left in the work area (idempotent).  Returns the partitions
-    it cleaned up."""
+def recover(root: Path, outcome: Outcome) -> set[str]:
+    """Finish what a crashed run left in the work area (idempotent): cleaned-up partitions go
+    to ``outcome.recovered``, ones that cannot be to ``outcome.failed``; returns the latter
+    (this run leaves them alone)."""
     base = root / COMPACTION_DIR / "work"
-    done: list[str] = []
+    stuck: set[str] = set()
     if not base.is_dir():
-        return done
+        return stuck
     for work in sorted(base.glob("*/date=*/stripe=*")):
         rel = work.relative_to(base)
         visible = root / rel
-        if visible.is_dir():
-            _finish_work_dir(visible, work)
-        else:  # retention removed the partition since: nothing of it is to come back
-            shutil.rmtree(work)
-        done.append(str(rel))
-    return done
+        try:
+            if visible.is_dir():
+                _finish_work_dir(visible, work)
+            else:  # retention removed the partition since: nothing of it is to come back
+                shutil.rmtree(work)
+        except (OSError, CompactionError) as exc:
+            log.error("compact.recover_failed", partition=str(rel), error=str(exc))
+            outcome.failed.append(f"{rel}: {exc}")
+            stuck.add(str(rel))
+            continue
+        outcome.recovered.append(str(rel))
+    return stuck
 
 
 # ---------------------------------------------------------------------------- one partition
@@ -842,14 +860,14 @@ def compact(
                 raise dirswap.ExchangeUnsupported(
                     errno.EINVAL, "this file system cannot exchange directories", str(root)
                 )
-            outcome.recovered = recover(root)
+        stuck = recover(root, outcome) if not dry_run else set()
         for table, day, stripe in _partitions([root, *settings.peers], tables, dates):
-            if table == QUARANTINE_DIR:
+            where = f"{table}/date={day.isoformat()}/stripe={stripe}"
+            if table == QUARANTINE_DIR or where in stuck:
                 continue
             try:
                 _compact_partition(ctx, table, day, stripe)
             except (OSError, ValueError, pa.ArrowException, CompactionError) as exc:
-                where = f"{table}/date={day.isoformat()}/stripe={stripe}"
                 log.error("compact.failed", partition=where, error=f"{type(exc).__name__}: {exc}")
                 outcome.failed.append(f"{where}: {type(exc).__name__}: {exc}")
     return outcome

@@ -380,3 +380,25 @@ def test_a_day_too_big_for_memory_is_compacted_hour_by_hour(tmp_path: Path) -> N
                    now_ns=ns_of("2026-01-08T00:00:00+00:00"))  # fmt: skip
     assert tiny.units_compacted == 0 and "max_unit_bytes" in tiny.skipped[0]
     assert verify(tmp_path).ok
+
+
+def test_after_a_crash_a_damaged_replaced_list_leaves_the_old_files_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_days(tmp_path)
+    write_live(tmp_path, start_ns=DAY1, seconds=60, rows=100, stripe="4")
+    before = duck_rows(tmp_path)
+    real = compact_mod._finish_work_dir
+    monkeypatch.setattr(compact_mod, "_finish_work_dir", lambda v, w: [])  # crash after swap
+    compact(CompactionSettings(root=tmp_path), now_ns=NOW, dates=[dt.date(2026, 1, 5)])
+    monkeypatch.setattr(compact_mod, "_finish_work_dir", real)
+    new = next(day_dir(tmp_path, "2026-01-05").iterdir())
+    kv = dict(pq.read_metadata(new).metadata)
+    kv[b"mlink.inputs"] = b"[not json"
+    pq.write_table(pq.read_table(new).replace_schema_metadata(kv), new)
+    work = tmp_path / "_compaction" / "work" / TYPE / "date=2026-01-05" / "stripe=3"
+    assert len(list(work.glob("part-*.parquet"))) == 24  # the old set
+    out = compact(CompactionSettings(root=tmp_path), now_ns=NOW)
+    assert any("stripe=3" in f and "left in place" in f for f in out.failed)
+    assert len(list(work.glob("part-*.parquet"))) == 24  # neither moved back nor deleted
+    assert duck_rows(tmp_path) == before  # no row twice, none missing

@@ -109,8 +109,6 @@ def verify(root: Path, *, deep: bool = False, journal_root: Path | None = None) 
     ranges: dict[tuple[str, str], list[tuple[int, int, Path]]] = defaultdict(list)
     for table_dir in _tables(root):
         for path in sorted(table_dir.rglob("*")):
-            if any(part.startswith((".", "_")) for part in path.relative_to(table_dir).parts[:-1]):
-                continue  # what readers skip too
             if path.name.endswith(".inprogress"):
                 report.notes.append(
                     f"unfinished file {path.relative_to(root)} (a running daemon's, or left by a "

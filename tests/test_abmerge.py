@@ -180,3 +180,16 @@ def test_two_daemons_with_different_conflation_and_a_drop_merge_into_the_union(
     # a rerun merges nothing new
     assert compact(CompactionSettings(root=root_a, host_id="hosta", peers=(root_b,), min_age_s=0),
                    now_ns=later).units_compacted == 0  # fmt: skip
+
+
+def test_the_earliest_copy_is_chosen_by_the_exact_ns_receive_time() -> None:
+    def lake_side(host: str, recv_ns: int) -> pa.Table:
+        t = side(host, [("SPY", 1.0, 10, recv_ns)])
+        us = pa.array([recv_ns // 1000], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        t = t.set_column(0, pa.field("_recv_time", us.type), us)
+        return t.add_column(1, "_recv_time_ns", pa.array([recv_ns], pa.int64()))
+
+    # the same microsecond; b received 400 ns earlier than a
+    merged, _ = merge([lake_side("a", 5_000_900), lake_side("b", 5_000_500)], [0, 1], TYPE)
+    assert merged.column("_host").cast(pa.string()).to_pylist() == ["b"]
+    assert merged.column("_recv_time_ns").to_pylist() == [5_000_500]

@@ -17,6 +17,8 @@ from compact_util import (
     duck_rows,
     ns_of,
     parquet_files,
+    quote_batch,
+    quote_rows,
     write_lake_layout_file,
     write_live,
 )
@@ -25,6 +27,7 @@ from capture import compact as compact_mod
 from capture import dirswap
 from capture.compact import CompactionSettings, compact
 from capture.recovery import scan_committed
+from capture.sink import PartitionSink, SinkSettings
 from capture.verify import verify
 
 DAY1 = ns_of("2026-01-05T10:00:00+00:00")
@@ -402,3 +405,61 @@ def test_after_a_crash_a_damaged_replaced_list_leaves_the_old_files_aside(
     assert any("stripe=3" in f and "left in place" in f for f in out.failed)
     assert len(list(work.glob("part-*.parquet"))) == 24  # neither moved back nor deleted
     assert duck_rows(tmp_path) == before  # no row twice, none missing
+
+
+def open_sink(root: Path, clock: list[int]) -> PartitionSink:
+    return PartitionSink(SinkSettings(root=root, rotate_interval_s=300), stripe="3",
+                         session="live", now_ns=lambda: clock[0])  # fmt: skip
+
+
+def feed(sink: PartitionSink, clock: list[int], start: int, n: int, seq0: int) -> int:
+    for i in range(n):
+        recs = quote_rows(1, seq0=seq0 + i, recv0=start + i * 10**9, step_ns=1, seed=i)
+        clock[0] = recs[0]["_recv_time"]
+        sink.write(TYPE, quote_batch(recs))
+        sink.rotate_due()
+    return seq0 + n
+
+
+def test_todays_closed_hours_are_compacted_beside_the_file_a_daemon_has_open(
+    tmp_path: Path,
+) -> None:
+    clock = [DAY2 - 2 * 3600 * 10**9]
+    sink = open_sink(tmp_path, clock)
+    seq = feed(sink, clock, clock[0], 7_000, 0)  # 08:00-09:56
+    seq = feed(sink, clock, DAY2 + 60 * 10**9, 50, seq)  # 10:01-10:01:50, file open
+    assert any(p.name.endswith(".inprogress") for p in day_dir(tmp_path, "2026-01-06").iterdir())
+    out = compact(CompactionSettings(root=tmp_path, granularity="hour", min_age_s=60),
+                  now_ns=DAY2 + 600 * 10**9)  # fmt: skip
+    assert out.units_compacted == 2 and not out.failed and not out.skipped
+    seq = feed(sink, clock, DAY2 + 120 * 10**9, 50, seq)  # the daemon goes on writing
+    sink.close()  # and commits into the swapped directory
+    names = sorted(p.name for p in day_dir(tmp_path, "2026-01-06").iterdir())
+    assert [n.split("-")[1] for n in names if n.startswith("compacted-")] == [
+        "20260106T08", "20260106T09"]  # fmt: skip
+    assert not [n for n in names if n.endswith(".inprogress")]
+    assert sorted(r[0] for r in duck_rows(tmp_path)) == list(range(seq))
+    assert verify(tmp_path).ok
+
+
+def test_a_commit_between_the_last_listing_and_the_swap_is_kept_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [DAY2 - 2 * 3600 * 10**9]
+    sink = open_sink(tmp_path, clock)
+    seq = feed(sink, clock, clock[0], 3_000, 0)
+    seq = feed(sink, clock, DAY2 + 60 * 10**9, 50, seq)  # open at the swap
+    real = dirswap.exchange
+
+    def commit_then_exchange(a: Path, b: Path) -> None:
+        sink.rotate_all()  # renamed in the old directory, after its link was made in the new
+        real(a, b)
+
+    monkeypatch.setattr(dirswap, "exchange", commit_then_exchange)
+    out = compact(CompactionSettings(root=tmp_path, granularity="hour", min_age_s=60),
+                  now_ns=DAY2 + 600 * 10**9)  # fmt: skip
+    assert not out.failed
+    names = sorted(p.name for p in day_dir(tmp_path, "2026-01-06").iterdir())
+    assert not [n for n in names if n.endswith(".inprogress")]  # the stale link is gone
+    assert sorted(r[0] for r in duck_rows(tmp_path)) == list(range(seq))
+    sink.close()

@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck bench venv clean dist
+.PHONY: demo test lint typecheck bench bench-compact venv clean dist
 
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 
@@ -51,6 +51,12 @@ test: lint typecheck
 #   make bench BENCH_ARGS="--minutes 10"   (soak)     make bench BENCH_ARGS="--profile gil"
 bench: $(STAMP)
 	$(BIN)/python bench/bench_e2e.py $(BENCH_ARGS)
+
+# Compaction benchmark (bench/README.md, "Compaction"): bytes vs a DuckDB zstd rewrite, rows per
+# row group, the README's three queries on a compacted day vs the live files.  A few minutes;
+# on a shared machine: nice -n 19 make bench-compact
+bench-compact: $(STAMP)
+	$(BIN)/python bench/bench_compact.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) dist build demo-data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -139,12 +139,41 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--to", type=Path, required=True, help="output root for the rebuilt data")
     rep.add_argument("--stripe", action="append", help="only this stripe (repeatable)")
 
+    cmp = sub.add_parser(
+        "compact",
+        help="compact closed partitions, merge A/B captures, apply retention",
+        description="Rewrite closed partitions into large sorted files (swapped in atomically), "
+        "merge other hosts' captures ([compaction] peers), then remove partitions past "
+        "[retention].  Exit codes: 0 done or nothing to do; 1 a partition failed (the rest "
+        "done, rerun retries); 2 bad usage or configuration; 3 the file system cannot exchange "
+        "directories atomically (nothing changed); 75 another compaction is running.",
+    )
+    cmp.add_argument("--config", "-c", type=Path, required=True, help="the daemon's config")
+    cmp.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
+    cmp.add_argument("--table", action="append", help="only this message type (repeatable)")
+    cmp.add_argument(
+        "--date", action="append", type=_iso_date, help="only this date, YYYY-MM-DD (repeatable)"
+    )
+    cmp.add_argument(
+        "--every", type=float, metavar="SECONDS",
+        help="run again every SECONDS until SIGTERM (the compose service; systemd uses a timer)",
+    )  # fmt: skip
+
     sim = sub.add_parser(
         "simulate", help="run the MLink simulator ('simulate --help' for its options)",
         add_help=False,
     )  # fmt: skip
     sim.add_argument("args", nargs=argparse.REMAINDER)
     return p
+
+
+def _iso_date(text: str) -> object:
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         return _replay(args)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "compact":
+        return _compact(args)
     if args.command == "demo":
         from capture.demo import main as demo_main
 
@@ -348,6 +379,34 @@ def _verify(args: argparse.Namespace) -> int:
         print("mlink-capture verify: give ROOT or --config", file=sys.stderr)
         return EXIT_USAGE
     return verify.main(root, deep=args.deep, as_json=args.json, journal_root=journal_root)
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from capture import housekeeping, logs
+    from capture.config import Config
+
+    cfg = _load(args.config)
+    if not isinstance(cfg, Config):
+        return EXIT_USAGE
+    if args.every is not None and args.every <= 0:
+        print("mlink-capture compact: --every must be > 0", file=sys.stderr)
+        return EXIT_USAGE
+    tables = None
+    if args.table:
+        from capture.schemas import lookup
+
+        tables = []
+        for name in args.table:
+            found = lookup(name)
+            if found is None and name != "capture_events":
+                print(f"mlink-capture compact: --table {name!r}: not an MLink message type",
+                      file=sys.stderr)  # fmt: skip
+                return EXIT_USAGE
+            tables.append(found.name if found is not None else name)
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    return housekeeping.main(
+        cfg, tables=tables, dates=args.date, dry_run=args.dry_run, every=args.every
+    )
 
 
 def _health_path(args: argparse.Namespace) -> Path | None:

@@ -176,6 +176,48 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    """``[capture]``: who captures (redundant capture on two hosts, capture.compact)."""
+
+    host_id: str = field(default_factory=lambda: _default_host())
+
+
+def _default_host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", os.uname().nodename) or "local"
+
+
+COMPACTION_GRANULARITIES = ("day", "hour")
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionConfig:
+    """``[compaction]``: ``mlink-capture compact`` (capture.compact)."""
+
+    granularity: str = "day"
+    min_age: int = 3600  # seconds after a day (hour) ends before it is rewritten
+    row_group_rows: int = 1_048_576
+    row_group_mb: int = 256
+    target_file_mb: int = 512
+    compression_level: int = 6
+    max_unit_mb: int = 4096
+    peers: tuple[Path, ...] = ()  # other capture hosts' roots, merged in (A/B)
+    sort: str = "instrument"  # or "underlier" (capture.compact.CompactionSettings.sort)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """``[retention]``: whole date partitions older than this many days are removed by
+    ``mlink-capture compact`` (capture.retention); 0 keeps forever."""
+
+    days: int = 0
+    tables: tuple[tuple[str, int], ...] = ()  # per-table days, overriding ``days``
+    journal_archive_days: int = 0
+
+    def days_for(self, table: str) -> int:
+        return dict(self.tables).get(table, self.days)
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "info"
     format: str = "auto"  # auto: console on a TTY, JSON lines otherwise
@@ -211,6 +253,9 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     limits: bounds.Limits = field(default_factory=bounds.Limits)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    compaction: CompactionConfig = field(default_factory=CompactionConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], *, check_paths: bool = False) -> Config:
@@ -263,6 +308,9 @@ class Config:
             "logging",
             "limits",
             "metrics",
+            "capture",
+            "compaction",
+            "retention",
             "demo",
         )
         r.no_secrets("demo")  # not read here, but a secret has no place in it either
@@ -501,9 +549,13 @@ class Config:
             port=r.get(m, "metrics.port", int, default=9650, check=_check_port),
         )
         limits_cfg = _read_limits(r)
+        capture_cfg, compaction_cfg, retention_cfg = _compaction_sections(r)
         if r.problems:
             raise ConfigError(r.problems, source)
         return cls(
+            capture=capture_cfg,
+            compaction=compaction_cfg,
+            retention=retention_cfg,
             source=source_cfg,
             auth=auth_cfg,
             output=output_cfg,
@@ -535,6 +587,75 @@ def _read_limits(r: _Reader) -> bounds.Limits:
         for name, (lo, hi) in ranges.items()
     }
     return bounds.Limits(**values)
+
+
+def _compaction_sections(r: _Reader) -> tuple[CaptureConfig, CompactionConfig, RetentionConfig]:
+    c = r.section("capture", {"host_id"})
+    host = r.get(c, "capture.host_id", str, default=None, check=_check_host_id)
+    capture_cfg = CaptureConfig(host_id=host) if host else CaptureConfig()
+
+    d = CompactionConfig()
+    k = r.section("compaction", set(CompactionConfig.__dataclass_fields__))
+
+    def k_int(name: str, low: int, high: int | None = None) -> int:
+        def check(v: int) -> str | None:
+            if v < low or (high is not None and v > high):
+                return f"must be between {low} and {high}" if high else f"must be >= {low}"
+            return None
+
+        return int(r.get(k, f"compaction.{name}", int, default=getattr(d, name), check=check))
+
+    peers = r.get(k, "compaction.peers", list, default=[], check=_check_peers) or []
+    compaction_cfg = CompactionConfig(
+        granularity=r.get(
+            k, "compaction.granularity", str, default="day",
+            check=_one_of(*COMPACTION_GRANULARITIES),
+        ) or "day",
+        min_age=k_int("min_age", 0),
+        row_group_rows=k_int("row_group_rows", 1024),
+        row_group_mb=k_int("row_group_mb", 1),
+        target_file_mb=k_int("target_file_mb", 1),
+        compression_level=k_int("compression_level", 1, 22),
+        max_unit_mb=k_int("max_unit_mb", 16),
+        peers=tuple(r.path(str(p)) for p in peers),
+        sort=r.get(
+            k, "compaction.sort", str, default="instrument",
+            check=_one_of("instrument", "underlier"),
+        ) or "instrument",
+    )  # fmt: skip
+
+    t = r.section("retention", {"days", "tables", "journal_archive_days"})
+    days = r.get(t, "retention.days", int, default=0, check=_int_range(0, 36_500))
+    per_table: list[tuple[str, int]] = []
+    tables = r.get(t, "retention.tables", dict, default={})
+    for name, value in (tables or {}).items():
+        key = f"retention.tables.{name}"
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            r.problem(key, "must be a whole number of days >= 0")
+        elif name != "capture_events" and lookup_message(name) is None:
+            r.problem(key, "unknown message type (not in the MLink data dictionary)")
+        else:
+            per_table.append((_canonical_type(name), value))
+    retention_cfg = RetentionConfig(
+        days=days,
+        tables=tuple(per_table),
+        journal_archive_days=r.get(
+            t, "retention.journal_archive_days", int, default=0, check=_int_range(0, 36_500)
+        ),
+    )
+    return capture_cfg, compaction_cfg, retention_cfg
+
+
+def _check_host_id(v: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", v):
+        return "must be 1-63 letters, digits, '_', '.' or '-' (starting with a letter or digit)"
+    return None
+
+
+def _check_peers(v: list[Any]) -> str | None:
+    if any(not isinstance(p, str) or not p.strip() for p in v):
+        return "must be a list of directory paths"
+    return None
 
 
 class _Reader:

@@ -6,6 +6,11 @@ with sequence s is already stored iff a committed file of T and the same stripe 
 sink files each type's rows in receive order, so the rows of one type in one file are exactly
 the frames of that type between its bounds.
 
+A compacted file (capture.compact) holds many such runs, and after an A/B merge not every
+stored frame is a row of it (a duplicate captured by the other host was kept instead): the
+first compacted file of a unit lists the exact ranges it accounts for in ``mlink.seq_ranges``;
+the other files of the unit list none.
+
 Sync code (reads footers); the worker calls it in a thread at start-up.
 """
 
@@ -20,7 +25,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from capture.logs import get_logger
-from capture.sink import META_MSG_TYPE, META_SEQ_MAX, META_SEQ_MIN, META_STRIPE
+from capture.sink import (
+    META_COMPACTED,
+    META_MSG_TYPE,
+    META_SEQ_MAX,
+    META_SEQ_MIN,
+    META_SEQ_RANGES,
+    META_STRIPE,
+)
 
 log = get_logger(component="recovery")
 
@@ -69,15 +81,34 @@ def scan_committed(root: Path, stripe: str, *, since_ns: int | None) -> Committe
             for path in (day_dir / f"stripe={stripe}").glob("*.parquet"):
                 _index_file(path, stripe, raw, index)
     for msg_type, spans in raw.items():
-        spans.sort()
-        merged: list[tuple[int, int]] = []
-        for lo, hi in spans:
-            if merged and lo <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-            else:
-                merged.append((lo, hi))
-        index.ranges[msg_type] = merged
+        index.ranges[msg_type] = merge_ranges(spans)
     return index
+
+
+def merge_ranges(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, with overlapping and adjacent ranges merged."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def format_seq_ranges(spans: list[tuple[int, int]]) -> str:
+    return ",".join(f"{lo}-{hi}" for lo, hi in spans)
+
+
+def parse_seq_ranges(text: str) -> list[tuple[int, int]]:
+    """``"lo-hi,lo-hi"`` -> ranges; ValueError names what is wrong."""
+    out = []
+    for item in filter(None, text.split(",")):
+        lo, sep, hi = item.partition("-")
+        if not sep or not lo.isdigit() or not hi.isdigit() or int(lo) > int(hi):
+            raise ValueError(f"bad sequence range {item!r}")
+        out.append((int(lo), int(hi)))
+    return out
 
 
 def _index_file(
@@ -97,10 +128,20 @@ def _index_file(
     if kv.get(META_STRIPE) != stripe or META_SEQ_MIN not in kv:
         return
     msg_type = kv[META_MSG_TYPE]
-    lo, hi = int(kv[META_SEQ_MIN]), int(kv[META_SEQ_MAX])
-    raw[msg_type].append((lo, hi))
+    if META_COMPACTED in kv:
+        try:
+            spans = parse_seq_ranges(kv.get(META_SEQ_RANGES, ""))
+        except ValueError as exc:
+            log.error("unreadable sequence ranges; the file's rows count as not stored",
+                      path=str(path), error=str(exc))  # fmt: skip
+            index.unreadable.append(path)
+            return
+    else:
+        spans = [(int(kv[META_SEQ_MIN]), int(kv[META_SEQ_MAX]))]
+    raw[msg_type].extend(spans)
     index.files += 1
-    index.max_seq = hi if index.max_seq is None else max(index.max_seq, hi)
+    for _, hi in spans:
+        index.max_seq = hi if index.max_seq is None else max(index.max_seq, hi)
     names = [meta.schema.column(i).name for i in range(meta.num_columns)]
     if "h_sTim" in names:
         col = names.index("h_sTim")

@@ -56,6 +56,11 @@ def _local_midnight_ns(day: dt.date, zone: ZoneInfo) -> int:
     return (local_s - int(off.total_seconds())) * NS_PER_S
 
 
+def day_start_ns(day: dt.date, tz: str) -> int:
+    """UTC instant (ns) at which local ``day`` begins in ``tz`` (DST-correct)."""
+    return _local_midnight_ns(day, time_zone(tz))
+
+
 def _day_window(ns: int, tz: str) -> tuple[int, int, dt.date]:
     """[start_ns, end_ns) of the local day in ``tz`` containing instant ``ns``, and that date."""
     zone = time_zone(tz)

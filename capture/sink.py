@@ -97,6 +97,12 @@ META_SEQ_MIN: Final = "mlink.seq_min"
 META_SEQ_MAX: Final = "mlink.seq_max"
 META_ROWS: Final = "mlink.rows"
 META_WRITER: Final = "mlink.writer"
+#: The capture host (``capture.host_id``): which of two redundant captures wrote the file.
+META_HOST: Final = "mlink.host"
+#: Compacted files only (capture.compact): present on every compacted file, and the receive
+#: sequence ranges ("lo-hi,lo-hi") of this root's files it replaced, on the first of a unit.
+META_COMPACTED: Final = "mlink.compacted"
+META_SEQ_RANGES: Final = "mlink.seq_ranges"
 
 WRITER_ID: Final = f"mlink-capture {__version__}"
 
@@ -154,6 +160,8 @@ class SinkSettings:
     #: pyarrow's ``max_open_files``: a server sending thousands of types cannot exhaust file
     #: descriptors or memory.  None: no bound.
     max_open_files: int | None = None
+    #: Written to every footer as ``mlink.host`` (None: not written).
+    host: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))  # tolerate str from config code
@@ -844,6 +852,7 @@ class PartitionSink:
                     META_SEQ_MAX: str(f.seq_max),
                     META_ROWS: str(f.rows),
                     META_WRITER: WRITER_ID,
+                    **({META_HOST: s_host} if (s_host := self._settings.host) else {}),
                 }
             )
             f.writer.close()  # writes the footer

@@ -21,10 +21,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from capture.sink import (
+    META_COMPACTED,
     META_MSG_TYPE,
     META_ROWS,
     META_SEQ_MAX,
     META_SEQ_MIN,
+    META_SEQ_RANGES,
     META_STRIPE,
 )
 
@@ -154,7 +156,11 @@ def _check_file(
         pf = pq.ParquetFile(path)
         meta = {k.decode(): v.decode() for k, v in (pf.metadata.metadata or {}).items()}
         rows = pf.metadata.num_rows
-        seq = pf.read(columns=["_seq"]).column("_seq") if rows else None
+        if META_COMPACTED in meta:
+            _check_compacted(root, table, stripe, path, meta, report, ranges)
+            seq = None
+        else:
+            seq = pf.read(columns=["_seq"]).column("_seq") if rows else None
         if deep:
             for i in range(pf.num_row_groups):
                 pf.read_row_group(i)
@@ -175,6 +181,33 @@ def _check_file(
                 f"{rel}: _seq spans {lo}..{hi} but the footer says "
                 f"{meta.get(META_SEQ_MIN)}..{meta.get(META_SEQ_MAX)}"
             )
+        ranges[(table, stripe)].append((lo, hi, path))
+
+
+def _check_compacted(
+    root: Path,
+    table: str,
+    stripe: str,
+    path: Path,
+    meta: dict[str, str],
+    report: Report,
+    ranges: dict[tuple[str, str], list[tuple[int, int, Path]]],
+) -> None:
+    """A compacted file (capture.compact): the first of its unit lists the sequence ranges it
+    replaced, and those take part in the overlap check.  Its ``_seq`` column is not compared
+    with them: rows of another capture host (A/B merge) carry that host's numbers, and a row
+    the other host received first stands for this host's copy."""
+    from capture.recovery import parse_seq_ranges
+
+    rel = path.relative_to(root)
+    if META_SEQ_RANGES not in meta:
+        return
+    try:
+        spans = parse_seq_ranges(meta[META_SEQ_RANGES])
+    except ValueError as exc:
+        report.problems.append(f"{rel}: footer {META_SEQ_RANGES}: {exc}")
+        return
+    for lo, hi in spans:
         ranges[(table, stripe)].append((lo, hi, path))
 
 

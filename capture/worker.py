@@ -241,6 +241,7 @@ class StripeWorker:
             ),
             compression=out.compression,
             tz=out.timezone,
+            host=cfg.capture.host_id,
             # Long enough for a pending batch and the decode queue to reach the sink.
             commit_grace_s=min(max(2.0, 4 * cfg.pipeline.flush_interval), out.rotate_interval / 2),
             max_open_files=cfg.limits.max_open_types,

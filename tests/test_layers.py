@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "capture"
 LAYERS: list[set[str]] = [
     {  # pure leaves: no other module of ours
         "capture", "capture.bounds", "capture.clock", "capture.durable", "capture.errors",
-        "capture.events",
+        "capture.events", "capture.dirswap",
         "capture.faultpoints", "capture.frames", "capture.logs", "capture.memory",
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
         "capture.stripes", "capture.sim.tls",
@@ -28,13 +28,14 @@ LAYERS: list[set[str]] = [
     {  # the edges and the storage layers
         "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
         "capture.journal", "capture.batches", "capture.health", "capture.recovery",
-        "capture.metrics",
+        "capture.metrics", "capture.retention", "capture.abmerge",
     },
     {  # one stripe; the simulator; offline checks
-        "capture.worker", "capture.verify", "capture.sim.market", "capture.sim.faults",
+        "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
+        "capture.sim.faults",
         "capture.sim.record", "capture.sim.config", "capture.sim.server", "capture.sim",
     },
-    {"capture.supervisor", "capture.replay", "capture.status"},
+    {"capture.supervisor", "capture.replay", "capture.status", "capture.housekeeping"},
     {"capture.app"},
     {"capture.forkserver", "capture.groups", "capture.demo"},
     {"capture.cli", "capture.__main__"},

@@ -105,5 +105,11 @@ def test_demo_in_a_pipe_prints_plain_progress_lines(tmp_path: Path) -> None:
     last = lines[stop - 1]
     assert re.match(r"^\s*3/3 s\s+[\d,]+ msg/s  rows written: ", last), last
     shown = set(re.findall(r"(\w+) [\d,]+", last.split("rows written:")[1]))
-    assert {"OptionNbboQuote", "StockPrint", "LiveSurfaceCurve"} <= shown
+    # The busiest type has rows after 3 s on any machine; the quieter ones may not yet on a
+    # loaded one. Whatever is shown is a configured type.
+    configured = {
+        "OptionNbboQuote", "OptionPrint", "StockBookQuote", "StockPrint", "LiveImpliedQuote",
+        "LiveSurfaceCurve",
+    }
+    assert "OptionNbboQuote" in shown and shown <= configured, shown
     assert "committed" not in result.stdout + result.stderr

@@ -151,6 +151,6 @@ def test_compose_restarts_the_daemon_unless_stopped() -> None:
     block = text.split("\nservices:\n", 1)[1].split("\nconfigs:\n", 1)[0]
     services = re.split(r"^  (\w+):\n", block, flags=re.M)[1:]
     found = dict(zip(services[::2], services[1::2], strict=True))
-    assert set(found) == {"simulator", "capture"}
+    assert set(found) == {"simulator", "capture", "compact"}
     for name, body in found.items():
         assert re.search(r"^    restart: unless-stopped$", body, re.M), name

@@ -108,7 +108,7 @@ def test_retention_config_problems_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         config(tmp_path, days=-1, tables={"NoSuchType": 3, TYPE: "x"}, journal_archive_days=1.5)
     text = "\n".join(err.value.problems)
-    assert "retention.days: must be >= 0" in text
+    assert "retention.days: must be between 0 and 36,500, got -1" in text
     assert "retention.tables.NoSuchType: unknown message type" in text
     assert f"retention.tables.{TYPE}: must be a whole number of days" in text
     assert "retention.journal_archive_days: must be an integer" in text

@@ -26,7 +26,6 @@ import json
 import os
 import random
 import secrets
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from capture.backoff import Backoff
 from capture.batches import BatchDecoder
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
+from capture.durability import DurabilityKeeper
 from capture.faultpoints import crash_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
 from capture.logs import get_logger, redact
@@ -209,13 +209,13 @@ class StripeWorker:
         self._events: list[capture_events.Event] = []
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
         self.journal: journal_mod.JournalWriter | None = None
+        # Owns "a journal segment goes only once its frames are committed" (capture.durability).
+        self.durability: DurabilityKeeper | None = None
         self._replaying = False
-        self._sink_failed = False
         # Items taken out of the pending map, in the order they were taken, until the writer's
         # channel accepts them; only _drain_ready() sends, so each type stays in receive order.
         self._ready: deque[_WriterItem] = deque()
         self._drain_lock = trio.Lock()
-        self._inflight: set[int] = set()  # first seq of each batch taken, until it is written
         self._handed = 0  # items given to the writer ...
         self._processed = 0  # ... and done by it
         self._progress = trio.lowlevel.ParkingLot()
@@ -299,6 +299,7 @@ class StripeWorker:
                 )
             )
             self._seq = max(self._seq, self.journal.next_seq)
+            self.durability = DurabilityKeeper(self.journal, sink, retain_hours=jcfg.retain_hours)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, recv, sink)
@@ -329,6 +330,7 @@ class StripeWorker:
                     await self.offload(self._close_journal)
                     self._publish_durable()
                     self.journal = None
+                    self.durability = None
         self.stats.state = "stopped"
 
     async def _connect_loop(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
@@ -680,8 +682,8 @@ class StripeWorker:
     def _enqueue(self, item: _WriterItem) -> None:
         """Queue an item for the writer (no waiting: see :meth:`_drain_ready`).  From now on
         its frames count as in flight for the journal's commit watermark."""
-        if isinstance(item, PendingBatch):
-            self._inflight.add(item.seq[0])
+        if isinstance(item, PendingBatch) and self.durability is not None:
+            self.durability.taken(item.seq[0])
         self._ready.append(item)
 
     async def _drain_ready(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
@@ -759,36 +761,13 @@ class StripeWorker:
     # -- journal --------------------------------------------------------------------------------
 
     def _commit_watermark(self) -> int:
-        """Every frame below this sequence number is in committed Parquet (or quarantine), as far
-        as the event loop knows: pending and in-flight batches hold the rest.  The sink adds its
-        open files (read under its lock, in the syncing thread)."""
-        lows = [self._seq]
-        lows.extend(pb.seq[0] for pb in self._pending.values() if pb.seq)
-        if self._inflight:
-            lows.append(min(self._inflight))
-        return min(lows)
-
-    def _sync_and_retire(self, loop_watermark: int, *, sync: bool = True) -> None:
-        """In a thread: fsync the journal (or, when it syncs itself, check that its thread
-        has not failed), then retire the segments below the watermark."""
-        journal = self.journal
-        assert journal is not None
-        if sync:
-            journal.flush_and_sync()
-        else:
-            journal.check()
-        if self._sink_failed:
-            # Rows of an aborted file are in no file the sink tracks: the watermark would
-            # overtake them.  Keep every segment; recovery replays them after the restart.
-            return
-        sink_low = self.sink.uncommitted_seq_min() if self.sink is not None else None
-        watermark = loop_watermark if sink_low is None else min(loop_watermark, sink_low)
-        jcfg = self.cfg.journal
-        archive = None
-        if jcfg.retain_hours > 0:
-            archive = journal.directory / "archive"
-            _prune(archive, jcfg.retain_hours)
-        journal.retire(watermark, archive=archive)
+        """The event loop's part of the watermark (capture.durability): the next seq and the
+        pending batches; the keeper adds what the writer holds and the sink's open and aborted
+        files."""
+        assert self.durability is not None
+        return self.durability.loop_watermark(
+            self._seq, [pb.seq[0] for pb in self._pending.values() if pb.seq]
+        )
 
     async def _syncer(self) -> None:
         """Every half ``durability_interval`` (so that a frame is on disk within the interval,
@@ -796,11 +775,11 @@ class StripeWorker:
         committed, publish the durable sequence number.  A failure stops this stripe."""
         interval = self.cfg.journal.durability_interval / 2
         sync = not self.journal_syncs_itself
+        keeper = self.durability
+        assert keeper is not None
         while True:
             await trio.sleep(interval)
-            await self.offload(
-                partial(self._sync_and_retire, self._commit_watermark(), sync=sync)
-            )
+            await self.offload(partial(keeper.sync_round, self._commit_watermark(), sync=sync))
             self._publish_durable()
 
     def _publish_durable(self) -> None:
@@ -817,15 +796,13 @@ class StripeWorker:
     def _close_journal(self) -> None:
         """In a thread: the final sync and retirement, then close (the caller publishes the
         last fsyncs, on the loop, and drops the writer)."""
-        journal = self.journal
-        if journal is None:
+        keeper = self.durability
+        if keeper is None:
             return
         try:
-            self._sync_and_retire(self._commit_watermark())
+            keeper.close(self._commit_watermark())
         except (OSError, journal_mod.JournalError) as exc:
             self.log.error("journal: final sync failed", error=str(exc))
-        finally:
-            journal.close()
 
     async def _recover(
         self, send: trio.MemorySendChannel[_WriterItem], report: journal_mod.RecoveryReport
@@ -954,7 +931,7 @@ class StripeWorker:
             if not isinstance(exc, trio.Cancelled):
                 # A broken disk (ENOSPC, EIO, EACCES) or a bug: the supervisor restarts this
                 # stripe with backoff; recovery then replays the journal.
-                self._sink_failed = True
+                self._writer_failed(f"writer failed: {exc}")
                 self.log.error("writer failed; no more commits this run", error=str(exc))
             raise
         finally:
@@ -970,7 +947,7 @@ class StripeWorker:
                 try:
                     self._committed(await self._heavy(sink.close))
                 except OSError as exc:
-                    self._sink_failed = True
+                    self._writer_failed(f"closing the sink failed: {exc}")
                     self.log.error("closing the sink failed", error=str(exc))
 
     async def _write_loop(
@@ -998,7 +975,8 @@ class StripeWorker:
                     if dec is None:
                         dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
                     outcome = await self._heavy(self._decode_and_write, dec, sink, item)
-                    self._inflight.discard(item.seq[0])
+                    if self.durability is not None:
+                        self.durability.done(item.seq[0])
                     self._held -= item.nbytes
                     self.in_flight.release(item.nbytes)
                     self._written(item.msg_type, outcome)
@@ -1010,6 +988,12 @@ class StripeWorker:
                 if item is not None:
                     self._processed += 1
                     self._progress.unpark_all()
+
+    def _writer_failed(self, reason: str) -> None:
+        """Rows the writer held are in no file the sink tracks: retire nothing more this run
+        (the sink already counts the rows of a file it aborted; this covers the rest)."""
+        if self.durability is not None:
+            self.durability.hold(reason)
 
     async def _heavy(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Decoding, encoding Parquet, committing files: off the loop, and at most one such
@@ -1195,13 +1179,3 @@ def _first_recv_ns(directory: Path) -> int | None:
 def _take(records: Iterator[tuple[Path, journal_mod.Record]], n: int) -> list[journal_mod.Record]:
     """The next ``n`` journal records (blocking reads: called in a thread)."""
     return [rec for _, rec in islice(records, n)]
-
-
-def _prune(archive: Path, retain_hours: float) -> None:
-    """Delete archived journal segments older than the retention period."""
-    if not archive.is_dir():
-        return
-    horizon = time.time() - retain_hours * 3600
-    for path in archive.glob("seg-*.mlj"):
-        if path.stat().st_mtime < horizon:
-            path.unlink(missing_ok=True)

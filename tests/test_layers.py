@@ -41,7 +41,8 @@ def test_sans_io_modules_import_neither_trio_nor_pyarrow() -> None:
 
 def test_sync_io_modules_do_not_import_trio() -> None:
     mods = modules()
-    for sync in ("capture.sink", "capture.batches", "capture.health", "capture.stats"):
+    for sync in ("capture.sink", "capture.batches", "capture.health", "capture.stats",
+                 "capture.durability", "capture.journal"):  # fmt: skip
         assert not uses(mods[sync], "trio"), sync
 
 

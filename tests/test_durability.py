@@ -1,0 +1,132 @@
+"""The durability invariant, owned by capture.durability.DurabilityKeeper: a journal segment is
+deleted only when every frame in it is in a committed Parquet file or in quarantine.  Real
+journal, real Parquet sink, real threads."""
+
+from __future__ import annotations
+
+import errno
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from capture import faultpoints, journal
+from capture.durability import DurabilityKeeper
+from capture.sink import PartitionSink, SinkError, SinkSettings
+
+STRIPE = "A"
+BASE_NS = 1_780_000_000 * 10**9
+
+
+def rows(lo: int, hi: int) -> pa.RecordBatch:
+    """Rows for frames lo..hi-1, as the decoder makes them (receive time and seq)."""
+    seqs = list(range(lo, hi))
+    return pa.RecordBatch.from_pydict(
+        {
+            "_recv_time": pa.array([BASE_NS + s * 1000 for s in seqs], pa.int64()).cast(
+                pa.timestamp("ns", tz="UTC")
+            ),
+            "_seq": pa.array(seqs, pa.int64()),
+            "v": pa.array(seqs, pa.int64()),
+        }
+    )
+
+
+def journal_frames(directory: Path) -> set[int]:
+    out: set[int] = set()
+    for _, rec in journal.read_records(directory):
+        if isinstance(rec, journal.MessageRecord):
+            out.update(range(rec.first_seq, rec.first_seq + rec.n_data))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _disarm() -> None:
+    yield  # type: ignore[misc]
+    faultpoints.disarm_failures()
+
+
+def test_a_write_failing_in_the_writer_thread_is_never_overtaken_by_a_sync_round(
+    tmp_path: Path,
+) -> None:
+    """The race of issue 16: the sink aborts the open file (frames 0-499) under its lock in the
+    writer thread; before the event loop learns of it, a sync round runs in another thread.
+    It must retire nothing that holds frames 0-499."""
+    jdir = tmp_path / "journal"
+    writer = journal.JournalWriter(jdir, segment_bytes=2048)
+    writer.begin_session("s1", STRIPE, BASE_NS, {})
+    for seq in range(600):
+        writer.append(BASE_NS + seq * 1000, seq, 1, b'{"frame":%d}' % seq)
+    writer.flush_and_sync()
+    writer.roll()
+    writer.flush_and_sync()  # every segment with frames 0-599 is sealed and closed
+    assert len(writer.segments()) > 10
+    settings = SinkSettings(root=tmp_path / "data", row_group_rows=550)
+    sink = PartitionSink(settings, stripe=STRIPE, session="run1", now_ns=lambda: BASE_NS)
+    keeper = DurabilityKeeper(writer, sink)
+
+    # Frames 0-499: taken by the writer, written into the open file, done.
+    keeper.taken(0)
+    assert sink.write("T", rows(0, 500)) == []
+    keeper.done(0)
+    keeper.taken(500)  # the next batch is handed over ...
+
+    failed = threading.Event()
+    loop_learns = threading.Event()
+    outcome: list[BaseException] = []
+
+    def writer_thread() -> None:
+        faultpoints.arm_failure(f"sink.write.{STRIPE}", errno.EIO, 1)
+        try:
+            sink.write("T", rows(500, 600))  # the row group write fails: the file is aborted
+        except SinkError as exc:
+            outcome.append(exc)
+        failed.set()
+        loop_learns.wait(10)  # the event loop hears of it only later
+
+    t = threading.Thread(target=writer_thread)
+    t.start()
+    assert failed.wait(10)
+    # A sync round in between, in its own thread, with the watermark the loop took.
+    loop_low = keeper.loop_watermark(600, [])
+    assert loop_low == 500
+    retired: list[list[Path]] = []
+    syncer = threading.Thread(target=lambda: retired.append(keeper.sync_round(loop_low)))
+    syncer.start()
+    syncer.join(10)
+    loop_learns.set()
+    t.join(10)
+    assert outcome and isinstance(outcome[0], SinkError)
+    assert sink.uncommitted_seq_min() == 0  # the sink says what it dropped
+    assert retired == [[]]
+    assert journal_frames(jdir) == set(range(600))  # the next start can replay them all
+    writer.close()
+    sink.close()
+
+
+def test_segments_go_once_their_frames_are_committed_and_not_before(tmp_path: Path) -> None:
+    jdir = tmp_path / "journal"
+    writer = journal.JournalWriter(jdir, segment_bytes=2048)
+    writer.begin_session("s1", STRIPE, BASE_NS, {})
+    for seq in range(600):
+        writer.append(BASE_NS + seq * 1000, seq, 1, b'{"frame":%d}' % seq)
+    writer.roll()
+    settings = SinkSettings(root=tmp_path / "data")
+    sink = PartitionSink(settings, stripe=STRIPE, session="run1", now_ns=lambda: BASE_NS)
+    keeper = DurabilityKeeper(writer, sink)
+    keeper.taken(0)
+    sink.write("T", rows(0, 300))
+    keeper.done(0)
+    keeper.sync_round(keeper.loop_watermark(600, [300]))  # 300.. pending on the loop
+    assert journal_frames(jdir) >= set(range(600))  # 0-299 only in an open file
+    sink.rotate_all()
+    keeper.sync_round(keeper.loop_watermark(600, [300]))
+    left = journal_frames(jdir)
+    assert set(range(299, 600)) <= left and min(left) > 200  # committed segments went
+    keeper.hold("writer failed")
+    before = [s.path for s in writer.segments()]
+    assert keeper.sync_round(600) == []
+    assert [s.path for s in writer.segments()] == before
+    writer.close()
+    sink.close()

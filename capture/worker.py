@@ -20,10 +20,8 @@ sessions, so a reconnect never loses or re-orders what was already received.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
-import os
 import random
 import secrets
 from collections import deque
@@ -40,7 +38,7 @@ import trio
 
 from capture import events as capture_events
 from capture import journal as journal_mod
-from capture import protocol
+from capture import protocol, quarantine
 from capture.auth import CredentialError, CredentialProvider
 from capture.backoff import Backoff
 from capture.batches import BatchDecoder
@@ -51,9 +49,10 @@ from capture.faultpoints import crash_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
 from capture.logs import get_logger, redact
 from capture.memory import InFlightBudget, decode_slots
+from capture.quarantine import Quarantined
 from capture.recovery import CommittedIndex, scan_committed
 from capture.schemas import lookup as lookup_message
-from capture.sink import CommittedFile, PartitionSink, SinkSettings, partition_date
+from capture.sink import CommittedFile, PartitionSink, SinkSettings
 from capture.stats import StripeStats
 from capture.transport import (
     AuthRejected,
@@ -124,16 +123,6 @@ class PendingBatch:
     seq: list[int] = field(default_factory=list)
     first_ns: int = 0
     nbytes: int = 0  # body bytes: the in-flight budget's charge once handed to the writer
-
-
-@dataclass(frozen=True, slots=True)
-class Quarantined:
-    """Bytes that could not be used, kept with why, for a human or a later replay."""
-
-    recv_ns: int
-    session: str
-    reason: str
-    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +198,10 @@ class StripeWorker:
         self._events: list[capture_events.Event] = []
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
         self.journal: journal_mod.JournalWriter | None = None
+        # Keys of what earlier runs quarantined (capture.quarantine): a replay skips them.
+        self._quarantined_before: frozenset[str] = frozenset()
+        self._quarantine_slot: tuple[str, int] = ("", -1)  # (session, seq) of the last item
+        self._quarantine_n = 0  # items quarantined at that slot so far
         # Owns "a journal segment goes only once its frames are committed" (capture.durability).
         self.durability: DurabilityKeeper | None = None
         self._replaying = False
@@ -682,8 +675,11 @@ class StripeWorker:
     def _enqueue(self, item: _WriterItem) -> None:
         """Queue an item for the writer (no waiting: see :meth:`_drain_ready`).  From now on
         its frames count as in flight for the journal's commit watermark."""
-        if isinstance(item, PendingBatch) and self.durability is not None:
-            self.durability.taken(item.seq[0])
+        if self.durability is not None:
+            if isinstance(item, PendingBatch):
+                self.durability.taken(item.seq[0])
+            elif isinstance(item, Quarantined):
+                self.durability.taken(item.seq)
         self._ready.append(item)
 
     async def _drain_ready(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
@@ -722,9 +718,18 @@ class StripeWorker:
         return self._writer_gone
 
     def _quarantine(self, recv_ns: int, session: str, reason: str, data: bytes) -> None:
+        seq = self._seq
+        slot = (session, seq)
+        if slot == self._quarantine_slot:
+            self._quarantine_n += 1
+        else:
+            self._quarantine_slot, self._quarantine_n = slot, 0
+        key = f"{session}/{seq}/{self._quarantine_n}"
+        if key in self._quarantined_before:
+            return  # a replay: an earlier run kept (and counted) these bytes
         self.stats.quarantined += 1
         self.log.warning("quarantined bytes", reason=reason, size=len(data))
-        self._enqueue(Quarantined(recv_ns, session, reason, data))
+        self._enqueue(Quarantined(recv_ns, session, reason, data, seq=seq, key=key))
 
     def _event(self, kind: str, **fields: Any) -> None:
         if self._replaying:  # these events were recorded when the messages arrived
@@ -811,6 +816,11 @@ class StripeWorker:
         assert self.journal is not None
         directory = self.journal.directory
         since = await self.offload(_first_recv_ns, directory)
+        self._quarantined_before = frozenset(
+            await self.offload(
+                partial(quarantine.known_keys, self.cfg.output.root, self.stripe, since_ns=since)
+            )
+        )
         index = await self.offload(
             partial(scan_committed, self.cfg.output.root, self.stripe, since_ns=since)
         )
@@ -985,6 +995,8 @@ class StripeWorker:
                     self._committed(await self._heavy(sink.write, capture_events.TABLE, batch))
                 else:
                     await self.offload(self._write_quarantine, item)
+                    if self.durability is not None:
+                        self.durability.done(item.seq)
                 if item is not None:
                     self._processed += 1
                     self._progress.unpark_all()
@@ -1058,8 +1070,15 @@ class StripeWorker:
             stripe=self.stripe,
             session=pb.session,
         )
+        rejected = 0
         for index, body, reason in result.rejected:
-            self._write_quarantine(Quarantined(pb.recv_ns[index], pb.session, reason, body))
+            key = f"seq/{pb.seq[index]}"
+            if key in self._quarantined_before:
+                continue  # a replay: an earlier run kept (and counted) it
+            rejected += 1
+            self._write_quarantine(
+                Quarantined(pb.recv_ns[index], pb.session, reason, body, seq=pb.seq[index], key=key)
+            )
         batch = result.batch
         crash_point("worker.decoded")
         committed: list[CommittedFile] = []
@@ -1071,33 +1090,14 @@ class StripeWorker:
             committed=committed,
             number_mismatches=_number_mismatches(pb.msg_type, pb.type_numbers),
             rows=batch.num_rows,
-            rejected=len(result.rejected),
+            rejected=rejected,
             slow_rows=result.drift.slow_path_rows,
             unknown_fields=result.drift.unknown_fields,
             latest_sent_ns=latest,
         )
 
     def _write_quarantine(self, q: Quarantined) -> None:
-        day = partition_date(q.recv_ns, self.cfg.output.timezone)
-        directory = Path(self.cfg.output.root) / "_quarantine" / f"stripe={self.stripe}"
-        directory.mkdir(parents=True, exist_ok=True)
-        record = {
-            "recv_time_ns": q.recv_ns,
-            "stripe": self.stripe,
-            "session": q.session,
-            "reason": q.reason,
-            "size": len(q.data),
-            "bytes_b64": base64.b64encode(q.data).decode("ascii"),
-        }
-        line = json.dumps(record, separators=(",", ":")) + "\n"
-        fd = os.open(
-            directory / f"{day.isoformat()}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640
-        )
-        try:
-            os.write(fd, line.encode("ascii"))
-            os.fsync(fd)  # the journal may retire these bytes: they must be on disk first
-        finally:
-            os.close(fd)
+        quarantine.append(self.cfg.output.root, self.stripe, self.cfg.output.timezone, q)
 
 
 # The smallest byte bound of a pending batch (a tiny budget with many stripes): below this the

@@ -5,14 +5,22 @@ journal, real Parquet sink, real threads."""
 from __future__ import annotations
 
 import errno
+import json
 import threading
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import trio
+from memnet import BASE_NS as SIM_NS
+from memnet import KEY, MemoryNet, config, launch, mock_clock, wait_for
 
 from capture import faultpoints, journal
+from capture.clock import TrioWallClock
 from capture.durability import DurabilityKeeper
+from capture.sim.config import SimConfig
+from capture.sim.faults import Faults
+from capture.sim.server import Simulator
 from capture.sink import PartitionSink, SinkError, SinkSettings
 
 STRIPE = "A"
@@ -130,3 +138,59 @@ def test_segments_go_once_their_frames_are_committed_and_not_before(tmp_path: Pa
     assert [s.path for s in writer.segments()] == before
     writer.close()
     sink.close()
+
+
+class Refused:
+    """A network where every connect attempt is refused: start-up recovery only."""
+
+    async def open(self) -> trio.abc.Stream:
+        raise OSError(errno.ECONNREFUSED, "connection refused")
+
+
+def quarantine_lines(root: Path) -> list[dict[str, object]]:
+    return [
+        json.loads(line)
+        for path in sorted((root / "_quarantine").rglob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_a_restart_does_not_quarantine_again_what_a_previous_run_did(tmp_path: Path) -> None:
+    """Issue 15, item 9: garbage in the last kept journal segment is replayed at every start;
+    it is quarantined (and counted in health) once, by the run that received it."""
+    root = tmp_path / "data"
+    cfg = config(root, ["A"], ["OptionNbboQuote", "StockPrint"])
+    sim_cfg = SimConfig(
+        api_keys=frozenset({KEY}),
+        rate=30,
+        seed=5,
+        faults=Faults(garbage_every=7, bad_json_every=11),
+    )
+    counted: list[int] = []
+    lines: list[int] = []
+
+    async def main() -> None:
+        clock = TrioWallClock(SIM_NS)
+        sim = Simulator(sim_cfg, clock_ns=clock.now_ns)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sim.run_market)
+            for run in range(3):
+                net = MemoryNet(sim, nursery) if run == 0 else Refused()
+                launched = launch(nursery, cfg, clock, net)
+                worker = launched.daemon.workers[0]
+                if run == 0:
+                    await wait_for(lambda w=worker: w.stats.quarantined > 8)
+                else:
+                    await wait_for(lambda w=worker: w.stats.restarts > 0)
+                await trio.sleep(5)
+                await launched.stop()
+                counted.append(worker.stats.quarantined)
+                lines.append(len(quarantine_lines(root)))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=mock_clock())
+    assert counted[0] >= 8 and lines[0] == counted[0]
+    assert counted[1:] == [0, 0]  # nothing new: health does not count it again
+    assert lines[1:] == [lines[0], lines[0]]  # nor is a line added
+    keys = [q["key"] for q in quarantine_lines(root)]
+    assert len(set(keys)) == len(keys)

@@ -63,9 +63,13 @@ Record layout (little-endian; 40-byte header, then ``payload_len`` payload bytes
 Because the header has its own CRC, ``payload_len`` is trusted only when the header is intact,
 so a reader tells apart a *torn header* (fewer than 40 bytes left), a *torn payload* (an intact
 header announcing more bytes than the file has), *bad magic*, a *header crc mismatch* and a
-*crc mismatch* (payload or record crc).  Nothing resynchronises: the valid prefix of a segment
-is every whole record before the first bad one.  A header with a good CRC but a different
-``version`` is not corruption: it raises :class:`JournalFormatError` and nothing is changed.
+*crc mismatch* (payload or record crc).  A damaged record costs only itself: readers and
+recover() resynchronise on the next whole, intact record after it (magic, header CRC, version,
+kind, flags, payload inside the file, record CRC and, for a MESSAGE, a first_seq not below the
+segment's next_seq so far).  recover() rewrites such a segment without the damaged bytes (kept in
+``corrupt/``) and with a new seal; a damaged tail with nothing intact after it is cut.
+A header with a good CRC but a different ``version`` is not corruption: it raises
+:class:`JournalFormatError` and nothing is changed.
 
 Sequence numbers
 ----------------
@@ -180,6 +184,7 @@ _COPY_CHUNK: Final = 1 << 20
 _SEGMENT_RE: Final = re.compile(r"seg-(\d{20})-(\d{10})\.mlj")
 _LOCK_NAME: Final = "LOCK"
 _CORRUPT_DIR: Final = "corrupt"
+_REWRITE_SUFFIX: Final = ".rewrite"  # a segment being rewritten without its damaged records
 _FILE_MODE: Final = 0o640
 
 # Bound once: the hot path calls these per message.
@@ -474,6 +479,15 @@ class _Scan:
     sealed: bool = False
     reason: CutReason | None = None
     detail: str = ""
+    # Damaged stretches inside the valid prefix, skipped by resynchronising on the next intact
+    # record: (start, end, reason, detail).
+    holes: list[tuple[int, int, CutReason, str]] = field(default_factory=list)
+    stale_seal: int = 0  # bytes of a seal that no longer matches (holes): dropped, not cut
+
+    @property
+    def bytes_cut(self) -> int:
+        """Bytes that are not part of a whole, intact record: the holes and the tail."""
+        return sum(e - s for s, e, _, _ in self.holes) + self.size - self.end - self.stale_seal
 
     def stop(self, reason: CutReason, detail: str) -> None:
         self.reason = reason
@@ -520,11 +534,25 @@ class _Chunks:
 
 
 def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
-    """Verify the records of a segment from the start, stopping at the first one that is not
-    whole and intact; yield them when ``build``.  ``out`` says where and why it stopped."""
+    """Verify the records of a segment from the start; yield them when ``build``.  A damaged
+    record is skipped by resynchronising on the next whole, intact record after it (recorded in
+    ``out.holes``); the scan stops at a torn tail or where nothing intact follows.  ``out`` says
+    where and why it stopped."""
     r = _Chunks(f, out.size)
     size = out.size
     unpack = _HEADER.unpack_from
+
+    def damaged(offset: int, reason: CutReason, detail: str) -> bool:
+        """Skip to the next intact record after ``offset``; False: none (stop here)."""
+        found = _resync(f, offset + 1, size, out.next_seq)
+        if found is None:
+            out.stop(reason, detail)
+            return False
+        out.holes.append((offset, found, reason, f"offset {offset}: {detail}"))
+        f.seek(found)
+        r.buf, r.base, r.pos = b"", found, 0
+        return True
+
     while True:
         offset = r.base + r.pos
         out.end = offset
@@ -541,10 +569,12 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
         buf, pos = r.buf, r.pos
         magic, version, kind, flags, reserved, n, t, fs, nd, hcrc, rcrc = unpack(buf, pos)
         if magic != MAGIC:
-            out.stop(CutReason.BAD_MAGIC, f"magic {magic!r}")
+            if damaged(offset, CutReason.BAD_MAGIC, f"magic {magic!r}"):
+                continue
             return
         if crc32(buf[pos : pos + _PREFIX_SIZE]) != hcrc:
-            out.stop(CutReason.HEADER_CRC, "header crc mismatch")
+            if damaged(offset, CutReason.HEADER_CRC, "header crc mismatch"):
+                continue
             return
         if version != VERSION:
             raise JournalFormatError(
@@ -553,7 +583,9 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
             )
         allowed = _ALLOWED_FLAGS.get(kind)
         if allowed is None or flags & ~allowed or reserved:
-            out.stop(CutReason.INVALID_RECORD, f"kind {kind} flags {flags:#x} reserved {reserved}")
+            detail = f"kind {kind} flags {flags:#x} reserved {reserved}"
+            if damaged(offset, CutReason.INVALID_RECORD, detail):
+                continue
             return
         need = HEADER_SIZE + n
         if not r.ensure(need):
@@ -563,7 +595,8 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
         start = pos + HEADER_SIZE
         stop = pos + need
         if crc32(memoryview(buf)[start:stop], hcrc) != rcrc:
-            out.stop(CutReason.CRC_MISMATCH, "record crc mismatch")
+            if damaged(offset, CutReason.CRC_MISMATCH, "record crc mismatch"):
+                continue
             return
         if kind == KIND_MESSAGE:
             if nd:
@@ -579,7 +612,9 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
         if kind == KIND_SESSION:
             rec = _parse_session(buf[start:stop], t, flags)
             if rec is None:
-                out.stop(CutReason.INVALID_RECORD, "SESSION payload is not the expected JSON")
+                detail = "SESSION payload is not the expected JSON"
+                if damaged(offset, CutReason.INVALID_RECORD, detail):
+                    continue
                 return
             r.pos = stop
             out.records += 1
@@ -587,6 +622,11 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
                 yield rec
             continue
         # KIND_SEAL: must describe exactly what precedes it, and end the segment.
+        if out.holes and n == _SEAL_BODY.size and offset + need == size:
+            # A seal written before the damage: it counts records that are gone.  It still
+            # ends the segment; recover() writes a new one.
+            out.stale_seal = need
+            return
         if n != _SEAL_BODY.size or not _seal_matches(buf, start, offset, out):
             out.stop(CutReason.INVALID_RECORD, "seal does not match the records before it")
             return
@@ -595,6 +635,55 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
         if out.end < size:
             out.stop(CutReason.AFTER_SEAL, f"{size - out.end} bytes after the seal")
         return
+
+
+def _resync(f: io.FileIO, start: int, size: int, next_seq: int | None) -> int | None:
+    """The offset of the first whole, intact record at or after ``start`` (None: none).
+
+    A candidate must have the magic, an intact header CRC, this version, a valid kind and
+    flags, a payload inside the file with an intact record CRC and, for a MESSAGE, a
+    ``first_seq`` not below ``next_seq`` (seq numbers never decrease in a segment): a
+    payload that merely contains a record's bytes would also have to pass all of that."""
+    fd = f.fileno()
+    pos = start
+    carry = b""
+    while pos < size:
+        chunk = os.pread(fd, min(_READ_CHUNK, size - pos), pos)
+        if not chunk:
+            return None
+        window = carry + chunk
+        base = pos - len(carry)
+        i = window.find(MAGIC)
+        while i >= 0:
+            if _intact_at(fd, base + i, size, next_seq):
+                return base + i
+            i = window.find(MAGIC, i + 1)
+        carry = window[-(len(MAGIC) - 1) :]
+        pos += len(chunk)
+    return None
+
+
+def _intact_at(fd: int, offset: int, size: int, next_seq: int | None) -> bool:
+    if offset + HEADER_SIZE > size:
+        return False
+    head = os.pread(fd, HEADER_SIZE, offset)
+    if len(head) != HEADER_SIZE:
+        return False
+    magic, version, kind, flags, reserved, n, _t, fs, _nd, hcrc, rcrc = _HEADER.unpack(head)
+    allowed = _ALLOWED_FLAGS.get(kind)
+    if (
+        magic != MAGIC
+        or crc32(head[:_PREFIX_SIZE]) != hcrc
+        or version != VERSION
+        or allowed is None
+        or flags & ~allowed
+        or reserved
+        or offset + HEADER_SIZE + n > size
+        or (kind == KIND_MESSAGE and next_seq is not None and fs < next_seq)
+    ):
+        return False
+    payload = os.pread(fd, n, offset + HEADER_SIZE)
+    return len(payload) == n and bool(crc32(payload, hcrc) == rcrc)
 
 
 def _seal_matches(buf: bytes, start: int, offset: int, scanned: _Scan) -> bool:
@@ -677,12 +766,13 @@ def read_records(
 ) -> Iterator[tuple[Path, Record]]:
     """Every valid SESSION and MESSAGE record of every segment, in append order.
 
-    Each segment is read up to the end of its valid prefix; a torn or corrupt tail never
-    raises but, when given, ``on_cut(path, reason, offset, size)`` is called for it (the live
-    segment of a running writer may legitimately end mid-record).  With ``from_seq``, leading
-    segments that hold nothing at or above ``from_seq`` (by the same rule as retire: their
-    ``next_seq < from_seq``) are skipped; records below ``from_seq`` in the first segment read
-    are still yielded, so filter frames by seq.
+    Each segment is read up to the end of its valid prefix, skipping a damaged record by
+    resynchronising on the next intact one; damage never raises but, when given,
+    ``on_cut(path, reason, start, end)`` is called for each damaged stretch and for a torn or
+    corrupt tail (the live segment of a running writer may legitimately end mid-record).
+    With ``from_seq``, leading segments that hold nothing at or above ``from_seq`` (by the
+    same rule as retire: their ``next_seq < from_seq``) are skipped; records below
+    ``from_seq`` in the first segment read are still yielded, so filter frames by seq.
     """
     directory = Path(directory)
     paths = [p for p, _, _ in _segment_paths(directory)]
@@ -703,8 +793,11 @@ def read_records(
             out = _Scan(os.fstat(f.fileno()).st_size)
             for record in _scan(f, out, build=True):
                 yield path, record
-            if out.reason is not None and on_cut is not None:
-                on_cut(path, out.reason, out.end, out.size)
+            if on_cut is not None:
+                for start, end, reason, _ in out.holes:
+                    on_cut(path, reason, start, end)
+                if out.reason is not None:
+                    on_cut(path, out.reason, out.end, out.size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -732,6 +825,10 @@ def recover(
     try:
         reports: list[SegmentReport] = []
         removed_any = False
+        for name in os.listdir(directory):
+            if name.endswith(_REWRITE_SUFFIX):  # a rewrite a crash interrupted: the original
+                (directory / name).unlink(missing_ok=True)  # segment is still in place
+                removed_any = True
         for path, _, _ in _segment_paths(directory):
             report = _recover_segment(path, verify_sealed, preserve_corrupt)
             removed_any |= report.removed
@@ -754,7 +851,10 @@ def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> Segment
         scan = _inspect(f, trust_seal=not verify_sealed)
         size = scan.size
         scanned = verify_sealed or not scan.sealed or scan.reason is not None or scan.end < size
-        if scan.end < size:
+        bytes_cut = scan.bytes_cut
+        if scan.holes:
+            preserved = _rewrite_without_holes(f, path, scan, preserve)
+        elif scan.end < size:
             if preserve and scan.reason is not None and not scan.reason.torn:
                 preserved = _preserve(f, path, scan.end, size)
             f.truncate(scan.end)
@@ -772,13 +872,18 @@ def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> Segment
     removed = scan.records == 0
     if removed:
         path.unlink()
+    reason, detail = scan.reason, scan.detail
+    if scan.holes:
+        reason = scan.holes[0][2] if reason is None else reason
+        detail = "; ".join([*(f"{d} ({e - s} bytes)" for s, e, _, d in scan.holes), detail])
+        detail = detail.rstrip("; ")
     return SegmentReport(
         path=path,
         size_before=size,
-        bytes_cut=size - scan.end,
+        bytes_cut=bytes_cut,
         records_kept=scan.records,
-        reason=scan.reason,
-        detail=scan.detail,
+        reason=reason,
+        detail=detail,
         removed=removed,
         scanned=scanned,
         sealed=scan.sealed and not removed,
@@ -787,6 +892,56 @@ def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> Segment
         max_seq=scan.max_seq,
         next_seq=scan.next_seq,
     )
+
+
+def _rewrite_without_holes(f: io.FileIO, path: Path, scan: _Scan, preserve: bool) -> Path | None:
+    """Replace a segment with damaged stretches inside it by a copy of its intact records and
+    a new seal (written beside it, fsynced, renamed over it).  Damaged bytes are copied to
+    ``corrupt/`` first when ``preserve``.  Returns the first preserved file."""
+    cuts = [(s, e) for s, e, _, _ in scan.holes]
+    if scan.end < scan.size - scan.stale_seal:
+        cuts.append((scan.end, scan.size - scan.stale_seal))
+    preserved: Path | None = None
+    if preserve:
+        for start, end in cuts:
+            kept = _preserve(f, path, start, end)
+            preserved = preserved or kept
+    keep: list[tuple[int, int]] = []
+    at = 0
+    for start, end, _, _ in scan.holes:
+        if start > at:
+            keep.append((at, start))
+        at = end
+    if scan.end > at:
+        keep.append((at, scan.end))
+    tmp = path.with_name(path.name + _REWRITE_SUFFIX)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        written = 0
+        for start, end in keep:
+            f.seek(start)
+            left = end - start
+            while left > 0:
+                data = f.read(min(left, _COPY_CHUNK))
+                if not data:
+                    raise JournalError(f"{path} shrank while it was being recovered")
+                _write_all(fd, [data])
+                left -= len(data)
+                written += len(data)
+        if scan.records:
+            _fsync(fd)  # the seal must never reach the disk before the data
+            seal = _seal_record(
+                written, scan.records, scan.min_seq, scan.max_seq, scan.next_seq, time.time_ns()
+            )
+            _write_all(fd, [seal])
+            scan.sealed = True
+        _fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    scan.end = scan.size  # nothing left to truncate: the file was replaced
+    return preserved
 
 
 def _preserve(f: io.FileIO, path: Path, start: int, end: int) -> Path | None:

@@ -72,10 +72,11 @@ def _journal_accounting(root: Path, journal_root: Path, report: Report) -> None:
         total = stored = 0
         decoder = FrameDecoder()
 
-        def cut(path: Path, reason: object, offset: int, size: int) -> None:
+        def cut(path: Path, reason: object, start: int, end: int) -> None:
             report.problems.append(
                 f"journal {path.relative_to(root) if path.is_relative_to(root) else path}: "
-                f"damaged at byte {offset} ({reason}); the next start cuts it"
+                f"{end - start} byte(s) damaged at byte {start} ({reason}); the next start "
+                "cuts them (kept under corrupt/) and keeps the records after them"
             )
 
         for _, rec in journal_mod.read_records(jdir, on_cut=cut):
@@ -97,6 +98,15 @@ def _journal_accounting(root: Path, journal_root: Path, report: Report) -> None:
             f"journal stripe {stripe}: {total} data frame(s), {stored} in committed Parquet, "
             f"{total - stored} not yet (a running daemon commits them; a start replays them)"
         )
+        cut_files = sorted((jdir / "corrupt").glob("*.cut"))
+        if cut_files:
+            size = sum(p.stat().st_size for p in cut_files)
+            report.notes.append(
+                f"journal stripe {stripe}: {size} byte(s) of damaged records were cut at start-up "
+                f"and kept in {len(cut_files)} file(s) under "
+                f"{(jdir / 'corrupt').relative_to(root) if jdir.is_relative_to(root) else jdir}"
+                " (frames in them are missing unless in Parquet; see the recovery events)"
+            )
 
 
 def verify(root: Path, *, deep: bool = False, journal_root: Path | None = None) -> Report:

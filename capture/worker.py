@@ -280,7 +280,9 @@ class StripeWorker:
         recovered: journal_mod.RecoveryReport | None = None
         if jcfg.enabled:
             jdir = jcfg.stripe_dir(self.cfg.output.root, self.stripe)
-            recovered = await self.offload(journal_mod.recover, jdir)
+            # Every record is checked, sealed segments included: a flipped bit anywhere is cut
+            # (kept in corrupt/), reported, and the records after it are kept.
+            recovered = await self.offload(partial(journal_mod.recover, jdir, verify_sealed=True))
             self.journal = await self.offload(
                 partial(
                     journal_mod.JournalWriter,
@@ -834,11 +836,15 @@ class StripeWorker:
             # process died: never hand out their sequence numbers again.
             self._seq = max(self._seq, index.max_seq + 1)
         self._gap_from_ns = last_ns
+        cuts = "".join(
+            f"; {c.path.name}: {c.bytes_cut} byte(s) cut, {c.reason} ({c.detail})"
+            for c in report.cut
+        )
         self._event(
             "recovery",
             detail=(
                 f"journal: {len(report.segments)} segment(s), {report.bytes_cut} byte(s) cut; "
-                f"{replayed} frame(s) not yet in Parquet replayed"
+                f"{replayed} frame(s) not yet in Parquet replayed{cuts}"
             ),
             bytes=report.bytes_cut,
             count=replayed,

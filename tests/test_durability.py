@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import errno
 import json
+import struct
 import threading
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pytest
 import trio
+from journal_util import MSG_TYPE, write_journal
 from memnet import BASE_NS as SIM_NS
 from memnet import KEY, MemoryNet, config, launch, mock_clock, wait_for
 
@@ -22,6 +25,7 @@ from capture.sim.config import SimConfig
 from capture.sim.faults import Faults
 from capture.sim.server import Simulator
 from capture.sink import PartitionSink, SinkError, SinkSettings
+from capture.verify import verify
 
 STRIPE = "A"
 BASE_NS = 1_780_000_000 * 10**9
@@ -194,3 +198,89 @@ def test_a_restart_does_not_quarantine_again_what_a_previous_run_did(tmp_path: P
     assert lines[1:] == [lines[0], lines[0]]  # nor is a line added
     keys = [q["key"] for q in quarantine_lines(root)]
     assert len(set(keys)) == len(keys)
+
+
+def record_spans(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each record, from the documented layout (u32 payload length at 8)."""
+    out, off = [], 0
+    while off < len(data):
+        (n,) = struct.unpack_from("<I", data, off + 8)
+        out.append((off, off + journal.HEADER_SIZE + n))
+        off += journal.HEADER_SIZE + n
+    return out
+
+
+def frames_of_record(data: bytes, start: int) -> set[int]:
+    kind = data[start + 5]
+    first, n = struct.unpack_from("<QI", data, start + 20)
+    return set(range(first, first + n)) if kind == 2 else set()
+
+
+def test_a_flipped_byte_in_a_sealed_segment_costs_only_its_own_record(tmp_path: Path) -> None:
+    """Issue 15, item 6: every position of three records and the seal of a sealed segment in
+    the middle of the journal.  Recovery checks it, cuts the damaged record alone (kept in
+    corrupt/), reports the bytes, and every other frame is still there."""
+    jdir = tmp_path / "j"
+    write_journal(jdir, 80, SIM_NS, segment_bytes=1024)
+    segments = sorted(jdir.glob("seg-*.mlj"))
+    assert len(segments) >= 5
+    victim = segments[len(segments) // 2]
+    original = victim.read_bytes()
+    spans = record_spans(original)
+    assert original[spans[-1][0] + 5] == 3  # sealed
+    everything = journal_frames(jdir)
+    positions = [p for s, e in [*spans[1:3], spans[-2], spans[-1]] for p in range(s, e)]
+    for pos in positions:
+        damaged = bytearray(original)
+        damaged[pos] ^= 0x5A
+        victim.write_bytes(bytes(damaged))
+        start, end = next((s, e) for s, e in spans if s <= pos < e)
+        report = journal.recover(jdir, verify_sealed=True)
+        assert report.bytes_cut == end - start, pos
+        (seg,) = [s for s in report.segments if s.path == victim]
+        assert seg.reason is not None and seg.sealed, pos
+        assert journal_frames(jdir) == everything - frames_of_record(original, start), pos
+        kept = sorted((jdir / "corrupt").glob("*.cut"))
+        assert b"".join(p.read_bytes() for p in kept) == bytes(damaged[start:end]), pos
+        assert journal.recover(jdir, verify_sealed=True).clean, pos
+        for p in kept:
+            p.unlink()
+        victim.write_bytes(original)
+    assert len(positions) > 400
+
+
+def test_recovery_reports_the_damage_and_verify_tells_the_truth(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    cfg = config(root, ["A"], [MSG_TYPE])
+    jdir = cfg.journal.stripe_dir(root, "A")
+    write_journal(jdir, 120, SIM_NS, segment_bytes=2048)
+    victim = sorted(jdir.glob("seg-*.mlj"))[2]
+    data = bytearray(victim.read_bytes())
+    start, end = record_spans(bytes(data))[3]
+    lost = frames_of_record(bytes(data), start)
+    data[start + journal.HEADER_SIZE + 5] ^= 0x01  # one bit of a payload
+    victim.write_bytes(bytes(data))
+    before = verify(root)
+    assert any(f"{end - start} byte(s) damaged" in p for p in before.problems), before.problems
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            launched = launch(nursery, cfg, TrioWallClock(SIM_NS + 10**12), Refused())
+            worker = launched.daemon.workers[0]
+            await wait_for(lambda: worker.stats.files_committed >= 2)
+            await launched.stop()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=mock_clock())
+    seqs = ds.dataset(root / MSG_TYPE, partitioning="hive").to_table(columns=["_seq"])
+    assert sorted(seqs["_seq"].to_pylist()) == sorted(set(range(120)) - lost)
+    events = (
+        ds.dataset(root / "capture_events", partitioning="hive")
+        .to_table(columns=["event", "bytes", "detail"])
+        .to_pylist()
+    )
+    (rec,) = [e for e in events if e["event"] == "recovery"]
+    assert rec["bytes"] == end - start and "crc mismatch" in rec["detail"]
+    after = verify(root)
+    assert after.ok, after.problems
+    assert any(f"{end - start} byte(s) of damaged records were cut" in n for n in after.notes)

@@ -42,8 +42,8 @@ Record layout (little-endian; 40-byte header, then ``payload_len`` payload bytes
 
     offset size  field
       0     4    magic        b"MLJR"
-      4     1    version      1
-      5     1    kind         1 SESSION, 2 MESSAGE, 3 SEAL
+      4     1    version      1 (2 for an EVENT record: a reader before events refuses it)
+      5     1    kind         1 SESSION, 2 MESSAGE, 3 SEAL, 4 EVENT
       6     1    flags        MESSAGE: bit 0 = text message; SESSION: bit 0 = resumed; SEAL: 0
       7     1    reserved     0
       8     4    payload_len  u32
@@ -56,6 +56,8 @@ Record layout (little-endian; 40-byte header, then ``payload_len`` payload bytes
 
     MESSAGE payload  the WebSocket message; a text message is stored UTF-8 encoded
     SESSION payload  UTF-8 JSON {"session": str, "stripe": str, "context": {...}}
+    EVENT payload    UTF-8 JSON object: a capture event (capture.events.Event's fields);
+                     first_seq: the journal position, next_seq from then on
     SEAL payload     48 bytes: u64 offset of this record, u64 records before it (SESSION and
                      MESSAGE), u64 min_seq, u64 max_seq, u64 next_seq, u32 flags (bit 0:
                      min/max valid, bit 1: next_seq valid), u32 reserved = 0
@@ -122,6 +124,7 @@ __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "HEADER_SIZE",
     "CutReason",
+    "EventRecord",
     "JournalBrokenError",
     "JournalClosedError",
     "JournalError",
@@ -145,9 +148,18 @@ VERSION: Final = 1
 KIND_SESSION: Final = 1
 KIND_MESSAGE: Final = 2
 KIND_SEAL: Final = 3
+KIND_EVENT: Final = 4
+EVENT_VERSION: Final = 2  # an older reader refuses (JournalFormatError) instead of cutting it
 FLAG_TEXT: Final = 0x01  # MESSAGE
 FLAG_RESUMED: Final = 0x01  # SESSION
-_ALLOWED_FLAGS: Final = {KIND_SESSION: FLAG_RESUMED, KIND_MESSAGE: FLAG_TEXT, KIND_SEAL: 0}
+_ALLOWED_FLAGS: Final = {
+    KIND_SESSION: FLAG_RESUMED,
+    KIND_MESSAGE: FLAG_TEXT,
+    KIND_SEAL: 0,
+    KIND_EVENT: 0,
+}
+_KIND_VERSION: Final = {KIND_SESSION: 1, KIND_MESSAGE: 1, KIND_SEAL: 1, KIND_EVENT: EVENT_VERSION}
+_VERSIONS: Final = frozenset(_KIND_VERSION.values())
 
 _PREFIX: Final = struct.Struct("<4sBBBBIqQI")  # the CRC-covered header fields
 _HEADER: Final = struct.Struct("<4sBBBBIqQIII")
@@ -220,7 +232,18 @@ class MessageRecord:
     payload: bytes
 
 
-Record = SessionRecord | MessageRecord
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A capture event (connect, disconnect, logon, gap, ...: capture.events) journaled when it
+    happened, so that it is as durable as the data.  ``seq``: the journal position it was
+    written at (not below the event's own ``seq`` field)."""
+
+    time_ns: int
+    seq: int
+    fields: Mapping[str, Any]
+
+
+Record = SessionRecord | MessageRecord | EventRecord
 
 
 class CutReason(enum.StrEnum):
@@ -345,7 +368,8 @@ class JournalBrokenError(JournalError):
 def _record(
     kind: int, flags: int, time_ns: int, first_seq: int, n_data: int, payload: bytes
 ) -> bytes:
-    prefix = _pack_prefix(MAGIC, VERSION, kind, flags, 0, len(payload), time_ns, first_seq, n_data)
+    version = _KIND_VERSION[kind]
+    prefix = _pack_prefix(MAGIC, version, kind, flags, 0, len(payload), time_ns, first_seq, n_data)
     hcrc = crc32(prefix)
     return prefix + _pack_crcs(hcrc, crc32(payload, hcrc)) + payload
 
@@ -363,6 +387,14 @@ def _session_payload(session: str, stripe: str, context: Mapping[str, Any]) -> b
     if len(payload) > MAX_SESSION_PAYLOAD:
         raise ValueError(f"session context too large ({len(payload)} bytes of JSON)")
     return payload
+
+
+def _parse_event(payload: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _parse_session(payload: bytes, wall_ns: int, flags: int) -> SessionRecord | None:
@@ -576,14 +608,14 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
             if damaged(offset, CutReason.HEADER_CRC, "header crc mismatch"):
                 continue
             return
-        if version != VERSION:
+        if version > _KIND_VERSION.get(kind, max(_VERSIONS)):  # a newer writer's: never cut
             raise JournalFormatError(
-                f"{f.name!r}: record at offset {offset} has format version "
-                f"{version}; this program reads version {VERSION}"
+                f"{f.name!r}: record at offset {offset} (kind {kind}) has format version "
+                f"{version}; this program reads version {_KIND_VERSION.get(kind, VERSION)}"
             )
         allowed = _ALLOWED_FLAGS.get(kind)
-        if allowed is None or flags & ~allowed or reserved:
-            detail = f"kind {kind} flags {flags:#x} reserved {reserved}"
+        if allowed is None or flags & ~allowed or reserved or _KIND_VERSION[kind] != version:
+            detail = f"kind {kind} version {version} flags {flags:#x} reserved {reserved}"
             if damaged(offset, CutReason.INVALID_RECORD, detail):
                 continue
             return
@@ -608,6 +640,18 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
             out.records += 1
             if build:
                 yield MessageRecord(t, fs, nd, bool(flags & FLAG_TEXT), buf[start:stop])
+            continue
+        if kind == KIND_EVENT:
+            fields = _parse_event(buf[start:stop])
+            if fields is None or (out.next_seq is not None and fs < out.next_seq):
+                if damaged(offset, CutReason.INVALID_RECORD, "EVENT payload or seq is invalid"):
+                    continue
+                return
+            out.next_seq = fs
+            r.pos = stop
+            out.records += 1
+            if build:
+                yield EventRecord(t, fs, fields)
             continue
         if kind == KIND_SESSION:
             rec = _parse_session(buf[start:stop], t, flags)
@@ -674,12 +718,12 @@ def _intact_at(fd: int, offset: int, size: int, next_seq: int | None) -> bool:
     if (
         magic != MAGIC
         or crc32(head[:_PREFIX_SIZE]) != hcrc
-        or version != VERSION
         or allowed is None
+        or version != _KIND_VERSION[kind]
         or flags & ~allowed
         or reserved
         or offset + HEADER_SIZE + n > size
-        or (kind == KIND_MESSAGE and next_seq is not None and fs < next_seq)
+        or (kind in (KIND_MESSAGE, KIND_EVENT) and next_seq is not None and fs < next_seq)
     ):
         return False
     payload = os.pread(fd, n, offset + HEADER_SIZE)
@@ -1230,6 +1274,34 @@ class JournalWriter:
             self._wake.set()
         if pending >= _MAX_PENDING_BYTES:
             self._write_out()  # the writing thread cannot keep up: wait for the disk here
+
+    def append_event(self, time_ns: int, seq: int, fields: Mapping[str, Any]) -> None:
+        """Journal a capture event at position ``seq`` (not below :attr:`next_seq`; it becomes
+        the next_seq, so a segment holding an event is retired only once ``seq`` is committed).
+        ``fields`` must be JSON-serialisable (at most 1 MiB of JSON)."""
+        payload = json.dumps(
+            dict(fields), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8", "surrogatepass")
+        if len(payload) > MAX_SESSION_PAYLOAD:
+            raise ValueError(f"event too large ({len(payload)} bytes of JSON)")
+        record = _record(KIND_EVENT, 0, time_ns, seq, 0, payload)
+        with self._lock:
+            if self._state is not _State.OPEN or self._broken is not None:
+                self._raise_unusable()
+            if seq < self._next_seq:
+                raise ValueError(
+                    f"event seq {seq} is below the journal's next_seq {self._next_seq}"
+                )
+            seg = self._seg
+            if seg.size + len(record) > self._limit and seg.records > seg.carried:
+                seg = self._roll_locked()
+            seg.pending.append(record)
+            seg.size += len(record)
+            seg.records += 1
+            seg.next_seq = self._next_seq = seq
+            self._appended_records += 1
+            self._appended_bytes += len(record)
+            self._pending_bytes += len(record)
 
     def begin_session(
         self, session: str, stripe: str, wall_ns: int, context: Mapping[str, Any]

@@ -17,14 +17,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from capture.events import TABLE as EVENTS_TABLE
 from capture.logs import get_logger
 from capture.sink import META_MSG_TYPE, META_SEQ_MAX, META_SEQ_MIN, META_STRIPE
 
 log = get_logger(component="recovery")
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+EventKey = tuple[int, str, str | None]  # (time ns, event, session): one capture event
 
 
 @dataclass
@@ -111,3 +115,34 @@ def _index_file(
                 ns = (latest - _EPOCH) // dt.timedelta(microseconds=1) * 1000
                 if ns > index.max_sent_ns.get(msg_type, 0):
                     index.max_sent_ns[msg_type] = ns
+
+
+def committed_events(root: Path, stripe: str, *, since_ns: int | None) -> set[EventKey]:
+    """(time ns, event, session) of every committed capture-events row of ``stripe`` dated from
+    the day before ``since_ns`` on: what a journal replay must not add again."""
+    first_day = None
+    if since_ns is not None:
+        first_day = dt.datetime.fromtimestamp(since_ns / 1e9, tz=dt.UTC).date()
+        first_day -= dt.timedelta(days=1)
+    keys: set[EventKey] = set()
+    table_dir = root / EVENTS_TABLE
+    if not table_dir.is_dir():
+        return keys
+    for day_dir in table_dir.glob("date=*"):
+        try:
+            day = dt.date.fromisoformat(day_dir.name.removeprefix("date="))
+        except ValueError:
+            continue
+        if first_day is not None and day < first_day:
+            continue
+        for path in (day_dir / f"stripe={stripe}").glob("*.parquet"):
+            try:
+                table = pq.read_table(path, columns=["_recv_time", "event", "_session"])
+            except (OSError, ValueError) as exc:
+                log.error("unreadable events file", path=str(path), error=str(exc))
+                continue
+            times = table.column("_recv_time").cast(pa.int64()).to_pylist()
+            events = table.column("event").cast(pa.string()).to_pylist()
+            sessions = table.column("_session").cast(pa.string()).to_pylist()
+            keys.update(zip(times, events, sessions, strict=True))
+    return keys

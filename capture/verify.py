@@ -84,6 +84,8 @@ def _journal_accounting(root: Path, journal_root: Path, report: Report) -> None:
                 if not rec.resumed:
                     decoder = FrameDecoder()
                 continue
+            if isinstance(rec, journal_mod.EventRecord):
+                continue
             seq = rec.first_seq
             for ev in decoder.feed(rec.payload):
                 if not isinstance(ev, Frame):

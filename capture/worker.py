@@ -20,12 +20,13 @@ sessions, so a reconnect never loses or re-orders what was already received.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import random
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -50,7 +51,7 @@ from capture.frames import FrameDecoder, Garbage, encode_client_frame
 from capture.logs import get_logger, redact
 from capture.memory import InFlightBudget, decode_slots
 from capture.quarantine import Quarantined
-from capture.recovery import CommittedIndex, scan_committed
+from capture.recovery import CommittedIndex, committed_events, scan_committed
 from capture.schemas import lookup as lookup_message
 from capture.sink import CommittedFile, PartitionSink, SinkSettings
 from capture.stats import StripeStats
@@ -196,6 +197,11 @@ class StripeWorker:
         self._rotate_now = trio.Event()
         self._pending: dict[str, PendingBatch] = {}
         self._events: list[capture_events.Event] = []
+        # Events not yet in the journal: those raised while a message is being handled wait for
+        # it to be journaled (an event's journal position is never below its own seq).
+        self._unjournaled: list[capture_events.Event] = []
+        self._in_message = False
+        self._events_before: frozenset[tuple[int, str, str | None]] = frozenset()
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
         self.journal: journal_mod.JournalWriter | None = None
         # Keys of what earlier runs quarantined (capture.quarantine): a replay skips them.
@@ -465,9 +471,13 @@ class StripeWorker:
                 for message in messages:
                     stats.bytes += len(message)
                     first_seq = self._seq
+                    self._in_message = True
                     await self._process(sess, message, recv_ns, conn, api_key)
                     if journal is not None:  # buffered; fsynced by its own thread
                         journal.append(recv_ns, first_seq, self._seq - first_seq, message)
+                    self._in_message = False
+                    if self._unjournaled:
+                        self._journal_events()
                     if self._ready:  # after the journal: waiting for the writers delays no fsync
                         await self._drain_ready(send)
                 if sess.ended is not None:
@@ -475,6 +485,9 @@ class StripeWorker:
                 if sess.requested and stats.state != "streaming" and stats.session is not None:
                     stats.state = "streaming"
         finally:
+            self._in_message = False
+            if self._unjournaled:
+                self._journal_events()
             # Bytes still waiting for the rest of a frame can never complete now: keep them.
             with trio.CancelScope(shield=True):
                 await self._end_of_stream(sess, send)
@@ -678,10 +691,7 @@ class StripeWorker:
         """Queue an item for the writer (no waiting: see :meth:`_drain_ready`).  From now on
         its frames count as in flight for the journal's commit watermark."""
         if self.durability is not None:
-            if isinstance(item, PendingBatch):
-                self.durability.taken(item.seq[0])
-            elif isinstance(item, Quarantined):
-                self.durability.taken(item.seq)
+            self.durability.taken(_low_seq(item))
         self._ready.append(item)
 
     async def _drain_ready(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
@@ -734,9 +744,9 @@ class StripeWorker:
         self._enqueue(Quarantined(recv_ns, session, reason, data, seq=seq, key=key))
 
     def _event(self, kind: str, **fields: Any) -> None:
-        if self._replaying:  # these events were recorded when the messages arrived
+        if self._replaying:  # these events are in the journal, as EVENT records
             return
-        self._events.append(
+        self._record_event(
             capture_events.Event(
                 time_ns=self.clock.now_ns(),
                 session=self.stats.session,
@@ -746,12 +756,34 @@ class StripeWorker:
             )
         )
 
+    def _record_event(self, event: capture_events.Event) -> None:
+        """Queue an event for the events table and journal it (capture.durability: the gap
+        ledger is as durable as the data)."""
+        self._events.append(event)
+        if self.journal is not None:
+            self._unjournaled.append(event)
+            if not self._in_message:
+                self._journal_events()
+
+    def _journal_events(self) -> None:
+        journal = self.journal
+        events, self._unjournaled = self._unjournaled, []
+        if journal is None:
+            return
+        try:
+            for ev in events:
+                journal.append_event(
+                    ev.time_ns, max(journal.next_seq, ev.seq), dataclasses.asdict(ev)
+                )
+        except journal_mod.JournalError as exc:  # the syncer stops the stripe for it
+            self.log.error("journal: could not record an event", error=str(exc))
+
     async def _flush_pending(
         self, send: trio.MemorySendChannel[_WriterItem], older_than_ns: int | None
     ) -> None:
         if self._events:
             events, self._events = self._events, []
-            self._enqueue(EventBatch(events))
+            self._enqueue(EventBatch(events))  # (journaled already: see _record_event)
         for msg_type, pb in list(self._pending.items()):
             if older_than_ns is None or pb.first_ns <= older_than_ns:
                 del self._pending[msg_type]
@@ -772,9 +804,10 @@ class StripeWorker:
         pending batches; the keeper adds what the writer holds and the sink's open and aborted
         files."""
         assert self.durability is not None
-        return self.durability.loop_watermark(
-            self._seq, [pb.seq[0] for pb in self._pending.values() if pb.seq]
-        )
+        lows = [pb.seq[0] for pb in self._pending.values() if pb.seq]
+        if self._events:
+            lows.append(min(e.seq for e in self._events))
+        return self.durability.loop_watermark(self._seq, lows)
 
     async def _syncer(self) -> None:
         """Every half ``durability_interval`` (so that a frame is on disk within the interval,
@@ -826,6 +859,11 @@ class StripeWorker:
         index = await self.offload(
             partial(scan_committed, self.cfg.output.root, self.stripe, since_ns=since)
         )
+        self._events_before = frozenset(
+            await self.offload(
+                partial(committed_events, self.cfg.output.root, self.stripe, since_ns=since)
+            )
+        )
         if index.max_seq is not None:
             self._seq = max(self._seq, index.max_seq + 1)
         for msg_type, sent_ns in index.max_sent_ns.items():  # resume after a restart too
@@ -872,6 +910,8 @@ class StripeWorker:
         last_ns: int | None = None
         sess: _Session | None = None
         contains = committed.contains if committed is not None else None
+        last_of: dict[str, int] = {}  # session -> its last message's receive time
+        closed: set[str | None] = set()  # sessions whose disconnect is in the journal
 
         def already(msg_type: str, seq: int) -> bool:
             nonlocal replayed
@@ -892,6 +932,16 @@ class StripeWorker:
                                 await self._end_of_stream(sess, send)
                             sess = _Session.start(rec.session, self._replayed_streams(rec))
                             continue
+                        if isinstance(rec, journal_mod.EventRecord):
+                            event = _event_from(rec.fields)
+                            if event is None:
+                                continue
+                            if event.event == "disconnect":
+                                closed.add(event.session)
+                            key = (event.time_ns, event.event, event.session)
+                            if key not in self._events_before:
+                                self._events.append(event)  # journaled already
+                            continue
                         if sess is None:  # the journal starts inside a session
                             sess = _Session.start("unknown", {})
                         self._seq = rec.first_seq
@@ -900,11 +950,26 @@ class StripeWorker:
                         )
                         if self._ready:
                             await self._drain_ready(send)
-                        last_ns = rec.recv_ns
+                        last_ns = last_of[sess.id] = rec.recv_ns
             if sess is not None:
                 await self._end_of_stream(sess, send)
         finally:
             self._replaying = False
+        for session, ended_ns in last_of.items():
+            if session in closed or session == "unknown":
+                continue
+            # The process died with this session open (SIGKILL, a crash): no disconnect was
+            # recorded.  Record it now, once: the key is the same at every start.
+            event = capture_events.Event(
+                time_ns=ended_ns,
+                session=session,
+                seq=self._seq,
+                event="disconnect",
+                detail="capture process ended without closing the session (killed or crashed)",
+                gap_start_ns=ended_ns,
+            )
+            if (event.time_ns, event.event, event.session) not in self._events_before:
+                self._record_event(event)
         if self.journal is not None:
             self._seq = max(self._seq, self.journal.next_seq)
         return replayed, last_ns
@@ -999,6 +1064,8 @@ class StripeWorker:
                 elif isinstance(item, EventBatch):
                     batch = capture_events.to_batch(item.events, self.stripe)
                     self._committed(await self._heavy(sink.write, capture_events.TABLE, batch))
+                    if self.durability is not None:
+                        self.durability.done(_low_seq(item))
                 else:
                     await self.offload(self._write_quarantine, item)
                     if self.durability is not None:
@@ -1175,11 +1242,32 @@ def _max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:
 
 
 def _first_recv_ns(directory: Path) -> int | None:
-    """Receive time of the oldest message in a journal (None if it holds none)."""
+    """Time of the oldest message or event in a journal (None if it holds none)."""
     for _, rec in journal_mod.read_records(directory):
         if isinstance(rec, journal_mod.MessageRecord):
             return rec.recv_ns
+        if isinstance(rec, journal_mod.EventRecord):
+            return rec.time_ns
     return None
+
+
+def _event_from(fields: Mapping[str, Any]) -> capture_events.Event | None:
+    """The event a journal EVENT record holds (None: not one this version understands)."""
+    if not (isinstance(fields.get("time_ns"), int) and isinstance(fields.get("seq"), int)):
+        return None
+    try:
+        return capture_events.Event(**fields)
+    except TypeError:
+        return None
+
+
+def _low_seq(item: _WriterItem) -> int:
+    """The lowest seq an item for the writer holds the journal at (capture.durability)."""
+    if isinstance(item, PendingBatch):
+        return item.seq[0]
+    if isinstance(item, EventBatch):
+        return min(e.seq for e in item.events)
+    return item.seq
 
 
 def _take(records: Iterator[tuple[Path, journal_mod.Record]], n: int) -> list[journal_mod.Record]:

@@ -1144,3 +1144,24 @@ def test_session_payload_is_the_documented_json(jdir: Path) -> None:
         "stripe": "A",
         "context": {"types": ["T"], "url": "wss://x"},
     }
+
+
+def test_event_records_round_trip_and_hold_their_segment(jdir: Path, no_fsync: None) -> None:
+    w = JournalWriter(jdir, segment_bytes=300)
+    m = Model(w)
+    m.session("s1")
+    fill(m, 3)
+    w.append_event(m.recv, m.seq, {"event": "gap", "time_ns": m.recv, "seq": m.seq})
+    with pytest.raises(ValueError, match="below"):
+        w.append_event(m.recv, m.seq - 1, {})
+    fill(m, 6)
+    w.flush_and_sync()
+    w.roll()
+    w.flush_and_sync()
+    events = [r for r in records(jdir) if isinstance(r, journal.EventRecord)]
+    assert [(e.seq, e.fields["event"]) for e in events] == [(6, "gap")]
+    holding = next(s for s in w.segments() if s.next_seq is not None and s.next_seq >= 6)
+    w.retire(6)  # seq 6 not committed: the segment holding the event stays
+    assert holding.path in [s.path for s in w.segments()]
+    w.close()
+    assert recover(jdir, verify_sealed=True).clean

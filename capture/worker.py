@@ -45,8 +45,9 @@ from capture.backoff import Backoff
 from capture.batches import BatchDecoder
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
+from capture.crashguard import CrashGuard, Suspects
 from capture.durability import DurabilityKeeper
-from capture.faultpoints import crash_point
+from capture.faultpoints import crash_point, poison_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
 from capture.logs import get_logger, redact
 from capture.memory import InFlightBudget, decode_slots
@@ -202,6 +203,8 @@ class StripeWorker:
         self._unjournaled: list[capture_events.Event] = []
         self._in_message = False
         self._events_before: frozenset[tuple[int, str, str | None]] = frozenset()
+        self._guard: CrashGuard | None = None  # what the writer is decoding (crashguard)
+        self._suspects: Suspects | None = None  # what earlier runs died decoding
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
         self.journal: journal_mod.JournalWriter | None = None
         # Keys of what earlier runs quarantined (capture.quarantine): a replay skips them.
@@ -300,6 +303,11 @@ class StripeWorker:
                 )
             )
             self._seq = max(self._seq, self.journal.next_seq)
+            oldest = [s.min_seq for s in recovered.segments if s.min_seq is not None]
+            self._guard = CrashGuard(jdir)
+            self._suspects = await self.offload(
+                partial(self._guard.open, oldest_seq=min(oldest, default=None))
+            )
             self.durability = DurabilityKeeper(self.journal, sink, retain_hours=jcfg.retain_hours)
         try:
             async with trio.open_nursery() as nursery:
@@ -332,6 +340,9 @@ class StripeWorker:
                     self._publish_durable()
                     self.journal = None
                     self.durability = None
+            if self._guard is not None:
+                self._guard.close()
+                self._guard = None
         self.stats.state = "stopped"
 
     async def _connect_loop(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
@@ -550,8 +561,18 @@ class StripeWorker:
                     continue
                 seq = self._seq
                 self._seq += 1
-                if committed is not None and committed(mtyp, seq):
-                    continue  # replay: already in a committed file
+                alone = False
+                if committed is not None:  # replay
+                    if committed(mtyp, seq):
+                        continue  # already in a committed file
+                    if self._suspects:  # an earlier run died decoding this (crashguard)
+                        verdict = self._suspects.verdict(mtyp, seq)
+                        if verdict == "poison":
+                            self._set_aside(recv_ns, session, seq, body)
+                            continue
+                        if verdict == "suspect" and mtyp in pending:
+                            self._enqueue(pending.pop(mtyp))
+                        alone = verdict == "suspect"
                 pb = pending.get(mtyp)
                 if pb is None or pb.session != session:
                     if pb is not None:
@@ -566,7 +587,7 @@ class StripeWorker:
                 pb.nbytes += len(body)
                 data_frames += 1
                 snapshot_rows += in_snapshot
-                if len(pb.bodies) >= batch_rows or pb.nbytes >= batch_max_bytes:
+                if len(pb.bodies) >= batch_rows or pb.nbytes >= batch_max_bytes or alone:
                     self._enqueue(pending.pop(mtyp))
         finally:  # also when a control frame's handling raises part-way
             if live and data_frames:
@@ -742,6 +763,16 @@ class StripeWorker:
         self.stats.quarantined += 1
         self.log.warning("quarantined bytes", reason=reason, size=len(data))
         self._enqueue(Quarantined(recv_ns, session, reason, data, seq=seq, key=key))
+
+    def _set_aside(self, recv_ns: int, session: str, seq: int, body: bytes) -> None:
+        """Quarantine a frame the process died decoding twice, the second time alone."""
+        key = f"seq/{seq}"
+        if key in self._quarantined_before:
+            return
+        self.stats.quarantined += 1
+        reason = "the process died decoding this frame (twice; the second time alone)"
+        self.log.error("quarantined a frame that crashed the decoder", seq=seq, size=len(body))
+        self._enqueue(Quarantined(recv_ns, session, reason, body, seq=seq, key=key))
 
     def _event(self, kind: str, **fields: Any) -> None:
         if self._replaying:  # these events are in the journal, as EVENT records
@@ -1133,7 +1164,21 @@ class StripeWorker:
     def _decode_and_write(
         self, dec: BatchDecoder, sink: PartitionSink, pb: PendingBatch
     ) -> _WriteOutcome:
-        """Runs in a worker thread: bulk decode, split by partition date, write."""
+        """Runs in a worker thread: bulk decode, split by partition date, write; noted in the
+        crash guard meanwhile (capture.crashguard), so that a crash here is not repeated."""
+        guard = self._guard
+        if guard is None:
+            return self._decode_and_write_now(dec, sink, pb)
+        guard.begin(pb.msg_type, pb.seq[0], pb.seq[-1])
+        try:
+            return self._decode_and_write_now(dec, sink, pb)
+        finally:
+            guard.end()
+
+    def _decode_and_write_now(
+        self, dec: BatchDecoder, sink: PartitionSink, pb: PendingBatch
+    ) -> _WriteOutcome:
+        poison_point(pb.bodies)
         result = dec.decode(
             pb.bodies,
             type_numbers=pb.type_numbers,

@@ -2,8 +2,8 @@
 
 Every data frame is journaled before it is decoded, so a frame that crashes the process in
 native code (a segfault in a library on some new input) would crash every start-up again, in
-recovery.  Before the writer hands a batch to the decoder and the sink, it notes in the stripe's
-journal directory which frames it is working on (``DECODING``: message type and seq range), and
+recovery.  Before a writer hands a batch to the decoder and the sink, it notes in the stripe's
+journal directory which frames it is working on (``DECODING.<writer>``: type and seq range), and
 clears the note when they are done.  The note is one ``pwrite`` and one ``ftruncate`` per batch
 and is not fsynced: it only has to survive the *process* (the page cache does), not a power
 loss, which no input causes.
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["CrashGuard", "Suspects"]
+__all__ = ["CrashGuard", "Note", "Suspects"]
 
 _MARKER: Final = "DECODING"
 _SUSPECTS: Final = "SUSPECTS"
@@ -63,42 +63,14 @@ class Suspects:
         return None
 
 
-class CrashGuard:
-    """One stripe's note of what its writer is decoding.  :meth:`begin` / :meth:`end` run in
-    the writer's thread (one batch at a time per stripe); :meth:`open` at start-up."""
+class Note:
+    """What one writer is decoding (``DECODING.<slot>``).  :meth:`begin` / :meth:`end` run in
+    that writer's thread, one batch at a time."""
 
-    def __init__(self, directory: Path) -> None:
-        self._dir = Path(directory)
-        self._fd: int | None = None
-
-    def open(self, *, oldest_seq: int | None) -> Suspects:
-        """Read what the last run left (a note means it died decoding), record it among the
-        suspects, forget suspects the journal no longer holds (below ``oldest_seq``) and start
-        a clean note.  Returns the suspects for the replay."""
-        marker = self._dir / _MARKER
-        ranges = self._load()
-        poisoned: set[tuple[str, int]] = set()
-        try:
-            died_on = _parse(marker.read_bytes())
-        except FileNotFoundError:
-            died_on = None
-        if died_on is not None:
-            ranges.append(died_on)
-        if oldest_seq is not None:
-            ranges = [r for r in ranges if r.hi >= oldest_seq]
-        elif died_on is None:
-            ranges = []  # the journal holds no frame: nothing to suspect
-        # A frame decoded alone when the process died, inside a range it died on before.
-        # Such frames stay in the list: a later start must not decode them either (the
-        # quarantine's key keeps them from being set aside twice).
-        for r in ranges:
-            if r.lo == r.hi and any(
-                o.msg_type == r.msg_type and o.lo <= r.lo <= o.hi and o is not r for o in ranges
-            ):
-                poisoned.add((r.msg_type, r.lo))
-        self._save(ranges)
-        self._fd = os.open(marker, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _MODE)
-        return Suspects(ranges, poisoned)
+    def __init__(self, path: Path) -> None:
+        self._fd: int | None = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _MODE
+        )
 
     def begin(self, msg_type: str, lo: int, hi: int) -> None:
         """The frames of ``msg_type`` from ``lo`` to ``hi`` go to the decoder now."""
@@ -116,6 +88,45 @@ class CrashGuard:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+class CrashGuard:
+    """One stripe's crash guard: :meth:`open` at start-up (before any :meth:`note`), then one
+    :class:`Note` per writer (the live one, the recovery's)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = Path(directory)
+
+    def note(self, slot: str) -> Note:
+        return Note(self._dir / f"{_MARKER}.{slot}")
+
+    def open(self, *, oldest_seq: int | None) -> Suspects:
+        """Read what the last run left (a note means it died decoding), record it among the
+        suspects, forget suspects the journal no longer holds (below ``oldest_seq``) and clear
+        the notes.  Returns the suspects for the replay."""
+        ranges = self._load()
+        poisoned: set[tuple[str, int]] = set()
+        died_on = None
+        for marker in sorted(self._dir.glob(f"{_MARKER}*")):
+            found = _parse(marker.read_bytes())
+            if found is not None:
+                died_on = found
+                ranges.append(found)
+            marker.unlink()
+        if oldest_seq is not None:
+            ranges = [r for r in ranges if r.hi >= oldest_seq]
+        elif died_on is None:
+            ranges = []  # the journal holds no frame: nothing to suspect
+        # A frame decoded alone when the process died, inside a range it died on before.
+        # Such frames stay in the list: a later start must not decode them either (the
+        # quarantine's key keeps them from being set aside twice).
+        for r in ranges:
+            if r.lo == r.hi and any(
+                o.msg_type == r.msg_type and o.lo <= r.lo <= o.hi and o is not r for o in ranges
+            ):
+                poisoned.add((r.msg_type, r.lo))
+        self._save(ranges)
+        return Suspects(ranges, poisoned)
 
     def _load(self) -> list[_Range]:
         try:

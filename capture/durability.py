@@ -54,6 +54,7 @@ class DurabilityKeeper:
         self._lock = threading.Lock()
         self._inflight: Counter[int] = Counter()  # lowest seq of each item the writer holds
         self._held: str | None = None
+        self._floor: int | None = None
 
     # -- the event loop's side ---------------------------------------------------------------
 
@@ -83,6 +84,12 @@ class DurabilityKeeper:
     def held(self) -> str | None:
         return self._held
 
+    def hold_below(self, seq: int | None) -> None:
+        """Retire nothing holding frames at or above ``seq`` (None: lift it).  Start-up
+        replays the last run's segments beside live capture with a sink of its own: until it
+        has committed, its frames are in no place this keeper watches."""
+        self._floor = seq
+
     def loop_watermark(self, next_seq: int, pending_lows: list[int]) -> int:
         """Every frame below the result is, as far as the event loop knows, past the writer:
         ``next_seq`` is the next frame to be numbered, ``pending_lows`` the lowest seq of each
@@ -101,6 +108,9 @@ class DurabilityKeeper:
         left the loop after that is in the sink now, and the sink is read after."""
         if self._held is not None:
             return None
+        floor = self._floor
+        if floor is not None:
+            loop_low = min(loop_low, floor)
         with self._lock:
             if self._inflight:
                 loop_low = min(loop_low, min(self._inflight))

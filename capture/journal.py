@@ -111,7 +111,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, cast
@@ -138,6 +138,7 @@ __all__ = [
     "SegmentInfo",
     "SegmentReport",
     "SessionRecord",
+    "check_segments",
     "list_segments",
     "read_records",
     "recover",
@@ -807,6 +808,7 @@ def read_records(
     *,
     from_seq: int | None = None,
     on_cut: Callable[[Path, CutReason, int, int], None] | None = None,
+    only: Collection[Path] | None = None,
 ) -> Iterator[tuple[Path, Record]]:
     """Every valid SESSION and MESSAGE record of every segment, in append order.
 
@@ -816,10 +818,15 @@ def read_records(
     corrupt tail (the live segment of a running writer may legitimately end mid-record).
     With ``from_seq``, leading segments that hold nothing at or above ``from_seq`` (by the
     same rule as retire: their ``next_seq < from_seq``) are skipped; records below
-    ``from_seq`` in the first segment read are still yielded, so filter frames by seq.
+    ``from_seq`` in the first segment read are still yielded, so filter frames by seq.  With
+    ``only``, just those segments are read (the ones a crashed run left, while a new writer
+    appends to others).
     """
     directory = Path(directory)
     paths = [p for p, _, _ in _segment_paths(directory)]
+    if only is not None:
+        wanted = set(only)
+        paths = [p for p in paths if p in wanted]
     if from_seq is not None:
         infos = list_segments(directory)
         skip = 0
@@ -881,6 +888,23 @@ def recover(
             _fsync_dir(directory)
     finally:
         lock.release()
+    return RecoveryReport(
+        reports,
+        bytes_cut=sum(r.bytes_cut for r in reports),
+        records_kept=sum(r.records_kept for r in reports),
+        directory=directory,
+    )
+
+
+def check_segments(paths: Collection[Path], *, preserve_corrupt: bool = True) -> RecoveryReport:
+    """recover(verify_sealed=True) for the given sealed segments of a journal a writer has
+    open: every record's CRCs are checked and damage is cut as recover() cuts it.  Runs
+    without the directory lock (the writer holds it), so the caller must keep these segments
+    from being retired meanwhile; the writer never writes to a sealed segment."""
+    reports = [_recover_segment(p, True, preserve_corrupt) for p in paths if p.exists()]
+    directory = next(iter(paths)).parent if paths else Path()
+    if any(r.removed for r in reports):
+        _fsync_dir(directory)
     return RecoveryReport(
         reports,
         bytes_cut=sum(r.bytes_cut for r in reports),

@@ -49,9 +49,14 @@ class CommittedIndex:
         return i >= 0 and spans[i][0] <= seq <= spans[i][1]
 
 
-def scan_committed(root: Path, stripe: str, *, since_ns: int | None) -> CommittedIndex:
+def scan_committed(
+    root: Path, stripe: str, *, since_ns: int | None, every_date: bool = False
+) -> CommittedIndex:
     """Index the committed files of ``stripe`` from the date of ``since_ns`` (minus a day, for
-    any time zone) on; ``since_ns`` None scans every date."""
+    any time zone) on: the journal's oldest record, so only files it can refer to.  With
+    ``since_ns`` None (the journal holds no message) only the newest date of each table and
+    the day before it are read: that is where the highest seq and the latest send time are
+    (issue 16: not the footers of every file of every date).  ``every_date``: all of them."""
     first_day = None
     if since_ns is not None:
         first_day = dt.datetime.fromtimestamp(since_ns / 1e9, tz=dt.UTC).date()
@@ -63,12 +68,21 @@ def scan_committed(root: Path, stripe: str, *, since_ns: int | None) -> Committe
     for table in root.iterdir():
         if not table.is_dir() or table.name.startswith(("_", ".")):
             continue
+        days: list[tuple[dt.date, Path]] = []
         for day_dir in table.glob("date=*"):
             try:
                 day = dt.date.fromisoformat(day_dir.name.removeprefix("date="))
             except ValueError:
                 continue
-            if first_day is not None and day < first_day:
+            if (day_dir / f"stripe={stripe}").is_dir():
+                days.append((day, day_dir))
+        if not days:
+            continue
+        floor = first_day
+        if floor is None and not every_date:
+            floor = max(days)[0] - dt.timedelta(days=1)
+        for day, day_dir in days:
+            if floor is not None and day < floor:
                 continue
             for path in (day_dir / f"stripe={stripe}").glob("*.parquet"):
                 _index_file(path, stripe, raw, index)

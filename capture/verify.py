@@ -68,7 +68,7 @@ def _journal_accounting(root: Path, journal_root: Path, report: Report) -> None:
 
     for jdir in sorted(journal_root.glob("stripe=*")):
         stripe = jdir.name.removeprefix("stripe=")
-        index = scan_committed(root, stripe, since_ns=None)
+        index = scan_committed(root, stripe, since_ns=None, every_date=True)
         total = stored = 0
         decoder = FrameDecoder()
 

@@ -45,7 +45,7 @@ from capture.backoff import Backoff
 from capture.batches import BatchDecoder
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
-from capture.crashguard import CrashGuard, Suspects
+from capture.crashguard import CrashGuard, Note, Suspects
 from capture.durability import DurabilityKeeper
 from capture.faultpoints import crash_point, poison_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
@@ -135,6 +135,28 @@ class EventBatch:
 
 
 _WriterItem = PendingBatch | Quarantined | EventBatch
+
+
+@dataclass(frozen=True, slots=True)
+class _RecoveryPlan:
+    """What start-up found before going live, for the replay that runs beside it."""
+
+    report: journal_mod.RecoveryReport
+    segments: list[Path]  # the segments the last run left (the live writer adds others)
+    index: CommittedIndex
+    guard: CrashGuard
+    suspects: Suspects
+    quarantined_before: frozenset[str]
+    events_before: frozenset[tuple[int, str, str | None]]
+
+
+@dataclass(slots=True)
+class _JournalSpan:
+    first_ns: int | None = None  # oldest message or event
+    last_ns: int | None = None  # newest message
+    sent_ns: dict[str, int] = field(default_factory=dict)  # per type: latest header sTim
+
+
 Offload = Callable[..., Awaitable[Any]]
 
 
@@ -203,7 +225,7 @@ class StripeWorker:
         self._unjournaled: list[capture_events.Event] = []
         self._in_message = False
         self._events_before: frozenset[tuple[int, str, str | None]] = frozenset()
-        self._guard: CrashGuard | None = None  # what the writer is decoding (crashguard)
+        self._guard: Note | None = None  # what the writer is decoding (crashguard)
         self._suspects: Suspects | None = None  # what earlier runs died decoding
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
         self.journal: journal_mod.JournalWriter | None = None
@@ -286,12 +308,13 @@ class StripeWorker:
             self._sink_settings, stripe=self.stripe, session=self.run_id, now_ns=self.clock.now_ns
         )
         jcfg = self.cfg.journal
-        recovered: journal_mod.RecoveryReport | None = None
+        plan: _RecoveryPlan | None = None
         if jcfg.enabled:
             jdir = jcfg.stripe_dir(self.cfg.output.root, self.stripe)
-            # Every record is checked, sealed segments included: a flipped bit anywhere is cut
-            # (kept in corrupt/), reported, and the records after it are kept.
-            recovered = await self.offload(partial(journal_mod.recover, jdir, verify_sealed=True))
+            # Before going live only what is cheap: seals are trusted and only the segments a
+            # crash left open are read.  The sealed ones are checked record by record beside
+            # live capture (_recover_beside), before they are replayed.
+            recovered = await self.offload(journal_mod.recover, jdir)
             self.journal = await self.offload(
                 partial(
                     journal_mod.JournalWriter,
@@ -304,23 +327,23 @@ class StripeWorker:
             )
             self._seq = max(self._seq, self.journal.next_seq)
             oldest = [s.min_seq for s in recovered.segments if s.min_seq is not None]
-            self._guard = CrashGuard(jdir)
-            self._suspects = await self.offload(
-                partial(self._guard.open, oldest_seq=min(oldest, default=None))
-            )
+            guard = CrashGuard(jdir)
+            suspects = await self.offload(partial(guard.open, oldest_seq=min(oldest, default=None)))
+            self._guard = guard.note("live")
             self.durability = DurabilityKeeper(self.journal, sink, retain_hours=jcfg.retain_hours)
+            plan = await self._plan_recovery(recovered, guard, suspects)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, recv, sink)
                 async with send:
                     task_status.started()
                     with self._stop_scope:
-                        if recovered is not None:
-                            await self._recover(send, recovered)
                         async with trio.open_nursery() as inner:
                             inner.start_soon(self._flusher, send)
                             if self.journal is not None:
                                 inner.start_soon(self._syncer)
+                            if plan is not None:  # beside live capture, not before it
+                                inner.start_soon(self._recover_beside, plan)
                             await self._connect_loop(send)
                     # Stopping: hand over what is pending; closing `send` lets the writer drain.
                     self.stats.state = "stopping"
@@ -875,64 +898,121 @@ class StripeWorker:
         except (OSError, journal_mod.JournalError) as exc:
             self.log.error("journal: final sync failed", error=str(exc))
 
-    async def _recover(
-        self, send: trio.MemorySendChannel[_WriterItem], report: journal_mod.RecoveryReport
-    ) -> None:
-        """Start-up: frames in the journal but not in committed Parquet go to Parquet, once."""
-        assert self.journal is not None
+    async def _plan_recovery(
+        self, report: journal_mod.RecoveryReport, guard: CrashGuard, suspects: Suspects
+    ) -> _RecoveryPlan:
+        """Start-up, before going live: what the replay needs, the sequence numbers it owns,
+        where the last run stopped (the gap's start, the resume point) and what it already
+        stored.  Reads the journal's first and last segments and the footers of the committed
+        files the journal can refer to; the replay itself runs beside live capture."""
+        assert self.journal is not None and self.durability is not None
         directory = self.journal.directory
-        since = await self.offload(_first_recv_ns, directory)
-        self._quarantined_before = frozenset(
-            await self.offload(
-                partial(quarantine.known_keys, self.cfg.output.root, self.stripe, since_ns=since)
-            )
-        )
+        segments = [s.path for s in report.segments if not s.removed]
+        span = await self.offload(_journal_span, directory, segments)
+        root = self.cfg.output.root
         index = await self.offload(
-            partial(scan_committed, self.cfg.output.root, self.stripe, since_ns=since)
+            partial(scan_committed, root, self.stripe, since_ns=span.first_ns)
         )
-        self._events_before = frozenset(
-            await self.offload(
-                partial(committed_events, self.cfg.output.root, self.stripe, since_ns=since)
+        # The live reader numbers frames from here: the replay owns every number below.
+        self._seq = max(self._seq, self.journal.next_seq)
+        if index.max_seq is not None:
+            # Committed files can hold rows whose journal records were not yet fsynced when
+            # the process died: never hand out their sequence numbers again.
+            self._seq = max(self._seq, index.max_seq + 1)
+        # Resume from the last record received, durable in the journal, not only from the
+        # last one committed (which lags: the difference would be stored twice).
+        for source in (index.max_sent_ns, span.sent_ns):
+            for msg_type, sent_ns in source.items():
+                self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
+        self._gap_from_ns = span.last_ns
+        if segments:
+            self.durability.hold_below(0)  # retire nothing until the replay has committed
+        return _RecoveryPlan(
+            report=report,
+            segments=segments,
+            index=index,
+            guard=guard,
+            suspects=suspects,
+            quarantined_before=frozenset(
+                await self.offload(
+                    partial(quarantine.known_keys, root, self.stripe, since_ns=span.first_ns)
+                )
+            ),
+            events_before=frozenset(
+                await self.offload(
+                    partial(committed_events, root, self.stripe, since_ns=span.first_ns)
+                )
+            ),
+        )
+
+    async def _recover_beside(self, plan: _RecoveryPlan) -> None:
+        """Beside live capture: check the sealed segments the last run left, replay the frames
+        in them that are not in committed Parquet (with their own sink and writer, so that
+        each file still holds one contiguous run of one type), commit them, then let the
+        journal retire again."""
+        assert self.journal is not None and self.durability is not None
+        report = plan.report
+        checked = (
+            await self.offload(journal_mod.check_segments, plan.segments) if plan.segments else None
+        )
+        replayer = StripeWorker(
+            self.cfg,
+            self.stripe,
+            clock=self.clock,
+            credentials=self.credentials,
+            run_id=f"{self.run_id}r",
+            on_commit=self.on_commit,
+            offload=self.offload,
+            in_flight=self.in_flight,
+            decode_limiter=self.decode_limiter,
+        )
+        replayer._quarantined_before = plan.quarantined_before
+        replayer._events_before = plan.events_before
+        replayer._suspects = plan.suspects
+        replayer._guard = plan.guard.note("replay")
+        replayer.log = self.log.bind(recovery=True)
+        try:
+            replayed = await replayer.replay(
+                [self.journal.directory], committed=plan.index, only=plan.segments
             )
-        )
-        if index.max_seq is not None:
-            self._seq = max(self._seq, index.max_seq + 1)
-        for msg_type, sent_ns in index.max_sent_ns.items():  # resume after a restart too
+        finally:
+            replayer._guard.close()
+            done = replayer.stats
+            self.stats.quarantined += done.quarantined
+            self.stats.garbage_bytes += done.garbage_bytes
+            self.stats.rows_written += done.rows_written
+            self.stats.files_committed += done.files_committed
+        for msg_type, sent_ns in replayer.highwater.items():
             self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
-        replayed, last_ns = await self._replay_journal(send, [directory], index)
-        if index.max_seq is not None:
-            # Committed files can hold rows whose journal records were not yet fsynced when the
-            # process died: never hand out their sequence numbers again.
-            self._seq = max(self._seq, index.max_seq + 1)
-        self._gap_from_ns = last_ns
+        self.durability.hold_below(None)
+        cut = report.cut + (checked.cut if checked is not None else [])
+        bytes_cut = report.bytes_cut + (checked.bytes_cut if checked is not None else 0)
         cuts = "".join(
-            f"; {c.path.name}: {c.bytes_cut} byte(s) cut, {c.reason} ({c.detail})"
-            for c in report.cut
+            f"; {c.path.name}: {c.bytes_cut} byte(s) cut, {c.reason} ({c.detail})" for c in cut
         )
         self._event(
             "recovery",
             detail=(
-                f"journal: {len(report.segments)} segment(s), {report.bytes_cut} byte(s) cut; "
+                f"journal: {len(report.segments)} segment(s), {bytes_cut} byte(s) cut; "
                 f"{replayed} frame(s) not yet in Parquet replayed{cuts}"
             ),
-            bytes=report.bytes_cut,
+            bytes=bytes_cut,
             count=replayed,
         )
-        if report.bytes_cut or replayed:
+        if bytes_cut or replayed:
             self.log.warning(
                 "recovered from the journal",
-                bytes_cut=report.bytes_cut,
+                bytes_cut=bytes_cut,
                 frames_replayed=replayed,
-                cuts=[f"{c.path.name}: {c.reason}" for c in report.cut],
+                cuts=[f"{c.path.name}: {c.reason}" for c in cut],
             )
-            await self._flush_pending(send, older_than_ns=None)
-            self.request_rotate()  # commit the recovered rows now, not at the next boundary
 
     async def _replay_journal(
         self,
         send: trio.MemorySendChannel[_WriterItem],
         directories: list[Path],
         committed: CommittedIndex | None,
+        only: list[Path] | None = None,
     ) -> tuple[int, int | None]:
         """Feed journaled messages through the live path; returns (frames replayed, last
         receive time)."""
@@ -953,7 +1033,7 @@ class StripeWorker:
 
         try:
             for directory in directories:
-                records = journal_mod.read_records(directory)
+                records = journal_mod.read_records(directory, only=only)
                 while chunk := await self.offload(_take, records, 512):
                     for rec in chunk:
                         if isinstance(rec, journal_mod.SessionRecord):
@@ -1017,9 +1097,17 @@ class StripeWorker:
             for name, qid in items
         }
 
-    async def replay(self, directories: list[Path]) -> int:
-        """Offline: rebuild this stripe's Parquet from journal segments (``mlink-capture
-        replay``); returns the number of data frames written."""
+    async def replay(
+        self,
+        directories: list[Path],
+        *,
+        committed: CommittedIndex | None = None,
+        only: list[Path] | None = None,
+    ) -> int:
+        """Rebuild this stripe's Parquet from journal segments, with a sink and writer of its
+        own (offline: ``mlink-capture replay``; at start-up: beside live capture, skipping
+        what ``committed`` holds, reading ``only`` these segments); returns the number of
+        data frames written.  Every file is committed when it returns."""
         send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
         self._writer_gone = False
         sink = self.sink = PartitionSink(
@@ -1028,7 +1116,7 @@ class StripeWorker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, recv, sink)
             async with send:
-                replayed, _ = await self._replay_journal(send, directories, None)
+                replayed, _ = await self._replay_journal(send, directories, committed, only)
                 await self._flush_pending(send, older_than_ns=None)
         return replayed
 
@@ -1286,14 +1374,60 @@ def _max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:
     return None if value is None else int(value)
 
 
-def _first_recv_ns(directory: Path) -> int | None:
-    """Time of the oldest message or event in a journal (None if it holds none)."""
-    for _, rec in journal_mod.read_records(directory):
-        if isinstance(rec, journal_mod.MessageRecord):
-            return rec.recv_ns
-        if isinstance(rec, journal_mod.EventRecord):
-            return rec.time_ns
-    return None
+def _journal_span(directory: Path, segments: list[Path]) -> _JournalSpan:
+    """Where a journal starts and ends, reading only its first segment holding a message or
+    event and its last segment holding a message: the oldest time, the newest message's
+    receive time and, per type, the latest header send time in that last segment (the
+    resume point: what the server need not send again)."""
+    span = _JournalSpan()
+    for path in segments:
+        for _, rec in journal_mod.read_records(directory, only=[path]):
+            if isinstance(rec, journal_mod.MessageRecord):
+                span.first_ns = rec.recv_ns
+            elif isinstance(rec, journal_mod.EventRecord):
+                span.first_ns = rec.time_ns
+            else:
+                continue
+            break
+        if span.first_ns is not None:
+            break
+    for path in reversed(segments):
+        decoder = FrameDecoder()
+        for _, rec in journal_mod.read_records(directory, only=[path]):
+            if isinstance(rec, journal_mod.SessionRecord):
+                if not rec.resumed:
+                    decoder = FrameDecoder()
+                continue
+            if not isinstance(rec, journal_mod.MessageRecord):
+                continue
+            span.last_ns = rec.recv_ns
+            for event in decoder.feed_typed(rec.payload):
+                if isinstance(event, Garbage):
+                    continue
+                mtyp, _, body = event
+                if not mtyp or mtyp in protocol.CONTROL_TYPES:
+                    continue
+                sent = _header_sent_ns(body)
+                if sent is not None and sent > span.sent_ns.get(mtyp, 0):
+                    span.sent_ns[mtyp] = sent
+        if span.last_ns is not None:
+            break
+    return span
+
+
+def _header_sent_ns(body: bytes) -> int | None:
+    """The header's ``sTim`` without parsing the JSON (bodies are compact, header first)."""
+    at = body.find(b'"sTim":"', 0, 512)
+    if at < 0:
+        return None
+    start = at + 8
+    end = body.find(b'"', start, start + 40)
+    if end < 0:
+        return None
+    try:
+        return protocol.header_time_ns(body[start:end].decode("ascii"))
+    except UnicodeDecodeError:
+        return None
 
 
 def _event_from(fields: Mapping[str, Any]) -> capture_events.Event | None:

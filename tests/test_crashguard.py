@@ -111,16 +111,19 @@ def test_one_crash_alone_never_quarantines(tmp_path: Path) -> None:
     time next start), never poison; the same frame dying alone a second time is."""
     guard = CrashGuard(tmp_path)
     assert not guard.open(oldest_seq=0)
-    guard.begin("T", 5, 5)  # a one-frame batch, killed (nothing suspected it before)
-    guard.close()
+    note = guard.note("live")
+    note.begin("T", 5, 5)  # a one-frame batch, killed (nothing suspected it before)
+    note.close()
     suspects = CrashGuard(tmp_path).open(oldest_seq=0)
     assert suspects.verdict("T", 5) == "suspect" and not suspects.poisoned
     g = CrashGuard(tmp_path)
     g.open(oldest_seq=0)
-    g.begin("T", 0, 9)
-    g.end()  # finished: nothing to suspect from this one
-    g.begin("T", 5, 5)  # alone again, and killed again
-    g.close()
+    live, replay = g.note("live"), g.note("replay")
+    replay.begin("T", 0, 9)
+    replay.end()  # finished: nothing to suspect from this one
+    replay.begin("T", 5, 5)  # alone again, and killed again (the live writer was idle)
+    live.close()
+    replay.close()
     suspects = CrashGuard(tmp_path).open(oldest_seq=0)
     assert suspects.verdict("T", 5) == "poison" and suspects.verdict("T", 6) is None
     assert not CrashGuard(tmp_path).open(oldest_seq=6)  # the journal moved on: forgotten

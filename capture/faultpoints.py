@@ -10,6 +10,9 @@ steps that make data durable, so the tests can prove recovery from a crash at ea
 * ``sink.commit.done``      committed, nothing after it done yet
 * ``journal.retire``        segments about to be retired
 * ``worker.decoded``        a batch decoded, not yet written to the sink
+
+``MLINK_CAPTURE_POISON=text`` makes the decoder step die of SIGSEGV on a frame containing
+``text`` (:func:`poison_point`), like a native library crashing on some input.
 """
 
 from __future__ import annotations
@@ -41,6 +44,20 @@ def crash_point(name: str) -> None:
         _armed[name] = left - 1
         return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+_POISON_ENV = "MLINK_CAPTURE_POISON"
+_poison = os.environ.get(_POISON_ENV, "").encode()
+
+
+def poison_point(bodies: list[bytes]) -> None:
+    """``MLINK_CAPTURE_POISON=text``: the process dies of SIGSEGV when the decoder is given a
+    frame body containing ``text`` (tests: a native crash in a library on some new input)."""
+    if not _poison:
+        return
+    for body in bodies:
+        if _poison in body:
+            os.kill(os.getpid(), signal.SIGSEGV)
 
 
 # -- injected OS errors (tests only) ------------------------------------------------------------

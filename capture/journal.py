@@ -42,8 +42,8 @@ Record layout (little-endian; 40-byte header, then ``payload_len`` payload bytes
 
     offset size  field
       0     4    magic        b"MLJR"
-      4     1    version      1
-      5     1    kind         1 SESSION, 2 MESSAGE, 3 SEAL
+      4     1    version      1 (2 for an EVENT record: a reader before events refuses it)
+      5     1    kind         1 SESSION, 2 MESSAGE, 3 SEAL, 4 EVENT
       6     1    flags        MESSAGE: bit 0 = text message; SESSION: bit 0 = resumed; SEAL: 0
       7     1    reserved     0
       8     4    payload_len  u32
@@ -56,6 +56,8 @@ Record layout (little-endian; 40-byte header, then ``payload_len`` payload bytes
 
     MESSAGE payload  the WebSocket message; a text message is stored UTF-8 encoded
     SESSION payload  UTF-8 JSON {"session": str, "stripe": str, "context": {...}}
+    EVENT payload    UTF-8 JSON object: a capture event (capture.events.Event's fields);
+                     first_seq: the journal position, next_seq from then on
     SEAL payload     48 bytes: u64 offset of this record, u64 records before it (SESSION and
                      MESSAGE), u64 min_seq, u64 max_seq, u64 next_seq, u32 flags (bit 0:
                      min/max valid, bit 1: next_seq valid), u32 reserved = 0
@@ -63,9 +65,13 @@ Record layout (little-endian; 40-byte header, then ``payload_len`` payload bytes
 Because the header has its own CRC, ``payload_len`` is trusted only when the header is intact,
 so a reader tells apart a *torn header* (fewer than 40 bytes left), a *torn payload* (an intact
 header announcing more bytes than the file has), *bad magic*, a *header crc mismatch* and a
-*crc mismatch* (payload or record crc).  Nothing resynchronises: the valid prefix of a segment
-is every whole record before the first bad one.  A header with a good CRC but a different
-``version`` is not corruption: it raises :class:`JournalFormatError` and nothing is changed.
+*crc mismatch* (payload or record crc).  A damaged record costs only itself: readers and
+recover() resynchronise on the next whole, intact record after it (magic, header CRC, version,
+kind, flags, payload inside the file, record CRC and, for a MESSAGE, a first_seq not below the
+segment's next_seq so far).  recover() rewrites such a segment without the damaged bytes (kept in
+``corrupt/``) and with a new seal; a damaged tail with nothing intact after it is cut.
+A header with a good CRC but a different ``version`` is not corruption: it raises
+:class:`JournalFormatError` and nothing is changed.
 
 Sequence numbers
 ----------------
@@ -105,7 +111,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NoReturn, cast
@@ -118,6 +124,7 @@ __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "HEADER_SIZE",
     "CutReason",
+    "EventRecord",
     "JournalBrokenError",
     "JournalClosedError",
     "JournalError",
@@ -131,6 +138,7 @@ __all__ = [
     "SegmentInfo",
     "SegmentReport",
     "SessionRecord",
+    "check_segments",
     "list_segments",
     "read_records",
     "recover",
@@ -141,9 +149,18 @@ VERSION: Final = 1
 KIND_SESSION: Final = 1
 KIND_MESSAGE: Final = 2
 KIND_SEAL: Final = 3
+KIND_EVENT: Final = 4
+EVENT_VERSION: Final = 2  # an older reader refuses (JournalFormatError) instead of cutting it
 FLAG_TEXT: Final = 0x01  # MESSAGE
 FLAG_RESUMED: Final = 0x01  # SESSION
-_ALLOWED_FLAGS: Final = {KIND_SESSION: FLAG_RESUMED, KIND_MESSAGE: FLAG_TEXT, KIND_SEAL: 0}
+_ALLOWED_FLAGS: Final = {
+    KIND_SESSION: FLAG_RESUMED,
+    KIND_MESSAGE: FLAG_TEXT,
+    KIND_SEAL: 0,
+    KIND_EVENT: 0,
+}
+_KIND_VERSION: Final = {KIND_SESSION: 1, KIND_MESSAGE: 1, KIND_SEAL: 1, KIND_EVENT: EVENT_VERSION}
+_VERSIONS: Final = frozenset(_KIND_VERSION.values())
 
 _PREFIX: Final = struct.Struct("<4sBBBBIqQI")  # the CRC-covered header fields
 _HEADER: Final = struct.Struct("<4sBBBBIqQIII")
@@ -180,6 +197,7 @@ _COPY_CHUNK: Final = 1 << 20
 _SEGMENT_RE: Final = re.compile(r"seg-(\d{20})-(\d{10})\.mlj")
 _LOCK_NAME: Final = "LOCK"
 _CORRUPT_DIR: Final = "corrupt"
+_REWRITE_SUFFIX: Final = ".rewrite"  # a segment being rewritten without its damaged records
 _FILE_MODE: Final = 0o640
 
 # Bound once: the hot path calls these per message.
@@ -215,7 +233,18 @@ class MessageRecord:
     payload: bytes
 
 
-Record = SessionRecord | MessageRecord
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A capture event (connect, disconnect, logon, gap, ...: capture.events) journaled when it
+    happened, so that it is as durable as the data.  ``seq``: the journal position it was
+    written at (not below the event's own ``seq`` field)."""
+
+    time_ns: int
+    seq: int
+    fields: Mapping[str, Any]
+
+
+Record = SessionRecord | MessageRecord | EventRecord
 
 
 class CutReason(enum.StrEnum):
@@ -340,7 +369,8 @@ class JournalBrokenError(JournalError):
 def _record(
     kind: int, flags: int, time_ns: int, first_seq: int, n_data: int, payload: bytes
 ) -> bytes:
-    prefix = _pack_prefix(MAGIC, VERSION, kind, flags, 0, len(payload), time_ns, first_seq, n_data)
+    version = _KIND_VERSION[kind]
+    prefix = _pack_prefix(MAGIC, version, kind, flags, 0, len(payload), time_ns, first_seq, n_data)
     hcrc = crc32(prefix)
     return prefix + _pack_crcs(hcrc, crc32(payload, hcrc)) + payload
 
@@ -358,6 +388,14 @@ def _session_payload(session: str, stripe: str, context: Mapping[str, Any]) -> b
     if len(payload) > MAX_SESSION_PAYLOAD:
         raise ValueError(f"session context too large ({len(payload)} bytes of JSON)")
     return payload
+
+
+def _parse_event(payload: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _parse_session(payload: bytes, wall_ns: int, flags: int) -> SessionRecord | None:
@@ -474,6 +512,15 @@ class _Scan:
     sealed: bool = False
     reason: CutReason | None = None
     detail: str = ""
+    # Damaged stretches inside the valid prefix, skipped by resynchronising on the next intact
+    # record: (start, end, reason, detail).
+    holes: list[tuple[int, int, CutReason, str]] = field(default_factory=list)
+    stale_seal: int = 0  # bytes of a seal that no longer matches (holes): dropped, not cut
+
+    @property
+    def bytes_cut(self) -> int:
+        """Bytes that are not part of a whole, intact record: the holes and the tail."""
+        return sum(e - s for s, e, _, _ in self.holes) + self.size - self.end - self.stale_seal
 
     def stop(self, reason: CutReason, detail: str) -> None:
         self.reason = reason
@@ -520,11 +567,25 @@ class _Chunks:
 
 
 def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
-    """Verify the records of a segment from the start, stopping at the first one that is not
-    whole and intact; yield them when ``build``.  ``out`` says where and why it stopped."""
+    """Verify the records of a segment from the start; yield them when ``build``.  A damaged
+    record is skipped by resynchronising on the next whole, intact record after it (recorded in
+    ``out.holes``); the scan stops at a torn tail or where nothing intact follows.  ``out`` says
+    where and why it stopped."""
     r = _Chunks(f, out.size)
     size = out.size
     unpack = _HEADER.unpack_from
+
+    def damaged(offset: int, reason: CutReason, detail: str) -> bool:
+        """Skip to the next intact record after ``offset``; False: none (stop here)."""
+        found = _resync(f, offset + 1, size, out.next_seq)
+        if found is None:
+            out.stop(reason, detail)
+            return False
+        out.holes.append((offset, found, reason, f"offset {offset}: {detail}"))
+        f.seek(found)
+        r.buf, r.base, r.pos = b"", found, 0
+        return True
+
     while True:
         offset = r.base + r.pos
         out.end = offset
@@ -541,19 +602,23 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
         buf, pos = r.buf, r.pos
         magic, version, kind, flags, reserved, n, t, fs, nd, hcrc, rcrc = unpack(buf, pos)
         if magic != MAGIC:
-            out.stop(CutReason.BAD_MAGIC, f"magic {magic!r}")
+            if damaged(offset, CutReason.BAD_MAGIC, f"magic {magic!r}"):
+                continue
             return
         if crc32(buf[pos : pos + _PREFIX_SIZE]) != hcrc:
-            out.stop(CutReason.HEADER_CRC, "header crc mismatch")
+            if damaged(offset, CutReason.HEADER_CRC, "header crc mismatch"):
+                continue
             return
-        if version != VERSION:
+        if version > _KIND_VERSION.get(kind, max(_VERSIONS)):  # a newer writer's: never cut
             raise JournalFormatError(
-                f"{f.name!r}: record at offset {offset} has format version "
-                f"{version}; this program reads version {VERSION}"
+                f"{f.name!r}: record at offset {offset} (kind {kind}) has format version "
+                f"{version}; this program reads version {_KIND_VERSION.get(kind, VERSION)}"
             )
         allowed = _ALLOWED_FLAGS.get(kind)
-        if allowed is None or flags & ~allowed or reserved:
-            out.stop(CutReason.INVALID_RECORD, f"kind {kind} flags {flags:#x} reserved {reserved}")
+        if allowed is None or flags & ~allowed or reserved or _KIND_VERSION[kind] != version:
+            detail = f"kind {kind} version {version} flags {flags:#x} reserved {reserved}"
+            if damaged(offset, CutReason.INVALID_RECORD, detail):
+                continue
             return
         need = HEADER_SIZE + n
         if not r.ensure(need):
@@ -563,7 +628,8 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
         start = pos + HEADER_SIZE
         stop = pos + need
         if crc32(memoryview(buf)[start:stop], hcrc) != rcrc:
-            out.stop(CutReason.CRC_MISMATCH, "record crc mismatch")
+            if damaged(offset, CutReason.CRC_MISMATCH, "record crc mismatch"):
+                continue
             return
         if kind == KIND_MESSAGE:
             if nd:
@@ -576,10 +642,24 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
             if build:
                 yield MessageRecord(t, fs, nd, bool(flags & FLAG_TEXT), buf[start:stop])
             continue
+        if kind == KIND_EVENT:
+            fields = _parse_event(buf[start:stop])
+            if fields is None or (out.next_seq is not None and fs < out.next_seq):
+                if damaged(offset, CutReason.INVALID_RECORD, "EVENT payload or seq is invalid"):
+                    continue
+                return
+            out.next_seq = fs
+            r.pos = stop
+            out.records += 1
+            if build:
+                yield EventRecord(t, fs, fields)
+            continue
         if kind == KIND_SESSION:
             rec = _parse_session(buf[start:stop], t, flags)
             if rec is None:
-                out.stop(CutReason.INVALID_RECORD, "SESSION payload is not the expected JSON")
+                detail = "SESSION payload is not the expected JSON"
+                if damaged(offset, CutReason.INVALID_RECORD, detail):
+                    continue
                 return
             r.pos = stop
             out.records += 1
@@ -587,6 +667,11 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
                 yield rec
             continue
         # KIND_SEAL: must describe exactly what precedes it, and end the segment.
+        if out.holes and n == _SEAL_BODY.size and offset + need == size:
+            # A seal written before the damage: it counts records that are gone.  It still
+            # ends the segment; recover() writes a new one.
+            out.stale_seal = need
+            return
         if n != _SEAL_BODY.size or not _seal_matches(buf, start, offset, out):
             out.stop(CutReason.INVALID_RECORD, "seal does not match the records before it")
             return
@@ -595,6 +680,55 @@ def _scan(f: io.FileIO, out: _Scan, *, build: bool) -> Iterator[Record]:
         if out.end < size:
             out.stop(CutReason.AFTER_SEAL, f"{size - out.end} bytes after the seal")
         return
+
+
+def _resync(f: io.FileIO, start: int, size: int, next_seq: int | None) -> int | None:
+    """The offset of the first whole, intact record at or after ``start`` (None: none).
+
+    A candidate must have the magic, an intact header CRC, this version, a valid kind and
+    flags, a payload inside the file with an intact record CRC and, for a MESSAGE, a
+    ``first_seq`` not below ``next_seq`` (seq numbers never decrease in a segment): a
+    payload that merely contains a record's bytes would also have to pass all of that."""
+    fd = f.fileno()
+    pos = start
+    carry = b""
+    while pos < size:
+        chunk = os.pread(fd, min(_READ_CHUNK, size - pos), pos)
+        if not chunk:
+            return None
+        window = carry + chunk
+        base = pos - len(carry)
+        i = window.find(MAGIC)
+        while i >= 0:
+            if _intact_at(fd, base + i, size, next_seq):
+                return base + i
+            i = window.find(MAGIC, i + 1)
+        carry = window[-(len(MAGIC) - 1) :]
+        pos += len(chunk)
+    return None
+
+
+def _intact_at(fd: int, offset: int, size: int, next_seq: int | None) -> bool:
+    if offset + HEADER_SIZE > size:
+        return False
+    head = os.pread(fd, HEADER_SIZE, offset)
+    if len(head) != HEADER_SIZE:
+        return False
+    magic, version, kind, flags, reserved, n, _t, fs, _nd, hcrc, rcrc = _HEADER.unpack(head)
+    allowed = _ALLOWED_FLAGS.get(kind)
+    if (
+        magic != MAGIC
+        or crc32(head[:_PREFIX_SIZE]) != hcrc
+        or allowed is None
+        or version != _KIND_VERSION[kind]
+        or flags & ~allowed
+        or reserved
+        or offset + HEADER_SIZE + n > size
+        or (kind in (KIND_MESSAGE, KIND_EVENT) and next_seq is not None and fs < next_seq)
+    ):
+        return False
+    payload = os.pread(fd, n, offset + HEADER_SIZE)
+    return len(payload) == n and bool(crc32(payload, hcrc) == rcrc)
 
 
 def _seal_matches(buf: bytes, start: int, offset: int, scanned: _Scan) -> bool:
@@ -674,18 +808,25 @@ def read_records(
     *,
     from_seq: int | None = None,
     on_cut: Callable[[Path, CutReason, int, int], None] | None = None,
+    only: Collection[Path] | None = None,
 ) -> Iterator[tuple[Path, Record]]:
     """Every valid SESSION and MESSAGE record of every segment, in append order.
 
-    Each segment is read up to the end of its valid prefix; a torn or corrupt tail never
-    raises but, when given, ``on_cut(path, reason, offset, size)`` is called for it (the live
-    segment of a running writer may legitimately end mid-record).  With ``from_seq``, leading
-    segments that hold nothing at or above ``from_seq`` (by the same rule as retire: their
-    ``next_seq < from_seq``) are skipped; records below ``from_seq`` in the first segment read
-    are still yielded, so filter frames by seq.
+    Each segment is read up to the end of its valid prefix, skipping a damaged record by
+    resynchronising on the next intact one; damage never raises but, when given,
+    ``on_cut(path, reason, start, end)`` is called for each damaged stretch and for a torn or
+    corrupt tail (the live segment of a running writer may legitimately end mid-record).
+    With ``from_seq``, leading segments that hold nothing at or above ``from_seq`` (by the
+    same rule as retire: their ``next_seq < from_seq``) are skipped; records below
+    ``from_seq`` in the first segment read are still yielded, so filter frames by seq.  With
+    ``only``, just those segments are read (the ones a crashed run left, while a new writer
+    appends to others).
     """
     directory = Path(directory)
     paths = [p for p, _, _ in _segment_paths(directory)]
+    if only is not None:
+        wanted = set(only)
+        paths = [p for p in paths if p in wanted]
     if from_seq is not None:
         infos = list_segments(directory)
         skip = 0
@@ -703,8 +844,11 @@ def read_records(
             out = _Scan(os.fstat(f.fileno()).st_size)
             for record in _scan(f, out, build=True):
                 yield path, record
-            if out.reason is not None and on_cut is not None:
-                on_cut(path, out.reason, out.end, out.size)
+            if on_cut is not None:
+                for start, end, reason, _ in out.holes:
+                    on_cut(path, reason, start, end)
+                if out.reason is not None:
+                    on_cut(path, out.reason, out.end, out.size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -732,6 +876,10 @@ def recover(
     try:
         reports: list[SegmentReport] = []
         removed_any = False
+        for name in os.listdir(directory):
+            if name.endswith(_REWRITE_SUFFIX):  # a rewrite a crash interrupted: the original
+                (directory / name).unlink(missing_ok=True)  # segment is still in place
+                removed_any = True
         for path, _, _ in _segment_paths(directory):
             report = _recover_segment(path, verify_sealed, preserve_corrupt)
             removed_any |= report.removed
@@ -748,13 +896,33 @@ def recover(
     )
 
 
+def check_segments(paths: Collection[Path], *, preserve_corrupt: bool = True) -> RecoveryReport:
+    """recover(verify_sealed=True) for the given sealed segments of a journal a writer has
+    open: every record's CRCs are checked and damage is cut as recover() cuts it.  Runs
+    without the directory lock (the writer holds it), so the caller must keep these segments
+    from being retired meanwhile; the writer never writes to a sealed segment."""
+    reports = [_recover_segment(p, True, preserve_corrupt) for p in paths if p.exists()]
+    directory = next(iter(paths)).parent if paths else Path()
+    if any(r.removed for r in reports):
+        _fsync_dir(directory)
+    return RecoveryReport(
+        reports,
+        bytes_cut=sum(r.bytes_cut for r in reports),
+        records_kept=sum(r.records_kept for r in reports),
+        directory=directory,
+    )
+
+
 def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> SegmentReport:
     preserved: Path | None = None
     with open(path, "r+b", buffering=0) as f:
         scan = _inspect(f, trust_seal=not verify_sealed)
         size = scan.size
         scanned = verify_sealed or not scan.sealed or scan.reason is not None or scan.end < size
-        if scan.end < size:
+        bytes_cut = scan.bytes_cut
+        if scan.holes:
+            preserved = _rewrite_without_holes(f, path, scan, preserve)
+        elif scan.end < size:
             if preserve and scan.reason is not None and not scan.reason.torn:
                 preserved = _preserve(f, path, scan.end, size)
             f.truncate(scan.end)
@@ -772,13 +940,18 @@ def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> Segment
     removed = scan.records == 0
     if removed:
         path.unlink()
+    reason, detail = scan.reason, scan.detail
+    if scan.holes:
+        reason = scan.holes[0][2] if reason is None else reason
+        detail = "; ".join([*(f"{d} ({e - s} bytes)" for s, e, _, d in scan.holes), detail])
+        detail = detail.rstrip("; ")
     return SegmentReport(
         path=path,
         size_before=size,
-        bytes_cut=size - scan.end,
+        bytes_cut=bytes_cut,
         records_kept=scan.records,
-        reason=scan.reason,
-        detail=scan.detail,
+        reason=reason,
+        detail=detail,
         removed=removed,
         scanned=scanned,
         sealed=scan.sealed and not removed,
@@ -787,6 +960,56 @@ def _recover_segment(path: Path, verify_sealed: bool, preserve: bool) -> Segment
         max_seq=scan.max_seq,
         next_seq=scan.next_seq,
     )
+
+
+def _rewrite_without_holes(f: io.FileIO, path: Path, scan: _Scan, preserve: bool) -> Path | None:
+    """Replace a segment with damaged stretches inside it by a copy of its intact records and
+    a new seal (written beside it, fsynced, renamed over it).  Damaged bytes are copied to
+    ``corrupt/`` first when ``preserve``.  Returns the first preserved file."""
+    cuts = [(s, e) for s, e, _, _ in scan.holes]
+    if scan.end < scan.size - scan.stale_seal:
+        cuts.append((scan.end, scan.size - scan.stale_seal))
+    preserved: Path | None = None
+    if preserve:
+        for start, end in cuts:
+            kept = _preserve(f, path, start, end)
+            preserved = preserved or kept
+    keep: list[tuple[int, int]] = []
+    at = 0
+    for start, end, _, _ in scan.holes:
+        if start > at:
+            keep.append((at, start))
+        at = end
+    if scan.end > at:
+        keep.append((at, scan.end))
+    tmp = path.with_name(path.name + _REWRITE_SUFFIX)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        written = 0
+        for start, end in keep:
+            f.seek(start)
+            left = end - start
+            while left > 0:
+                data = f.read(min(left, _COPY_CHUNK))
+                if not data:
+                    raise JournalError(f"{path} shrank while it was being recovered")
+                _write_all(fd, [data])
+                left -= len(data)
+                written += len(data)
+        if scan.records:
+            _fsync(fd)  # the seal must never reach the disk before the data
+            seal = _seal_record(
+                written, scan.records, scan.min_seq, scan.max_seq, scan.next_seq, time.time_ns()
+            )
+            _write_all(fd, [seal])
+            scan.sealed = True
+        _fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    scan.end = scan.size  # nothing left to truncate: the file was replaced
+    return preserved
 
 
 def _preserve(f: io.FileIO, path: Path, start: int, end: int) -> Path | None:
@@ -1075,6 +1298,34 @@ class JournalWriter:
             self._wake.set()
         if pending >= _MAX_PENDING_BYTES:
             self._write_out()  # the writing thread cannot keep up: wait for the disk here
+
+    def append_event(self, time_ns: int, seq: int, fields: Mapping[str, Any]) -> None:
+        """Journal a capture event at position ``seq`` (not below :attr:`next_seq`; it becomes
+        the next_seq, so a segment holding an event is retired only once ``seq`` is committed).
+        ``fields`` must be JSON-serialisable (at most 1 MiB of JSON)."""
+        payload = json.dumps(
+            dict(fields), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8", "surrogatepass")
+        if len(payload) > MAX_SESSION_PAYLOAD:
+            raise ValueError(f"event too large ({len(payload)} bytes of JSON)")
+        record = _record(KIND_EVENT, 0, time_ns, seq, 0, payload)
+        with self._lock:
+            if self._state is not _State.OPEN or self._broken is not None:
+                self._raise_unusable()
+            if seq < self._next_seq:
+                raise ValueError(
+                    f"event seq {seq} is below the journal's next_seq {self._next_seq}"
+                )
+            seg = self._seg
+            if seg.size + len(record) > self._limit and seg.records > seg.carried:
+                seg = self._roll_locked()
+            seg.pending.append(record)
+            seg.size += len(record)
+            seg.records += 1
+            seg.next_seq = self._next_seq = seq
+            self._appended_records += 1
+            self._appended_bytes += len(record)
+            self._pending_bytes += len(record)
 
     def begin_session(
         self, session: str, stripe: str, wall_ns: int, context: Mapping[str, Any]

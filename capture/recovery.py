@@ -22,8 +22,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from capture.events import TABLE as EVENTS_TABLE
 from capture.logs import get_logger
 from capture.sink import (
     META_COMPACTED,
@@ -37,6 +39,8 @@ from capture.sink import (
 log = get_logger(component="recovery")
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+EventKey = tuple[int, str, str | None]  # (time ns, event, session): one capture event
 
 
 @dataclass
@@ -57,9 +61,14 @@ class CommittedIndex:
         return i >= 0 and spans[i][0] <= seq <= spans[i][1]
 
 
-def scan_committed(root: Path, stripe: str, *, since_ns: int | None) -> CommittedIndex:
+def scan_committed(
+    root: Path, stripe: str, *, since_ns: int | None, every_date: bool = False
+) -> CommittedIndex:
     """Index the committed files of ``stripe`` from the date of ``since_ns`` (minus a day, for
-    any time zone) on; ``since_ns`` None scans every date."""
+    any time zone) on: the journal's oldest record, so only files it can refer to.  With
+    ``since_ns`` None (the journal holds no message) only the newest date of each table and
+    the day before it are read: that is where the highest seq and the latest send time are
+    (issue 16: not the footers of every file of every date).  ``every_date``: all of them."""
     first_day = None
     if since_ns is not None:
         first_day = dt.datetime.fromtimestamp(since_ns / 1e9, tz=dt.UTC).date()
@@ -71,12 +80,21 @@ def scan_committed(root: Path, stripe: str, *, since_ns: int | None) -> Committe
     for table in root.iterdir():
         if not table.is_dir() or table.name.startswith(("_", ".")):
             continue
+        days: list[tuple[dt.date, Path]] = []
         for day_dir in table.glob("date=*"):
             try:
                 day = dt.date.fromisoformat(day_dir.name.removeprefix("date="))
             except ValueError:
                 continue
-            if first_day is not None and day < first_day:
+            if (day_dir / f"stripe={stripe}").is_dir():
+                days.append((day, day_dir))
+        if not days:
+            continue
+        floor = first_day
+        if floor is None and not every_date:
+            floor = max(days)[0] - dt.timedelta(days=1)
+        for day, day_dir in days:
+            if floor is not None and day < floor:
                 continue
             for path in (day_dir / f"stripe={stripe}").glob("*.parquet"):
                 _index_file(path, stripe, raw, index)
@@ -152,3 +170,34 @@ def _index_file(
                 ns = (latest - _EPOCH) // dt.timedelta(microseconds=1) * 1000
                 if ns > index.max_sent_ns.get(msg_type, 0):
                     index.max_sent_ns[msg_type] = ns
+
+
+def committed_events(root: Path, stripe: str, *, since_ns: int | None) -> set[EventKey]:
+    """(time ns, event, session) of every committed capture-events row of ``stripe`` dated from
+    the day before ``since_ns`` on: what a journal replay must not add again."""
+    first_day = None
+    if since_ns is not None:
+        first_day = dt.datetime.fromtimestamp(since_ns / 1e9, tz=dt.UTC).date()
+        first_day -= dt.timedelta(days=1)
+    keys: set[EventKey] = set()
+    table_dir = root / EVENTS_TABLE
+    if not table_dir.is_dir():
+        return keys
+    for day_dir in table_dir.glob("date=*"):
+        try:
+            day = dt.date.fromisoformat(day_dir.name.removeprefix("date="))
+        except ValueError:
+            continue
+        if first_day is not None and day < first_day:
+            continue
+        for path in (day_dir / f"stripe={stripe}").glob("*.parquet"):
+            try:
+                table = pq.read_table(path, columns=["_recv_time", "event", "_session"])
+            except (OSError, ValueError) as exc:
+                log.error("unreadable events file", path=str(path), error=str(exc))
+                continue
+            times = table.column("_recv_time").cast(pa.int64()).to_pylist()
+            events = table.column("event").cast(pa.string()).to_pylist()
+            sessions = table.column("_session").cast(pa.string()).to_pylist()
+            keys.update(zip(times, events, sessions, strict=True))
+    return keys

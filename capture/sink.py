@@ -455,6 +455,9 @@ class PartitionSink:
         self._bytes_committed = 0
         self._row_groups = 0
         self._files_aborted = 0
+        # Lowest seq of any row in a file this sink abandoned: those rows are in no file and
+        # never will be this run, so the journal must keep them (see uncommitted_seq_min).
+        self._aborted_seq_min: int | None = None
 
     # ---------------------------------------------------------------- public API
 
@@ -537,14 +540,24 @@ class PartitionSink:
             return self._commit_many([(key, "shutdown") for key in self._files])
 
     def uncommitted_seq_min(self) -> int | None:
-        """Lowest receive sequence number held by a file not yet committed (None: none).
+        """Lowest receive sequence number held by a file not yet committed, or by a file this
+        sink aborted after a failed write (None: none).
 
-        Takes the lock, so a file in the middle of its commit still counts: journal segments
-        are retired below this, and must never be retired for rows that could still be lost.
+        Takes the lock, so a file in the middle of its commit still counts, and a file aborted
+        in the writer thread counts from the moment it is dropped (before the caller of write()
+        even sees the error): journal segments are retired below this, and must never be
+        retired for rows that are in no committed file.
         """
         with self._lock:
             mins = [f.seq_min for f in self._files.values() if f.rows]
+            if self._aborted_seq_min is not None:
+                mins.append(self._aborted_seq_min)
             return min(mins) if mins else None
+
+    @property
+    def aborted_seq_min(self) -> int | None:
+        """Lowest seq of the rows of every file aborted so far (None: no rows lost)."""
+        return self._aborted_seq_min
 
     @property
     def open_file_count(self) -> int:
@@ -883,6 +896,7 @@ class PartitionSink:
             _rename(f.inprogress, final)
         except OSError as exc:
             self._files_aborted += 1
+            self._lost(f)
             raise _sink_error(SinkCommitError, exc, "renaming part file", f.inprogress, f) from exc
         crash_point("sink.commit.rename")
 
@@ -915,6 +929,11 @@ class PartitionSink:
             n += 1
         return candidate
 
+    def _lost(self, f: _OpenFile) -> None:
+        """Remember that ``f``'s rows are in no committed file (caller holds the lock)."""
+        if f.rows and (self._aborted_seq_min is None or f.seq_min < self._aborted_seq_min):
+            self._aborted_seq_min = f.seq_min
+
     def _abort(self, f: _OpenFile, *, registered: bool = True) -> None:
         """Close an in-progress file after an error and leave it in place (hidden) for
         cleanup_in_progress() and journal replay.  Never raises."""
@@ -925,6 +944,7 @@ class PartitionSink:
         f.buffered_bytes = 0
         f.buffered_rows = 0
         self._files_aborted += 1
+        self._lost(f)
         for what, close in (("writer", f.writer.close), ("stream", f.stream.close)):
             try:
                 close()

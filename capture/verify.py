@@ -70,20 +70,23 @@ def _journal_accounting(root: Path, journal_root: Path, report: Report) -> None:
 
     for jdir in sorted(journal_root.glob("stripe=*")):
         stripe = jdir.name.removeprefix("stripe=")
-        index = scan_committed(root, stripe, since_ns=None)
+        index = scan_committed(root, stripe, since_ns=None, every_date=True)
         total = stored = 0
         decoder = FrameDecoder()
 
-        def cut(path: Path, reason: object, offset: int, size: int) -> None:
+        def cut(path: Path, reason: object, start: int, end: int) -> None:
             report.problems.append(
                 f"journal {path.relative_to(root) if path.is_relative_to(root) else path}: "
-                f"damaged at byte {offset} ({reason}); the next start cuts it"
+                f"{end - start} byte(s) damaged at byte {start} ({reason}); the next start "
+                "cuts them (kept under corrupt/) and keeps the records after them"
             )
 
         for _, rec in journal_mod.read_records(jdir, on_cut=cut):
             if isinstance(rec, journal_mod.SessionRecord):
                 if not rec.resumed:
                     decoder = FrameDecoder()
+                continue
+            if isinstance(rec, journal_mod.EventRecord):
                 continue
             seq = rec.first_seq
             for ev in decoder.feed(rec.payload):
@@ -99,6 +102,15 @@ def _journal_accounting(root: Path, journal_root: Path, report: Report) -> None:
             f"journal stripe {stripe}: {total} data frame(s), {stored} in committed Parquet, "
             f"{total - stored} not yet (a running daemon commits them; a start replays them)"
         )
+        cut_files = sorted((jdir / "corrupt").glob("*.cut"))
+        if cut_files:
+            size = sum(p.stat().st_size for p in cut_files)
+            report.notes.append(
+                f"journal stripe {stripe}: {size} byte(s) of damaged records were cut at start-up "
+                f"and kept in {len(cut_files)} file(s) under "
+                f"{(jdir / 'corrupt').relative_to(root) if jdir.is_relative_to(root) else jdir}"
+                " (frames in them are missing unless in Parquet; see the recovery events)"
+            )
 
 
 def verify(root: Path, *, deep: bool = False, journal_root: Path | None = None) -> Report:

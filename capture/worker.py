@@ -20,15 +20,13 @@ sessions, so a reconnect never loses or re-orders what was already received.
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import datetime as dt
 import json
-import os
 import random
 import secrets
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -39,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import trio
 
-from capture import bounds, protocol
+from capture import bounds, protocol, quarantine
 from capture import events as capture_events
 from capture import journal as journal_mod
 from capture import session as mlink
@@ -48,18 +46,21 @@ from capture.backoff import Backoff
 from capture.batches import BatchDecoder, DecodeResult, DriftReport
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
+from capture.crashguard import CrashGuard, Note, Suspects
+from capture.durability import DurabilityKeeper
 from capture.errors import (
     AuthRejected,
     CredentialError,
     StaleConnection,
     TransportError,
 )
-from capture.faultpoints import crash_point
+from capture.faultpoints import crash_point, poison_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
 from capture.logs import get_logger, redact, redact_url, secret_scrubber
 from capture.memory import InFlightBudget, decode_slots
-from capture.recovery import CommittedIndex, scan_committed
-from capture.rotation import next_boundary_ns, partition_date
+from capture.quarantine import Quarantined
+from capture.recovery import CommittedIndex, committed_events, scan_committed
+from capture.rotation import next_boundary_ns
 from capture.schemas import lookup as lookup_message
 from capture.session import MLinkSession
 from capture.sink import CommittedFile, PartitionSink, SinkSettings
@@ -103,16 +104,6 @@ class PendingBatch:
 
 
 @dataclass(frozen=True, slots=True)
-class Quarantined:
-    """Bytes that could not be used, kept with why, for a human or a later replay."""
-
-    recv_ns: int
-    session: str
-    reason: str
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class EventBatch:
     """Rows for the capture-events table."""
 
@@ -126,8 +117,35 @@ class QuarantineBatch:
 
     items: list[Quarantined]
 
+    @property
+    def seq(self) -> int:
+        """The lowest seq the batch holds the journal at (capture.durability)."""
+        return min(q.seq for q in self.items)
+
 
 _WriterItem = PendingBatch | QuarantineBatch | EventBatch
+
+
+@dataclass(frozen=True, slots=True)
+class _RecoveryPlan:
+    """What start-up found before going live, for the replay that runs beside it."""
+
+    report: journal_mod.RecoveryReport
+    segments: list[Path]  # the segments the last run left (the live writer adds others)
+    index: CommittedIndex
+    guard: CrashGuard
+    suspects: Suspects
+    quarantined_before: frozenset[str]
+    events_before: frozenset[tuple[int, str, str | None]]
+
+
+@dataclass(slots=True)
+class _JournalSpan:
+    first_ns: int | None = None  # oldest message or event
+    last_ns: int | None = None  # newest message
+    sent_ns: dict[str, int] = field(default_factory=dict)  # per type: latest header sTim
+
+
 Offload = Callable[..., Awaitable[Any]]
 
 
@@ -196,15 +214,26 @@ class StripeWorker:
         self._retry_auth = trio.Event()  # SIGHUP: credentials changed, end the auth backoff
         self._pending: dict[str, PendingBatch] = {}
         self._events: list[capture_events.Event] = []
+        # Events not yet in the journal: those raised while a message is being handled wait for
+        # it to be journaled (an event's journal position is never below its own seq).
+        self._unjournaled: list[capture_events.Event] = []
+        self._in_message = False
+        self._events_before: frozenset[tuple[int, str, str | None]] = frozenset()
+        self._guard: Note | None = None  # what the writer is decoding (crashguard)
+        self._suspects: Suspects | None = None  # what earlier runs died decoding
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
         self.journal: journal_mod.JournalWriter | None = None
+        # Keys of what earlier runs quarantined (capture.quarantine): a replay skips them.
+        self._quarantined_before: frozenset[str] = frozenset()
+        self._quarantine_slot: tuple[str, int] = ("", -1)  # (session, seq) of the last item
+        self._quarantine_n = 0  # items quarantined at that slot so far
+        # Owns "a journal segment goes only once its frames are committed" (capture.durability).
+        self.durability: DurabilityKeeper | None = None
         self._replaying = False
-        self._sink_failed = False
         # Items taken out of the pending map, in the order they were taken, until the writer's
         # channel accepts them; only _drain_ready() sends, so each type stays in receive order.
         self._ready: deque[_WriterItem] = deque()
         self._drain_lock = trio.Lock()
-        self._inflight: set[int] = set()  # first seq of each batch taken, until it is written
         self._handed = 0  # items given to the writer ...
         self._processed = 0  # ... and done by it
         self._progress = trio.lowlevel.ParkingLot()
@@ -287,9 +316,12 @@ class StripeWorker:
             self._sink_settings, stripe=self.stripe, session=self.run_id, now_ns=self.clock.now_ns
         )
         jcfg = self.cfg.journal
-        recovered: journal_mod.RecoveryReport | None = None
+        plan: _RecoveryPlan | None = None
         if jcfg.enabled:
             jdir = jcfg.stripe_dir(self.cfg.output.root, self.stripe)
+            # Before going live only what is cheap: seals are trusted and only the segments a
+            # crash left open are read.  The sealed ones are checked record by record beside
+            # live capture (_recover_beside), before they are replayed.
             recovered = await self.offload(journal_mod.recover, jdir)
             self.journal = await self.offload(
                 partial(
@@ -302,18 +334,24 @@ class StripeWorker:
                 )
             )
             self._seq = max(self._seq, self.journal.next_seq)
+            oldest = [s.min_seq for s in recovered.segments if s.min_seq is not None]
+            guard = CrashGuard(jdir)
+            suspects = await self.offload(partial(guard.open, oldest_seq=min(oldest, default=None)))
+            self._guard = guard.note("live")
+            self.durability = DurabilityKeeper(self.journal, sink, retain_hours=jcfg.retain_hours)
+            plan = await self._plan_recovery(recovered, guard, suspects)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, recv, sink)
                 async with send:
                     task_status.started()
                     with self._stop_scope:
-                        if recovered is not None:
-                            await self._recover(send, recovered)
                         async with trio.open_nursery() as inner:
                             inner.start_soon(self._flusher, send)
                             if self.journal is not None:
                                 inner.start_soon(self._syncer)
+                            if plan is not None:  # beside live capture, not before it
+                                inner.start_soon(self._recover_beside, plan)
                             await self._connect_loop(send)
                     # Stopping: hand over what is pending; closing `send` lets the writer drain.
                     self.stats.state = "stopping"
@@ -332,6 +370,10 @@ class StripeWorker:
                     await self.offload(self._close_journal)
                     self._publish_durable()
                     self.journal = None
+                    self.durability = None
+            if self._guard is not None:
+                self._guard.close()
+                self._guard = None
         self.stats.state = "stopped"
 
     async def _connect_loop(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
@@ -478,9 +520,13 @@ class StripeWorker:
                     if scrub is not None:  # a secret the server echoes is kept nowhere
                         message = scrub(message)
                     first_seq = self._seq
+                    self._in_message = True
                     await self._process(sess, message, recv_ns, conn, api_key, send=send)
                     if journal is not None:  # buffered; fsynced by its own thread
                         journal.append(recv_ns, first_seq, self._seq - first_seq, message)
+                    self._in_message = False
+                    if self._unjournaled:
+                        self._journal_events()
                     if self._ready:  # after the journal: waiting for the writers delays no fsync
                         await self._drain_ready(send)
                 if sess.ended is not None:
@@ -494,6 +540,9 @@ class StripeWorker:
                     ):
                         stats.state = "streaming"
         finally:
+            self._in_message = False
+            if self._unjournaled:
+                self._journal_events()
             # Bytes still waiting for the rest of a frame can never complete now: keep them.
             with trio.CancelScope(shield=True):
                 await self._end_of_stream(sess, send)
@@ -573,8 +622,18 @@ class StripeWorker:
                     continue
                 seq = self._seq
                 self._seq += 1
-                if committed is not None and committed(mtyp, seq):
-                    continue  # replay: already in a committed file
+                alone = False
+                if committed is not None:  # replay
+                    if committed(mtyp, seq):
+                        continue  # already in a committed file
+                    if self._suspects:  # an earlier run died decoding this (crashguard)
+                        verdict = self._suspects.verdict(mtyp, seq)
+                        if verdict == "poison":
+                            self._set_aside(recv_ns, session, seq, body)
+                            continue
+                        if verdict == "suspect" and mtyp in pending:
+                            self._enqueue(pending.pop(mtyp))
+                        alone = verdict == "suspect"
                 pb = pending.get(mtyp)
                 if pb is None or pb.session != session:
                     if pb is not None:
@@ -589,7 +648,7 @@ class StripeWorker:
                 pb.nbytes += len(body)
                 data_frames += 1
                 snapshot_rows += in_snapshot
-                if len(pb.bodies) >= batch_rows or pb.nbytes >= batch_max_bytes:
+                if len(pb.bodies) >= batch_rows or pb.nbytes >= batch_max_bytes or alone:
                     self._enqueue(pending.pop(mtyp))
         finally:  # also when a control frame's handling raises part-way
             if live and data_frames:
@@ -723,8 +782,8 @@ class StripeWorker:
     def _enqueue(self, item: _WriterItem) -> None:
         """Queue an item for the writer (no waiting: see :meth:`_drain_ready`).  From now on
         its frames count as in flight for the journal's commit watermark."""
-        if isinstance(item, PendingBatch):
-            self._inflight.add(item.seq[0])
+        if self.durability is not None:
+            self.durability.taken(_low_seq(item))
         self._ready.append(item)
 
     async def _drain_ready(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
@@ -764,8 +823,17 @@ class StripeWorker:
 
     def _quarantine(self, recv_ns: int, session: str, reason: str, data: bytes) -> None:
         """Set bytes aside (handed to the writer with the rest of the message's, at its end)."""
+        seq = self._seq
+        slot = (session, seq)
+        if slot == self._quarantine_slot:
+            self._quarantine_n += 1
+        else:
+            self._quarantine_slot, self._quarantine_n = slot, 0
+        key = f"{session}/{seq}/{self._quarantine_n}"
+        if key in self._quarantined_before:
+            return  # a replay: an earlier run kept (and counted) these bytes
         self.stats.quarantined += 1
-        self._quarantined.append(Quarantined(recv_ns, session, reason, data))
+        self._quarantined.append(Quarantined(recv_ns, session, reason, data, seq=seq, key=key))
         if len(self._quarantined) >= 1000:  # a message of many bad frames: batches of 1,000
             self._enqueue_quarantined()
 
@@ -780,13 +848,24 @@ class StripeWorker:
         )
         self._enqueue(QuarantineBatch(items))
 
+    def _set_aside(self, recv_ns: int, session: str, seq: int, body: bytes) -> None:
+        """Quarantine a frame the process died decoding twice, the second time alone."""
+        key = f"seq/{seq}"
+        if key in self._quarantined_before:
+            return
+        self.stats.quarantined += 1
+        reason = "the process died decoding this frame (twice; the second time alone)"
+        self.log.error("quarantined a frame that crashed the decoder", seq=seq, size=len(body))
+        item = Quarantined(recv_ns, session, reason, body, seq=seq, key=key)
+        self._enqueue(QuarantineBatch([item]))
+
     def _event(self, kind: str, **fields: Any) -> None:
-        if self._replaying:  # these events were recorded when the messages arrived
+        if self._replaying:  # these events are in the journal, as EVENT records
             return
         for name in ("detail", "result"):  # text from the server may echo a secret
             if isinstance(fields.get(name), str):
                 fields[name] = redact(fields[name])
-        self._events.append(
+        self._record_event(
             capture_events.Event(
                 time_ns=self.clock.now_ns(),
                 session=self.stats.session,
@@ -796,12 +875,34 @@ class StripeWorker:
             )
         )
 
+    def _record_event(self, event: capture_events.Event) -> None:
+        """Queue an event for the events table and journal it (capture.durability: the gap
+        ledger is as durable as the data)."""
+        self._events.append(event)
+        if self.journal is not None:
+            self._unjournaled.append(event)
+            if not self._in_message:
+                self._journal_events()
+
+    def _journal_events(self) -> None:
+        journal = self.journal
+        events, self._unjournaled = self._unjournaled, []
+        if journal is None:
+            return
+        try:
+            for ev in events:
+                journal.append_event(
+                    ev.time_ns, max(journal.next_seq, ev.seq), dataclasses.asdict(ev)
+                )
+        except journal_mod.JournalError as exc:  # the syncer stops the stripe for it
+            self.log.error("journal: could not record an event", error=str(exc))
+
     async def _flush_pending(
         self, send: trio.MemorySendChannel[_WriterItem], older_than_ns: int | None
     ) -> None:
         if self._events:
             events, self._events = self._events, []
-            self._enqueue(EventBatch(events))
+            self._enqueue(EventBatch(events))  # (journaled already: see _record_event)
         for msg_type, pb in list(self._pending.items()):
             if older_than_ns is None or pb.first_ns <= older_than_ns:
                 del self._pending[msg_type]
@@ -818,36 +919,14 @@ class StripeWorker:
     # -- journal --------------------------------------------------------------------------------
 
     def _commit_watermark(self) -> int:
-        """Every frame below this sequence number is in committed Parquet (or quarantine), as far
-        as the event loop knows: pending and in-flight batches hold the rest.  The sink adds its
-        open files (read under its lock, in the syncing thread)."""
-        lows = [self._seq]
-        lows.extend(pb.seq[0] for pb in self._pending.values() if pb.seq)
-        if self._inflight:
-            lows.append(min(self._inflight))
-        return min(lows)
-
-    def _sync_and_retire(self, loop_watermark: int, *, sync: bool = True) -> None:
-        """In a thread: fsync the journal (or, when it syncs itself, check that its thread
-        has not failed), then retire the segments below the watermark."""
-        journal = self.journal
-        assert journal is not None
-        if sync:
-            journal.flush_and_sync()
-        else:
-            journal.check()
-        if self._sink_failed:
-            # Rows of an aborted file are in no file the sink tracks: the watermark would
-            # overtake them.  Keep every segment; recovery replays them after the restart.
-            return
-        sink_low = self.sink.uncommitted_seq_min() if self.sink is not None else None
-        watermark = loop_watermark if sink_low is None else min(loop_watermark, sink_low)
-        jcfg = self.cfg.journal
-        archive = None
-        if jcfg.retain_hours > 0:
-            archive = journal.directory / "archive"
-            _prune(archive, jcfg.retain_hours)
-        journal.retire(watermark, archive=archive)
+        """The event loop's part of the watermark (capture.durability): the next seq and the
+        pending batches; the keeper adds what the writer holds and the sink's open and aborted
+        files."""
+        assert self.durability is not None
+        lows = [pb.seq[0] for pb in self._pending.values() if pb.seq]
+        if self._events:
+            lows.append(min(e.seq for e in self._events))
+        return self.durability.loop_watermark(self._seq, lows)
 
     async def _syncer(self) -> None:
         """Every half ``durability_interval`` (so that a frame is on disk within the interval,
@@ -855,11 +934,11 @@ class StripeWorker:
         committed, publish the durable sequence number.  A failure stops this stripe."""
         interval = self.cfg.journal.durability_interval / 2
         sync = not self.journal_syncs_itself
+        keeper = self.durability
+        assert keeper is not None
         while True:
             await trio.sleep(interval)
-            await self.offload(
-                partial(self._sync_and_retire, self._commit_watermark(), sync=sync)
-            )
+            await self.offload(partial(keeper.sync_round, self._commit_watermark(), sync=sync))
             self._publish_durable()
 
     def _publish_durable(self) -> None:
@@ -878,60 +957,129 @@ class StripeWorker:
     def _close_journal(self) -> None:
         """In a thread: the final sync and retirement, then close (the caller publishes the
         last fsyncs, on the loop, and drops the writer)."""
-        journal = self.journal
-        if journal is None:
+        keeper = self.durability
+        if keeper is None:
             return
         try:
-            self._sync_and_retire(self._commit_watermark())
+            keeper.close(self._commit_watermark())
         except (OSError, journal_mod.JournalError) as exc:
             self.log.error("journal: final sync failed", error=str(exc))
-        finally:
-            journal.close()
 
-    async def _recover(
-        self, send: trio.MemorySendChannel[_WriterItem], report: journal_mod.RecoveryReport
-    ) -> None:
-        """Start-up: frames in the journal but not in committed Parquet go to Parquet, once."""
-        assert self.journal is not None
+    async def _plan_recovery(
+        self, report: journal_mod.RecoveryReport, guard: CrashGuard, suspects: Suspects
+    ) -> _RecoveryPlan:
+        """Start-up, before going live: what the replay needs, the sequence numbers it owns,
+        where the last run stopped (the gap's start, the resume point) and what it already
+        stored.  Reads the journal's first and last segments and the footers of the committed
+        files the journal can refer to; the replay itself runs beside live capture."""
+        assert self.journal is not None and self.durability is not None
         directory = self.journal.directory
-        since = await self.offload(_first_recv_ns, directory)
+        segments = [s.path for s in report.segments if not s.removed]
+        span = await self.offload(_journal_span, directory, segments)
+        root = self.cfg.output.root
         index = await self.offload(
-            partial(scan_committed, self.cfg.output.root, self.stripe, since_ns=since)
+            partial(scan_committed, root, self.stripe, since_ns=span.first_ns)
         )
+        # The live reader numbers frames from here: the replay owns every number below.
+        self._seq = max(self._seq, self.journal.next_seq)
         if index.max_seq is not None:
+            # Committed files can hold rows whose journal records were not yet fsynced when
+            # the process died: never hand out their sequence numbers again.
             self._seq = max(self._seq, index.max_seq + 1)
-        for msg_type, sent_ns in index.max_sent_ns.items():  # resume after a restart too
+        # Resume from the last record received, durable in the journal, not only from the
+        # last one committed (which lags: the difference would be stored twice).
+        for source in (index.max_sent_ns, span.sent_ns):
+            for msg_type, sent_ns in source.items():
+                self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
+        self._gap_from_ns = span.last_ns
+        if segments:
+            self.durability.hold_below(0)  # retire nothing until the replay has committed
+        return _RecoveryPlan(
+            report=report,
+            segments=segments,
+            index=index,
+            guard=guard,
+            suspects=suspects,
+            quarantined_before=frozenset(
+                await self.offload(
+                    partial(quarantine.known_keys, root, self.stripe, since_ns=span.first_ns)
+                )
+            ),
+            events_before=frozenset(
+                await self.offload(
+                    partial(committed_events, root, self.stripe, since_ns=span.first_ns)
+                )
+            ),
+        )
+
+    async def _recover_beside(self, plan: _RecoveryPlan) -> None:
+        """Beside live capture: check the sealed segments the last run left, replay the frames
+        in them that are not in committed Parquet (with their own sink and writer, so that
+        each file still holds one contiguous run of one type), commit them, then let the
+        journal retire again."""
+        assert self.journal is not None and self.durability is not None
+        report = plan.report
+        checked = (
+            await self.offload(journal_mod.check_segments, plan.segments) if plan.segments else None
+        )
+        replayer = StripeWorker(
+            self.cfg,
+            self.stripe,
+            clock=self.clock,
+            credentials=self.credentials,
+            run_id=f"{self.run_id}r",
+            on_commit=self.on_commit,
+            offload=self.offload,
+            in_flight=self.in_flight,
+            decode_limiter=self.decode_limiter,
+        )
+        replayer._quarantined_before = plan.quarantined_before
+        replayer._events_before = plan.events_before
+        replayer._suspects = plan.suspects
+        replayer._guard = plan.guard.note("replay")
+        replayer.log = self.log.bind(recovery=True)
+        try:
+            replayed = await replayer.replay(
+                [self.journal.directory], committed=plan.index, only=plan.segments
+            )
+        finally:
+            replayer._guard.close()
+            done = replayer.stats
+            self.stats.quarantined += done.quarantined
+            self.stats.garbage_bytes += done.garbage_bytes
+            self.stats.rows_written += done.rows_written
+            self.stats.files_committed += done.files_committed
+        for msg_type, sent_ns in replayer.highwater.items():
             self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
-        replayed, last_ns = await self._replay_journal(send, [directory], index)
-        if index.max_seq is not None:
-            # Committed files can hold rows whose journal records were not yet fsynced when the
-            # process died: never hand out their sequence numbers again.
-            self._seq = max(self._seq, index.max_seq + 1)
-        self._gap_from_ns = last_ns
+        self.durability.hold_below(None)
+        cut = report.cut + (checked.cut if checked is not None else [])
+        bytes_cut = report.bytes_cut + (checked.bytes_cut if checked is not None else 0)
+        cuts = "".join(
+            f"; {c.path.name}: {c.bytes_cut} byte(s) cut, {c.reason} ({c.detail})" for c in cut
+        )
         self._event(
             "recovery",
             detail=(
-                f"journal: {len(report.segments)} segment(s), {report.bytes_cut} byte(s) cut; "
-                f"{replayed} frame(s) not yet in Parquet replayed"
+                f"journal: {len(report.segments)} segment(s), {bytes_cut} byte(s) cut; "
+                f"{replayed} frame(s) not yet in Parquet replayed{cuts}"
             ),
-            bytes=report.bytes_cut,
+            bytes=bytes_cut,
             count=replayed,
         )
-        if report.bytes_cut or replayed:
+        if bytes_cut or replayed:
             self.log.warning(
                 "recovered from the journal",
-                bytes_cut=report.bytes_cut,
+                bytes_cut=bytes_cut,
                 frames_replayed=replayed,
-                cuts=[f"{c.path.name}: {c.reason}" for c in report.cut],
+                cuts=[f"{c.path.name}: {c.reason}" for c in cut],
             )
-            await self._flush_pending(send, older_than_ns=None)
-            self.request_rotate()  # commit the recovered rows now, not at the next boundary
 
     async def _replay_journal(
         self,
         send: trio.MemorySendChannel[_WriterItem],
         directories: list[Path],
         committed: CommittedIndex | None,
+        only: list[Path] | None = None,
     ) -> tuple[int, int | None]:
         """Feed journaled messages through the live path; returns (frames replayed, last
         receive time)."""
@@ -940,6 +1088,8 @@ class StripeWorker:
         last_ns: int | None = None
         sess: _Link | None = None
         contains = committed.contains if committed is not None else None
+        last_of: dict[str, int] = {}  # session -> its last message's receive time
+        closed: set[str | None] = set()  # sessions whose disconnect is in the journal
 
         def already(msg_type: str, seq: int) -> bool:
             nonlocal replayed
@@ -950,7 +1100,7 @@ class StripeWorker:
 
         try:
             for directory in directories:
-                records = journal_mod.read_records(directory)
+                records = journal_mod.read_records(directory, only=only)
                 while chunk := await self.offload(_take, records, 512):
                     for rec in chunk:
                         if isinstance(rec, journal_mod.SessionRecord):
@@ -959,6 +1109,16 @@ class StripeWorker:
                             if sess is not None:
                                 await self._end_of_stream(sess, send)
                             sess = _Link(rec.session, mlink.replayed(self._replayed_requests(rec)))
+                            continue
+                        if isinstance(rec, journal_mod.EventRecord):
+                            event = _event_from(rec.fields)
+                            if event is None:
+                                continue
+                            if event.event == "disconnect":
+                                closed.add(event.session)
+                            key = (event.time_ns, event.event, event.session)
+                            if key not in self._events_before:
+                                self._events.append(event)  # journaled already
                             continue
                         if sess is None:  # the journal starts inside a session
                             sess = _Link("unknown", mlink.replayed(()))
@@ -974,11 +1134,26 @@ class StripeWorker:
                         )
                         if self._ready:
                             await self._drain_ready(send)
-                        last_ns = rec.recv_ns
+                        last_ns = last_of[sess.id] = rec.recv_ns
             if sess is not None:
                 await self._end_of_stream(sess, send)
         finally:
             self._replaying = False
+        for session, ended_ns in last_of.items():
+            if session in closed or session == "unknown":
+                continue
+            # The process died with this session open (SIGKILL, a crash): no disconnect was
+            # recorded.  Record it now, once: the key is the same at every start.
+            event = capture_events.Event(
+                time_ns=ended_ns,
+                session=session,
+                seq=self._seq,
+                event="disconnect",
+                detail="capture process ended without closing the session (killed or crashed)",
+                gap_start_ns=ended_ns,
+            )
+            if (event.time_ns, event.event, event.session) not in self._events_before:
+                self._record_event(event)
         if self.journal is not None:
             self._seq = max(self._seq, self.journal.next_seq)
         return replayed, last_ns
@@ -995,9 +1170,17 @@ class StripeWorker:
             for name, qid in items
         ]
 
-    async def replay(self, directories: list[Path]) -> int:
-        """Offline: rebuild this stripe's Parquet from journal segments (``mlink-capture
-        replay``); returns the number of data frames written."""
+    async def replay(
+        self,
+        directories: list[Path],
+        *,
+        committed: CommittedIndex | None = None,
+        only: list[Path] | None = None,
+    ) -> int:
+        """Rebuild this stripe's Parquet from journal segments, with a sink and writer of its
+        own (offline: ``mlink-capture replay``; at start-up: beside live capture, skipping
+        what ``committed`` holds, reading ``only`` these segments); returns the number of
+        data frames written.  Every file is committed when it returns."""
         send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
         self._writer_gone = False
         sink = self.sink = PartitionSink(
@@ -1006,7 +1189,7 @@ class StripeWorker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, recv, sink)
             async with send:
-                replayed, _ = await self._replay_journal(send, directories, None)
+                replayed, _ = await self._replay_journal(send, directories, committed, only)
                 await self._flush_pending(send, older_than_ns=None)
         return replayed
 
@@ -1021,7 +1204,7 @@ class StripeWorker:
             if not isinstance(exc, trio.Cancelled):
                 # A broken disk (ENOSPC, EIO, EACCES) or a bug: the supervisor restarts this
                 # stripe with backoff; recovery then replays the journal.
-                self._sink_failed = True
+                self._writer_failed(f"writer failed: {exc}")
                 self.log.error("writer failed; no more commits this run", error=str(exc))
             raise
         finally:
@@ -1037,7 +1220,7 @@ class StripeWorker:
                 try:
                     self._committed(await self._heavy(sink.close))
                 except OSError as exc:
-                    self._sink_failed = True
+                    self._writer_failed(f"closing the sink failed: {exc}")
                     self.log.error("closing the sink failed", error=str(exc))
 
     async def _write_loop(
@@ -1073,18 +1256,29 @@ class StripeWorker:
                             del decoders[next(iter(decoders))]
                         dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
                     outcome = await self._heavy(self._decode_and_write, dec, sink, item)
-                    self._inflight.discard(item.seq[0])
+                    if self.durability is not None:
+                        self.durability.done(item.seq[0])
                     self._held -= item.nbytes
                     self.in_flight.release(item.nbytes)
                     self._written(item.msg_type, outcome)
                 elif isinstance(item, EventBatch):
                     batch = capture_events.to_batch(item.events, self.stripe)
                     self._committed(await self._heavy(sink.write, capture_events.TABLE, batch))
+                    if self.durability is not None:
+                        self.durability.done(_low_seq(item))
                 else:
                     await self.offload(self._write_quarantine, item.items)
+                    if self.durability is not None:
+                        self.durability.done(item.seq)
                 if item is not None:
                     self._processed += 1
                     self._progress.unpark_all()
+
+    def _writer_failed(self, reason: str) -> None:
+        """Rows the writer held are in no file the sink tracks: retire nothing more this run
+        (the sink already counts the rows of a file it aborted; this covers the rest)."""
+        if self.durability is not None:
+            self.durability.hold(reason)
 
     async def _heavy(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Decoding, encoding Parquet, committing files: off the loop, and at most one such
@@ -1166,7 +1360,21 @@ class StripeWorker:
     def _decode_and_write(
         self, dec: BatchDecoder, sink: PartitionSink, pb: PendingBatch
     ) -> _WriteOutcome:
-        """Runs in a worker thread: bulk decode, split by partition date, write."""
+        """Runs in a worker thread: bulk decode, split by partition date, write; noted in the
+        crash guard meanwhile (capture.crashguard), so that a crash here is not repeated."""
+        guard = self._guard
+        if guard is None:
+            return self._decode_and_write_now(dec, sink, pb)
+        guard.begin(pb.msg_type, pb.seq[0], pb.seq[-1])
+        try:
+            return self._decode_and_write_now(dec, sink, pb)
+        finally:
+            guard.end()
+
+    def _decode_and_write_now(
+        self, dec: BatchDecoder, sink: PartitionSink, pb: PendingBatch
+    ) -> _WriteOutcome:
+        poison_point(pb.bodies)
         try:
             result = self._decode(dec, pb)
         except Exception as exc:  # a bug in the decoder: contained, body by body
@@ -1177,9 +1385,15 @@ class StripeWorker:
                 exc_info=exc,
             )
             result = self._decode_each(dec, pb)
-        self._write_quarantine(
-            [Quarantined(pb.recv_ns[i], pb.session, why, body) for i, body, why in result.rejected]
-        )
+        kept: list[Quarantined] = []
+        for index, body, reason in result.rejected:
+            key = f"seq/{pb.seq[index]}"
+            if key in self._quarantined_before:
+                continue  # a replay: an earlier run kept (and counted) it
+            seq = pb.seq[index]
+            kept.append(Quarantined(pb.recv_ns[index], pb.session, reason, body, seq=seq, key=key))
+        self._write_quarantine(kept)
+        rejected = len(kept)
         batch = result.batch
         crash_point("worker.decoded")
         committed: list[CommittedFile] = []
@@ -1191,7 +1405,7 @@ class StripeWorker:
             committed=committed,
             number_mismatches=_number_mismatches(pb.msg_type, pb.type_numbers),
             rows=batch.num_rows,
-            rejected=len(result.rejected),
+            rejected=rejected,
             slow_rows=result.drift.slow_path_rows,
             unknown_fields=result.drift.unknown_fields,
             latest_sent_ns=latest,
@@ -1233,40 +1447,7 @@ class StripeWorker:
         return DecodeResult(batch=batch, drift=drift, rejected=rejected)
 
     def _write_quarantine(self, items: list[Quarantined]) -> None:
-        """Append records to the quarantine file of their day: written a thousand at a time,
-        one fsync per file at the end (the journal may retire these bytes: they must be on
-        disk first)."""
-        if not items:
-            return
-        directory = Path(self.cfg.output.root) / "_quarantine" / f"stripe={self.stripe}"
-        directory.mkdir(parents=True, exist_ok=True)
-        fds: dict[str, int] = {}
-        try:
-            for start in range(0, len(items), 1000):
-                by_day: dict[str, list[str]] = {}
-                for q in items[start : start + 1000]:
-                    day = partition_date(q.recv_ns, self.cfg.output.timezone).isoformat()
-                    record = {
-                        "recv_time_ns": q.recv_ns,
-                        "stripe": self.stripe,
-                        "session": q.session,
-                        "reason": q.reason,
-                        "size": len(q.data),
-                        "bytes_b64": base64.b64encode(q.data).decode("ascii"),
-                    }
-                    by_day.setdefault(day, []).append(json.dumps(record, separators=(",", ":")))
-                for day, lines in by_day.items():
-                    if day not in fds:
-                        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                        fds[day] = os.open(directory / f"{day}.jsonl", flags, 0o640)
-                    data = ("\n".join(lines) + "\n").encode("ascii")
-                    while data:
-                        data = data[os.write(fds[day], data) :]
-            for fd in fds.values():
-                os.fsync(fd)
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+        quarantine.append_many(self.cfg.output.root, self.stripe, self.cfg.output.timezone, items)
 
 
 # The smallest byte bound of a pending batch (a tiny budget with many stripes): below this the
@@ -1337,24 +1518,81 @@ def _max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:
     return None if value is None else int(value)
 
 
-def _first_recv_ns(directory: Path) -> int | None:
-    """Receive time of the oldest message in a journal (None if it holds none)."""
-    for _, rec in journal_mod.read_records(directory):
-        if isinstance(rec, journal_mod.MessageRecord):
-            return rec.recv_ns
-    return None
+def _journal_span(directory: Path, segments: list[Path]) -> _JournalSpan:
+    """Where a journal starts and ends, reading only its first segment holding a message or
+    event and its last segment holding a message: the oldest time, the newest message's
+    receive time and, per type, the latest header send time in that last segment (the
+    resume point: what the server need not send again)."""
+    span = _JournalSpan()
+    for path in segments:
+        for _, rec in journal_mod.read_records(directory, only=[path]):
+            if isinstance(rec, journal_mod.MessageRecord):
+                span.first_ns = rec.recv_ns
+            elif isinstance(rec, journal_mod.EventRecord):
+                span.first_ns = rec.time_ns
+            else:
+                continue
+            break
+        if span.first_ns is not None:
+            break
+    for path in reversed(segments):
+        decoder = FrameDecoder()
+        for _, rec in journal_mod.read_records(directory, only=[path]):
+            if isinstance(rec, journal_mod.SessionRecord):
+                if not rec.resumed:
+                    decoder = FrameDecoder()
+                continue
+            if not isinstance(rec, journal_mod.MessageRecord):
+                continue
+            span.last_ns = rec.recv_ns
+            for event in decoder.feed_typed(rec.payload):
+                if isinstance(event, Garbage):
+                    continue
+                mtyp, _, body = event
+                if not mtyp or mtyp in protocol.CONTROL_TYPES:
+                    continue
+                sent = _header_sent_ns(body)
+                if sent is not None and sent > span.sent_ns.get(mtyp, 0):
+                    span.sent_ns[mtyp] = sent
+        if span.last_ns is not None:
+            break
+    return span
+
+
+def _header_sent_ns(body: bytes) -> int | None:
+    """The header's ``sTim`` without parsing the JSON (bodies are compact, header first)."""
+    at = body.find(b'"sTim":"', 0, 512)
+    if at < 0:
+        return None
+    start = at + 8
+    end = body.find(b'"', start, start + 40)
+    if end < 0:
+        return None
+    try:
+        return protocol.header_time_ns(body[start:end].decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+
+
+def _event_from(fields: Mapping[str, Any]) -> capture_events.Event | None:
+    """The event a journal EVENT record holds (None: not one this version understands)."""
+    if not (isinstance(fields.get("time_ns"), int) and isinstance(fields.get("seq"), int)):
+        return None
+    try:
+        return capture_events.Event(**fields)
+    except TypeError:
+        return None
+
+
+def _low_seq(item: _WriterItem) -> int:
+    """The lowest seq an item for the writer holds the journal at (capture.durability)."""
+    if isinstance(item, PendingBatch):
+        return item.seq[0]
+    if isinstance(item, EventBatch):
+        return min(e.seq for e in item.events)
+    return item.seq
 
 
 def _take(records: Iterator[tuple[Path, journal_mod.Record]], n: int) -> list[journal_mod.Record]:
     """The next ``n`` journal records (blocking reads: called in a thread)."""
     return [rec for _, rec in islice(records, n)]
-
-
-def _prune(archive: Path, retain_hours: float) -> None:
-    """Delete archived journal segments older than the retention period."""
-    if not archive.is_dir():
-        return
-    horizon = time.time() - retain_hours * 3600
-    for path in archive.glob("seg-*.mlj"):
-        if path.stat().st_mtime < horizon:
-            path.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import duckdb
 import pytest
 from crash_harness import POINTS, Harness
 
@@ -56,4 +57,31 @@ def test_recovery_twice_changes_nothing(harness: Harness) -> None:
     harness.graceful(2.0, offline=True)  # recovery again
     assert harness.parquet_rows() == first
     assert sum(len(v) for v in first.values()) > 100
+    harness.check()
+
+
+def test_the_gap_ledger_survives_sigkill_exactly_once(harness: Harness) -> None:
+    """Issue 15, item 5: connect, logon, disconnect, gap and recovery rows of runs that were
+    killed with SIGKILL are all in capture_events, once each (they go through the journal)."""
+    runs = [1.8, 2.2, 1.6, 2.4]
+    for seconds in runs:
+        harness.kill_after(seconds)
+    harness.graceful(3.0)
+    rows = duckdb.sql(
+        "SELECT epoch_ns(_recv_time), event, _session, result, epoch_ns(gap_start), "
+        f"epoch_ns(gap_end) FROM read_parquet('{harness.root}/capture_events/**/*.parquet')"
+    ).fetchall()
+    keys = [(t, ev, s) for t, ev, s, *_ in rows]
+    assert len(keys) == len(set(keys)), "an event is stored twice"
+    sessions = {s for _, ev, s, result, *_ in rows if ev == "connect" and result == "ok"}
+    assert len(sessions) == len(runs) + 1
+    for s in sessions:
+        assert [ev for _, ev, s2, *_ in rows if s2 == s].count("logon") == 1, s
+        assert [ev for _, ev, s2, *_ in rows if s2 == s].count("disconnect") == 1, s
+    assert sum(ev == "recovery" for _, ev, *_ in rows) == len(runs) + 1
+    gaps = sorted((start, end) for _, ev, _, _, start, end in rows if ev == "gap")
+    assert len(gaps) == len(runs)  # one per outage, the killed runs' included
+    ends = {start for _, ev, _, _, start, _ in rows if ev == "disconnect"}
+    for start, end in gaps:
+        assert start < end and start in ends  # from the last frame the killed run journaled
     harness.check()

@@ -353,9 +353,11 @@ def _field_of(offset_in_record: int, payload_len: int) -> CutReason:
     return CutReason.CRC_MISMATCH  # record crc and payload
 
 
-def test_single_byte_corruption_keeps_exactly_the_records_before_it(
+def test_single_byte_corruption_cuts_exactly_the_damaged_record(
     jdir: Path, no_fsync: None
 ) -> None:
+    """A flipped byte costs the record it is in, nothing more: the reader resynchronises on
+    the next intact record (the last record's damage is a corrupt tail)."""
     expected_all, last = _crashed_journal(jdir, seal_last=False)
     original = last.read_bytes()
     data_spans = spans(original)
@@ -370,12 +372,13 @@ def test_single_byte_corruption_keeps_exactly_the_records_before_it(
             last.write_bytes(bytes(corrupt))
             report = recover(jdir)
             seg = report.segments[-1]
-            assert seg.records_kept == index, pos
-            assert seg.bytes_cut == len(original) - span.start
+            own_records = expected_all[len(before_last) :]
+            assert seg.records_kept == in_last - 1, pos
+            assert seg.bytes_cut == span.end - span.start
             assert seg.reason is _field_of(pos - span.start, span.end - span.start), pos
             assert seg.preserved is not None
-            assert seg.preserved.read_bytes() == bytes(corrupt[span.start :])
-            assert records(jdir) == before_last + expected_all[len(before_last) :][:index]
+            assert seg.preserved.read_bytes() == bytes(corrupt[span.start : span.end])
+            assert records(jdir) == before_last + own_records[:index] + own_records[index + 1 :]
             assert recover(jdir).clean
             checked += 1
     assert checked == data_spans[-1].end - data_spans[-3].start
@@ -433,17 +436,20 @@ def test_corruption_inside_a_sealed_segment(jdir: Path, no_fsync: None) -> None:
     path.write_bytes(bytes(data))
     # Trusted on its seal by default: nothing read, nothing changed.
     assert recover(jdir).clean
-    # A reader finds it and says so instead of raising.
+    # A reader finds it, says so instead of raising, and reads on after it.
     cuts: list[tuple[Path, CutReason, int, int]] = []
-    assert records(jdir, on_cut=lambda *a: cuts.append(a)) == m.appended[:6]
-    assert cuts == [(path, CutReason.CRC_MISMATCH, victim.start, len(data))]
-    # A full check cuts it, keeps the evidence and seals what is left.
+    survivors = m.appended[:6] + m.appended[7:]
+    assert records(jdir, on_cut=lambda *a: cuts.append(a)) == survivors
+    assert cuts == [(path, CutReason.CRC_MISMATCH, victim.start, victim.end)]
+    # A full check cuts that record alone, keeps the evidence and seals what is left.
     report = recover(jdir, verify_sealed=True)
     (seg,) = report.segments
-    assert seg.scanned and seg.reason is CutReason.CRC_MISMATCH and seg.records_kept == 6
-    assert seg.preserved is not None and seg.preserved.read_bytes() == bytes(data[victim.start :])
+    assert seg.scanned and seg.reason is CutReason.CRC_MISMATCH and seg.records_kept == 9
+    assert seg.bytes_cut == report.bytes_cut == victim.end - victim.start
+    assert seg.preserved is not None
+    assert seg.preserved.read_bytes() == bytes(data[victim.start : victim.end])
     assert seg.sealed and list_segments(jdir)[0].sealed
-    assert records(jdir) == m.appended[:6]
+    assert records(jdir) == survivors
     assert recover(jdir, verify_sealed=True).clean
 
 
@@ -1138,3 +1144,24 @@ def test_session_payload_is_the_documented_json(jdir: Path) -> None:
         "stripe": "A",
         "context": {"types": ["T"], "url": "wss://x"},
     }
+
+
+def test_event_records_round_trip_and_hold_their_segment(jdir: Path, no_fsync: None) -> None:
+    w = JournalWriter(jdir, segment_bytes=300)
+    m = Model(w)
+    m.session("s1")
+    fill(m, 3)
+    w.append_event(m.recv, m.seq, {"event": "gap", "time_ns": m.recv, "seq": m.seq})
+    with pytest.raises(ValueError, match="below"):
+        w.append_event(m.recv, m.seq - 1, {})
+    fill(m, 6)
+    w.flush_and_sync()
+    w.roll()
+    w.flush_and_sync()
+    events = [r for r in records(jdir) if isinstance(r, journal.EventRecord)]
+    assert [(e.seq, e.fields["event"]) for e in events] == [(6, "gap")]
+    holding = next(s for s in w.segments() if s.next_seq is not None and s.next_seq >= 6)
+    w.retire(6)  # seq 6 not committed: the segment holding the event stays
+    assert holding.path in [s.path for s in w.segments()]
+    w.close()
+    assert recover(jdir, verify_sealed=True).clean

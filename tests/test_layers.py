@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "capture"
 LAYERS: list[set[str]] = [
     {  # pure leaves: no other module of ours
         "capture", "capture.bounds", "capture.clock", "capture.durable", "capture.errors",
-        "capture.events", "capture.dirswap",
+        "capture.events", "capture.dirswap", "capture.crashguard",
         "capture.faultpoints", "capture.frames", "capture.logs", "capture.memory",
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
         "capture.stripes", "capture.sim.tls",
@@ -28,7 +28,8 @@ LAYERS: list[set[str]] = [
     {  # the edges and the storage layers
         "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
         "capture.journal", "capture.batches", "capture.health", "capture.recovery",
-        "capture.metrics", "capture.retention", "capture.abmerge",
+        "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
+        "capture.durability",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
@@ -186,7 +187,8 @@ def test_sans_io_modules_import_neither_trio_nor_pyarrow() -> None:
 def test_sync_io_modules_do_not_import_trio() -> None:
     mods = modules()
     for sync in ("capture.sink", "capture.batches", "capture.health", "capture.stats",
-                 "capture.journal", "capture.recovery", "capture.verify"):
+                 "capture.journal", "capture.recovery", "capture.verify", "capture.durability",
+                 "capture.quarantine", "capture.crashguard"):
         assert not uses(mods[sync], "trio"), sync
 
 

@@ -1,0 +1,152 @@
+"""The owner of one invariant: a journal segment is deleted only when every frame in it is in a
+committed Parquet file or in quarantine.
+
+A frame received by a stripe is, at any moment, in exactly one of these places, and the
+:class:`DurabilityKeeper` is the one object that looks at all of them before it lets the
+journal retire a segment:
+
+* **on the event loop**: in a pending batch, or queued/handed to the writer and not yet written
+  (:meth:`taken` / :meth:`done` bracket an item the writer holds; the worker passes the lowest
+  seq of its pending batches to :meth:`loop_watermark`);
+* **in the sink**: in a Parquet file not yet committed, or in a file the sink *aborted* after a
+  failed write.  The sink reports both under its own lock
+  (:meth:`capture.sink.PartitionSink.uncommitted_seq_min` counts aborted rows for as long as it
+  lives), read here in the same critical section, so a write that fails in the writer thread
+  can never be overtaken by a sync round that runs before the event loop learns of it;
+* **committed** (or quarantined, fsynced): only then may its segment go.
+
+The keeper also owns the fsync cadence (:meth:`sync_round`, called every half
+``durability_interval``) and the pruning of the archive that retired segments are moved to
+(``journal.retain_hours``).  Sequence numbers: see capture/journal.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from capture.journal import JournalWriter
+from capture.sink import PartitionSink
+
+__all__ = ["DurabilityKeeper", "prune_archive"]
+
+
+class DurabilityKeeper:
+    """Decides what the journal may retire, and does the fsync and retirement rounds.
+
+    Thread model: :meth:`taken`, :meth:`done`, :meth:`hold` and :meth:`loop_watermark` run on the
+    event loop; :meth:`sync_round` and :meth:`close` in a worker thread.  A short lock guards
+    the in-flight counts, so the thread may also read them."""
+
+    def __init__(
+        self,
+        journal: JournalWriter,
+        sink: PartitionSink | None,
+        *,
+        retain_hours: float = 0.0,
+    ) -> None:
+        self.journal = journal
+        self.sink = sink
+        self._archive = journal.directory / "archive" if retain_hours > 0 else None
+        self._retain_s = retain_hours * 3600
+        self._lock = threading.Lock()
+        self._inflight: Counter[int] = Counter()  # lowest seq of each item the writer holds
+        self._held: str | None = None
+        self._floor: int | None = None
+
+    # -- the event loop's side ---------------------------------------------------------------
+
+    def taken(self, low_seq: int) -> None:
+        """An item whose frames (and bytes) start at ``low_seq`` left the pending batches for
+        the writer: it holds the watermark until :meth:`done`."""
+        with self._lock:
+            self._inflight[low_seq] += 1
+
+    def done(self, low_seq: int) -> None:
+        """The writer finished that item: its rows are in the sink (open, committed or
+        aborted: the sink says which) or in fsynced quarantine."""
+        with self._lock:
+            left = self._inflight[low_seq] - 1
+            if left > 0:
+                self._inflight[low_seq] = left
+            else:
+                del self._inflight[low_seq]
+
+    def hold(self, reason: str) -> None:
+        """Retire nothing more this run (the writer failed: what it held is in no file the
+        sink tracks).  The next start replays the journal."""
+        if self._held is None:
+            self._held = reason
+
+    @property
+    def held(self) -> str | None:
+        return self._held
+
+    def hold_below(self, seq: int | None) -> None:
+        """Retire nothing holding frames at or above ``seq`` (None: lift it).  Start-up
+        replays the last run's segments beside live capture with a sink of its own: until it
+        has committed, its frames are in no place this keeper watches."""
+        self._floor = seq
+
+    def loop_watermark(self, next_seq: int, pending_lows: list[int]) -> int:
+        """Every frame below the result is, as far as the event loop knows, past the writer:
+        ``next_seq`` is the next frame to be numbered, ``pending_lows`` the lowest seq of each
+        pending batch or event list."""
+        lows = [next_seq, *pending_lows]
+        with self._lock:
+            if self._inflight:
+                lows.append(min(self._inflight))
+        return min(lows)
+
+    # -- the syncing thread's side -------------------------------------------------------------
+
+    def watermark(self, loop_low: int) -> int | None:
+        """Every frame below the result is committed or quarantined (None: retire nothing).
+        ``loop_low`` must come from :meth:`loop_watermark` *before* this call: an item that
+        left the loop after that is in the sink now, and the sink is read after."""
+        if self._held is not None:
+            return None
+        floor = self._floor
+        if floor is not None:
+            loop_low = min(loop_low, floor)
+        with self._lock:
+            if self._inflight:
+                loop_low = min(loop_low, min(self._inflight))
+        sink_low = self.sink.uncommitted_seq_min() if self.sink is not None else None
+        return loop_low if sink_low is None else min(loop_low, sink_low)
+
+    def sync_round(self, loop_low: int, *, sync: bool = True) -> list[Path]:
+        """fsync the journal (or, when its own thread does, check that it has not failed), then
+        retire the segments below the watermark.  Returns the segments retired."""
+        if sync:
+            self.journal.flush_and_sync()
+        else:
+            self.journal.check()
+        watermark = self.watermark(loop_low)
+        if watermark is None:
+            return []
+        if self._archive is not None:
+            prune_archive(self._archive, self._retain_s)
+        return self.journal.retire(watermark, archive=self._archive)
+
+    def close(self, loop_low: int) -> None:
+        """The last round, then close the journal (also when the round fails)."""
+        try:
+            self.sync_round(loop_low)
+        finally:
+            self.journal.close()
+
+
+def prune_archive(archive: Path, retain_s: float) -> None:
+    """Delete archived journal segments older than ``retain_s`` seconds."""
+    if not archive.is_dir():
+        return
+    horizon = time.time() - retain_s
+    for path in archive.glob("seg-*.mlj"):
+        try:
+            if path.stat().st_mtime < horizon:
+                path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            continue

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -1179,9 +1179,16 @@ def _number_mismatches(msg_type: str, numbers: list[int]) -> int:
 
 
 def _max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:
-    """Latest header send time in the batch, as ns since the epoch (PROTOCOL.md highwaterTs)."""
-    value = pc.max(pc.cast(pc.cast(column, pa.timestamp("ns", tz="UTC")), pa.int64())).as_py()
-    return None if value is None else int(value)
+    """Latest header send time in the batch, as ns since the epoch (PROTOCOL.md highwaterTs).
+
+    Exact: the column holds microseconds, multiplied here in Python (an Arrow cast to ns would
+    fail on a time beyond 2262, which a server could send); such times are not a highwater."""
+    micros = pc.cast(column, pa.int64())
+    value = pc.max(pc.filter(micros, pc.less_equal(micros, _MAX_NS_MICROS))).as_py()
+    return None if value is None else int(value) * 1000
+
+
+_MAX_NS_MICROS: Final = (2**63 - 1) // 1000
 
 
 def _first_recv_ns(directory: Path) -> int | None:

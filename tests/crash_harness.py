@@ -192,11 +192,10 @@ format = "json"
     # -- what a user finds ------------------------------------------------------------------
 
     def parquet_rows(self) -> dict[str, list[tuple[object, ...]]]:
-        """Every data row (all columns but the receive time's type noise), per table."""
+        """Every data row, per table."""
         out = {}
         for t in TYPES:
             table = ds.dataset(self.root / t, partitioning="hive").to_table()
-            table = table.set_column(0, "_recv_time", table["_recv_time"].cast("int64"))
             out[t] = sorted(tuple(r.values()) for r in table.to_pylist())
         return out
 

@@ -503,8 +503,12 @@ class PartitionSink:
         stripe: str,
         session: str,
         now_ns: Callable[[], int] = time.time_ns,
+        on_commit: Callable[[CommittedFile], None] | None = None,
     ) -> None:
         _check_component("stripe", stripe)
+        # Called with each committed file while the lock is held: before uncommitted_seq_min()
+        # stops counting its rows (capture.lake.hold). Must be quick and must not raise.
+        self._on_commit = on_commit
         self._settings = settings
         self._stripe = stripe
         self._session = session
@@ -967,6 +971,8 @@ class PartitionSink:
             reason=reason,
         )
         out.append(committed)
+        if self._on_commit is not None:
+            self._on_commit(committed)
         self._files_committed += 1
         self._rows_committed += f.rows
         self._bytes_committed += size

@@ -49,6 +49,7 @@ from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
 from capture.faultpoints import crash_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
+from capture.lake.hold import JournalHold
 from capture.logs import get_logger, redact
 from capture.memory import InFlightBudget, decode_slots
 from capture.recovery import CommittedIndex, scan_committed
@@ -176,8 +177,12 @@ class StripeWorker:
         in_flight: InFlightBudget | None = None,
         decode_limiter: trio.CapacityLimiter | None = None,
         journal_syncs_itself: bool | None = None,
+        journal_hold: JournalHold | None = None,
     ) -> None:
         self.cfg = cfg
+        # With [lake]: journal segments stay until their frames are in a committed Iceberg
+        # snapshot (capture.lake.hold); None: until they are in committed local files.
+        self.journal_hold = journal_hold
         self.stream_factory = stream_factory
         # Blocking work (decode, Parquet, credential reads) runs here: worker threads by
         # default; tests on the mock clock run it inline so that time stays exact.
@@ -280,8 +285,13 @@ class StripeWorker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
         self._writer_gone = False
+        hold = self.journal_hold
         sink = self.sink = PartitionSink(
-            self._sink_settings, stripe=self.stripe, session=self.run_id, now_ns=self.clock.now_ns
+            self._sink_settings,
+            stripe=self.stripe,
+            session=self.run_id,
+            now_ns=self.clock.now_ns,
+            on_commit=hold.file_committed if hold is not None else None,
         )
         jcfg = self.cfg.journal
         recovered: journal_mod.RecoveryReport | None = None
@@ -783,6 +793,9 @@ class StripeWorker:
             return
         sink_low = self.sink.uncommitted_seq_min() if self.sink is not None else None
         watermark = loop_watermark if sink_low is None else min(loop_watermark, sink_low)
+        # After the sink: a file it committed meanwhile was handed to the hold under its lock.
+        held = self.journal_hold.floor(self.stripe) if self.journal_hold is not None else None
+        watermark = watermark if held is None else min(watermark, held)
         jcfg = self.cfg.journal
         archive = None
         if jcfg.retain_hours > 0:

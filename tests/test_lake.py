@@ -352,7 +352,7 @@ def test_store_outage_holds_the_journal_and_catches_up(
     files = sum(len(scan_local(base.output.root, s, since=None)) for s in STRIPES)
     assert doc["upload_lag_files"] == files > 0
     assert doc["upload_lag_bytes"] > 0 and doc["last_commit_age_s"] is None
-    assert doc["errors"] == 1 and "PutObject" in doc["last_error"]
+    assert doc["errors"] == 5 and "PutObject" in doc["last_error"]  # flush tried 5 times
     lows = {s: min(f.seq_min for f in scan_local(base.output.root, s, since=None)) for s in STRIPES}
     assert {s: lake.floor(s) for s in STRIPES} == lows  # the journal keeps those frames
     # the store is back

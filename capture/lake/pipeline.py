@@ -161,14 +161,23 @@ class Lake:
                 backoff = min(RETRY_MAX_S, backoff * 2)
             await trio.sleep(backoff)
 
-    async def flush(self) -> None:
-        """Upload and commit everything held now (shutdown); errors are logged, not raised
-        (what is left is found again at the next start)."""
-        try:
-            await self._startup_scans()
-            await self.step(force=True)
-        except (StoreError, CatalogError, OSError) as exc:
-            self._failed(exc)
+    async def flush(self, *, attempts: int = 5) -> None:
+        """Upload and commit everything held now (shutdown; the caller bounds the time).
+        Failures are retried a few times, then logged, not raised: what is left is found again
+        at the next start."""
+        delay = 0.2
+        for _ in range(attempts):
+            try:
+                await self._startup_scans()
+                await self.step(force=True)
+            except (StoreError, CatalogError, OSError) as exc:
+                self._failed(exc)
+                await trio.sleep(delay)
+                delay *= 2
+                continue
+            with self._lock:
+                if not any(e.conflict is None for e in self._entries.values()):
+                    return
 
     async def step(self, *, force: bool) -> None:
         """Upload what is waiting; commit tables whose interval is over (all with ``force``)."""

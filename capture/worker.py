@@ -802,6 +802,10 @@ class StripeWorker:
             archive = journal.directory / "archive"
             _prune(archive, jcfg.retain_hours)
         journal.retire(watermark, archive=archive)
+        if self.journal_hold is not None:
+            held_segments = [s.min_seq for s in journal.segments() if s.min_seq is not None]
+            low = min(held_segments) if held_segments else journal.next_seq
+            self.journal_hold.journal_low(self.stripe, low)
 
     async def _syncer(self) -> None:
         """Every half ``durability_interval`` (so that a frame is on disk within the interval,

@@ -18,3 +18,8 @@ class JournalHold(Protocol):
     def floor(self, stripe: str) -> int | None:
         """Lowest ``_seq`` of ``stripe`` that is in a local file not yet in a committed Iceberg
         snapshot (0 while that is not known yet); None: nothing held."""
+
+    def journal_low(self, stripe: str, low: int) -> None:
+        """After a retire: the journal of ``stripe`` holds no frame below ``low``. A local file
+        is deleted (``delete_local``) only when it lies entirely below: otherwise start-up
+        recovery would find its frames in the journal, not in a file, and write them again."""

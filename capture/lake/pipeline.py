@@ -28,6 +28,7 @@ import structlog
 import trio
 
 from capture.config import Config
+from capture.faultpoints import crash_point
 from capture.lake.files import LakeFile, scan_local, sha256_of
 from capture.lake.store import ObjectConflict, ObjectStore, StoreError
 from capture.lake.tables import CatalogError, LakeTables
@@ -90,6 +91,8 @@ class Lake:
         self._ready: set[str] = set()
         self._hw: dict[str, dict[str, int]] = {}  # table -> stripe -> high-water _seq
         self._last_commit: dict[str, int] = {}  # table -> ns of its last commit
+        self._to_delete: dict[Path, LakeFile] = {}  # in a snapshot; delete_local pending
+        self._journal_low: dict[str, int] = {}  # stripe -> no journal frame below this
         self._busy = trio.Lock()  # one step at a time: the task's and the shutdown flush
         for name in ("botocore", "boto3"):  # whole requests (signed headers) at DEBUG
             logger = logging.getLogger(name)
@@ -111,6 +114,10 @@ class Lake:
                 return 0
             lows = [e.file.seq_min for e in self._entries.values() if e.file.stripe == stripe]
         return min(lows) if lows else None
+
+    def journal_low(self, stripe: str, low: int) -> None:
+        with self._lock:
+            self._journal_low[stripe] = low
 
     # -- figures -----------------------------------------------------------------------------
 
@@ -184,6 +191,7 @@ class Lake:
         async with self._busy:
             await self._uploads()
             await self._commits(force=force)
+            await trio.to_thread.run_sync(self._delete_local)
 
     def _failed(self, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -217,6 +225,7 @@ class Lake:
                 self.stats.conflicts += 1
                 log.error("lake: object conflict; file kept locally", error=str(exc))
                 continue
+            crash_point("lake.uploaded")
             entry.uri = f"s3://{self.lake_cfg.bucket}/{key}"
             if outcome == "there":
                 self.stats.already_there += 1
@@ -263,6 +272,7 @@ class Lake:
         uris = [e.uri for e in batch if e.uri is not None]
         started = time.perf_counter()
         await trio.to_thread.run_sync(self.tables.commit, table, schema, uris, hw)
+        crash_point("lake.committed")
         self.stats.commit_seconds.append(time.perf_counter() - started)
         del self.stats.commit_seconds[:-1000]
         self._hw[table] = hw
@@ -278,15 +288,27 @@ class Lake:
         with self._lock:
             for e in entries:
                 self._entries.pop(e.file.path, None)
-        if self.lake_cfg.delete_local:
-            for e in entries:
-                try:
-                    e.file.path.unlink()
-                    self.stats.deleted_local += 1
-                except FileNotFoundError:
-                    pass
+                if self.lake_cfg.delete_local:
+                    self._to_delete[e.file.path] = e.file
         for stripe in {e.file.stripe for e in entries}:
             self._write_since(stripe)
+
+    def _delete_local(self) -> None:
+        """Delete the local files in a snapshot whose frames the journal no longer has."""
+        with self._lock:
+            due = [
+                f for f in self._to_delete.values()
+                if f.seq_max < self._journal_low.get(f.stripe, -1)
+            ]  # fmt: skip
+        for f in due:
+            try:
+                f.path.unlink()
+                self.stats.deleted_local += 1
+                crash_point("lake.deleted")
+            except FileNotFoundError:
+                pass
+            with self._lock:
+                self._to_delete.pop(f.path, None)
 
     def _since_path(self, stripe: str) -> Path:
         return self.root / "_lake" / f"{self.lake_cfg.host_id}.{stripe}.since"
@@ -296,6 +318,7 @@ class Lake:
         (a file of yesterday may still be committed after midnight: rotation plus grace)."""
         with self._lock:
             dates = [e.file.date for e in self._entries.values() if e.file.stripe == stripe]
+            dates += [f.date for f in self._to_delete.values() if f.stripe == stripe]
         today = dt.datetime.fromtimestamp(self.now_ns() / 1e9, dt.UTC).date()
         day = min(dates) if dates else today - dt.timedelta(days=1)
         path = self._since_path(stripe)

@@ -193,6 +193,7 @@ class LakeConfig:
     commit_interval: float = 60.0  # seconds between commits of one table
     delete_local: bool = False  # delete a local file once it is in a committed snapshot
     disk_budget_mb: int = 0  # local files not yet in the lake; 0: no budget
+    snapshot_retention_hours: float = 24.0  # expire older snapshots (hourly); 0: never
 
 
 def group_count(processes: int, stripes: int) -> int:
@@ -529,6 +530,9 @@ def _lake_config(r: _Reader, output: OutputConfig) -> LakeConfig:
         commit_interval=r.num(k, "lake.commit_interval", 60.0, _positive),
         delete_local=r.get(k, "lake.delete_local", bool, default=False),
         disk_budget_mb=r.get(k, "lake.disk_budget_mb", int, default=0, check=_at_least(0)),
+        snapshot_retention_hours=r.num(
+            k, "lake.snapshot_retention_hours", 24.0, _non_negative
+        ),
     )
     key_id = cfg.access_key_id_env or cfg.access_key_id_file or cfg.access_key_id_credential
     secret = (

@@ -27,7 +27,7 @@ from capture.config import Config, ConfigError, LakeConfig
 from capture.lake.files import LakeFile, scan_local, sha256_of
 from capture.lake.pipeline import Lake
 from capture.lake.store import ObjectConflict, ObjectStore, StoreError
-from capture.lake.tables import CATALOG_NAME, HW_PREFIX
+from capture.lake.tables import CATALOG_NAME, HW_PREFIX, LakeTables
 from capture.sim.config import SimConfig
 from capture.sim.record import load_sent_data
 
@@ -387,3 +387,42 @@ def test_a_zombie_with_the_same_host_id_never_overwrites(
     assert lake.floor("A") is not None and lake.floor("A") <= victim.seq_min
     in_table = table_ids(cfg, moto_url, victim.table)
     assert not any(s == "A" and victim.seq_min <= n <= victim.seq_max for s, n in in_table)
+
+
+# -- snapshot expiry ---------------------------------------------------------------------------
+
+
+def test_expiry_keeps_every_hosts_newest_watermark(
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+) -> None:
+    """Old snapshots go, but for each watermark key the newest snapshot carrying it stays (a
+    restart reads it), and the table's rows are untouched."""
+    cfg = LakeConfig(host_id="h1", bucket=bucket, endpoint=moto_url)
+    other = LakeConfig(host_id="h2", bucket=bucket, endpoint=moto_url)
+    root = tmp_path / "data"
+    mine, theirs = LakeTables(cfg, root), LakeTables(other, root)
+    client = s3(moto_url)
+    for i in range(6):
+        table = pa.table(
+            {
+                "_recv_time": pa.array([1_796_000_000_000_000 + i], pa.timestamp("us", tz="UTC")),
+                "_stripe": pa.array(["A" if i < 2 else "M"]).dictionary_encode(),
+                "_seq": pa.array([i], pa.int64()),
+            }
+        )
+        path = tmp_path / f"{i}.parquet"
+        pq.write_table(table, path)
+        client.upload_file(str(path), bucket, f"d/{i}.parquet")
+        tables, stripe = (mine, "A") if i < 2 else (theirs, "M")  # h1 stops committing early
+        tables.commit("T", table.schema, [f"s3://{bucket}/d/{i}.parquet"], {stripe: i})
+    tbl = mine.catalog().load_table(("mlink", "T"))
+    assert len(tbl.snapshots()) == 6
+    expired = mine.expire("T", older_than_ms=2**62)  # everything is old
+    tbl = mine.catalog().load_table(("mlink", "T"))
+    kept = {s.snapshot_id for s in tbl.snapshots()}
+    assert expired == 6 - len(kept) and len(kept) == 2  # h1's last commit and the current one
+    assert mine.watermarks("T", ["A"]) == {"A": 1}
+    assert theirs.watermarks("T", ["M"]) == {"M": 5}
+    assert sorted(tbl.scan().to_arrow().column("_seq").to_pylist()) == list(range(6))
+    assert tbl.properties["commit.manifest-merge.enabled"] == "true"
+

@@ -37,6 +37,7 @@ from capture.sink import CommittedFile
 log = structlog.get_logger("capture.lake")
 
 TICK_S = 1.0  # how often the task looks for work (uploads go as soon as a file is there)
+EXPIRE_EVERY_S = 3600.0  # snapshot expiry per table, at most this often
 RETRY_MAX_S = 60.0
 
 
@@ -57,6 +58,7 @@ class LakeStats:
     recognised_committed: int = 0  # found at start-up already in the table
     deleted_local: int = 0
     conflicts: int = 0
+    expired_snapshots: int = 0
     last_commit_ns: int | None = None
     last_error: str | None = None
     errors: int = 0
@@ -93,6 +95,7 @@ class Lake:
         self._last_commit: dict[str, int] = {}  # table -> ns of its last commit
         self._to_delete: dict[Path, LakeFile] = {}  # in a snapshot; delete_local pending
         self._journal_low: dict[str, int] = {}  # stripe -> no journal frame below this
+        self._last_expiry: dict[str, int] = {}  # table -> ns of its last expiry
         self._busy = trio.Lock()  # one step at a time: the task's and the shutdown flush
         for name in ("botocore", "boto3"):  # whole requests (signed headers) at DEBUG
             logger = logging.getLogger(name)
@@ -192,6 +195,7 @@ class Lake:
             await self._uploads()
             await self._commits(force=force)
             await trio.to_thread.run_sync(self._delete_local)
+            await self._expire(force=False)
 
     def _failed(self, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -254,6 +258,20 @@ class Lake:
             batch = _committable(entries)
             if batch:
                 await self._commit(table, batch)
+
+    async def _expire(self, *, force: bool) -> None:
+        """Expire old snapshots of the tables this process committed to (docs/lake.md)."""
+        hours = self.lake_cfg.snapshot_retention_hours
+        if not hours:
+            return
+        now = self.now_ns()
+        for table in sorted(self._last_commit):
+            if not force and now - self._last_expiry.get(table, 0) < EXPIRE_EVERY_S * 1e9:
+                continue
+            older_than_ms = (now - int(hours * 3600e9)) // 1_000_000
+            expired = await trio.to_thread.run_sync(self.tables.expire, table, older_than_ms)
+            self._last_expiry[table] = now
+            self.stats.expired_snapshots += expired
 
     def _retire_known(self, table: str, entries: list[_Entry]) -> None:
         """Files a previous run committed (a crash came after the catalog commit)."""

@@ -39,6 +39,15 @@ from capture.lake.store import s3_credentials
 CATALOG_NAME = "mlink"  # the SQL catalog keeps tables per catalog name: readers use it too
 HW_PREFIX = "mlink.hw."
 COMMIT_ATTEMPTS = 5
+TABLE_PROPERTIES = {
+    # merge small manifests as part of appends (one manifest per commit otherwise: planning a
+    # scan reads them all, and so does every commit's manifest list)
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "50",
+    # keep the last 100 metadata JSON files, delete older ones (one per commit otherwise)
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "100",
+}
 
 
 class CatalogError(Exception):
@@ -146,7 +155,7 @@ class LakeTables:
         except NoSuchTableError:
             pass
         try:
-            tx = catalog.create_table_transaction(ident, schema=schema)
+            tx = catalog.create_table_transaction(ident, schema=schema, properties=TABLE_PROPERTIES)
             with tx.update_spec() as spec:
                 spec.add_field("_recv_time", DayTransform(), "recv_day")
                 spec.add_field("_stripe", IdentityTransform(), "stripe")
@@ -202,6 +211,42 @@ class LakeTables:
             if all(have.get(s, -1) >= v for s, v in hw.items()):
                 return  # it was committed after all
         raise CatalogError(_describe(f"committing to {name}", last, None))
+
+
+    def expire(self, name: str, older_than_ms: int) -> int:
+        """Expire the snapshots of table ``name`` older than ``older_than_ms`` (epoch ms),
+        except the current one and, for every watermark key of any host, the newest snapshot
+        carrying it (what a restart reads). Returns how many were expired. Raises
+        CatalogError."""
+        try:
+            tbl = self.catalog().load_table((self.cfg.namespace, name))
+            doomed = expirable(tbl, older_than_ms)
+            if doomed:
+                tbl.maintenance.expire_snapshots().by_ids(doomed).commit()
+            self._tables.pop(name, None)
+            return len(doomed)
+        except Exception as exc:  # noqa: BLE001 - one contract for the catalog's failures
+            raise CatalogError(_describe(f"expiring snapshots of {name}", exc, None)) from None
+
+
+def expirable(tbl: Any, older_than_ms: int) -> list[int]:
+    """Snapshot ids that may go: older than the limit, not the current one, not the newest
+    carrier of any ``mlink.hw.*`` key."""
+    snaps = sorted(tbl.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
+    keep: set[int] = set()
+    current = tbl.current_snapshot()
+    if current is not None:
+        keep.add(current.snapshot_id)
+    seen: set[str] = set()
+    for snap in snaps:
+        props = snap.summary.additional_properties if snap.summary is not None else {}
+        keys = {k for k in props if k.startswith(HW_PREFIX)}
+        if keys - seen:
+            keep.add(snap.snapshot_id)
+            seen |= keys
+    return [
+        s.snapshot_id for s in snaps if s.timestamp_ms < older_than_ms and s.snapshot_id not in keep
+    ]
 
 
 def _watermarks(tbl: Any, host_id: str, stripes: Iterable[str]) -> dict[str, int]:

@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck bench venv clean
+.PHONY: demo lake-demo test lint typecheck bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	rm -rf demo-data  # each demo shows its own capture
 	$(BIN)/mlink-capture demo --config config/demo.toml --root demo-data $(if $(SECONDS),--seconds $(SECONDS),)
+
+# The demo with the lake on: S3 (moto) and an Iceberg SQLite catalog, both on loopback.
+lake-demo: $(STAMP)
+	rm -rf demo-data
+	$(BIN)/mlink-capture demo --lake --root demo-data $(if $(SECONDS),--seconds $(SECONDS),)
 
 lint: $(STAMP)
 	$(BIN)/ruff check capture tests tools bench

@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", "-c", type=Path, help="demo configuration (default: built in)")
     demo.add_argument("--seconds", type=float, default=20.0, help="capture duration (default 20)")
     demo.add_argument("--root", type=Path, help="output directory (overrides the config)")
+    demo.add_argument(
+        "--lake", action="store_true", help="also S3 (moto on loopback) + Iceberg (SQLite)"
+    )
 
     ver = sub.add_parser("verify", help="check a capture tree; exit 1 if anything is wrong")
     ver.add_argument("root", nargs="?", type=Path, help="data root (default: the config's)")
@@ -87,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from capture.demo import main as demo_main
 
-        return demo_main(config=args.config, seconds=args.seconds, root=args.root)
+        return demo_main(
+            config=args.config, seconds=args.seconds, root=args.root, lake=args.lake
+        )
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
 
 

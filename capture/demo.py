@@ -46,7 +46,9 @@ DEFAULT: dict[str, Any] = {
 }
 
 
-def main(*, config: Path | None, seconds: float | None, root: Path | None) -> int:
+def main(
+    *, config: Path | None, seconds: float | None, root: Path | None, lake: bool = False
+) -> int:
     if config is not None:
         raw = tomllib.loads(config.read_text(encoding="utf-8"))
         base = config.parent
@@ -59,7 +61,22 @@ def main(*, config: Path | None, seconds: float | None, root: Path | None) -> in
         raw.setdefault("health", {})["path"] = str(root.resolve() / "health.json")
     duration = seconds if seconds is not None else float(demo.get("seconds", 20.0))
     logs.configure(raw.get("logging", {}).get("level", "info"), "console")
-    cfg_root = trio.run(_demo, raw, base, demo, duration)
+    if lake:
+        from capture.lake import demo as lake_demo
+
+        try:
+            with lake_demo.s3_on_loopback() as (section, environ):
+                raw["lake"] = section
+                cfg_root = trio.run(_demo, raw, base, demo, duration, environ)
+                if cfg_root is None:
+                    return 1
+                show(cfg_root)
+                lake_demo.show(section, environ, cfg_root)
+        except lake_demo.LakeDemoError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    cfg_root = trio.run(_demo, raw, base, demo, duration, {})
     if cfg_root is None:
         return 1
     show(cfg_root)
@@ -67,7 +84,7 @@ def main(*, config: Path | None, seconds: float | None, root: Path | None) -> in
 
 
 async def _demo(
-    raw: dict[str, Any], base: Path, demo: dict[str, Any], seconds: float
+    raw: dict[str, Any], base: Path, demo: dict[str, Any], seconds: float, env: dict[str, str]
 ) -> Path | None:
     from capture.sim.config import SimConfig
     from capture.sim.server import serve
@@ -93,7 +110,7 @@ async def _demo(
             f"x {len(types)} message types for {seconds:g} s into {cfg.output.root}",
             file=sys.stderr,
         )
-        daemon = Daemon(cfg, environ={DEMO_KEY_ENV: key}, install_signals=False)
+        daemon = Daemon(cfg, environ={DEMO_KEY_ENV: key, **env}, install_signals=False)
         done = trio.Event()
         result: list[int] = []
 

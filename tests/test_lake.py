@@ -426,3 +426,20 @@ def test_expiry_keeps_every_hosts_newest_watermark(
     assert sorted(tbl.scan().to_arrow().column("_seq").to_pylist()) == list(range(6))
     assert tbl.properties["commit.manifest-merge.enabled"] == "true"
 
+
+def test_lake_demo_shows_the_tables_with_every_local_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from capture.demo import main as demo_main
+
+    root = tmp_path / "demo"
+    assert demo_main(config=None, seconds=3.0, root=root, lake=True) == 0
+    out = capsys.readouterr().out
+    shown = {
+        line.split()[0].removeprefix("mlink."): int(line.split()[1])
+        for line in out.splitlines()
+        if line.startswith("  mlink.")
+    }
+    assert events.TABLE in shown and "OptionNbboQuote" in shown
+    for table, rows in shown.items():
+        assert rows == local_rows(root, table).num_rows > 0, table

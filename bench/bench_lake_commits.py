@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from moto.server import ThreadedMotoServer
 
 from capture.config import LakeConfig
-from capture.lake.tables import LakeTables, _watermarks
+from capture.lake.tables import LakeTables, read_watermarks
 
 
 def main() -> None:
@@ -81,7 +81,7 @@ def main() -> None:
               f"max {max(last) * 1e3:.0f} ms")  # fmt: skip
         manifests = tbl.current_snapshot().manifests(tbl.io)
         print(f"snapshots kept: {len(tbl.snapshots())}, manifests in current: {len(manifests)}")
-        print(f"watermark: {_watermarks(tbl, 'bench', ['A'])}")
+        print(f"watermark: {read_watermarks(tbl, 'bench', ['A'])}")
     server.stop()
 
 

@@ -28,6 +28,7 @@ from capture.lake.files import LakeFile, scan_local, sha256_of
 from capture.lake.pipeline import Lake
 from capture.lake.store import ObjectConflict, ObjectStore, StoreError
 from capture.lake.tables import CATALOG_NAME, HW_PREFIX, LakeTables
+from capture.lake.verify import verify_lake
 from capture.sim.config import SimConfig
 from capture.sim.record import load_sent_data
 
@@ -338,6 +339,18 @@ def test_a_restart_after_each_step_adds_nothing_twice(
     assert third.stats.commits == 0
     assert {t: table_ids(cfg, moto_url, t) for t in tables} == want
     assert third.floor("A") is None and third.floor("M") is None  # nothing held any more
+
+    # verify --lake agrees; then a file added twice (under another key) is a problem it names
+    report = verify_lake(cfg, os.environ)
+    assert report.problems == [] and report.pending_local == 0
+    assert report.data_files == first.stats.uploaded_files and report.tables == len(tables)
+    f = scan_local(cfg.output.root, "A", since=None)[0]
+    key = "mlink/data/again.parquet"
+    s3(moto_url).upload_file(str(f.path), bucket, key)
+    schema = pq.read_schema(f.path)
+    third.tables.commit(f.table, schema, [f"s3://{bucket}/{key}"], {"A": 10**9})
+    problems = verify_lake(cfg, os.environ).problems
+    assert any(f"stripe A _seq {f.seq_min}..{f.seq_max}" in p for p in problems), problems
 
 
 @pytest.mark.e2e

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from capture.config import LakeConfig
-from capture.lake.tables import LakeTables, _watermarks
+from capture.lake.tables import LakeTables, read_watermarks
 
 BUCKET = "mlink-demo"
 HOST_ID = "demo-host"
@@ -71,7 +71,7 @@ def show(section: dict[str, Any], environ: dict[str, str], root: Path) -> None:
         tbl = catalog.load_table(ident)
         rows = tbl.scan().to_arrow()
         stripes = sorted({str(s) for s in rows.column("_stripe").to_pylist()})
-        marks = _watermarks(tbl, HOST_ID, stripes)
+        marks = read_watermarks(tbl, HOST_ID, stripes)
         print(
             f"  {'.'.join(ident):32} {rows.num_rows:>8} rows  {len(tbl.snapshots()):>3} "
             f"snapshots  high-water _seq {marks}"

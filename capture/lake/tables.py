@@ -177,7 +177,7 @@ class LakeTables:
                 self._tables[name] = tbl
             else:
                 tbl.refresh()
-            return _watermarks(tbl, self.cfg.host_id, stripes)
+            return read_watermarks(tbl, self.cfg.host_id, stripes)
         except CatalogError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -249,7 +249,7 @@ def expirable(tbl: Any, older_than_ms: int) -> list[int]:
     ]
 
 
-def _watermarks(tbl: Any, host_id: str, stripes: Iterable[str]) -> dict[str, int]:
+def read_watermarks(tbl: Any, host_id: str, stripes: Iterable[str]) -> dict[str, int]:
     wanted = {watermark_key(host_id, s): s for s in stripes}
     found: dict[str, int] = {}
     for snap in sorted(tbl.snapshots(), key=lambda s: s.timestamp_ms, reverse=True):

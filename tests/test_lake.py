@@ -456,3 +456,28 @@ def test_lake_demo_shows_the_tables_with_every_local_row(
     assert events.TABLE in shown and "OptionNbboQuote" in shown
     for table, rows in shown.items():
         assert rows == local_rows(root, table).num_rows > 0, table
+
+
+@pytest.mark.e2e
+def test_catalog_outage_uploads_go_on_and_commits_catch_up(
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+) -> None:
+    base = local_capture(tmp_path)
+    down = with_lake(base, moto_url, bucket, catalog_uri="postgresql+psycopg2://u@127.0.0.1:9/x")
+    lake = fresh_lake(down)
+    trio.run(lake.flush)
+    doc = lake.health()
+    files = sum(len(scan_local(base.output.root, s, since=None)) for s in STRIPES)
+    assert doc["upload_lag_files"] == 0, "the store is up: every file was uploaded"
+    assert doc["uncommitted_files"] == files and doc["last_commit_age_s"] is None
+    assert "opening the catalog" in doc["last_error"] and "port 9 failed" in doc["last_error"]
+    assert all(lake.floor(s) is not None for s in STRIPES)  # the journal keeps the frames
+    # the catalog is back (the default SQLite one)
+    up = with_lake(base, moto_url, bucket)
+    lake.tables = fresh_lake(up).tables
+    trio.run(lake.flush)
+    doc = lake.health()
+    assert doc["uncommitted_files"] == 0 and doc["last_commit_age_s"] is not None
+    assert lake.stats.uploaded_files == files  # uploaded once, not again
+    for t in [*TYPES, events.TABLE]:
+        assert table_ids(up, moto_url, t) == ids(local_rows(base.output.root, t))

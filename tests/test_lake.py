@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -440,17 +442,18 @@ def test_expiry_keeps_every_hosts_newest_watermark(
     assert tbl.properties["commit.manifest-merge.enabled"] == "true"
 
 
-def test_lake_demo_shows_the_tables_with_every_local_row(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from capture.demo import main as demo_main
-
+def test_lake_demo_shows_the_tables_with_every_local_row(tmp_path: Path) -> None:
+    """``mlink-capture demo --lake``, as a user runs it (its own process: it sets up logging)."""
     root = tmp_path / "demo"
-    assert demo_main(config=None, seconds=3.0, root=root, lake=True) == 0
-    out = capsys.readouterr().out
+    cli = Path(sys.executable).parent / "mlink-capture"
+    done = subprocess.run(
+        [str(cli), "demo", "--lake", "--seconds", "3", "--root", str(root)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
     shown = {
         line.split()[0].removeprefix("mlink."): int(line.split()[1])
-        for line in out.splitlines()
+        for line in done.stdout.splitlines()
         if line.startswith("  mlink.")
     }
     assert events.TABLE in shown and "OptionNbboQuote" in shown
@@ -481,3 +484,39 @@ def test_catalog_outage_uploads_go_on_and_commits_catch_up(
     assert lake.stats.uploaded_files == files  # uploaded once, not again
     for t in [*TYPES, events.TABLE]:
         assert table_ids(up, moto_url, t) == ids(local_rows(base.output.root, t))
+
+
+@pytest.mark.e2e
+def test_a_file_below_the_watermark_is_added_once_or_held_if_it_overlaps(
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+) -> None:
+    """Recovery can rewrite rows a sink error aborted after later files of the table were
+    committed: such a file lies below the watermark but is not in the table. It is added if
+    no data file of its stripe overlaps it, and held (a conflict, never added) if one does."""
+    base = local_capture(tmp_path)
+    cfg = with_lake(base, moto_url, bucket)
+    trio.run(fresh_lake(cfg).flush)
+    local = scan_local(base.output.root, "A", since=None)
+    [committed] = [f for f in local if f.table == "StockPrint"]
+    assert committed.seq_min > 0
+    rows = pq.read_table(committed.path).slice(0, 1)
+
+    def rewritten(seq: int, name: str) -> Path:
+        row = rows.set_column(rows.schema.get_field_index("_seq"), "_seq", pa.array([seq]))
+        meta = {
+            "mlink.msg_type": "StockPrint", "mlink.stripe": "A", "mlink.rows": "1",
+            "mlink.seq_min": str(seq), "mlink.seq_max": str(seq),
+        }  # fmt: skip
+        path = committed.path.parent / name
+        pq.write_table(row.replace_schema_metadata(meta), path)
+        return path
+
+    rewritten(committed.seq_min - 1, "part-rewritten-below.parquet")  # no overlap
+    rewritten(committed.seq_min, "part-rewritten-overlap.parquet")  # its row is in the table
+    second = fresh_lake(cfg)
+    trio.run(second.flush)
+    in_table = table_ids(cfg, moto_url, "StockPrint")
+    assert in_table.count(("A", committed.seq_min - 1)) == 1
+    assert in_table.count(("A", committed.seq_min)) == 1
+    assert second.health()["conflicts"] == 1 and second.health()["state"] == "conflict"
+    assert second.floor("A") == committed.seq_min  # the overlapping file keeps its frames held

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import structlog
 import trio
 
+from capture import events
 from capture.config import Config
 from capture.faultpoints import crash_point
 from capture.lake.files import LakeFile, scan_local, sha256_of
@@ -221,7 +222,7 @@ class Lake:
         with self._lock:
             todo = [e for e in self._entries.values() if e.uri is None and e.conflict is None]
         for entry in sorted(todo, key=lambda e: (e.file.stripe, e.file.table, e.file.seq_min)):
-            key = entry.file.key(self.lake_cfg.prefix, self.lake_cfg.host_id)
+            key = self._key(entry.file)
             try:
                 outcome = await trio.to_thread.run_sync(self._upload, entry.file, key)
             except ObjectConflict as exc:
@@ -230,12 +231,18 @@ class Lake:
                 log.error("lake: object conflict; file kept locally", error=str(exc))
                 continue
             crash_point("lake.uploaded")
-            entry.uri = f"s3://{self.lake_cfg.bucket}/{key}"
+            entry.uri = self._uri(entry.file)
             if outcome == "there":
                 self.stats.already_there += 1
             else:
                 self.stats.uploaded_files += 1
                 self.stats.uploaded_bytes += entry.file.size
+
+    def _key(self, f: LakeFile) -> str:
+        return f.key(self.lake_cfg.prefix, self.lake_cfg.host_id)
+
+    def _uri(self, f: LakeFile) -> str:
+        return f"s3://{self.lake_cfg.bucket}/{self._key(f)}"
 
     def _upload(self, f: LakeFile, key: str) -> str:
         return self.store.put_new(key, f.path, size=f.size, sha256=sha256_of(f.path))
@@ -251,7 +258,7 @@ class Lake:
             if table not in self._hw:
                 hw = await trio.to_thread.run_sync(self.tables.watermarks, table, self.stripes)
                 self._hw[table] = hw
-                self._retire_known(table, entries)
+                await self._retire_known(table, entries)
                 entries = [e for e in entries if e.file.path in self._entries]
             if not force and now - self._last_commit.get(table, 0) < interval_ns:
                 continue
@@ -273,10 +280,31 @@ class Lake:
             self._last_expiry[table] = now
             self.stats.expired_snapshots += expired
 
-    def _retire_known(self, table: str, entries: list[_Entry]) -> None:
-        """Files a previous run committed (a crash came after the catalog commit)."""
+    async def _retire_known(self, table: str, entries: list[_Entry]) -> None:
+        """At start: local files at or below the watermark. Normally a previous run committed
+        them (a crash came after the catalog commit): their objects are in the table. One that
+        is not (recovery rewrote rows a sink error had aborted, after later files of the table
+        were committed) is added if no data file of its stripe overlaps its ``_seq`` range, and
+        held as a conflict (never added: rows would be there twice) if one does."""
         hw = self._hw[table]
-        done = [e for e in entries if e.file.seq_max <= hw.get(e.file.stripe, -1)]
+        below = [e for e in entries if e.file.seq_max <= hw.get(e.file.stripe, -1)]
+        if not below:
+            return
+        paths, spans = await trio.to_thread.run_sync(self.tables.data_files, table)
+        done: list[_Entry] = []
+        for e in below:
+            if self._uri(e.file) in paths:
+                done.append(e)
+            elif table != events.TABLE and any(
+                lo <= e.file.seq_max and e.file.seq_min <= hi
+                for lo, hi in spans.get(e.file.stripe, [])
+            ):
+                e.conflict = f"{e.file.path}: _seq range overlaps data files already in {table}"
+                self.stats.conflicts += 1
+                log.error("lake: file overlaps the table; kept locally", error=e.conflict)
+            else:
+                log.warning("lake: file below the watermark, not in the table: adding it",
+                            path=str(e.file.path))  # fmt: skip
         if done:
             self.stats.recognised_committed += len(done)
             log.info("lake: files already in the table", table=table, files=len(done))
@@ -347,15 +375,15 @@ class Lake:
 
 
 def _committable(entries: list[_Entry]) -> list[_Entry]:
-    """Per stripe, the files uploaded in ``_seq`` order up to the first one that is not: a
-    table's watermark may only cover files that are in it."""
+    """Per stripe, the files uploaded in ``_seq`` order up to the first one that is not (or
+    is held as a conflict): a table's watermark may only cover files that are in it."""
     out: list[_Entry] = []
     by_stripe: dict[str, list[_Entry]] = {}
     for e in entries:
         by_stripe.setdefault(e.file.stripe, []).append(e)
     for group in by_stripe.values():
         for e in sorted(group, key=lambda e: e.file.seq_min):
-            if e.uri is None:
+            if e.uri is None or e.conflict is not None:
                 break
             out.append(e)
     return out

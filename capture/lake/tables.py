@@ -213,6 +213,24 @@ class LakeTables:
         raise CatalogError(_describe(f"committing to {name}", last, None))
 
 
+    def data_files(self, name: str) -> tuple[set[str], dict[str, list[tuple[int, int]]]]:
+        """The paths of table ``name``'s data files and, per stripe, their ``_seq`` ranges (from
+        the manifests' column bounds; no data is read). Raises CatalogError."""
+        try:
+            tbl = self.catalog().load_table((self.cfg.namespace, name))
+            if tbl.current_snapshot() is None:
+                return set(), {}
+            paths: set[str] = set()
+            spans: dict[str, list[tuple[int, int]]] = {}
+            for f in tbl.inspect.files().to_pylist():
+                paths.add(f["file_path"])
+                m = f["readable_metrics"]
+                lo, hi = m["_seq"]["lower_bound"], m["_seq"]["upper_bound"]
+                spans.setdefault(str(m["_stripe"]["lower_bound"]), []).append((lo, hi))
+            return paths, spans
+        except Exception as exc:  # noqa: BLE001 - one contract for the catalog's failures
+            raise CatalogError(_describe(f"listing the files of {name}", exc, None)) from None
+
     def expire(self, name: str, older_than_ms: int) -> int:
         """Expire the snapshots of table ``name`` older than ``older_than_ms`` (epoch ms),
         except the current one and, for every watermark key of any host, the newest snapshot

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from capture.config import LakeConfig
+from capture.lake.store import ObjectStore
 from capture.lake.tables import LakeTables, read_watermarks
 
 BUCKET = "mlink-demo"
@@ -34,8 +35,6 @@ def s3_on_loopback() -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
             "the lake demo needs moto's S3 server: pip install 'moto[server]' "
             "(make venv installs it)"
         ) from None
-    import boto3  # type: ignore[import-untyped]
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -43,11 +42,7 @@ def s3_on_loopback() -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
         host, port = server.get_host_and_port()
         url = f"http://{host}:{port}"
         environ = {KEY_ID_ENV: "demo-" + secrets.token_hex(4), SECRET_ENV: secrets.token_hex(16)}
-        boto3.client(
-            "s3", endpoint_url=url, region_name="us-east-1",
-            aws_access_key_id=environ[KEY_ID_ENV], aws_secret_access_key=environ[SECRET_ENV],
-        ).create_bucket(Bucket=BUCKET)  # fmt: skip
-        section = {
+        section: dict[str, Any] = {
             "host_id": HOST_ID,
             "bucket": BUCKET,
             "endpoint": url,
@@ -55,6 +50,7 @@ def s3_on_loopback() -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
             "secret_access_key_env": SECRET_ENV,
             "commit_interval": 5.0,
         }
+        ObjectStore(LakeConfig(**section), environ).create_bucket()
         print(f"demo: S3 (moto) on {url}, bucket {BUCKET}", file=sys.stderr)
         yield section, environ
     finally:

@@ -111,8 +111,16 @@ class ObjectStore:
             )
         return "there"
 
+    def create_bucket(self) -> None:
+        """Create the bucket (the lake demo's throw-away store). Raises StoreError."""
+        self._call("CreateBucket", Bucket=self.cfg.bucket)
+
     def _call(self, operation: str, **kwargs: Any) -> Any:
-        method = {"PutObject": "put_object", "HeadObject": "head_object"}[operation]
+        method = {
+            "PutObject": "put_object",
+            "HeadObject": "head_object",
+            "CreateBucket": "create_bucket",
+        }[operation]
         try:
             return getattr(self._s3(), method)(**kwargs)
         except botocore.exceptions.ClientError as exc:

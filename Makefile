@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck bench bench-compact venv clean dist
+.PHONY: demo test lint typecheck bench bench-compact venv clean dist lake-demo
 
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 
@@ -36,6 +36,11 @@ demo: $(RUNTIME_STAMP)
 dist: $(STAMP)
 	rm -rf dist
 	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+
+# The demo with the lake on: S3 (moto) and an Iceberg SQLite catalog, both on loopback.
+lake-demo: $(STAMP)
+	rm -rf demo-data
+	$(BIN)/mlink-capture demo --lake --root demo-data $(if $(SECONDS),--seconds $(SECONDS),)
 
 lint: $(STAMP)
 	$(BIN)/ruff check capture tests tools bench

@@ -33,6 +33,7 @@ from capture.transport import StreamFactory
 from capture.worker import Offload, StripeWorker, in_flight_limit, new_session_id
 
 if TYPE_CHECKING:
+    from capture.lake.pipeline import Lake
     from capture.metrics import HealthCollector
 
 log = get_logger(component="app")
@@ -68,6 +69,11 @@ class Daemon:
         # Memory bounds for the process, not per stripe (capture.memory).
         self.in_flight = InFlightBudget(in_flight_limit(self.cfg))
         decode_limiter = trio.CapacityLimiter(decode_slots(self.processes))
+        self.lake: Lake | None = None
+        if self.cfg.lake is not None:  # imports boto3 and pyiceberg only then
+            from capture.lake.pipeline import Lake
+
+            self.lake = Lake(self.cfg, self.cfg.source.stripes, self.environ)
         self.workers = [
             StripeWorker(
                 self.cfg,
@@ -80,6 +86,7 @@ class Daemon:
                 offload=self.offload,
                 in_flight=self.in_flight,
                 decode_limiter=decode_limiter,
+                journal_hold=self.lake,
             )
             for stripe in self.cfg.source.stripes
         ]
@@ -143,6 +150,8 @@ class Daemon:
                 outer.start_soon(self._health_loop)
             if self.notifier.watchdog_interval:
                 outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
+            if self.lake is not None:
+                outer.start_soon(self.lake.run)
             trimmer = HeapTrimmer()
             if trimmer.available and self.offload is None:  # not in tests on the mock clock
                 outer.start_soon(self._trim_heap, trimmer)
@@ -152,6 +161,9 @@ class Daemon:
                 outer.start_soon(self._announce_ready)
                 task_status.started()
             self.notifier.stopping(self._summary())
+            if self.lake is not None:  # what the workers committed last, within the grace
+                with trio.move_on_after(cfg.supervision.shutdown_grace):
+                    await self.lake.flush()
             self._write_health()
             outer.cancel_scope.cancel()
         if self.supervisor.failed and len(self.supervisor.failed) == len(self.workers):
@@ -221,6 +233,12 @@ class Daemon:
             await trio.sleep(interval)
 
     def health_doc(self) -> dict[str, object]:
+        doc = self._health_doc()
+        if self.lake is not None:
+            doc["lake"] = self.lake.health()
+        return doc
+
+    def _health_doc(self) -> dict[str, object]:
         doc = health.build(
             (w.stats for w in self.supervisor.workers.values()),
             now_ns=self.clock.now_ns(),

@@ -23,7 +23,8 @@ Messages name where a secret lives (``API key from environment variable MLINK_AP
 ``Cognito user pool us-east-1_abc user 'trader1'``), never a value.  Every secret and every token
 is registered with :func:`capture.logs.register_secret` the moment it is read or received.
 
-This is the only module that imports pycognito (and boto3/botocore, which it drives).
+This is the only module that imports pycognito (and boto3/botocore, which it drives; the lake's
+S3 client, capture.lake.store, is the only other).
 """
 
 from __future__ import annotations

@@ -58,7 +58,9 @@ from capture.schemas.mapping import (
     Leaf,
     RepeaterColumn,
     layout,
+    ns_to_timestamp_us,
     storage_type,
+    wire_type,
 )
 
 __all__ = ["BatchDecoder", "DecodeResult", "DriftReport"]
@@ -157,7 +159,7 @@ def _wire_type(ftype: str) -> pa.DataType | None:
     if ftype == "TimeSpan":
         return None
     if ftype in INTEGER_RANGES:
-        return storage_type(ftype)  # the reader range-checks; out of range -> slow path
+        return wire_type(ftype)  # the reader range-checks; out of range -> slow path
     if ftype in FLOAT_TYPES:
         return pa.float64()
     if ftype == "DateTime":
@@ -1138,6 +1140,8 @@ def _strict_leaf(leaf: Leaf, arr: _Arr | None) -> _Arr:
         return pc.dictionary_encode(arr)
     if leaf.ftype == "DateKey":
         return pc.cast(arr, pa.date32())  # ArrowInvalid -> isolation of the bad body
+    if leaf.ftype in INTEGER_RANGES and arr.type != leaf.type:
+        return pc.cast(arr, leaf.type)  # unsigned wire type -> wider signed: always exact
     return arr
 
 
@@ -1266,10 +1270,11 @@ def _metadata_arrays(
     stripe: str,
     session: str,
 ) -> list[pa.Array]:
-    types = dict(CAPTURE_COLUMNS)
     zeros = pa.repeat(pa.scalar(0, pa.int32()), len(recv_ns))
+    exact = pa.array(recv_ns, pa.int64())
     return [
-        pa.array(recv_ns, pa.int64()).view(types["_recv_time"]),
+        ns_to_timestamp_us(exact),
+        exact,
         pa.DictionaryArray.from_arrays(zeros, pa.array([stripe], pa.utf8())),
         pa.DictionaryArray.from_arrays(zeros, pa.array([session], pa.utf8())),
         pa.array(snapshot, pa.bool_()),

@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", "-c", type=Path, help="demo configuration (default: built in)")
     demo.add_argument("--seconds", type=float, default=None, help="capture duration (default 20)")
     demo.add_argument("--root", type=Path, help="output directory (overrides the config)")
+    demo.add_argument(
+        "--lake", action="store_true", help="also S3 (moto on loopback) + Iceberg (SQLite)"
+    )
 
     ver = _command(
         sub, "verify", "check a capture tree; exit 1 if anything is wrong",
@@ -128,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--config", "-c", type=Path, help="read output.root from this config")
     ver.add_argument("--deep", action="store_true", help="decode every page, not just footers")
     ver.add_argument("--json", action="store_true", help="machine-readable report")
+    ver.add_argument(
+        "--lake", action="store_true", help="also the Iceberg tables ([lake] of --config)"
+    )
 
     rep = _command(
         sub, "replay", "rebuild Parquet from the journal into another root",
@@ -200,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from capture.demo import main as demo_main
 
-        return demo_main(config=args.config, seconds=args.seconds, root=args.root)
+        return demo_main(
+            config=args.config, seconds=args.seconds, root=args.root, lake=args.lake
+        )
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
 
 
@@ -378,7 +386,33 @@ def _verify(args: argparse.Namespace) -> int:
     if root is None:
         print("mlink-capture verify: give ROOT or --config", file=sys.stderr)
         return EXIT_USAGE
-    return verify.main(root, deep=args.deep, as_json=args.json, journal_root=journal_root)
+    code = verify.main(root, deep=args.deep, as_json=args.json, journal_root=journal_root)
+    if args.lake:
+        code = max(code, _verify_lake(cfg if args.config is not None else None))
+    return code
+
+
+def _verify_lake(cfg: object) -> int:
+    from capture.config import Config
+
+    if not isinstance(cfg, Config) or cfg.lake is None:
+        print("mlink-capture verify --lake: needs --config with a [lake] section", file=sys.stderr)
+        return EXIT_USAGE
+    from capture.lake.tables import CatalogError
+    from capture.lake.verify import verify_lake
+
+    try:
+        report = verify_lake(cfg)
+    except CatalogError as exc:
+        print(f"lake: {exc}", file=sys.stderr)
+        return 1
+    for problem in report.problems:
+        print(f"lake problem: {problem}")
+    print(
+        f"lake: {report.tables} tables, {report.data_files} data files, "
+        f"{report.pending_local} local files not committed yet, {len(report.problems)} problems"
+    )
+    return 1 if report.problems else 0
 
 
 def _compact(args: argparse.Namespace) -> int:

@@ -235,6 +235,35 @@ class MetricsConfig:
     port: int = 9650  # 0: any free port (the health file's process.metrics_url says which)
 
 
+@dataclass(frozen=True, slots=True)
+class LakeConfig:
+    """``[lake]``: committed files also go to S3-compatible storage and Apache Iceberg tables
+    (capture.lake). Absent section: local files only. Secrets come from ``*_env``, ``*_file`` or
+    ``*_credential`` like the API key, never from the TOML."""
+
+    host_id: str
+    bucket: str
+    endpoint: str | None = None  # None: AWS's regional endpoint
+    region: str = "us-east-1"
+    prefix: str = "mlink"
+    access_key_id_env: str | None = None  # none configured: boto3's own chain (IAM role...)
+    access_key_id_file: Path | None = None
+    access_key_id_credential: str | None = None
+    secret_access_key_env: str | None = None
+    secret_access_key_file: Path | None = None
+    secret_access_key_credential: str | None = None
+    catalog: str = "sql"  # sql (SQLite by default, PostgreSQL by URI) | rest
+    catalog_uri: str | None = None  # sql: SQLAlchemy URI (default: sqlite under _lake); rest: URL
+    catalog_password_env: str | None = None  # fills {password} in catalog_uri
+    catalog_password_file: Path | None = None
+    catalog_password_credential: str | None = None
+    namespace: str = "mlink"
+    commit_interval: float = 60.0  # seconds between commits of one table
+    delete_local: bool = False  # delete a local file once it is in a committed snapshot
+    disk_budget_mb: int = 0  # local files not yet in the lake; 0: no budget
+    snapshot_retention_hours: float = 24.0  # expire older snapshots (hourly); 0: never
+
+
 def group_count(processes: int, stripes: int) -> int:
     """Stripe-group processes for ``supervision.processes`` and this many stripes: at most one
     per stripe, at least one (capture.groups)."""
@@ -256,6 +285,7 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     compaction: CompactionConfig = field(default_factory=CompactionConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    lake: LakeConfig | None = None
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], *, check_paths: bool = False) -> Config:
@@ -311,6 +341,7 @@ class Config:
             "capture",
             "compaction",
             "retention",
+            "lake",
             "demo",
         )
         r.no_secrets("demo")  # not read here, but a secret has no place in it either
@@ -550,6 +581,7 @@ class Config:
         )
         limits_cfg = _read_limits(r)
         capture_cfg, compaction_cfg, retention_cfg = _compaction_sections(r)
+        lake_cfg = _lake_config(r, output_cfg) if "lake" in raw else None
         if r.problems:
             raise ConfigError(r.problems, source)
         return cls(
@@ -566,6 +598,7 @@ class Config:
             logging=logging_cfg,
             limits=limits_cfg,
             metrics=metrics_cfg,
+            lake=lake_cfg,
         )
 
 
@@ -655,6 +688,106 @@ def _check_host_id(v: str) -> str | None:
 def _check_peers(v: list[Any]) -> str | None:
     if any(not isinstance(p, str) or not p.strip() for p in v):
         return "must be a list of directory paths"
+    return None
+
+
+_LAKE_SECRETS = {
+    "access_key_id": "access_key_id",
+    "secret_access_key": "secret_access_key",
+    "catalog_password": "catalog_password",
+    "password": "catalog_password",
+}
+
+
+def _lake_config(r: _Reader, output: OutputConfig) -> LakeConfig:
+    k = r.section("lake", set(LakeConfig.__dataclass_fields__) | set(_LAKE_SECRETS))
+    for key, stem in _LAKE_SECRETS.items():
+        if key in k:
+            r.problem(
+                f"lake.{key}",
+                f"secrets are not read from the TOML; use {stem}_env, {stem}_file or "
+                f"{stem}_credential",
+            )
+
+    def text(name: str, default: str | None = None, **kw: Any) -> Any:
+        return r.get(k, f"lake.{name}", str, default=default, **kw)
+
+    def path(name: str) -> Path | None:
+        value = text(name)
+        return r.path(value) if value else None
+
+    catalog = text("catalog", "sql", check=_one_of("sql", "rest")) or "sql"
+    uri = text("catalog_uri", check=_non_empty)
+    if catalog == "rest" and not uri:
+        r.problem("lake.catalog_uri", 'required when lake.catalog = "rest"')
+    if uri and "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+        netloc = uri.split("://", 1)[1].split("/", 1)[0]
+        if ":" in netloc.split("@", 1)[0] and "{password}" not in netloc:
+            r.problem(
+                "lake.catalog_uri",
+                "holds a password; write {password} there and use catalog_password_env, "
+                "_file or _credential",
+            )
+    cfg = LakeConfig(
+        host_id=text("host_id", required=True, check=_check_name) or "",
+        bucket=text("bucket", required=True, check=_check_bucket) or "",
+        endpoint=text("endpoint", check=_check_http_url),
+        region=text("region", "us-east-1", check=_check_region) or "us-east-1",
+        prefix=text("prefix", "mlink", check=_check_prefix) or "",
+        access_key_id_env=text("access_key_id_env"),
+        access_key_id_file=path("access_key_id_file"),
+        access_key_id_credential=text("access_key_id_credential"),
+        secret_access_key_env=text("secret_access_key_env"),
+        secret_access_key_file=path("secret_access_key_file"),
+        secret_access_key_credential=text("secret_access_key_credential"),
+        catalog=catalog,
+        catalog_uri=uri,
+        catalog_password_env=text("catalog_password_env"),
+        catalog_password_file=path("catalog_password_file"),
+        catalog_password_credential=text("catalog_password_credential"),
+        namespace=text("namespace", "mlink", check=_check_name) or "mlink",
+        commit_interval=r.num(k, "lake.commit_interval", 60.0, _seconds(0.1, 86_400)),
+        delete_local=r.get(k, "lake.delete_local", bool, default=False),
+        disk_budget_mb=r.get(k, "lake.disk_budget_mb", int, default=0, check=_int_range(0, 2**30)),
+        snapshot_retention_hours=r.num(
+            k, "lake.snapshot_retention_hours", 24.0, _within(0, 24 * 3650, "hours")
+        ),
+    )
+    key_id = cfg.access_key_id_env or cfg.access_key_id_file or cfg.access_key_id_credential
+    secret = (
+        cfg.secret_access_key_env or cfg.secret_access_key_file or cfg.secret_access_key_credential
+    )
+    if bool(key_id) != bool(secret):
+        r.problem(
+            "lake.secret_access_key_env" if key_id else "lake.access_key_id_env",
+            "configure both the access key id and the secret access key sources, or neither",
+        )
+    if output.timezone != "UTC":
+        r.problem(
+            "lake",
+            "Iceberg tables are partitioned by the UTC day of _recv_time: output.timezone "
+            'must be "UTC" so that no local file spans two partitions',
+        )
+    return cfg
+
+
+def _check_name(v: str) -> str | None:
+    """A name that is one S3 key component and one Iceberg namespace level (no '.')."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", v):
+        return "must be 1-63 letters, digits, '_' or '-', starting with a letter or digit"
+    return None
+
+
+def _check_bucket(v: str) -> str | None:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v):
+        return "must be an S3 bucket name (3-63 lower-case letters, digits, '.', '-')"
+    return None
+
+
+def _check_prefix(v: str) -> str | None:
+    parts = v.split("/")
+    if v and not all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=-]*", p) for p in parts):
+        return "must be path components of letters, digits, '_', '.', '=', '-' joined by '/'"
     return None
 
 

@@ -51,7 +51,9 @@ DEFAULT: dict[str, Any] = {
 }
 
 
-def main(*, config: Path | None, seconds: float | None, root: Path | None) -> int:
+def main(
+    *, config: Path | None, seconds: float | None, root: Path | None, lake: bool = False
+) -> int:
     if config is not None:
         try:
             raw = tomllib.loads(config.read_text(encoding="utf-8"))
@@ -78,11 +80,34 @@ def main(*, config: Path | None, seconds: float | None, root: Path | None) -> in
     log_path = data_root / "demo.log"
     with log_path.open("w", encoding="utf-8") as log_file:
         logs.configure(raw.get("logging", {}).get("level", "info"), "json", stream=log_file)
-        cfg_root = trio.run(_demo, raw, base, demo, duration, sys.stderr)
+        if lake:
+            return _lake_demo(raw, base, demo, duration, log_path)
+        cfg_root = trio.run(_demo, raw, base, demo, duration, sys.stderr, {})
     print(summarise_log(log_path), file=sys.stderr)
     if cfg_root is None:
         return 1
     show(cfg_root)
+    return 0
+
+
+def _lake_demo(
+    raw: dict[str, Any], base: Path, demo: dict[str, Any], duration: float, log_path: Path
+) -> int:
+    """The demo with the lake on: S3 (moto) and an Iceberg SQLite catalog on loopback."""
+    from capture.lake import demo as lake_demo
+
+    try:
+        with lake_demo.s3_on_loopback() as (section, environ):
+            raw["lake"] = section
+            cfg_root = trio.run(_demo, raw, base, demo, duration, sys.stderr, environ)
+            print(summarise_log(log_path), file=sys.stderr)
+            if cfg_root is None:
+                return 1
+            show(cfg_root)
+            lake_demo.show(section, environ, cfg_root)
+    except lake_demo.LakeDemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -147,7 +172,12 @@ async def _progress(daemon: Daemon, seconds: float, out: TextIO) -> None:
 
 
 async def _demo(
-    raw: dict[str, Any], base: Path, demo: dict[str, Any], seconds: float, out: TextIO
+    raw: dict[str, Any],
+    base: Path,
+    demo: dict[str, Any],
+    seconds: float,
+    out: TextIO,
+    env: dict[str, str],
 ) -> Path | None:
     from capture.sim.config import SimConfig
     from capture.sim.server import serve
@@ -173,7 +203,7 @@ async def _demo(
             f"x {len(types)} message types for {seconds:g} s into {cfg.output.root}",
             file=out,
         )
-        daemon = Daemon(cfg, environ={DEMO_KEY_ENV: key}, install_signals=False)
+        daemon = Daemon(cfg, environ={DEMO_KEY_ENV: key, **env}, install_signals=False)
         done = trio.Event()
         result: list[int] = []
 

@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from capture.journal import JournalWriter
+from capture.lake.hold import JournalHold
 from capture.sink import PartitionSink
 
 __all__ = ["DurabilityKeeper", "prune_archive"]
@@ -46,9 +47,15 @@ class DurabilityKeeper:
         sink: PartitionSink | None,
         *,
         retain_hours: float = 0.0,
+        hold: JournalHold | None = None,
+        stripe: str = "",
     ) -> None:
         self.journal = journal
         self.sink = sink
+        # With the lake on, frames are durable only once in a committed Iceberg snapshot: the
+        # lake holds the journal below the lowest seq of a file not yet there (capture.lake).
+        self._hold = hold
+        self._stripe = stripe
         self._archive = journal.directory / "archive" if retain_hours > 0 else None
         self._retain_s = retain_hours * 3600
         self._lock = threading.Lock()
@@ -115,7 +122,10 @@ class DurabilityKeeper:
             if self._inflight:
                 loop_low = min(loop_low, min(self._inflight))
         sink_low = self.sink.uncommitted_seq_min() if self.sink is not None else None
-        return loop_low if sink_low is None else min(loop_low, sink_low)
+        low = loop_low if sink_low is None else min(loop_low, sink_low)
+        # After the sink: a file it committed meanwhile was handed to the hold under its lock.
+        held = self._hold.floor(self._stripe) if self._hold is not None else None
+        return low if held is None else min(low, held)
 
     def sync_round(self, loop_low: int, *, sync: bool = True) -> list[Path]:
         """fsync the journal (or, when its own thread does, check that it has not failed), then
@@ -129,7 +139,11 @@ class DurabilityKeeper:
             return []
         if self._archive is not None:
             prune_archive(self._archive, self._retain_s)
-        return self.journal.retire(watermark, archive=self._archive)
+        retired = self.journal.retire(watermark, archive=self._archive)
+        if self._hold is not None:
+            lows = [s.min_seq for s in self.journal.segments() if s.min_seq is not None]
+            self._hold.journal_low(self._stripe, min(lows) if lows else self.journal.next_seq)
+        return retired
 
     def close(self, loop_low: int) -> None:
         """The last round, then close the journal (also when the round fails)."""

@@ -19,8 +19,11 @@ gap        no data could be received from ``gap_start`` (last frame of the previ
 recovery   start-up recovery of the journal (``detail``, ``bytes``, ``count`` = records)
 ========== =====================================================================================
 
-Every row also has ``_recv_time`` (event time, ns UTC), ``_stripe``, ``_session`` and ``_seq``
-(the stripe's receive sequence number at that moment, to place the event among data rows).
+Every row also has ``_recv_time`` (event time, timestamp[us, UTC]) with ``_recv_time_ns`` (the
+same instant, exact int64 nanoseconds), ``_stripe``, ``_session`` and ``_seq`` (the stripe's
+receive sequence number at that moment, to place the event among data rows).  ``gap_start`` and
+``gap_end`` are microsecond timestamps too, with their exact nanoseconds in ``gap_start_ns`` and
+``gap_end_ns`` (they equal the ``_recv_time_ns`` of the frames around the gap).
 """
 
 from __future__ import annotations
@@ -30,14 +33,17 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from capture.schemas.mapping import TIMESTAMP_US, ns_to_timestamp_us
+
 TABLE = "capture_events"
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
-_TS = pa.timestamp("ns", tz="UTC")
+_TS = TIMESTAMP_US
 
 SCHEMA = pa.schema(
     [
         pa.field("_recv_time", _TS, nullable=False),
+        pa.field("_recv_time_ns", pa.int64(), nullable=False),
         pa.field("_stripe", _DICT),
         pa.field("_session", _DICT),
         pa.field("_seq", pa.int64(), nullable=False),
@@ -46,7 +52,9 @@ SCHEMA = pa.schema(
         pa.field("result", _DICT),
         pa.field("detail", pa.string()),
         pa.field("gap_start", _TS),
+        pa.field("gap_start_ns", pa.int64()),
         pa.field("gap_end", _TS),
+        pa.field("gap_end_ns", pa.int64()),
         pa.field("count", pa.int64()),
         pa.field("bytes", pa.int64()),
         pa.field("highwater_ts", pa.int64()),
@@ -77,9 +85,14 @@ def to_batch(events: Sequence[Event], stripe: str) -> pa.RecordBatch:
     def dictionary(values: list[object]) -> pa.Array:
         return pa.array(values, pa.string()).dictionary_encode()
 
+    def ns(name: str) -> pa.Array:
+        return pa.array(col(name), pa.int64())
+
+    recv, gap_start, gap_end = ns("time_ns"), ns("gap_start_ns"), ns("gap_end_ns")
     return pa.RecordBatch.from_arrays(
         [
-            pa.array(col("time_ns"), pa.int64()).cast(_TS),
+            ns_to_timestamp_us(recv),
+            recv,
             dictionary([stripe] * len(events)),
             dictionary(col("session")),
             pa.array(col("seq"), pa.int64()),
@@ -87,8 +100,10 @@ def to_batch(events: Sequence[Event], stripe: str) -> pa.RecordBatch:
             dictionary(col("msg_type")),
             dictionary(col("result")),
             pa.array(col("detail"), pa.string()),
-            pa.array(col("gap_start_ns"), pa.int64()).cast(_TS),
-            pa.array(col("gap_end_ns"), pa.int64()).cast(_TS),
+            ns_to_timestamp_us(gap_start),
+            gap_start,
+            ns_to_timestamp_us(gap_end),
+            gap_end,
             pa.array(col("count"), pa.int64()),
             pa.array(col("bytes"), pa.int64()),
             pa.array(col("highwater_ts"), pa.int64()),

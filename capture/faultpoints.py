@@ -10,6 +10,9 @@ steps that make data durable, so the tests can prove recovery from a crash at ea
 * ``sink.commit.done``      committed, nothing after it done yet
 * ``journal.retire``        segments about to be retired
 * ``worker.decoded``        a batch decoded, not yet written to the sink
+* ``lake.uploaded``         a file is in the object store, not yet in a table
+* ``lake.committed``        a catalog commit went through, the lake has not noted it
+* ``lake.deleted``          a local file in a snapshot deleted (``delete_local``)
 
 ``MLINK_CAPTURE_POISON=text`` makes the decoder step die of SIGSEGV on a frame containing
 ``text`` (:func:`poison_point`), like a native library crashing on some input.

@@ -80,9 +80,9 @@ INPROGRESS_SUFFIX: Final = ".inprogress"
 #: The leading underscore makes pyarrow.dataset, Spark and Hive discovery skip it.
 QUARANTINE_DIR: Final = "_quarantine"
 
-RECV_TIME_COLUMN: Final = "_recv_time"
+RECV_TIME_COLUMN: Final = "_recv_time_ns"  # exact receive time: files and dates follow it
 SEQ_COLUMN: Final = "_seq"
-RECV_TIME_TYPE: Final = pa.timestamp("ns", tz="UTC")
+RECV_TIME_TYPE: Final = pa.int64()
 
 # Footer key-value metadata keys.  A recovery pass can rely on this invariant: for one
 # msg_type in one stripe, rows are appended to files in the order the worker writes them and
@@ -431,8 +431,12 @@ class PartitionSink:
         stripe: str,
         session: str,
         now_ns: Callable[[], int] = time.time_ns,
+        on_commit: Callable[[CommittedFile], None] | None = None,
     ) -> None:
         _check_component("stripe", stripe)
+        # Called with each committed file while the lock is held: before uncommitted_seq_min()
+        # stops counting its rows (capture.lake.hold). Must be quick and must not raise.
+        self._on_commit = on_commit
         self._settings = settings
         self._stripe = stripe
         self._session = session
@@ -478,9 +482,9 @@ class PartitionSink:
         """Buffer ``batch`` into the open file for (msg_type, date); returns files committed
         as a side effect (interval boundary passed, schema change, size bound).
 
-        ``batch`` needs a non-null ``_recv_time`` (timestamp[ns, UTC]) and ``_seq`` (int64).
-        Rows are filed under the local date of ``_recv_time`` in ``tz``; a batch that spans
-        local midnight (against the caller's contract) is split, never misfiled.
+        ``batch`` needs a non-null ``_recv_time_ns`` (int64 ns since the epoch) and ``_seq``
+        (int64).  Rows are filed under the local date of ``_recv_time_ns`` in ``tz``; a batch
+        that spans local midnight (against the caller's contract) is split, never misfiled.
 
         On SinkError, treat ``batch`` as not written: the error names the file that was
         abandoned (``msg_type``/``seq_min``/``seq_max``), and ``committed`` lists files that
@@ -602,7 +606,7 @@ class PartitionSink:
                 raise ValueError(f"column {name!r} must be {want}, got {schema.field(idx).type}")
             if batch.column(idx).null_count:
                 raise ValueError(f"column {name!r} must not contain nulls")
-        return batch.column(RECV_TIME_COLUMN).cast(pa.int64())
+        return batch.column(RECV_TIME_COLUMN)
 
     def _split_by_date(self, batch: Any, recv: Any) -> Iterator[tuple[dt.date, Any]]:
         tz = self._settings.tz
@@ -625,7 +629,7 @@ class PartitionSink:
     def _split_by_interval(self, part: Any) -> Iterator[tuple[int, Any]]:
         """(interval end, rows received in that interval) for the rows of one local date."""
         s = self._settings
-        recv = part.column(RECV_TIME_COLUMN).cast(pa.int64())
+        recv = part.column(RECV_TIME_COLUMN)
         mm = pc.min_max(recv)
         lo, hi = mm["min"].as_py(), mm["max"].as_py()
         boundary = next_boundary_ns(lo, s.rotate_interval_s, s.tz)
@@ -753,7 +757,7 @@ class PartitionSink:
     def _open(self, msg_type: str, day: dt.date, first: Any, now: int, boundary: int) -> _OpenFile:
         s = self._settings
         directory = self._partition_dir(msg_type, day)
-        first_recv = pc.min(first.column(RECV_TIME_COLUMN)).value
+        first_recv = pc.min(first.column(RECV_TIME_COLUMN)).as_py()
         stamp = dt.datetime.fromtimestamp(first_recv // NS_PER_S, dt.UTC).strftime(_TS_FORMAT)
         try:
             self._ensure_dir(directory)
@@ -782,13 +786,10 @@ class PartitionSink:
             writer = pq.ParquetWriter(
                 stream,
                 first.schema,
-                # 2.6 keeps timestamp[ns] as INT64 TIMESTAMP(NANOS, isAdjustedToUTC=true)
-                # (no coerce_timestamps, no INT96): full precision, min/max statistics on
-                # _recv_time for predicate pushdown, read natively by pyarrow, pandas, DuckDB
-                # and Polars.  Spark 3.2.4+/3.3.2+/3.4+ reads it as the epoch-ns long with
-                # spark.sql.legacy.parquet.nanosAsLong=true (see docs/sink.md).  INT96 is
-                # deprecated and carries no usable statistics; coercing to microseconds would
-                # drop the precision the capture exists to keep.
+                # Tables hold microsecond timestamps (INT64 TIMESTAMP(MICROS, true)), which
+                # Spark, Iceberg v2, DuckDB, Polars and pandas all read as they are; exact
+                # nanoseconds live in int64 columns (_recv_time_ns).  No coercion, no INT96
+                # (deprecated, no usable statistics).
                 version="2.6",
                 use_dictionary=True,
                 compression=self._compression,
@@ -912,6 +913,8 @@ class PartitionSink:
             reason=reason,
         )
         out.append(committed)
+        if self._on_commit is not None:
+            self._on_commit(committed)
         self._files_committed += 1
         self._rows_committed += f.rows
         self._bytes_committed += size

@@ -136,4 +136,5 @@ def _same_worker(w: StripeWorker) -> StripeWorker:
         in_flight=w.in_flight,
         decode_limiter=w.decode_limiter,
         journal_syncs_itself=w.journal_syncs_itself,
+        journal_hold=w.journal_hold,
     )

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,6 +56,7 @@ from capture.errors import (
 )
 from capture.faultpoints import crash_point, poison_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
+from capture.lake.hold import JournalHold
 from capture.logs import get_logger, redact, redact_url, secret_scrubber
 from capture.memory import InFlightBudget, decode_slots
 from capture.quarantine import Quarantined
@@ -182,8 +183,12 @@ class StripeWorker:
         in_flight: InFlightBudget | None = None,
         decode_limiter: trio.CapacityLimiter | None = None,
         journal_syncs_itself: bool | None = None,
+        journal_hold: JournalHold | None = None,
     ) -> None:
         self.cfg = cfg
+        # With [lake]: journal segments stay until their frames are in a committed Iceberg
+        # snapshot (capture.lake.hold); None: until they are in committed local files.
+        self.journal_hold = journal_hold
         self.stream_factory = stream_factory
         # Blocking work (decode, Parquet, credential reads) runs here: worker threads by
         # default; tests on the mock clock run it inline so that time stays exact.
@@ -312,8 +317,13 @@ class StripeWorker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
         self._writer_gone = False
+        hold = self.journal_hold
         sink = self.sink = PartitionSink(
-            self._sink_settings, stripe=self.stripe, session=self.run_id, now_ns=self.clock.now_ns
+            self._sink_settings,
+            stripe=self.stripe,
+            session=self.run_id,
+            now_ns=self.clock.now_ns,
+            on_commit=hold.file_committed if hold is not None else None,
         )
         jcfg = self.cfg.journal
         plan: _RecoveryPlan | None = None
@@ -338,7 +348,13 @@ class StripeWorker:
             guard = CrashGuard(jdir)
             suspects = await self.offload(partial(guard.open, oldest_seq=min(oldest, default=None)))
             self._guard = guard.note("live")
-            self.durability = DurabilityKeeper(self.journal, sink, retain_hours=jcfg.retain_hours)
+            self.durability = DurabilityKeeper(
+                self.journal,
+                sink,
+                retain_hours=jcfg.retain_hours,
+                hold=self.journal_hold,
+                stripe=self.stripe,
+            )
             plan = await self._plan_recovery(recovered, guard, suspects)
         try:
             async with trio.open_nursery() as nursery:
@@ -1513,9 +1529,16 @@ def _number_mismatches(msg_type: str, numbers: list[int]) -> int:
 
 
 def _max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:
-    """Latest header send time in the batch, as ns since the epoch (PROTOCOL.md highwaterTs)."""
-    value = pc.max(pc.cast(pc.cast(column, pa.timestamp("ns", tz="UTC")), pa.int64())).as_py()
-    return None if value is None else int(value)
+    """Latest header send time in the batch, as ns since the epoch (PROTOCOL.md highwaterTs).
+
+    Exact: the column holds microseconds, multiplied here in Python (an Arrow cast to ns would
+    fail on a time beyond 2262, which a server could send); such times are not a highwater."""
+    micros = pc.cast(column, pa.int64())
+    value = pc.max(pc.filter(micros, pc.less_equal(micros, _MAX_NS_MICROS))).as_py()
+    return None if value is None else int(value) * 1000
+
+
+_MAX_NS_MICROS: Final = (2**63 - 1) // 1000
 
 
 def _journal_span(directory: Path, segments: list[Path]) -> _JournalSpan:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 import duckdb
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -32,6 +33,7 @@ BIN = Path(sys.executable).parent / "mlink-capture"
 KEY = "c0ffee00-1234-4abc-8def-0123456789ab"
 TYPES = ("OptionNbboQuote", "StockPrint")
 DURABILITY = 0.5
+LAKE_ENV = {"AWS_ACCESS_KEY_ID": "crash-id", "AWS_SECRET_ACCESS_KEY": "crash-secret"}
 POINTS = [  # capture/faultpoints.py
     "sink.commit.footer",
     "sink.commit.fsync",
@@ -50,6 +52,7 @@ class Harness:
     sim: subprocess.Popen[str] | None = None
     port: int = 0
     logs: list[Path] = field(default_factory=list)
+    lake: dict[str, object] | None = None  # a [lake] section (tests/test_lake_crash.py)
 
     @property
     def root(self) -> Path:
@@ -126,11 +129,12 @@ interval = 0.5
 [logging]
 format = "json"
 """
+            + (_toml_section("lake", self.lake) if self.lake else "")
         )
         return cfg
 
     def daemon(self, crash_at: str | None = None) -> subprocess.Popen[str]:
-        env = {**os.environ, "MLINK_API_KEY": KEY}
+        env = {**os.environ, "MLINK_API_KEY": KEY, **LAKE_ENV}
         env.pop("MLINK_CAPTURE_CRASH_AT", None)
         if crash_at:
             env["MLINK_CAPTURE_CRASH_AT"] = crash_at
@@ -192,11 +196,10 @@ format = "json"
     # -- what a user finds ------------------------------------------------------------------
 
     def parquet_rows(self) -> dict[str, list[tuple[object, ...]]]:
-        """Every data row (all columns but the receive time's type noise), per table."""
+        """Every data row, per table."""
         out = {}
         for t in TYPES:
             table = ds.dataset(self.root / t, partitioning="hive").to_table()
-            table = table.set_column(0, "_recv_time", table["_recv_time"].cast("int64"))
             out[t] = sorted(tuple(r.values()) for r in table.to_pylist())
         return out
 
@@ -218,22 +221,18 @@ format = "json"
                 out[(header["sID"], header["seqN"], enc)] = (enc, opened)
         return out
 
-    def check(self) -> dict[str, int]:
+    def check(self, rows: Counter[tuple[int, int, int]] | None = None) -> dict[str, int]:
+        """The invariant over the local files, or over ``rows`` (e.g. an Iceberg table's)."""
         sent = self.sent_frames()
-        rows: Counter[tuple[int, int, int]] = Counter()
-        files = sorted(p for t in TYPES for p in (self.root / t).rglob("*.parquet"))
-        for path in files:  # every file opens, with pyarrow and DuckDB
-            pq.read_table(path)
-            duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()
-        for t in TYPES:
-            table = ds.dataset(self.root / t, partitioning="hive").to_table(
-                columns=["h_sID", "h_seqN", "h_encT"]
-            )
-            enc = table["h_encT"].cast("int64").to_pylist()  # microseconds
-            for sid, seqn, e in zip(
-                table["h_sID"].to_pylist(), table["h_seqN"].to_pylist(), enc, strict=True
-            ):
-                rows[(sid, seqn, e * 1000)] += 1
+        files: list[Path] = []
+        if rows is None:
+            files = sorted(p for t in TYPES for p in (self.root / t).rglob("*.parquet"))
+            for path in files:  # every file opens, with pyarrow and DuckDB
+                pq.read_table(path)
+                duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()
+            rows = Counter()
+            for t in TYPES:
+                rows.update(frame_keys(ds.dataset(self.root / t, partitioning="hive").to_table()))
         twice = [k for k, n in rows.items() if n > 1]
         assert not twice, f"{len(twice)} frames stored twice, e.g. {twice[:3]}"
         phantom = [k for k in rows if k not in sent]
@@ -264,3 +263,14 @@ format = "json"
             "required": required,
             "files": len(files),
         }
+
+
+def frame_keys(table: pa.Table) -> list[tuple[int, int, int]]:
+    """(sID, seqN, encT ns) of each row: what identifies a frame the simulator sent."""
+    enc = table["h_encT"].cast("int64").to_pylist()  # microseconds
+    sids, seqns = table["h_sID"].to_pylist(), table["h_seqN"].to_pylist()
+    return [(sid, seqn, e * 1000) for sid, seqn, e in zip(sids, seqns, enc, strict=True)]
+
+
+def _toml_section(name: str, values: dict[str, object]) -> str:
+    return f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())

@@ -7,7 +7,7 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +75,13 @@ def decode(
     )
 
 
+PER_CALL = ["_recv_time", "_recv_time_ns", "_seq", "_snapshot"]  # differ between decode calls
+
+
 def read_back(batch: pa.RecordBatch, path: Path) -> list[dict[str, Any]]:
     pq.write_table(pa.Table.from_batches([batch]), path)
     table = pq.read_table(path)
     assert table.schema.names == batch.schema.names
-    # datetime has no nanoseconds: _recv_time reads back as its int64 value.
-    recv = table.schema.get_field_index("_recv_time")
-    table = table.set_column(recv, "_recv_time", table.column(recv).cast(pa.int64()))
     rows: list[dict[str, Any]] = table.to_pylist()
     return rows
 
@@ -204,9 +204,12 @@ def test_exact_values_read_back(tmp_path: Path) -> None:
     assert rows[2]["waitElapsed"] == -0.000487
     assert rows[2]["tryFwdElapsed"] == 1.9e-05
 
-    assert [r["_recv_time"] for r in rows] == [RECV_NS, RECV_NS + 1, RECV_NS + 2]
-    recv_type = pq.read_table(tmp_path / "c").schema.field("_recv_time").type
-    assert recv_type == pa.timestamp("ns", tz="UTC")
+    assert [r["_recv_time_ns"] for r in rows] == [RECV_NS, RECV_NS + 1, RECV_NS + 2]
+    micros = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=RECV_NS // 1000)
+    assert [r["_recv_time"] for r in rows] == [micros] * 3  # the same microsecond
+    schema = pq.read_table(tmp_path / "c").schema
+    assert schema.field("_recv_time").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("_recv_time_ns").type == pa.int64()
 
     rows = read_back(decode(BatchDecoder("OptionNbboQuote"), nbbo).batch, tmp_path / "n")
     assert rows[0]["srcTimestamp"] == 1748875509876543211  # Long: never through a double
@@ -313,7 +316,7 @@ def test_nan_token() -> None:
     nan_int = CLEAN.replace(b'"bidSize":48', b'"bidSize":NaN')
     inf_float = CLEAN.replace(b'"askPrice":5.7', b'"askPrice":-Infinity')
     result = decode(BatchDecoder("OptionNbboQuote"), [nan_float, nan_int, inf_float])
-    rows = result.batch.drop_columns(["_recv_time"]).to_pylist()
+    rows = result.batch.drop_columns(["_recv_time", "_recv_time_ns"]).to_pylist()
     assert math.isnan(rows[0]["bidPrice"]) and rows[0]["_extra"] is None
     assert rows[1]["bidSize"] is None and rows[1]["_extra"] == '{"message":{"bidSize":NaN}}'
     assert rows[2]["askPrice"] == -math.inf
@@ -334,7 +337,7 @@ def test_bodies_that_are_not_json_objects_are_rejected(tmp_path: Path) -> None:
     assert all(reason for _, _, reason in result.rejected)
     assert [r["_seq"] for r in rows] == [1000, 1006, 1008]
     assert [r["_snapshot"] for r in rows] == [True, True, True]
-    assert [r["_recv_time"] for r in rows] == [RECV_NS, RECV_NS + 6, RECV_NS + 8]
+    assert [r["_recv_time_ns"] for r in rows] == [RECV_NS, RECV_NS + 6, RECV_NS + 8]
 
 
 def test_unknown_message_type_uses_the_generic_schema(tmp_path: Path) -> None:
@@ -386,7 +389,7 @@ def test_whitespace_and_line_breaks_inside_bodies(tmp_path: Path) -> None:
     broken_line = CLEAN.replace(b',"askPrice"', b',\n"askPrice"')
     bodies = [CLEAN] * 8 + [broken_line] * 3 + [nbbo_body(bidSize=1.5)] + [broken_line, CLEAN]
     result = decode(BatchDecoder("OptionNbboQuote"), bodies)
-    rows = result.batch.drop_columns(["_recv_time"]).to_pylist()
+    rows = result.batch.drop_columns(["_recv_time", "_recv_time_ns"]).to_pylist()
     assert len(rows) == 14 and result.drift.mistyped_values == 1
     assert [r["bidSize"] for r in rows] == [48] * 11 + [None] + [48] * 2
     assert [r["askPrice"] for r in rows] == [5.7] * 14
@@ -428,6 +431,22 @@ def test_mixed_batch_order_and_values(tmp_path: Path) -> None:
     assert result.drift.mistyped_values == 5 * 25
 
 
+def test_unsigned_fields_keep_their_range_in_a_signed_column() -> None:
+    """UInt is stored as int64 (no engine-specific unsigned type), yet a value outside the
+    dictionary's range still goes to _extra, on the strict path and once the field is loose."""
+    decoder = BatchDecoder("OptionNbboQuote")
+    assert decoder.schema.field("bidMask").type == pa.int64()
+    top, over, under = 2**32 - 1, 2**32, -1
+    bodies = [nbbo_body(bidMask=top), nbbo_body(bidMask=over), nbbo_body(bidMask=under)]
+    for _ in range(2):  # the second round reads bidMask loosely (learned from the first)
+        rows = decode(decoder, bodies).batch.to_pylist()
+        assert rows[0]["bidMask"] == top and rows[0]["_extra"] is None
+        for row, value in zip(rows[1:], (over, under), strict=True):
+            assert row["bidMask"] is None
+            assert json.loads(row["_extra"]) == {"message": {"bidMask": value}}
+    assert decoder.loose_fields == {"bidMask"}
+
+
 def test_decoder_learns_value_drift() -> None:
     """A field whose values outgrow its wire type is read loosely from then on: no slow path."""
     decoder = BatchDecoder("OptionNbboQuote")
@@ -438,7 +457,7 @@ def test_decoder_learns_value_drift() -> None:
     second = decode(decoder, [big, CLEAN] * 50)
     assert second.drift.slow_path_rows == 0
     assert second.drift.mistyped_values == 50
-    rows = second.batch.drop_columns(["_recv_time"]).to_pylist()
+    rows = second.batch.drop_columns(["_recv_time", "_recv_time_ns"]).to_pylist()
     assert rows[0]["cumBidSize"] is None
     assert rows[0]["_extra"] == '{"message":{"cumBidSize":3000000000}}'
     assert rows[1]["cumBidSize"] == 236 and rows[1]["_extra"] is None
@@ -461,7 +480,7 @@ def test_decoder_learns_bad_dates() -> None:
     assert first.drift.mistyped_values == 1 and decoder.loose_fields == {"okey_dt"}
     second = decode(decoder, [CLEAN, bad, odd, CLEAN])
     assert second.drift.slow_path_rows == 0 and second.drift.mistyped_values == 2
-    rows = second.batch.drop_columns(["_recv_time"]).to_pylist()
+    rows = second.batch.drop_columns(["_recv_time", "_recv_time_ns"]).to_pylist()
     assert [r["okey_dt"] for r in rows] == [date(2025, 6, 20), None, None, date(2025, 6, 20)]
     assert json.loads(rows[1]["_extra"]) == {"message": {"pkey": {"okey": {"dt": "2025-02-30"}}}}
     assert json.loads(rows[2]["_extra"]) == {"message": {"pkey": {"okey": {"dt": "2025-6-20"}}}}
@@ -474,7 +493,7 @@ def test_decoder_learns_kind_drift() -> None:
     decode(decoder, [CLEAN] * 20 + [odd] + [CLEAN] * 20)
     second = decode(decoder, [CLEAN, CLEAN, odd, CLEAN] * 25)
     assert second.drift.slow_path_rows == 25
-    rows = second.batch.drop_columns(["_recv_time"]).to_pylist()
+    rows = second.batch.drop_columns(["_recv_time", "_recv_time_ns"]).to_pylist()
     assert [r["bidPrice"] for r in rows[:4]] == [5.6, 5.6, None, 5.6]
     assert rows[2]["_extra"] == '{"message":{"bidPrice":"n/a"}}'
 
@@ -490,7 +509,7 @@ def test_key_object_sent_as_a_flat_string() -> None:
     result = decode(decoder, [flat, CLEAN] * 10)
     assert result.drift.slow_path_rows == 10  # pre-screened: no failed read, no bisection
     assert result.drift.mistyped_values == 10
-    rows = result.batch.drop_columns(["_recv_time"]).to_pylist()
+    rows = result.batch.drop_columns(["_recv_time", "_recv_time_ns"]).to_pylist()
     assert rows[0]["okey_tk"] is None and rows[0]["bidSize"] == 48
     assert json.loads(rows[0]["_extra"]) == {
         "message": {"pkey": {"okey": "AAPL-NMS-EQT-2025-06-20-200-C"}}
@@ -622,7 +641,7 @@ def test_batches_of_random_good_and_bad_bodies_lose_nothing() -> None:
     alone: dict[bytes, dict[str, Any] | None] = {}
     for body in variants:
         result = decode(BatchDecoder("OptionNbboQuote"), [body])
-        rows = result.batch.drop_columns(["_recv_time", "_seq", "_snapshot"]).to_pylist()
+        rows = result.batch.drop_columns(PER_CALL).to_pylist()
         alone[body] = rows[0] if rows else None
     decoder = BatchDecoder("OptionNbboQuote")
     for trial in range(40):
@@ -634,7 +653,7 @@ def test_batches_of_random_good_and_bad_bodies_lose_nothing() -> None:
         rejected = [1000 + i for i, _, _ in result.rejected]
         assert sorted(seqs + rejected) == [1000 + i for i in range(len(bodies))]
         assert seqs == sorted(seqs)
-        rows = result.batch.drop_columns(["_recv_time", "_seq", "_snapshot"]).to_pylist()
+        rows = result.batch.drop_columns(PER_CALL).to_pylist()
         for seq, row in zip(seqs, rows, strict=True):
             expected = alone[bodies[seq - 1000]]
             assert expected is not None

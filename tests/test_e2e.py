@@ -104,7 +104,8 @@ def test_duckdb_and_polars_read_the_partitioned_dataset(tmp_path: Path) -> None:
     assert all(r[2] == 1 and r[3] for r in rows)
     frame = pl.scan_parquet(glob, hive_partitioning=True).collect()
     assert frame.height == sum(r[1] for r in rows)
-    assert frame.schema["_recv_time"] == pl.Datetime("ns", "UTC")
+    assert frame.schema["_recv_time"] == pl.Datetime("us", "UTC")
+    assert frame.schema["_recv_time_ns"] == pl.Int64
     assert set(frame["stripe"].unique().to_list()) == {"A", "M"}
 
 

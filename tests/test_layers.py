@@ -19,20 +19,25 @@ PACKAGE = Path(__file__).resolve().parents[1] / "capture"
 LAYERS: list[set[str]] = [
     {  # pure leaves: no other module of ours
         "capture", "capture.bounds", "capture.clock", "capture.durable", "capture.errors",
-        "capture.events", "capture.dirswap", "capture.crashguard",
+        "capture.dirswap", "capture.crashguard", "capture.lake",
         "capture.faultpoints", "capture.frames", "capture.logs", "capture.memory",
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
         "capture.stripes", "capture.sim.tls",
     },
-    {"capture.schemas", "capture.schemas.mapping", "capture.config", "capture.session"},
+    {
+        "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.session",
+        "capture.events",
+    },
     {  # the edges and the storage layers
         "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
         "capture.journal", "capture.batches", "capture.health", "capture.recovery",
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
-        "capture.durability",
+        "capture.durability", "capture.lake.hold",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
+        "capture.lake.files", "capture.lake.store", "capture.lake.tables", "capture.lake.pipeline",
+        "capture.lake.verify", "capture.lake.demo",
         "capture.sim.faults",
         "capture.sim.record", "capture.sim.config", "capture.sim.server", "capture.sim",
     },
@@ -198,6 +203,10 @@ def test_one_owner_per_edge_library() -> None:
         "trio_websocket": {"capture.transport", "capture.sim.server"},
         "wsproto": {"capture.transport"},
         "pycognito": {"capture.auth"},
+        "pyiceberg": {
+            "capture.lake.tables", "capture.lake.pipeline", "capture.lake.verify",
+            "capture.lake.demo", "capture.lake.files",
+        },
         "prometheus_client": {"capture.metrics"},
     }
     for lib, allowed in owners.items():

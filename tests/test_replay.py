@@ -23,7 +23,6 @@ TYPES = ["OptionNbboQuote", "StockBookQuote", "StockPrint"]
 
 def table(root: Path, msg_type: str) -> list[dict[str, object]]:
     t = ds.dataset(root / msg_type, partitioning="hive").to_table()
-    t = t.set_column(0, "_recv_time", t["_recv_time"].cast("int64"))
     return t.sort_by("_seq").to_pylist()
 
 

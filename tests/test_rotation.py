@@ -39,7 +39,7 @@ def test_files_rotate_on_aligned_boundaries_and_hold_only_their_interval(tmp_pat
     total = 0
     for path in files:
         table = pq.read_table(path)
-        recv = table.column("_recv_time").cast("int64").to_pylist()
+        recv = table.column("_recv_time_ns").to_pylist()
         window = (min(recv) - BASE_NS) // (60 * S)
         assert (max(recv) - BASE_NS) // (60 * S) == window, f"{path.name} spans two intervals"
         total += table.num_rows

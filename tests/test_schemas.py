@@ -13,6 +13,7 @@ from types import ModuleType
 import pyarrow as pa
 import pytest
 
+from capture import events
 from capture.schemas import (
     FieldDef,
     MessageDef,
@@ -221,7 +222,8 @@ def test_generator_requires_a_number_for_every_type() -> None:
 
 
 METADATA = [
-    ("_recv_time", pa.timestamp("ns", tz="UTC")),
+    ("_recv_time", TIMESTAMP_US),
+    ("_recv_time_ns", pa.int64()),
     ("_stripe", DICT_STRING),
     ("_session", DICT_STRING),
     ("_snapshot", pa.bool_()),
@@ -257,7 +259,7 @@ def test_option_nbbo_quote_schema() -> None:
     types = dict(fields)
     assert types["bidPrice"] == pa.float64()  # Float
     assert types["bidSize"] == pa.int32()  # Int
-    assert types["bidMask"] == pa.uint32()  # UInt
+    assert types["bidMask"] == pa.int64()  # UInt: no unsigned types in any table
     assert types["srcTimestamp"] == pa.int64()  # Long
     assert types["bidMktType"] == DICT_STRING  # Flag
     assert fields[-1] == ("_extra", pa.utf8())
@@ -269,8 +271,9 @@ def test_scalar_types_across_dictionary() -> None:
     expected = {
         "Double": pa.float64(),
         "Short": pa.int16(),
-        "UShort": pa.uint16(),
-        "Byte": pa.uint8(),
+        "UShort": pa.int32(),
+        "Byte": pa.int16(),
+        "UInt": pa.int64(),
         "Text1": pa.utf8(),
         "Text2": pa.utf8(),
         "String": pa.utf8(),
@@ -384,3 +387,23 @@ def test_name_collisions_get_deterministic_suffixes() -> None:
     assert schema.names[-1] == "_extra"
     assert len(set(schema.names)) == len(schema.names)
     assert set(reserved_names()) <= set(schema.names)
+
+
+def _leaf_types(dtype: pa.DataType) -> list[pa.DataType]:
+    if pa.types.is_list(dtype):
+        return _leaf_types(dtype.value_type)
+    if pa.types.is_struct(dtype):
+        return [t for f in dtype for t in _leaf_types(f.type)]
+    return [dtype]
+
+
+def test_no_table_has_types_an_engine_cannot_read_exactly() -> None:
+    """Spark refuses TIMESTAMP(NANOS) and Iceberg v2 has neither ns timestamps nor unsigned
+    integers: no column of any table (nested members included) may use them."""
+    schemas = [arrow_schema(name) for name in registry()] + [generic_schema(), events.SCHEMA]
+    for schema in schemas:
+        for f in schema:
+            for t in _leaf_types(f.type):
+                assert not pa.types.is_unsigned_integer(t), (f.name, t)
+                assert not (pa.types.is_timestamp(t) and t.unit != "us"), (f.name, t)
+                assert not pa.types.is_dictionary(t) or t.value_type == pa.utf8(), (f.name, t)

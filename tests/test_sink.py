@@ -24,6 +24,7 @@ import pytest
 import capture
 from capture import sink as sink_mod
 from capture.rotation import next_boundary_ns, partition_date
+from capture.schemas.mapping import ns_to_timestamp_us
 from capture.sink import (
     FOOTER_BYTES_PER_COLUMN_CHUNK,
     CommittedFile,
@@ -70,7 +71,7 @@ def make_batch(
     extra_column: bool = False,
 ) -> pa.RecordBatch:
     cols: dict[str, pa.Array] = {
-        "_recv_time": pa.array([recv0 + i * step_ns for i in range(n)], pa.timestamp("ns", "UTC")),
+        "_recv_time_ns": pa.array([recv0 + i * step_ns for i in range(n)], pa.int64()),
         "_seq": pa.array(range(seq0, seq0 + n), pa.int64()),
         "_stripe": pa.array([STRIPE] * n, pa.string()),
         "sym": pa.array([f"SYM{(seq0 + i) % 7}" for i in range(n)], pa.string()),
@@ -165,9 +166,9 @@ def test_nothing_visible_until_boundary_then_one_file_readable_everywhere(tmp_pa
 
     # duckdb
     glob = f"{tmp_path}/StockBookQuote/**/*.parquet"
-    rows = duck_rows(glob, "_seq, epoch_ns(_recv_time), sym, px, _stripe, date, stripe")
+    rows = duck_rows(glob, "_seq, _recv_time_ns, sym, px, _stripe, date, stripe")
     assert [r[0] for r in rows] == expected.column("_seq").to_pylist()
-    assert [r[1] for r in rows] == expected.column("_recv_time").cast(pa.int64()).to_pylist()
+    assert [r[1] for r in rows] == expected.column("_recv_time_ns").to_pylist()
     assert [r[2] for r in rows] == expected.column("sym").to_pylist()
     assert [r[3] for r in rows] == expected.column("px").to_pylist()
     assert {(r[4], str(r[5]), str(r[6])) for r in rows} == {(STRIPE, "2024-06-03", STRIPE)}
@@ -175,9 +176,7 @@ def test_nothing_visible_until_boundary_then_one_file_readable_everywhere(tmp_pa
     # polars
     df = pl.scan_parquet(glob, hive_partitioning=True).sort("_seq").collect()
     assert df["_seq"].to_list() == expected.column("_seq").to_pylist()
-    assert df["_recv_time"].cast(pl.Int64).to_list() == (
-        expected.column("_recv_time").cast(pa.int64()).to_pylist()
-    )
+    assert df["_recv_time_ns"].to_list() == expected.column("_recv_time_ns").to_pylist()
     assert df["px"].to_list() == expected.column("px").to_pylist()
     assert df["sym"].to_list() == expected.column("sym").to_pylist()
     assert {str(v) for v in df["date"].to_list()} == {"2024-06-03"}
@@ -311,7 +310,7 @@ def test_dictionary_and_struct_columns_with_changing_dictionaries(tmp_path: Path
         n = len(syms)
         return pa.record_batch(
             {
-                "_recv_time": pa.array([T0 + i for i in range(n)], pa.timestamp("ns", "UTC")),
+                "_recv_time_ns": pa.array([T0 + i for i in range(n)], pa.int64()),
                 "_seq": pa.array(range(seq0, seq0 + n), pa.int64()),
                 "sym": pa.array(syms).dictionary_encode(),
                 "key": pa.array([{"tk": s, "n": i} for i, s in enumerate(syms)]),
@@ -667,7 +666,9 @@ def test_settings_validation(tmp_path: Path) -> None:
 
 def test_footer_metadata_and_recv_time_type(tmp_path: Path) -> None:
     sink = new_sink(tmp_path, Clock(T0), session="sessionA")
-    sink.write("OptionNbboQuote", make_batch(40, seq0=1_000))
+    batch = make_batch(40, seq0=1_000, step_ns=1_001)  # not whole microseconds
+    batch = batch.add_column(0, "_recv_time", ns_to_timestamp_us(batch.column("_recv_time_ns")))
+    sink.write("OptionNbboQuote", batch)
     [cf] = sink.close()
 
     pf = pq.ParquetFile(cf.path)
@@ -682,11 +683,12 @@ def test_footer_metadata_and_recv_time_type(tmp_path: Path) -> None:
         "mlink.writer": f"mlink-capture {capture.__version__}",
     }
     assert pf.metadata.format_version == "2.6"
-    assert pf.schema_arrow.field("_recv_time").type == pa.timestamp("ns", "UTC")
-    assert "_recv_time" in pf.schema_arrow.names and "_stripe" in pf.schema_arrow.names
+    assert pf.schema_arrow.field("_recv_time").type == pa.timestamp("us", "UTC")
+    assert pf.schema_arrow.field("_recv_time_ns").type == pa.int64()
+    assert "_stripe" in pf.schema_arrow.names
     assert "date" not in pf.schema_arrow.names and "stripe" not in pf.schema_arrow.names
     logical = pf.schema.column(pf.schema_arrow.get_field_index("_recv_time")).logical_type
-    assert "isAdjustedToUTC=true" in str(logical) and "nanoseconds" in str(logical)
+    assert "isAdjustedToUTC=true" in str(logical) and "microseconds" in str(logical)
     rg = pf.metadata.row_group(0)
     assert rg.column(0).compression == "ZSTD"
     assert rg.column(0).statistics is not None and rg.column(0).statistics.has_min_max
@@ -694,11 +696,14 @@ def test_footer_metadata_and_recv_time_type(tmp_path: Path) -> None:
     con = duckdb.connect()
     try:
         desc = con.sql(f"DESCRIBE SELECT _recv_time FROM read_parquet('{cf.path}')").fetchall()
-        assert desc[0][1] == "TIMESTAMPTZ_NS"
-        got = con.sql(f"SELECT epoch_ns(_recv_time) FROM read_parquet('{cf.path}')").fetchall()
+        assert desc[0][1] == "TIMESTAMP WITH TIME ZONE"
+        sql = f"SELECT epoch_us(_recv_time), _recv_time_ns FROM read_parquet('{cf.path}')"
+        got = con.sql(sql).fetchall()
     finally:
         con.close()
-    assert [r[0] for r in got] == [T0 + i * 1_000 for i in range(40)]
+    exact = [T0 + i * 1_001 for i in range(40)]
+    assert [r[1] for r in got] == exact
+    assert [r[0] for r in got] == [ns // 1_000 for ns in exact]
 
 
 def test_file_names_sortable_and_unique_per_session(tmp_path: Path) -> None:
@@ -732,9 +737,9 @@ def test_bad_batches_rejected(tmp_path: Path) -> None:
     sink = new_sink(tmp_path, Clock(T0))
     good = make_batch(3, seq0=1)
     no_seq = good.drop_columns(["_seq"])
-    us_time = good.set_column(0, "_recv_time", good.column(0).cast(pa.timestamp("us", "UTC")))
+    ns_time = good.set_column(0, "_recv_time_ns", good.column(0).cast(pa.timestamp("ns", "UTC")))
     null_seq = good.set_column(1, "_seq", pa.array([1, None, 3], pa.int64()))
-    for bad, match in ((no_seq, "_seq"), (us_time, "_recv_time"), (null_seq, "nulls")):
+    for bad, match in ((no_seq, "_seq"), (ns_time, "_recv_time_ns"), (null_seq, "nulls")):
         with pytest.raises(ValueError, match=match):
             sink.write("T", bad)
     assert sink.write("T", good.slice(0, 0)) == []
@@ -909,7 +914,7 @@ def test_rows_are_filed_by_the_interval_of_their_receive_time(tmp_path: Path) ->
     u_files = sink.rotate_due()
     assert [(cf.msg_type, cf.rows) for cf in u_files] == [("U", 3)]
     for path in visible(tmp_path):  # both committed files hold only rows before the boundary
-        recv = pq.read_table(path).column("_recv_time").cast(pa.int64()).to_pylist()
+        recv = pq.read_table(path).column("_recv_time_ns").to_pylist()
         assert max(recv) < boundary
     closed = sink.close()
     assert [(cf.msg_type, cf.rows, cf.seq_min) for cf in closed] == [("T", 5, 6)]

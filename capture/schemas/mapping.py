@@ -2,8 +2,8 @@
 
 Table layout (all columns nullable), in this order:
 
-* capture metadata, set by the capture process: ``_recv_time``, ``_stripe``, ``_session``,
-  ``_snapshot``, ``_seq``;
+* capture metadata, set by the capture process: ``_recv_time``, ``_recv_time_ns``, ``_stripe``,
+  ``_session``, ``_snapshot``, ``_seq``;
 * frame/header: ``_type_number`` (5-digit number of the frame header), ``h_seqN``, ``h_sID``,
   ``h_kLen``, ``h_mLen``, ``h_sTim``, ``h_encT``, ``h_sEnv0``, ``h_sRlm0``, ``h_appN``, ``h_mn``,
   ``h_git``;
@@ -18,6 +18,11 @@ message object as compact JSON) and ``_extra``.
 Column names are unique case-insensitively (DuckDB and friends fold identifier case). A name that
 is already taken gets ``__2``, ``__3``, ... appended, in column order, so the first holder keeps
 it. The dictionary itself produces no such clash today; the rule exists for the next dictionary.
+
+Every column type is one that Spark (without flags), Iceberg v2, DuckDB, Polars and pandas read
+exactly: no nanosecond timestamps (``_recv_time`` is microseconds, ``_recv_time_ns`` the exact
+int64 nanoseconds) and no unsigned integers (UInt/UShort/Byte are stored in the next wider signed
+type; the JSON reader still range-checks them with their own unsigned type, ``wire_type``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Final
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 if TYPE_CHECKING:
     from capture.schemas import FieldDef, MessageDef
@@ -40,11 +46,11 @@ SCALAR_TYPES: Final[dict[str, pa.DataType]] = {
     "Float": pa.float64(),  # JSON holds the shortest float32 text; float64 keeps it exactly
     "Double": pa.float64(),
     "Int": pa.int32(),
-    "UInt": pa.uint32(),
+    "UInt": pa.int64(),  # unsigned types: the next wider signed type (Iceberg, Spark, Java)
     "Long": pa.int64(),
     "Short": pa.int16(),
-    "UShort": pa.uint16(),
-    "Byte": pa.uint8(),
+    "UShort": pa.int32(),
+    "Byte": pa.int16(),
     "Enum": DICT_STRING,
     "Flag": DICT_STRING,
     "String": pa.utf8(),
@@ -55,6 +61,17 @@ SCALAR_TYPES: Final[dict[str, pa.DataType]] = {
     "TimeSpan": pa.utf8(),  # JSON form unknown (PROTOCOL 5.6): raw JSON text of the value
 }
 """Storage type of every scalar dictionary type."""
+
+INTEGER_WIRE_TYPES: Final[dict[str, pa.DataType]] = {
+    "Int": pa.int32(),
+    "UInt": pa.uint32(),
+    "Long": pa.int64(),
+    "Short": pa.int16(),
+    "UShort": pa.uint16(),
+    "Byte": pa.uint8(),
+}
+"""Type the JSON reader parses an integer type with: exactly its range, so that a value out of
+range fails the read (and goes to ``_extra`` through the slow path) instead of being stored."""
 
 INTEGER_RANGES: Final[dict[str, tuple[int, int]]] = {
     "Int": (-(2**31), 2**31 - 1),
@@ -85,8 +102,12 @@ KEY_PART_TYPES: Final[dict[str, str]] = {
 }
 """Each key part is converted like the dictionary type given here."""
 
+RECV_TIME_COLUMN: Final = "_recv_time"
+RECV_TIME_NS_COLUMN: Final = "_recv_time_ns"
+
 CAPTURE_COLUMNS: Final[tuple[tuple[str, pa.DataType], ...]] = (
-    ("_recv_time", pa.timestamp("ns", tz=UTC)),
+    (RECV_TIME_COLUMN, TIMESTAMP_US),  # truncated to microseconds: what every engine reads
+    (RECV_TIME_NS_COLUMN, pa.int64()),  # exact: nanoseconds since the epoch
     ("_stripe", DICT_STRING),
     ("_session", DICT_STRING),
     ("_snapshot", pa.bool_()),
@@ -163,6 +184,20 @@ def storage_type(ftype: str) -> pa.DataType:
         return SCALAR_TYPES[ftype]
     except KeyError:
         raise ValueError(f"{ftype!r} is not a scalar dictionary type") from None
+
+
+def wire_type(ftype: str) -> pa.DataType:
+    """Type the JSON reader is asked for when it parses an integer dictionary type."""
+    return INTEGER_WIRE_TYPES[ftype]
+
+
+def ns_to_timestamp_us(ns: pa.Array) -> pa.Array:
+    """int64 nanoseconds since the epoch -> timestamp[us, UTC], rounded toward the past (like
+    ``ns // 1000``: a row's microsecond never lies after its exact time). Nulls stay null."""
+    truncated = pc.divide(ns, 1000)  # integer division truncates toward zero
+    below = pc.and_(pc.less(ns, 0), pc.not_equal(pc.multiply(truncated, 1000), ns))
+    floored = pc.if_else(below, pc.subtract(truncated, 1), truncated)
+    return floored.cast(pa.int64()).view(TIMESTAMP_US)
 
 
 def _leaves(field: FieldDef, prefix: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], str]]:

@@ -53,7 +53,7 @@ from capture.logs import get_logger
 from capture.recovery import format_seq_ranges, merge_ranges, parse_seq_ranges
 from capture.rotation import day_start_ns
 from capture.schemas import lookup
-from capture.schemas.mapping import Leaf, layout
+from capture.schemas.mapping import RECV_TIME_COLUMN, Leaf, layout
 from capture.sink import (
     INPROGRESS_SUFFIX,
     META_COMPACTED,
@@ -67,7 +67,6 @@ from capture.sink import (
     META_STRIPE,
     META_WRITER,
     QUARANTINE_DIR,
-    RECV_TIME_COLUMN,
     WRITER_ID,
 )
 

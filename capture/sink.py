@@ -80,7 +80,7 @@ INPROGRESS_SUFFIX: Final = ".inprogress"
 #: The leading underscore makes pyarrow.dataset, Spark and Hive discovery skip it.
 QUARANTINE_DIR: Final = "_quarantine"
 
-RECV_TIME_COLUMN: Final = "_recv_time_ns"  # exact receive time: files and dates follow it
+RECV_NS_COLUMN: Final = "_recv_time_ns"  # exact receive time: files and dates follow it
 SEQ_COLUMN: Final = "_seq"
 RECV_TIME_TYPE: Final = pa.int64()
 
@@ -598,7 +598,7 @@ class PartitionSink:
     @staticmethod
     def _validated_recv(batch: Any) -> Any:
         schema = batch.schema
-        for name, want in ((RECV_TIME_COLUMN, RECV_TIME_TYPE), (SEQ_COLUMN, pa.int64())):
+        for name, want in ((RECV_NS_COLUMN, RECV_TIME_TYPE), (SEQ_COLUMN, pa.int64())):
             idx = schema.get_field_index(name)
             if idx < 0:
                 raise ValueError(f"batch has no {name!r} column")
@@ -606,7 +606,7 @@ class PartitionSink:
                 raise ValueError(f"column {name!r} must be {want}, got {schema.field(idx).type}")
             if batch.column(idx).null_count:
                 raise ValueError(f"column {name!r} must not contain nulls")
-        return batch.column(RECV_TIME_COLUMN)
+        return batch.column(RECV_NS_COLUMN)
 
     def _split_by_date(self, batch: Any, recv: Any) -> Iterator[tuple[dt.date, Any]]:
         tz = self._settings.tz
@@ -629,7 +629,7 @@ class PartitionSink:
     def _split_by_interval(self, part: Any) -> Iterator[tuple[int, Any]]:
         """(interval end, rows received in that interval) for the rows of one local date."""
         s = self._settings
-        recv = part.column(RECV_TIME_COLUMN)
+        recv = part.column(RECV_NS_COLUMN)
         mm = pc.min_max(recv)
         lo, hi = mm["min"].as_py(), mm["max"].as_py()
         boundary = next_boundary_ns(lo, s.rotate_interval_s, s.tz)
@@ -757,7 +757,7 @@ class PartitionSink:
     def _open(self, msg_type: str, day: dt.date, first: Any, now: int, boundary: int) -> _OpenFile:
         s = self._settings
         directory = self._partition_dir(msg_type, day)
-        first_recv = pc.min(first.column(RECV_TIME_COLUMN)).as_py()
+        first_recv = pc.min(first.column(RECV_NS_COLUMN)).as_py()
         stamp = dt.datetime.fromtimestamp(first_recv // NS_PER_S, dt.UTC).strftime(_TS_FORMAT)
         try:
             self._ensure_dir(directory)

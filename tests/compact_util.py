@@ -62,22 +62,24 @@ def quote_rows(
     return rows
 
 
-def quote_batch(rows: list[dict[str, Any]], *, recv_ns_column: bool = False) -> pa.RecordBatch:
+def quote_batch(rows: list[dict[str, Any]], *, recv_ns_column: bool = True) -> pa.RecordBatch:
+    """Rows as the daemon's decoder emits them: ``_recv_time`` in us with the exact
+    ``_recv_time_ns`` beside it (``recv_ns_column=False``: the older layout, ns in
+    ``_recv_time`` and no ``_recv_time_ns``, as files written before that change hold)."""
     schema = arrow_schema(TYPE)
-    batch = pa.RecordBatch.from_pylist(
-        [{**r, "_recv_time": None} for r in rows], schema=schema
-    )
     recv = pa.array([r["_recv_time"] for r in rows], pa.int64())
+    base = [{**r, "_recv_time": None, "_recv_time_ns": None} for r in rows]
+    batch = pa.RecordBatch.from_pylist(base, schema=schema)
     idx = schema.get_field_index("_recv_time")
-    if recv_ns_column:  # the layout of the lake branch: us + exact ns beside it
-        cols = list(batch.columns)
-        cols[idx] = recv.cast(pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("us", tz="UTC"))
-        fields = list(schema)
-        fields[idx] = pa.field("_recv_time", pa.timestamp("us", tz="UTC"))
-        cols.insert(idx + 1, recv)
-        fields.insert(idx + 1, pa.field("_recv_time_ns", pa.int64()))
-        return pa.RecordBatch.from_arrays(cols, schema=pa.schema(fields))
-    return batch.set_column(idx, schema.field(idx), recv.cast(pa.timestamp("ns", tz="UTC")))
+    us = recv.cast(pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("us", tz="UTC"))
+    batch = batch.set_column(idx, schema.field(idx), us)
+    ns_idx = schema.get_field_index("_recv_time_ns")
+    batch = batch.set_column(ns_idx, schema.field(ns_idx), recv)
+    if recv_ns_column:
+        return batch
+    old = batch.drop_columns(["_recv_time_ns"])
+    field = pa.field("_recv_time", pa.timestamp("ns", tz="UTC"))
+    return old.set_column(idx, field, recv.cast(pa.timestamp("ns", tz="UTC")))
 
 
 def write_live(
@@ -94,7 +96,7 @@ def write_live(
     rotate_interval_s: int = 300,
     batch_rows: int = 500,
     seed: int = 1,
-    recv_ns_column: bool = False,
+    recv_ns_column: bool = True,
     row_group_rows: int = 8192,
 ) -> int:
     """``rows`` quotes received evenly over ``seconds`` from ``start_ns``, written as the daemon

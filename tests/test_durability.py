@@ -34,11 +34,13 @@ BASE_NS = 1_780_000_000 * 10**9
 def rows(lo: int, hi: int) -> pa.RecordBatch:
     """Rows for frames lo..hi-1, as the decoder makes them (receive time and seq)."""
     seqs = list(range(lo, hi))
+    recv = pa.array([BASE_NS + s * 1000 for s in seqs], pa.int64())
     return pa.RecordBatch.from_pydict(
         {
-            "_recv_time": pa.array([BASE_NS + s * 1000 for s in seqs], pa.int64()).cast(
-                pa.timestamp("ns", tz="UTC")
+            "_recv_time": recv.cast(pa.timestamp("ns", tz="UTC")).cast(
+                pa.timestamp("us", tz="UTC")
             ),
+            "_recv_time_ns": recv,
             "_seq": pa.array(seqs, pa.int64()),
             "v": pa.array(seqs, pa.int64()),
         }

@@ -192,11 +192,14 @@ def committed_events(root: Path, stripe: str, *, since_ns: int | None) -> set[Ev
             continue
         for path in (day_dir / f"stripe={stripe}").glob("*.parquet"):
             try:
-                table = pq.read_table(path, columns=["_recv_time", "event", "_session"])
+                names = pq.read_schema(path).names
+                # Exact nanoseconds; files written before _recv_time_ns held them in _recv_time.
+                time_col = "_recv_time_ns" if "_recv_time_ns" in names else "_recv_time"
+                table = pq.read_table(path, columns=[time_col, "event", "_session"])
             except (OSError, ValueError) as exc:
                 log.error("unreadable events file", path=str(path), error=str(exc))
                 continue
-            times = table.column("_recv_time").cast(pa.int64()).to_pylist()
+            times = table.column(time_col).cast(pa.int64()).to_pylist()
             events = table.column("event").cast(pa.string()).to_pylist()
             sessions = table.column("_session").cast(pa.string()).to_pylist()
             keys.update(zip(times, events, sessions, strict=True))

@@ -1048,6 +1048,7 @@ class StripeWorker:
             offload=self.offload,
             in_flight=self.in_flight,
             decode_limiter=self.decode_limiter,
+            journal_hold=self.journal_hold,  # its files reach the lake too
         )
         replayer._quarantined_before = plan.quarantined_before
         replayer._events_before = plan.events_before
@@ -1199,8 +1200,13 @@ class StripeWorker:
         data frames written.  Every file is committed when it returns."""
         send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
         self._writer_gone = False
+        hold = self.journal_hold
         sink = self.sink = PartitionSink(
-            self._sink_settings, stripe=self.stripe, session=self.run_id, now_ns=self.clock.now_ns
+            self._sink_settings,
+            stripe=self.stripe,
+            session=self.run_id,
+            now_ns=self.clock.now_ns,
+            on_commit=hold.file_committed if hold is not None else None,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, recv, sink)

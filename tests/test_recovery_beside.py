@@ -73,8 +73,8 @@ def test_the_stripe_goes_live_while_the_journal_is_replayed(tmp_path: Path) -> N
     assert len(set(live_seqs)) == len(live_seqs)
     glob = f"{root}/capture_events/**/*.parquet"
     ((connect, recovery),) = duckdb.sql(
-        "SELECT min(epoch_ns(_recv_time)) FILTER (WHERE event = 'connect'), "
-        "min(epoch_ns(_recv_time)) FILTER (WHERE event = 'recovery'), "
+        "SELECT min(_recv_time_ns) FILTER (WHERE event = 'connect'), "
+        "min(_recv_time_ns) FILTER (WHERE event = 'recovery'), "
         f"FROM read_parquet('{glob}')"
     ).fetchall()
     assert connect is not None and recovery is not None
@@ -98,7 +98,10 @@ def test_start_up_reads_only_the_newest_dates_when_the_journal_refers_to_nothing
                 "T",
                 pa.RecordBatch.from_pydict(
                     {
-                        "_recv_time": pa.array(recv, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+                        "_recv_time": pa.array([r // 1000 for r in recv], pa.int64()).cast(
+                            pa.timestamp("us", tz="UTC")
+                        ),
+                        "_recv_time_ns": pa.array(recv, pa.int64()),
                         "_seq": pa.array(range(seq, seq + 10), pa.int64()),
                     }
                 ),

@@ -168,7 +168,9 @@ def choose_allocators() -> None:
     * Arrow's pool: glibc's malloc.  mimalloc keeps freed pages per thread, and decode threads
       come and go; glibc gives large blocks back when they are freed.
     * glibc: at most 2 arenas (it makes one per thread that allocates, and keeps them).
-    * with the system pool, no jemalloc background thread (``JE_ARROW_MALLOC_CONF``).
+    * with the system pool, no jemalloc background thread (``JE_ARROW_MALLOC_CONF``), and no
+      OpenBLAS thread pool (``OPENBLAS_NUM_THREADS``): the daemon forks its stripe-group
+      server while it has one thread (capture.forkserver).
     """
     if "pyarrow" not in sys.modules:  # (in-process callers, e.g. tests: too late, keep it)
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
@@ -177,6 +179,10 @@ def choose_allocators() -> None:
             # pool is not jemalloc; that thread would make the daemon multi-threaded before it
             # forks its stripe-group server (capture.forkserver).
             os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
+        # pyarrow imports numpy when it is installed (pandas, pyspark and pyiceberg bring
+        # it), and numpy's OpenBLAS starts a thread pool at import: the same problem. The
+        # daemon does no linear algebra.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if "MALLOC_ARENA_MAX" not in os.environ and sys.platform.startswith("linux"):
         try:
             import ctypes

@@ -427,12 +427,13 @@ def _compact(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     tables = None
     if args.table:
+        from capture.events import TABLE as EVENTS_TABLE
         from capture.schemas import lookup
 
         tables = []
         for name in args.table:
             found = lookup(name)
-            if found is None and name != "capture_events":
+            if found is None and name != EVENTS_TABLE:
                 print(f"mlink-capture compact: --table {name!r}: not an MLink message type",
                       file=sys.stderr)  # fmt: skip
                 return EXIT_USAGE

@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from capture import dirswap
+from capture.events import TABLE as EVENTS_TABLE
 from capture.faultpoints import crash_point
 from capture.logs import get_logger
 from capture.recovery import format_seq_ranges, merge_ranges, parse_seq_ranges
@@ -67,6 +68,7 @@ from capture.sink import (
     META_STRIPE,
     META_WRITER,
     QUARANTINE_DIR,
+    RECV_NS_COLUMN,
     WRITER_ID,
 )
 
@@ -84,8 +86,6 @@ __all__ = [
 #: Under ROOT: the work area (``work/``) and the lock file.  Leading ``_``: no table, and
 #: pyarrow.dataset/Spark skip it.
 COMPACTION_DIR: Final = "_compaction"
-EVENTS_TABLE: Final = "capture_events"
-RECV_NS_COLUMN: Final = "_recv_time_ns"
 HOST_COLUMN: Final = "_host"
 COMPACTED_PREFIX: Final = "compacted-"
 LIVE_PREFIX: Final = "part-"

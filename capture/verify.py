@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from capture.events import TABLE as EVENTS_TABLE
 from capture.sink import (
     META_COMPACTED,
     META_MSG_TYPE,
@@ -131,7 +132,7 @@ def verify(root: Path, *, deep: bool = False, journal_root: Path | None = None) 
     for (table, stripe), spans in ranges.items():
         spans.sort()
         for (_, hi1, p1), (lo2, hi2, p2) in itertools.pairwise(spans):
-            if lo2 <= hi1 and table != "capture_events":
+            if lo2 <= hi1 and table != EVENTS_TABLE:
                 report.problems.append(
                     f"{table} stripe {stripe}: receive sequence {lo2}..{min(hi1, hi2)} is in "
                     f"both {p1.relative_to(root)} and {p2.relative_to(root)} (rows twice)"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capture.config import Config
+from capture.events import TABLE as EVENTS_TABLE
 from capture.lake.files import scan_local
 from capture.lake.tables import CatalogError, LakeTables, read_watermarks
 
@@ -67,7 +68,7 @@ def _check_table(name: str, tbl: Any, cfg: Config, local: list[Any], report: Lak
     for stripe, spans in by_stripe.items():
         spans.sort()
         for (_, hi, a), (lo, _, b) in itertools.pairwise(spans):
-            if lo <= hi and name != "capture_events":  # events share the _seq of their moment
+            if lo <= hi and name != EVENTS_TABLE:  # events share the _seq of their moment
                 report.problems.append(f"{name}: stripe {stripe} _seq {lo}..{hi} in {a} and {b}")
     host = cfg.lake.host_id
     marks = read_watermarks(tbl, host, cfg.source.stripes)

@@ -15,13 +15,14 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from simproc import start_simulator
 
 HERE = Path(__file__).resolve().parent
 KEY = "bench-forkserver-key"
@@ -97,21 +98,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        sim = subprocess.Popen(
-            [sys.executable, "-m", "capture", "simulate", "--port", "0", "--rate", str(args.rate),
-             "--api-key-env", "BENCH_KEY", "--log-level", "info"],
-            env={**os.environ, "BENCH_KEY": KEY}, stderr=subprocess.PIPE, text=True,
-        )
-        assert sim.stderr is not None
-        port = 0
-        for line in sim.stderr:
-            m = re.search(r"127\.0\.0\.1:(\d+)", line) or re.search(r'"port": ?(\d+)', line)
-            if m:
-                port = int(m.group(1))
-                break
-        if not port:
-            sim.kill()
-            raise SystemExit("the simulator did not say its port")
+        sim, port = start_simulator(args.rate, "BENCH_KEY", KEY)
         results = []
         try:
             for n in (int(x) for x in args.processes.split(",")):

@@ -14,13 +14,14 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from simproc import start_simulator
 
 HERE = Path(__file__).resolve().parent
 STRIPES = ["A", "B", "C", "D", "E", "F", "G", "H", "M", "S", "X"]
@@ -36,18 +37,7 @@ def main() -> None:
     env = {**os.environ, "BENCH_KEY": "bench-soak-key"}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
-        sim = subprocess.Popen(
-            [sys.executable, "-m", "capture", "simulate", "--port", "0", "--rate", str(args.rate),
-             "--api-key-env", "BENCH_KEY", "--log-level", "info"],
-            env=env, stderr=subprocess.PIPE, text=True,
-        )
-        assert sim.stderr is not None
-        port = 0
-        for line in sim.stderr:
-            m = re.search(r"127\.0\.0\.1:(\d+)", line) or re.search(r'"port": ?(\d+)', line)
-            if m:
-                port = int(m.group(1))
-                break
+        sim, port = start_simulator(args.rate, "BENCH_KEY", env["BENCH_KEY"])
         cfg = Path(tmp) / "soak.toml"
         cfg.write_text(
             f"""

@@ -89,6 +89,21 @@ def test_a_key_in_the_url_is_redacted_and_becomes_a_secret(
     assert scrub("text " + secret) == "text " + "*" * len(secret)
 
 
+def test_a_non_ascii_secret_is_masked_in_text_and_binary_messages_keeping_byte_lengths() -> None:
+    secret = "clé-sécrète-0123456789"
+    logs.register_secret(secret)
+    scrub = logs.secret_scrubber()
+    assert scrub is not None
+    text = '{"detail":"bad key ' + secret + '"}'
+    masked = scrub(text)
+    assert isinstance(masked, str) and secret not in masked
+    assert len(masked.encode("utf-8")) == len(text.encode("utf-8"))  # frame lengths stay valid
+    raw = text.encode("utf-8")
+    masked_raw = scrub(raw)
+    assert isinstance(masked_raw, bytes) and secret.encode("utf-8") not in masked_raw
+    assert len(masked_raw) == len(raw)
+
+
 def test_a_url_without_secrets_is_unchanged() -> None:
     url = "wss://mlink-live.example.com/mlink/jsonf"
     assert logs.redact_url(url) == url

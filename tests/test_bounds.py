@@ -132,3 +132,39 @@ def test_every_bad_control_body_raises_the_one_documented_type() -> None:
     )
     assert ck.highwater_ts is None and ck.num_messages_sent is None  # beyond int64
     assert ck.detail is not None and ck.detail.endswith("(3000 more characters)")
+
+
+_json_bytes = st.sampled_from([b"{", b"}", b"[", b"]", b'"', b"\\", b":", b",", b"1", b"a"])
+
+
+@settings(max_examples=400)
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        st.lists(_json_bytes, max_size=400).map(b"".join),
+    ),
+    st.sampled_from(["MLinkAdmin", "MLinkStreamAck", "MLinkStreamCheckPt", "MLinkHeartbeat",
+                     "MLinkDataAck", "MLinkCount"]),
+)  # fmt: skip
+def test_any_bytes_give_a_verdict_or_the_one_documented_exception(
+    body: bytes, mtyp: str
+) -> None:
+    """Whatever a server puts in a body: the scan passes it or raises RemoteProtocolError, and
+    a control parse of what passes returns a value or raises ControlParseError (a subclass)."""
+    try:
+        check_body(body, LIMITS)
+    except RemoteProtocolError:
+        return
+    try:
+        parse_control(mtyp, body)
+    except ControlParseError:
+        pass
+
+
+@given(st.text(max_size=300))
+def test_any_type_name_gives_a_verdict_or_the_one_documented_exception(name: str) -> None:
+    try:
+        check_type_name(name, LIMITS)
+    except RemoteProtocolError:
+        return
+    assert "/" not in name and "\x00" not in name and name not in (".", "..")

@@ -30,6 +30,10 @@ WEBSOCKET_CLIENTS = ("wsproto", "trio-websocket")
 """``source.websocket``: the WebSocket clients of ``capture.transport``, the default first."""
 
 
+MAX_CONFIG_CHARS = 1_000_000
+"""A configuration file is a few kilobytes; a larger one is refused before it is parsed."""
+
+
 class ConfigError(ValueError):
     """The configuration cannot be used; ``problems`` lists every ``key: problem``."""
 
@@ -291,7 +295,12 @@ class Config:
     def from_toml(cls, path: str | os.PathLike[str], *, check_paths: bool = False) -> Config:
         p = Path(path)
         try:
-            text = p.read_bytes().decode("utf-8")
+            with p.open("rb") as f:  # at most what a configuration can be, whatever the file
+                data = f.read(4 * MAX_CONFIG_CHARS + 1)
+            if len(data) > 4 * MAX_CONFIG_CHARS:
+                why = f"{p}: over {4 * MAX_CONFIG_CHARS:,} bytes; a configuration is a few KB"
+                raise ConfigError([why], str(p))
+            text = data.decode("utf-8")
         except FileNotFoundError:
             raise ConfigError([f"{p}: file not found"], str(p)) from None
         except IsADirectoryError:
@@ -310,10 +319,18 @@ class Config:
     ) -> Config:
         """``text`` as if read from ``path`` (relative paths are relative to its directory)."""
         p = Path(path)
+        if len(text) > MAX_CONFIG_CHARS:
+            raise ConfigError(
+                [f"{p}: {len(text):,} characters; a configuration is at most {MAX_CONFIG_CHARS:,}"],
+                str(p),
+            )
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"not valid TOML: {exc}"], str(p)) from None
+        except RecursionError:  # tomllib parses nested arrays and tables recursively
+            why = "not valid TOML: arrays or tables nested too deeply"
+            raise ConfigError([why], str(p)) from None
         return cls.from_mapping(raw, base_dir=p.parent, source=str(p), check_paths=check_paths)
 
     @classmethod

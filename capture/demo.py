@@ -57,7 +57,7 @@ def main(
     if config is not None:
         try:
             raw = tomllib.loads(config.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # (TOMLDecodeError, not UTF-8)
             print(f"mlink-capture demo: cannot read {config}: {exc}", file=sys.stderr)
             return 2
         base = config.parent

@@ -177,6 +177,9 @@ def test_a_health_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
         (b"\xff\xfe[\x00s\x00", "not UTF-8 text"),
         (b"[source\nurl = 1", "not valid TOML"),
         (None, "is a directory"),
+        (b"x = " + b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"# " + b"x" * 2_000_000 + b"\n", "a configuration is at most 1,000,000"),
+        (b"# " + b"\xc3\xa9" * 3_000_000 + b"\n", "over 4,000,000 bytes"),
     ],
 )
 def test_check_config_names_an_unreadable_file_without_a_traceback(
@@ -215,3 +218,30 @@ def test_limits_out_of_range_or_unknown_are_named_by_key() -> None:
     assert "limits.max_fields: must be an integer, got a string" in problems
     assert "limits.max_frame_bytes: must be between 1,024 and 999,999, got 2,000,000" in problems
     assert any(p.startswith("limits.depth: unknown key") for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"x = " + b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"rate = 1 # caf\xe9", "not UTF-8 text"),
+        (None, "cannot be read"),
+    ],
+)
+def test_the_demo_and_the_simulator_name_a_bad_file_without_a_traceback(
+    tmp_path: Path, content: bytes | None, expected: str
+) -> None:
+    path = tmp_path / "c.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    for command in (["simulate", "--config"], ["demo", "--seconds", "1", "--config"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "capture", *command, str(path)],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 2, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+        if command[0] == "simulate":
+            assert expected in result.stderr

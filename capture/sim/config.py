@@ -172,6 +172,12 @@ class SimConfig:
             raise ConfigError([f"{p}: file not found"], str(p)) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"not valid TOML: {exc}"], str(p)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"{p}: not UTF-8 text (byte {exc.start})"], str(p)) from None
+        except RecursionError:
+            raise ConfigError(["not valid TOML: nested too deeply"], str(p)) from None
+        except OSError as exc:
+            raise ConfigError([f"{p}: cannot be read ({exc.strerror})"], str(p)) from None
         return cls.from_mapping(raw, base_dir=p.parent, source=str(p))
 
     @classmethod

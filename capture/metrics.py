@@ -173,37 +173,20 @@ def families(doc: Mapping[str, Any], *, now: float) -> list[Metric]:
 
     for key, name, text in STRIPE_COUNTERS:
         c = CounterMetricFamily(PREFIX + name, text, labels=["stripe"])
-        for code, view in stripes.items():
-            number = _number(view.get(key))
-            if number is not None:
-                c.add_metric([code], number)
-        out.append(c)
+        out.append(_per_stripe(c, stripes, lambda v, k=key: _number(v.get(k))))
     reconnects = CounterMetricFamily(
         PREFIX + "reconnects",
         "Connections after the first one (connects - 1): the stripe lost its connection",
         labels=["stripe"],
     )
-    for code, view in stripes.items():
-        number = _number(view.get("connects"))
-        if number is not None:
-            reconnects.add_metric([code], max(0.0, number - 1))
-    out.append(reconnects)
+    out.append(_per_stripe(reconnects, stripes, _reconnects))
     for key, name, text in STRIPE_GAUGES:
-        if not any(key in view for view in stripes.values()):
-            continue
-        g = GaugeMetricFamily(PREFIX + name, text, labels=["stripe"])
-        for code, view in stripes.items():
-            number = _number(view.get(key))
-            if number is not None:
-                g.add_metric([code], number)
-        out.append(g)
+        if any(key in view for view in stripes.values()):
+            g = GaugeMetricFamily(PREFIX + name, text, labels=["stripe"])
+            out.append(_per_stripe(g, stripes, lambda v, k=key: _number(v.get(k))))
     for key, name, text in STRIPE_AGES:
         g = GaugeMetricFamily(PREFIX + name, text, labels=["stripe"])
-        for code, view in stripes.items():
-            when = _epoch(view.get(key))
-            if when is not None:
-                g.add_metric([code], max(0.0, now - when))
-        out.append(g)
+        out.append(_per_stripe(g, stripes, lambda v, k=key: _age(now, _epoch(v.get(k)))))
 
     groups = process.get("processes")
     if isinstance(groups, list):
@@ -296,3 +279,21 @@ def start(cfg: MetricsConfig, collector: HealthCollector) -> MetricsServer | Non
         return None
     log.info("serving metrics", url=url)
     return server
+
+
+def _per_stripe(family: Any, stripes: Mapping[str, Mapping[str, Any]], value: Any) -> Any:
+    """One sample per stripe that has a value (``value(view)`` not None)."""
+    for code, view in stripes.items():
+        number = value(view)
+        if number is not None:
+            family.add_metric([code], number)
+    return family
+
+
+def _reconnects(view: Mapping[str, Any]) -> float | None:
+    number = _number(view.get("connects"))
+    return None if number is None else max(0.0, number - 1)
+
+
+def _age(now: float, when: float | None) -> float | None:
+    return None if when is None else max(0.0, now - when)

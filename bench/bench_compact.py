@@ -7,7 +7,7 @@ Usage::
     python bench/bench_compact.py [--messages 1500000] [--levels 3,6,9,12] [--repeat 5]
 
 1. The benchmark stream (``gen_stream.py``, cached in ``bench/data``) is decoded with the
-   daemon's decoder (``capture.batches.BatchDecoder``) in the batch size a busy 11-stripe
+   daemon's decoder (``capture.decode.BatchDecoder``) in the batch size a busy 11-stripe
    daemon hands over (~1,700 frames) and written by the daemon's sink (``capture.sink``) with
    the memory share of one of 11 stripes (row groups of a few thousand rows, as in
    production), receive times spread over ``--minutes`` of one past day (the message rate
@@ -44,7 +44,7 @@ import duckdb
 import pyarrow.parquet as pq
 from gen_stream import DEFAULT_DIR, STRIPES, generate
 
-from capture.batches import BatchDecoder
+from capture.decode import BatchDecoder
 from capture.compact import CompactionSettings, compact
 from capture.frames import Frame, FrameDecoder, peek_mtyp
 from capture.sink import PartitionSink, SinkSettings

@@ -39,7 +39,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from capture.batches import BatchDecoder
+from capture.decode import BatchDecoder
 
 EXCHANGES = ("CBOE", "MIAX", "ISE", "PHLX", "AMEX", "BOX", "C2", "NSDQ", "BATS", "EDGX")
 

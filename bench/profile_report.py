@@ -33,7 +33,7 @@ RULES: list[tuple[str, str]] = [
     ("capture/sink.py", "sink bookkeeping (split by date/interval, min/max)"),
     ("BatchDecoder._read", "JSON decode (pyarrow read_json)"),
     ("_metadata_arrays", "capture columns (_recv_time, _seq, ... from lists)"),
-    ("capture/batches.py", "Arrow flatten/convert (compute)"),
+    ("capture/decode.py", "Arrow flatten/convert (compute)"),
     ("_max_ns", "writer bookkeeping (highwater max)"),
     ("StripeWorker._decode_and_write", "writer bookkeeping (highwater max)"),
     ("_thread_cache.py", "idle offload thread / hand-off (trio.to_thread)"),

@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     },
     {  # the edges and the storage layers
         "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
-        "capture.journal", "capture.batches", "capture.health", "capture.recovery",
+        "capture.journal", "capture.decode", "capture.health", "capture.recovery",
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
         "capture.durability", "capture.lake.hold",
     },
@@ -191,7 +191,7 @@ def test_sans_io_modules_import_neither_trio_nor_pyarrow() -> None:
 
 def test_sync_io_modules_do_not_import_trio() -> None:
     mods = modules()
-    for sync in ("capture.sink", "capture.batches", "capture.health", "capture.stats",
+    for sync in ("capture.sink", "capture.decode", "capture.health", "capture.stats",
                  "capture.journal", "capture.recovery", "capture.verify", "capture.durability",
                  "capture.quarantine", "capture.crashguard"):
         assert not uses(mods[sync], "trio"), sync

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_batches import assert_row_matches, decode, read_back
+from test_decode import assert_row_matches, decode, read_back
 
-from capture.batches import BatchDecoder
+from capture.decode import BatchDecoder
 from capture.schemas import FieldDef, MessageDef, registry
 from capture.schemas.mapping import INTEGER_RANGES
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from capture.batches import BatchDecoder, DecodeResult, DriftReport
+from capture.decode import BatchDecoder, DecodeResult, DriftReport
 from capture.schemas import MessageDef, lookup
 
 SAMPLES = Path(__file__).parent / "data" / "samples.jsonf"

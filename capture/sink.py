@@ -48,6 +48,7 @@ from capture.rotation import (
     time_zone,
 )
 from capture.rotation import due as due_files
+from capture.rowbuffer import RowBuffer
 
 __all__ = [
     "INPROGRESS_SUFFIX",
@@ -399,15 +400,24 @@ class _OpenFile:
     opened_ns: int
     boundary_ns: int
     last_write_ns: int
-    buffer: list[Any] = field(default_factory=list)
-    buffered_rows: int = 0
-    buffered_bytes: int = 0
+    buffer: RowBuffer = field(init=False)
     rows: int = 0
     seq_min: int = 0
     seq_max: int = 0
     row_groups: int = 0
     leaf_columns: int = 1
     last_use: int = 0  # the sink's write counter at the last write (least recently written)
+
+    def __post_init__(self) -> None:
+        self.buffer = RowBuffer(self.schema)
+
+    @property
+    def buffered_rows(self) -> int:
+        return self.buffer.rows
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self.buffer.nbytes
 
     def approx_bytes(self) -> int:
         return int(self.stream.tell()) + self.buffered_bytes
@@ -673,13 +683,11 @@ class PartitionSink:
             f.seq_min, f.seq_max = seq_lo, seq_hi
         else:
             f.seq_min, f.seq_max = min(f.seq_min, seq_lo), max(f.seq_max, seq_hi)
-        nbytes = int(part.nbytes)
+        held = f.buffered_bytes
         f.buffer.append(part)
-        f.buffered_rows += part.num_rows
-        f.buffered_bytes += nbytes
         f.rows += part.num_rows
         f.last_write_ns = now
-        self._buffered_bytes += nbytes
+        self._buffered_bytes += f.buffered_bytes - held
         self._rows_written += part.num_rows
 
         if f.buffered_bytes >= s.row_group_bytes:
@@ -715,7 +723,7 @@ class PartitionSink:
         if not f.buffer:
             return
         rg_rows = self._settings.row_group_rows
-        table = pa.Table.from_batches(f.buffer, schema=f.schema)
+        table = f.buffer.table()
         take = table.num_rows if full else (table.num_rows // rg_rows) * rg_rows
         if take == 0:
             return
@@ -731,12 +739,9 @@ class PartitionSink:
         groups = -(-take // rg_rows)
         f.row_groups += groups
         self._row_groups += groups
-        rest = table.slice(take)
-        f.buffer = rest.to_batches() if rest.num_rows else []
-        new_bytes = sum(int(b.nbytes) for b in f.buffer)
-        self._buffered_bytes -= f.buffered_bytes - new_bytes
-        f.buffered_bytes = new_bytes
-        f.buffered_rows = rest.num_rows
+        held = f.buffered_bytes
+        f.buffer.keep_from(table, take)
+        self._buffered_bytes -= held - f.buffered_bytes
 
     # ---------------------------------------------------------------- open / commit / abort
 
@@ -943,9 +948,7 @@ class PartitionSink:
         if registered:
             self._files.pop((f.msg_type, f.date, f.boundary_ns), None)
         self._buffered_bytes -= f.buffered_bytes
-        f.buffer = []
-        f.buffered_bytes = 0
-        f.buffered_rows = 0
+        f.buffer.clear()
         self._files_aborted += 1
         self._lost(f)
         for what, close in (("writer", f.writer.close), ("stream", f.stream.close)):

@@ -24,6 +24,7 @@ import pytest
 import capture
 from capture import sink as sink_mod
 from capture.rotation import next_boundary_ns, partition_date
+from capture.rowbuffer import BATCH_OVERHEAD_PER_COLUMN
 from capture.schemas.mapping import ns_to_timestamp_us
 from capture.sink import (
     FOOTER_BYTES_PER_COLUMN_CHUNK,
@@ -274,7 +275,8 @@ def test_one_large_batch_is_cut_into_row_groups(tmp_path: Path) -> None:
 
 def test_row_group_bytes_bound(tmp_path: Path) -> None:
     one = make_batch(100, seq0=1)
-    sink = new_sink(tmp_path, Clock(T0), row_group_bytes=3 * one.nbytes)
+    held = one.nbytes + BATCH_OVERHEAD_PER_COLUMN * one.num_columns  # what a held batch costs
+    sink = new_sink(tmp_path, Clock(T0), row_group_bytes=3 * held)
     for i in range(7):
         sink.write("T", make_batch(100, seq0=1 + 100 * i))
     [cf] = sink.rotate_all()
@@ -285,18 +287,20 @@ def test_memory_budget_flushes_largest_buffer(tmp_path: Path) -> None:
     clock = Clock(T0)
     big = make_batch(1_000, seq0=1)
     small = make_batch(100, seq0=1)
-    budget = big.nbytes + 2 * small.nbytes
+    overhead = BATCH_OVERHEAD_PER_COLUMN * big.num_columns  # what holding a batch costs
+    big_held, small_held = big.nbytes + overhead, small.nbytes + overhead
+    budget = big_held + 2 * small_held
     sink = new_sink(tmp_path, clock, memory_budget_bytes=budget)
     sink.write("Small", small)
     sink.write("Big", big)
     assert sink.statistics().row_groups_written == 0
-    assert sink.statistics().buffered_bytes == big.nbytes + small.nbytes
+    assert sink.statistics().buffered_bytes == big_held + small_held
 
     sink.write("Small", make_batch(100, seq0=101))
     sink.write("Small", make_batch(100, seq0=201))  # now over budget: "Big" is the largest
     stats = sink.statistics()
     assert stats.row_groups_written == 1
-    assert stats.buffered_bytes == 3 * small.nbytes
+    assert stats.buffered_bytes == 3 * small_held
     assert stats.buffered_bytes <= budget
 
     files = {cf.msg_type: cf for cf in sink.close()}

@@ -55,6 +55,7 @@ from capture.forkserver import ForkedProcess, ForkServer, ForkServerError
 from capture.logs import get_logger
 from capture.memory import peak_rss_bytes, pss_bytes, rss_bytes
 from capture.sdnotify import Notifier
+from capture.states import GroupState, StripeState
 from capture.stats import StripeStats
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def describe_exit(code: int) -> str:
 class Child:
     index: int
     stripes: tuple[str, ...]
-    state: str = "starting"  # starting, running, backoff, failed, stopped
+    state: GroupState = GroupState.STARTING
     proc: trio.Process | ForkedProcess | None = None
     pid: int | None = None
     forked: bool = False  # this process came from the fork server (else exec)
@@ -316,7 +317,7 @@ class Parent:
             outer.cancel_scope.cancel()
         if self.forkserver is not None:
             await self.forkserver.aclose()
-        if all(c.state == "failed" for c in self.children):
+        if all(c.state == GroupState.FAILED for c in self.children):
             log.critical("every stripe group failed; exiting")
             return EXIT_ALL_FAILED
         log.info("stopped", exits={c.index: c.last_exit for c in self.children})
@@ -345,33 +346,33 @@ class Parent:
         restarts = RestartLimit.of(self.cfg.supervision, self.rng)
         while True:
             self._carry(child)
-            child.state = "starting"
+            child.state = GroupState.STARTING
             code = await self._run_once(child)
             glog = log.bind(group=child.index, stripes=list(child.stripes), exit=child.last_exit)
             if self._stopping:
-                child.state = "stopped"
+                child.state = GroupState.STOPPED
                 (glog.info if code in (0, None) else glog.error)("group stopped")
                 return
             if code in (CHILD_ALL_FAILED, CHILD_BAD_CONFIG):
-                child.state = "failed"
+                child.state = GroupState.FAILED
                 why = "every stripe failed" if code == CHILD_ALL_FAILED else "unusable config"
                 glog.critical(f"group exited and stays down: {why}")
                 return
             delay = restarts.failed(trio.current_time())
             if delay is None:
-                child.state = "failed"
+                child.state = GroupState.FAILED
                 glog.critical(
                     "group failed too often; giving up on it",
                     failures=restarts.recent,
                     window_s=restarts.window,
                 )
                 return
-            child.state = "backoff"
+            child.state = GroupState.BACKOFF
             glog.error("group process died; restarting it", delay=delay)
             with trio.move_on_after(delay):
                 await self._stop.wait()
             if self._stop.is_set():
-                child.state = "stopped"
+                child.state = GroupState.STOPPED
                 return
             child.restarts += 1
 
@@ -450,8 +451,8 @@ class Parent:
                     doc = None
                 if isinstance(doc, dict) and isinstance(doc.get("stripes"), dict):
                     child.doc, child.reported_at = doc, trio.current_time()
-                    if child.proc is proc and child.state == "starting":
-                        child.state = "running"
+                    if child.proc is proc and child.state == GroupState.STARTING:
+                        child.state = GroupState.RUNNING
                 else:
                     log.warning("not a report on a group's stdout", group=child.index)
             if len(buf) > _MAX_REPORT_BYTES:
@@ -492,7 +493,7 @@ class Parent:
                     for child in self.children:
                         # Only to a child that reported: before that its handler may not be in
                         # place yet (and it has no files to rotate).
-                        if child.proc is not None and child.state == "running":
+                        if child.proc is not None and child.state == GroupState.RUNNING:
                             child.proc.send_signal(signal.SIGHUP)
                 elif self._stopping:
                     log.warning("second stop signal: groups stop without the grace period")
@@ -527,7 +528,9 @@ class Parent:
                 if (
                     not self._ready
                     and not self._stopping
-                    and all(c.doc is not None or c.state == "failed" for c in self.children)
+                    and all(
+                        c.doc is not None or c.state == GroupState.FAILED for c in self.children
+                    )
                 ):
                     # (again next time if the receiver had no room: sd_notify never waits)
                     ok = self.notifier.ready(str(doc["summary"]))
@@ -564,7 +567,7 @@ class Parent:
         for child in self.children:
             doc = child.doc or {}
             views = doc.get("stripes", {})
-            running = child.state == "running" and child.proc is not None
+            running = child.state == GroupState.RUNNING and child.proc is not None
             late = running and now - child.reported_at > self.late_after
             for code in child.stripes:
                 view = views.get(code)
@@ -574,11 +577,11 @@ class Parent:
                     view[key] = value + (mine if isinstance(mine, int | float) else 0)
                 view["restarts"] = view.get("restarts", 0) + child.restarts
                 if not running:
-                    view["state"] = child.state
+                    view["state"] = str(child.state)
                     if child.abnormal and child.last_exit is not None:
                         view["last_error"] = f"group process {child.last_exit}"
                 elif late:
-                    view["state"] = "unresponsive"
+                    view["state"] = str(StripeState.UNRESPONSIVE)
                 stripes[code] = view
             process = doc.get("process", {}) if running else {}
             process = process if isinstance(process, dict) else {}
@@ -593,7 +596,7 @@ class Parent:
                     "pid": child.pid if child.proc is not None else None,
                     "forked": child.forked if child.proc is not None else None,
                     "stripes": list(child.stripes),
-                    "state": child.state,
+                    "state": str(child.state),
                     "restarts": child.restarts,
                     "last_exit": child.last_exit,
                     "rss_mb": child_memory.get("rss_mb"),

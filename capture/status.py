@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from capture import health
+from capture.states import OK_STATES
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_UNKNOWN = 0, 1, 2
 HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
@@ -173,7 +173,7 @@ def render(
                 for i, (v, w) in enumerate(zip(line, widths, strict=True))
             ).rstrip()
         )
-    problems = [r for r in table if r.state not in health.OK_STATES and r.last_error]
+    problems = [r for r in table if r.state not in OK_STATES and r.last_error]
     if problems:
         lines.append("")
         lines.extend(f"{r.stripe}: {r.state}: {r.last_error}" for r in problems)

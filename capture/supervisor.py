@@ -18,6 +18,7 @@ import trio
 from capture.backoff import RestartLimit
 from capture.config import SupervisionConfig
 from capture.logs import get_logger, redact
+from capture.states import StripeState
 from capture.worker import StripeWorker
 
 log = get_logger(component="supervisor")
@@ -86,7 +87,7 @@ class Supervisor:
                     log.error("worker failed while stopping", stripe=stripe, error=error)
                     return
                 if delay is None:
-                    worker.stats.state = "failed"
+                    worker.stats.state = StripeState.FAILED
                     self.failed.add(stripe)
                     log.critical(
                         "worker failed too often; giving up on this stripe",
@@ -96,7 +97,7 @@ class Supervisor:
                         window_s=restarts.window,
                     )
                     return
-                worker.stats.state = "backoff"
+                worker.stats.state = StripeState.BACKOFF
                 log.error(
                     "worker failed; restarting",
                     stripe=stripe,
@@ -107,7 +108,7 @@ class Supervisor:
                 with trio.move_on_after(delay):
                     await self._stop.wait()
                 if self._stop.is_set():
-                    worker.stats.state = "stopped"
+                    worker.stats.state = StripeState.STOPPED
                     return
                 replacement = self._make_worker(worker)
                 replacement.stats = worker.stats

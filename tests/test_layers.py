@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
         "capture.dirswap", "capture.crashguard", "capture.lake",
         "capture.faultpoints", "capture.frames", "capture.logs", "capture.memory",
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
-        "capture.stripes", "capture.sim.tls",
+        "capture.stripes", "capture.sim.tls", "capture.states",
     },
     {
         "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.session",
@@ -183,7 +183,8 @@ def test_no_import_cycles() -> None:
 def test_sans_io_modules_import_neither_trio_nor_pyarrow() -> None:
     mods = modules()
     pure = ("capture.frames", "capture.protocol", "capture.stripes", "capture.backoff",
-            "capture.rotation", "capture.errors", "capture.session", "capture.bounds")
+            "capture.rotation", "capture.errors", "capture.session", "capture.bounds",
+            "capture.states")
     for name in pure:
         assert not uses(mods[name], "trio"), name
         assert not uses(mods[name], "pyarrow"), name

@@ -49,11 +49,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from capture import health
-from capture.backoff import RestartLimit
 from capture.config import Config, group_count
 from capture.forkserver import ForkedProcess, ForkServer, ForkServerError
 from capture.logs import get_logger
 from capture.memory import peak_rss_bytes, pss_bytes, rss_bytes
+from capture.restart import Ending, Failure, RestartLimit, keep_running
 from capture.sdnotify import Notifier
 from capture.states import GroupState, StripeState
 from capture.stats import StripeStats
@@ -342,39 +342,48 @@ class Parent:
 
     async def _keep(self, child: Child) -> None:
         """Run one group's process; restart it when it dies unexpectedly (the stripes'
-        supervision policy: capture.backoff.RestartLimit)."""
-        restarts = RestartLimit.of(self.cfg.supervision, self.rng)
-        while True:
+        supervision policy and loop: capture.restart)."""
+        code: int | None = None  # the last process's exit status (None: did not start)
+
+        async def run_once() -> Failure | None:
+            nonlocal code
             self._carry(child)
             child.state = GroupState.STARTING
             code = await self._run_once(child)
-            glog = log.bind(group=child.index, stripes=list(child.stripes), exit=child.last_exit)
             if self._stopping:
-                child.state = GroupState.STOPPED
-                (glog.info if code in (0, None) else glog.error)("group stopped")
-                return
-            if code in (CHILD_ALL_FAILED, CHILD_BAD_CONFIG):
-                child.state = GroupState.FAILED
-                why = "every stripe failed" if code == CHILD_ALL_FAILED else "unusable config"
-                glog.critical(f"group exited and stays down: {why}")
-                return
-            delay = restarts.failed(trio.current_time())
-            if delay is None:
-                child.state = GroupState.FAILED
-                glog.critical(
-                    "group failed too often; giving up on it",
-                    failures=restarts.recent,
-                    window_s=restarts.window,
-                )
-                return
+                return None
+            final = code in (CHILD_ALL_FAILED, CHILD_BAD_CONFIG)
+            return Failure(child.last_exit or "", final=final)
+
+        def glog() -> Any:
+            return log.bind(group=child.index, stripes=list(child.stripes), exit=child.last_exit)
+
+        def backing_off(failure: Failure, delay: float) -> None:
             child.state = GroupState.BACKOFF
-            glog.error("group process died; restarting it", delay=delay)
-            with trio.move_on_after(delay):
-                await self._stop.wait()
-            if self._stop.is_set():
-                child.state = GroupState.STOPPED
-                return
+            glog().error("group process died; restarting it", delay=delay)
+
+        def restarting() -> None:
             child.restarts += 1
+
+        limit = RestartLimit.of(self.cfg.supervision, self.rng)
+        outcome = await keep_running(
+            run_once, limit, self._stop, backing_off=backing_off, restarting=restarting
+        )
+        if outcome.ending is Ending.STOPPED:
+            child.state = GroupState.STOPPED
+            if not outcome.waited:
+                (glog().info if code in (0, None) else glog().error)("group stopped")
+        elif outcome.ending is Ending.FINAL:
+            child.state = GroupState.FAILED
+            why = "every stripe failed" if code == CHILD_ALL_FAILED else "unusable config"
+            glog().critical(f"group exited and stays down: {why}")
+        else:
+            child.state = GroupState.FAILED
+            glog().critical(
+                "group failed too often; giving up on it",
+                failures=limit.recent,
+                window_s=limit.window,
+            )
 
     async def _run_once(self, child: Child) -> int | None:
         """One process of the group, start to exit: its status (None: it did not start)."""

@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
         "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
         "capture.journal", "capture.decode", "capture.health", "capture.recovery",
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
-        "capture.durability", "capture.lake.hold",
+        "capture.durability", "capture.lake.hold", "capture.restart",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",

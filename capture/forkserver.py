@@ -50,6 +50,7 @@ from typing import Any
 
 import trio
 
+from capture.errors import ForkServerError as ForkServerError
 from capture.logs import get_logger
 
 log = get_logger(component="forkserver")
@@ -64,10 +65,6 @@ SERVER_EXIT_WAIT_S = 10.0
 # full stderr): lost, and the group is exec'd.
 SPAWN_TIMEOUT_S = 30.0
 _PR_SET_CHILD_SUBREAPER = 36
-
-
-class ForkServerError(Exception):
-    """A group could not be started through the server (it is gone, or fork failed)."""
 
 
 def supported() -> str | None:

@@ -23,15 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from capture.errors import StatusError as StatusError
 from capture.states import OK_STATES
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_UNKNOWN = 0, 1, 2
 HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
-
-
-class StatusError(Exception):
-    """The health file cannot be read as a health document (missing, unreadable, not JSON)."""
 
 
 def read(path: Path) -> dict[str, Any]:

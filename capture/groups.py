@@ -55,12 +55,12 @@ from capture.logs import get_logger
 from capture.memory import peak_rss_bytes, pss_bytes, rss_bytes
 from capture.restart import Ending, Failure, RestartLimit, keep_running
 from capture.sdnotify import Notifier
+from capture.service import Service
 from capture.states import GroupState, StripeState
 from capture.stats import StripeStats
 
 if TYPE_CHECKING:
     from capture.app import Daemon
-    from capture.metrics import HealthCollector
 
 log = get_logger(component="groups")
 
@@ -265,13 +265,14 @@ class Parent:
         self.started_ns = time.time_ns()
         self._stopping = False
         self._stop = trio.Event()
-        self._ready = False
         interval = cfg.health.interval
         self.unresponsive_after = max(UNRESPONSIVE_AFTER_S, 10 * interval)
         self.late_after = max(5.0, LATE_AFTER_INTERVALS * interval)
-        # One metrics endpoint for the daemon: the merged reports (capture.metrics).
-        self.metrics: HealthCollector | None = None
-        self.metrics_url: str | None = None
+        # Each child has its own grace period; after that and 10 s more, the parent kills
+        # what is left, every second (force).
+        self.service = Service(
+            cfg, self.notifier, grace=cfg.supervision.shutdown_grace + 10, force_every=1.0
+        )
 
     def command(self, child: Child) -> list[str]:
         group = GroupSpec(child.index, len(self.children), child.stripes).argument()
@@ -280,21 +281,19 @@ class Parent:
                 "--group", group]  # fmt: skip
 
     async def run(self) -> int:
-        server = None
-        if self.cfg.metrics.enabled:
-            from capture import metrics
+        """The parent in the process's service (capture.service): signals, sd_notify, health."""
+        return await self.service.run(self)
 
-            self.metrics = metrics.HealthCollector()
-            server = metrics.start(self.cfg.metrics, self.metrics)
-            self.metrics_url = server.url if server is not None else None
-        try:
-            return await self._run()
-        finally:
-            if server is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(server.close)
+    async def stop(self) -> None:
+        self.service.stop()
 
-    async def _run(self) -> int:
+    @property
+    def metrics_url(self) -> str | None:
+        return self.service.metrics_url
+
+    # -- the engine (capture.service.Engine) -------------------------------------------------
+
+    async def work(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         log.info(
             "starting stripe groups",
             processes=len(self.children),
@@ -302,18 +301,13 @@ class Parent:
             root=str(self.cfg.output.root),
         )
         async with trio.open_nursery() as outer:
-            outer.start_soon(self._signals)
-            outer.start_soon(self._stop_watch)
-            outer.start_soon(self._monitor)
+            outer.start_soon(self._watch_children)
             if self.forkserver is not None:
                 outer.start_soon(self.forkserver.serve)
-            if self.notifier.watchdog_interval:
-                outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
+            task_status.started()
             async with trio.open_nursery() as children:
                 for child in self.children:
                     children.start_soon(self._keep, child)
-            self.notifier.stopping(self._summary())
-            self._write_health()
             outer.cancel_scope.cancel()
         if self.forkserver is not None:
             await self.forkserver.aclose()
@@ -323,14 +317,35 @@ class Parent:
         log.info("stopped", exits={c.index: c.last_exit for c in self.children})
         return EXIT_OK
 
-    async def stop(self) -> None:
-        if self._stopping:
-            return
+    def ready(self) -> bool:
+        """READY once every group has reported (or failed)."""
+        return all(c.doc is not None or c.state == GroupState.FAILED for c in self.children)
+
+    async def begin_stop(self) -> None:
         self._stopping = True
         self._stop.set()
-        self.notifier.stopping("stopping: closing streams, committing files")
         for child in self.children:
             await self._command(child, b"stop\n")
+
+    async def stop_now(self) -> None:
+        log.warning("second stop signal: groups stop without the grace period")
+        for child in self.children:
+            await self._command(child, b"now\n")
+
+    def reload(self) -> None:
+        log.info("SIGHUP: every group rotates its files now")
+        for child in self.children:
+            # Only to a child that reported: before that its handler may not be in place yet
+            # (and it has no files to rotate).
+            if child.proc is not None and child.state == GroupState.RUNNING:
+                child.proc.send_signal(signal.SIGHUP)
+
+    def force(self) -> None:
+        """Each child has its own grace period; this is for a child that cannot even do that."""
+        for child in self.children:
+            if child.proc is not None:
+                log.error("group did not stop in time; killing it", group=child.index)
+                child.proc.kill()
 
     async def _command(self, child: Child, line: bytes) -> None:
         proc = child.proc
@@ -483,43 +498,9 @@ class Parent:
                     carried[key] = carried.get(key, 0) + value
         child.doc = None
 
-    async def _stop_watch(self) -> None:
-        await self._stop.wait()
-        # Each child has its own grace period; this is for a child that cannot even do that.
-        await trio.sleep(self.cfg.supervision.shutdown_grace + 10)
-        while True:
-            for child in self.children:
-                if child.proc is not None:
-                    log.error("group did not stop in time; killing it", group=child.index)
-                    child.proc.kill()
-            await trio.sleep(1)
-
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    log.info("SIGHUP: every group rotates its files now")
-                    for child in self.children:
-                        # Only to a child that reported: before that its handler may not be in
-                        # place yet (and it has no files to rotate).
-                        if child.proc is not None and child.state == GroupState.RUNNING:
-                            child.proc.send_signal(signal.SIGHUP)
-                elif self._stopping:
-                    log.warning("second stop signal: groups stop without the grace period")
-                    for child in self.children:
-                        await self._command(child, b"now\n")
-                else:
-                    log.info("stop signal", signal=signal.Signals(signum).name)
-                    await self.stop()
-
-    async def _watchdog(self, interval: float) -> None:
-        while True:
-            self.notifier.watchdog()
-            await trio.sleep(interval)
-
-    async def _monitor(self) -> None:
-        """Every ``health.interval``: kill wedged children, write the health file, READY/STATUS.
-        An error here is logged: reporting must never take the capture down."""
+    async def _watch_children(self) -> None:
+        """Every ``health.interval``: kill wedged children.  An error here is logged:
+        supervision must never take the capture down."""
         interval = self.cfg.health.interval
         expected = trio.current_time()
         while True:
@@ -532,22 +513,8 @@ class Parent:
             expected = now + interval
             try:
                 self._kill_unresponsive(now)
-                doc = self.health_doc()
-                self._write_health(doc)
-                if (
-                    not self._ready
-                    and not self._stopping
-                    and all(
-                        c.doc is not None or c.state == GroupState.FAILED for c in self.children
-                    )
-                ):
-                    # (again next time if the receiver had no room: sd_notify never waits)
-                    ok = self.notifier.ready(str(doc["summary"]))
-                    self._ready = ok or not self.notifier.enabled
-                else:
-                    self.notifier.status(str(doc["summary"]))
             except Exception as exc:  # a bug here must not stop the capture
-                log.error("stripe-group monitor failed", error=repr(exc), exc_info=exc)
+                log.error("stripe-group watch failed", error=repr(exc), exc_info=exc)
             await trio.sleep(interval)
 
     def _kill_unresponsive(self, now: float) -> None:
@@ -639,18 +606,6 @@ class Parent:
         )
         doc["process"]["metrics_url"] = self.metrics_url
         return doc
-
-    def _write_health(self, doc: dict[str, Any] | None = None) -> None:
-        """The merged health file, and the same document to the metrics endpoint."""
-        doc = doc if doc is not None else self.health_doc()
-        path = self.cfg.health.path
-        if path is not None:
-            health.publish(path, doc, health.file_mode(self.cfg.output.file_mode))
-        if self.metrics is not None:
-            self.metrics.update(doc)
-
-    def _summary(self) -> str:
-        return str(self.health_doc()["summary"])
 
 
 def _add_memory(total: dict[str, Any], part: Mapping[str, Any]) -> None:

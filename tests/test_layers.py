@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
         "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
         "capture.journal", "capture.decode", "capture.health", "capture.recovery",
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
-        "capture.durability", "capture.lake.hold", "capture.restart",
+        "capture.durability", "capture.lake.hold", "capture.restart", "capture.forkserver",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
@@ -41,9 +41,12 @@ LAYERS: list[set[str]] = [
         "capture.sim.faults",
         "capture.sim.record", "capture.sim.config", "capture.sim.server", "capture.sim",
     },
-    {"capture.supervisor", "capture.replay", "capture.status", "capture.housekeeping"},
+    {
+        "capture.supervisor", "capture.replay", "capture.status", "capture.housekeeping",
+        "capture.service",
+    },
     {"capture.app"},
-    {"capture.forkserver", "capture.groups", "capture.demo"},
+    {"capture.groups", "capture.demo"},
     {"capture.cli", "capture.__main__"},
 ]
 LAYER_OF = {m: i for i, layer in enumerate(LAYERS) for m in layer}

@@ -1,13 +1,13 @@
-"""Composition root: config, logging, signals, supervisor, health ticker, sd_notify.
-
-Nothing else knows about all of them.
+"""One process's capture: its stripes' workers under the supervisor, the lake, the memory
+bounds, and the health document of them all.  It runs as the engine of the process's service
+(capture.service: signals, stop deadline, watchdog, sd_notify, health file, metrics), like the
+stripe-group parent (capture.groups) when the stripes run in several processes.
 """
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -27,6 +27,7 @@ from capture.memory import (
     rss_bytes,
 )
 from capture.sdnotify import Notifier
+from capture.service import Service
 from capture.sink import CommittedFile, cleanup_in_progress
 from capture.supervisor import Supervisor
 from capture.transport import StreamFactory
@@ -34,7 +35,6 @@ from capture.worker import Offload, StripeWorker, in_flight_limit, new_session_i
 
 if TYPE_CHECKING:
     from capture.lake.pipeline import Lake
-    from capture.metrics import HealthCollector
 
 log = get_logger(component="app")
 
@@ -60,7 +60,6 @@ class Daemon:
     processes: int = 1  # stripe-group processes sharing the host's cores (capture.groups)
 
     def __post_init__(self) -> None:
-        self._stop = trio.Event()
         self.started_ns = self.clock.now_ns()
         self.run_id = new_session_id(self.started_ns)
         self.files_committed = 0  # a count, not a list: the daemon runs for months
@@ -91,13 +90,16 @@ class Daemon:
             for stripe in self.cfg.source.stripes
         ]
         self.supervisor = Supervisor(self.workers, self.cfg.supervision)
-        # The metrics endpoint's view of the health document, when [metrics] is enabled
-        # (prometheus_client is imported only then: start-up time).
-        self.metrics: HealthCollector | None = None
-        self.metrics_url: str | None = None
+        self._workers_scope: trio.CancelScope | None = None
+        self.service = Service(
+            self.cfg,
+            self.notifier,
+            install_signals=self.install_signals,
+            grace=self.cfg.supervision.shutdown_grace,
+        )
 
     def stop(self) -> None:
-        self._stop.set()
+        self.service.stop()
 
     def _on_commit(self, committed: CommittedFile) -> None:
         self.files_committed += 1
@@ -108,11 +110,22 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: commit every open file now; forget cached credentials and retry the stripes
         whose credentials were refused, at once rather than after their auth backoff."""
+        log.info("SIGHUP: rotating files now, reloading credentials")
         self.rotate()
         self.credentials.reload()
         self.supervisor.retry_auth()
 
+    @property
+    def metrics_url(self) -> str | None:
+        return self.service.metrics_url
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        """The daemon in the process's service (capture.service): signals, sd_notify, health."""
+        return await self.service.run(self, task_status=task_status)
+
+    # -- the engine (capture.service.Engine) -------------------------------------------------
+
+    async def work(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         cfg = self.cfg
         offload = self.offload or trio.to_thread.run_sync
         # Only this daemon's stripes: instances for other stripe groups may share the root
@@ -127,50 +140,45 @@ class Daemon:
             root=str(cfg.output.root),
             run_id=self.run_id,
         )
-        server = None
-        if cfg.metrics.enabled:
-            from capture import metrics
-
-            self.metrics = metrics.HealthCollector()
-            server = metrics.start(cfg.metrics, self.metrics)
-            self.metrics_url = server.url if server is not None else None
-        try:
-            return await self._run(task_status)
-        finally:
-            if server is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(server.close)
-
-    async def _run(self, task_status: trio.TaskStatus[None]) -> int:
-        cfg = self.cfg
         async with trio.open_nursery() as outer:
-            if self.install_signals:
-                outer.start_soon(self._signals)
-            if cfg.health.path is not None or self.metrics_url is not None:
-                outer.start_soon(self._health_loop)
-            if self.notifier.watchdog_interval:
-                outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
             if self.lake is not None:
                 outer.start_soon(self.lake.run)
             trimmer = HeapTrimmer()
             if trimmer.available and self.offload is None:  # not in tests on the mock clock
                 outer.start_soon(self._trim_heap, trimmer)
             async with trio.open_nursery() as workers:
-                workers.start_soon(self._stop_watch, workers.cancel_scope)
+                self._workers_scope = workers.cancel_scope
                 await workers.start(self._supervise, workers.cancel_scope)
-                outer.start_soon(self._announce_ready)
                 task_status.started()
-            self.notifier.stopping(self._summary())
+            self._workers_scope = None
             if self.lake is not None:  # what the workers committed last, within the grace
                 with trio.move_on_after(cfg.supervision.shutdown_grace):
                     await self.lake.flush()
-            self._write_health()
             outer.cancel_scope.cancel()
         if self.supervisor.failed and len(self.supervisor.failed) == len(self.workers):
             log.critical("every stripe failed; exiting")
             return EXIT_ALL_FAILED
         log.info("stopped", files_committed=self.files_committed)
         return EXIT_OK
+
+    def ready(self) -> bool:
+        return True  # once work() has started: every stripe's worker is up (or failed)
+
+    async def begin_stop(self) -> None:
+        log.info("stopping: closing streams and committing files")
+        self.supervisor.request_stop()
+
+    async def stop_now(self) -> None:
+        raise KeyboardInterrupt
+
+    def force(self) -> None:
+        if self._workers_scope is None:
+            return  # the workers are done (the lake's last flush has its own deadline)
+        log.error(
+            "shutdown grace expired; unfinished files stay hidden for recovery",
+            grace_s=self.cfg.supervision.shutdown_grace,
+        )
+        self._workers_scope.cancel()
 
     async def _supervise(
         self,
@@ -179,66 +187,22 @@ class Daemon:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         # The supervisor returns once every worker has stopped (or failed for good); then the
-        # stop watch has nothing left to guard.
+        # grace deadline has nothing left to guard.
         await self.supervisor.run(task_status=task_status)
         workers_scope.cancel()
-
-    async def _stop_watch(self, workers_scope: trio.CancelScope) -> None:
-        await self._stop.wait()
-        log.info("stopping: closing streams and committing files")
-        self.notifier.stopping("closing streams, committing files")
-        self.supervisor.request_stop()
-        await trio.sleep(self.cfg.supervision.shutdown_grace)
-        log.error(
-            "shutdown grace expired; unfinished files stay hidden for recovery",
-            grace_s=self.cfg.supervision.shutdown_grace,
-        )
-        workers_scope.cancel()
-
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    log.info("SIGHUP: rotating files now, reloading credentials")
-                    self.reload()
-                elif self._stop.is_set():
-                    log.warning("second stop signal: not waiting for the grace period")
-                    raise KeyboardInterrupt
-                else:
-                    log.info("stop signal", signal=signal.Signals(signum).name)
-                    self.stop()
-
-    async def _announce_ready(self) -> None:
-        """READY=1, again until the receiver had room for it (sd_notify never waits)."""
-        while self.notifier.enabled and not self.notifier.ready(self._summary()):  # noqa: ASYNC110 - polls the receiver's room
-            await trio.sleep(1)
-
-    async def _health_loop(self) -> None:
-        while True:
-            doc = self.health_doc()
-            self._write_health(doc)
-            self.notifier.status(str(doc["summary"]))
-            await trio.sleep(self.cfg.health.interval)
 
     async def _trim_heap(self, trimmer: HeapTrimmer) -> None:
         while True:
             await trio.sleep(TRIM_INTERVAL_S)
             await trio.to_thread.run_sync(trimmer.trim)
 
-    async def _watchdog(self, interval: float) -> None:
-        # Only pings while the event loop turns: a wedged loop stops the pings and systemd
-        # restarts us.
-        while True:
-            self.notifier.watchdog()
-            await trio.sleep(interval)
-
-    def health_doc(self) -> dict[str, object]:
+    def health_doc(self) -> dict[str, Any]:
         doc = self._health_doc()
         if self.lake is not None:
             doc["lake"] = self.lake.health()
         return doc
 
-    def _health_doc(self) -> dict[str, object]:
+    def _health_doc(self) -> dict[str, Any]:
         doc = health.build(
             (w.stats for w in self.supervisor.workers.values()),
             now_ns=self.clock.now_ns(),
@@ -270,21 +234,6 @@ class Daemon:
             "budget_mb": self.cfg.output.memory_budget_mb,
             "arrow_pool": arrow_pool_name(),
         }
-
-    def _write_health(self, doc: dict[str, object] | None = None) -> None:
-        """The health file, and the same document to the metrics endpoint."""
-        path = self.cfg.health.path
-        if path is None and self.metrics_url is None:
-            return
-        doc = doc if doc is not None else self.health_doc()
-        if path is not None:
-            health.publish(path, doc, health.file_mode(self.cfg.output.file_mode))
-        if self.metrics is not None:
-            self.metrics.update(doc)
-
-    def _summary(self) -> str:
-        doc = self.health_doc()
-        return str(doc["summary"])
 
 
 def _mb(n: int | None) -> float | None:

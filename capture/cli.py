@@ -306,12 +306,26 @@ def _run(path: Path, group: str | None = None) -> int:
             server = forkserver.ForkServer.start(
                 functools.partial(_run_group, path),
                 groups.child_environment(os.environ),
-                preload=forkserver.preload,
+                preload=_preload_groups,
             )
         return trio.run(groups.Parent(cfg, path, text, forkserver=server).run)
     from capture.app import Daemon
 
     return trio.run(Daemon(cfg).run)
+
+
+def _preload_groups() -> None:
+    """Import and build, in the process that forks the stripe groups (capture.forkserver),
+    what every group uses: shared with them all afterwards."""
+    import gc
+
+    import capture.app  # noqa: F401 - the daemon: pyarrow, the sink, the decoder, trio-websocket
+    from capture import schemas
+
+    schemas.registry()
+    # Objects created so far live as long as the process: the collector of a forked group must
+    # not walk them (and so write to their pages, un-sharing them).
+    gc.freeze()
 
 
 def _run_group(path: Path, group: str) -> int:

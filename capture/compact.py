@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from capture import dirswap
+from capture.errors import CompactionError
 from capture.events import TABLE as EVENTS_TABLE
 from capture.faultpoints import crash_point
 from capture.logs import get_logger
@@ -100,10 +101,6 @@ NS: Final = 1_000_000_000
 HOUR_NS: Final = 3600 * NS
 _DICT_STRING: Final = pa.dictionary(pa.int32(), pa.string())
 _TS_NS: Final = pa.timestamp("ns", tz="UTC")
-
-
-class CompactionError(Exception):
-    """A partition could not be compacted; nothing visible changed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from capture import bounds
 from capture import stripes as stripe_table
+from capture.errors import ConfigError as ConfigError
 from capture.schemas import lookup as lookup_message
 
 T = TypeVar("T")
@@ -32,14 +33,6 @@ WEBSOCKET_CLIENTS = ("wsproto", "trio-websocket")
 
 MAX_CONFIG_CHARS = 1_000_000
 """A configuration file is a few kilobytes; a larger one is refused before it is parsed."""
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; ``problems`` lists every ``key: problem``."""
-
-    def __init__(self, problems: list[str], source: str = "configuration") -> None:
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ from functools import cache
 from pathlib import Path
 from typing import Final
 
+from capture.errors import ExchangeUnsupported
+
 __all__ = ["ExchangeUnsupported", "exchange", "fsync_dir", "supported"]
 
 _AT_FDCWD: Final = -100
@@ -27,10 +29,6 @@ _RENAME_EXCHANGE: Final = 2
 # EINVAL: the file system does not implement the flag; ENOSYS: no renameat2 (old kernel or a
 # seccomp filter); EOPNOTSUPP/ENOTSUP: some FUSE file systems.
 _UNSUPPORTED: Final = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
-
-
-class ExchangeUnsupported(OSError):
-    """This kernel or file system cannot exchange two names atomically."""
 
 
 @cache

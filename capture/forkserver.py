@@ -37,7 +37,6 @@ are started with ``exec``.
 from __future__ import annotations
 
 import array
-import gc
 import itertools
 import os
 import select
@@ -50,6 +49,7 @@ from typing import Any
 
 import trio
 
+from capture.errors import ForkServerError as ForkServerError
 from capture.logs import get_logger
 
 log = get_logger(component="forkserver")
@@ -64,10 +64,6 @@ SERVER_EXIT_WAIT_S = 10.0
 # full stderr): lost, and the group is exec'd.
 SPAWN_TIMEOUT_S = 30.0
 _PR_SET_CHILD_SUBREAPER = 36
-
-
-class ForkServerError(Exception):
-    """A group could not be started through the server (it is gone, or fork failed)."""
 
 
 def supported() -> str | None:
@@ -94,17 +90,6 @@ def thread_count() -> int:
         return len(os.listdir("/proc/self/task"))
     except OSError:
         return 1
-
-
-def preload() -> None:
-    """Import and build, in the process that forks, what every group uses: shared afterwards."""
-    import capture.app  # noqa: F401 - the daemon: pyarrow, the sink, the decoder, trio-websocket
-    from capture import schemas
-
-    schemas.registry()
-    # Objects created so far live as long as the process: the collector of a forked group must
-    # not walk them (and so write to their pages, un-sharing them).
-    gc.freeze()
 
 
 def become_subreaper() -> bool:
@@ -161,9 +146,10 @@ class ForkServer:
         a log line saying why) if it cannot be used here: the caller starts groups with exec.
 
         ``environ``: the environment of the server and so of every group (default: this
-        process's).  ``preload``: run first, where the server can run (:func:`preload`, for
-        the daemon).  ``allow_threads``: fork even if this process has other threads (a test
-        process, whose pyarrow pools run; the daemon itself has none at this point)."""
+        process's).  ``preload``: run first, where the server can run (the daemon imports
+        what its groups run: ``capture.cli``).  ``allow_threads``: fork even if this process
+        has other threads (a test process, whose pyarrow pools run; the daemon itself has none
+        at this point)."""
         why = supported()
         if why is None and preload is not None:
             preload()

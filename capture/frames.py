@@ -15,6 +15,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
+from capture.errors import FrameDecoderError as FrameDecoderError
+from capture.errors import RemoteProtocolError as RemoteProtocolError
+
 HEADER_LEN = 14
 MAX_BODY_LEN = 999_999  # six decimal digits
 _SYNC = b"\r\n"
@@ -43,19 +46,6 @@ class Garbage:
 Event = Frame | Garbage
 TypedFrame = tuple[str | None, int, bytes]
 """``(mtyp, type_number, body)``: what :meth:`FrameDecoder.feed_typed` gives per frame."""
-
-
-class RemoteProtocolError(ValueError):
-    """What the server sent is not usable: the one exception the protocol layer (this module,
-    :mod:`capture.bounds` and :mod:`capture.protocol`) raises for bad input, whatever the input.
-
-    Like h11's ``RemoteProtocolError``: a caller handles bad input by catching this type only;
-    anything else escaping the protocol layer is a bug (the worker still contains it).
-    """
-
-
-class FrameDecoderError(Exception):
-    """The decoder's input is unusable as configured (e.g. a buffer bound smaller than a frame)."""
 
 
 class FrameDecoder:

@@ -49,17 +49,18 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from capture import health
-from capture.backoff import RestartLimit
 from capture.config import Config, group_count
 from capture.forkserver import ForkedProcess, ForkServer, ForkServerError
 from capture.logs import get_logger
 from capture.memory import peak_rss_bytes, pss_bytes, rss_bytes
+from capture.restart import Ending, Failure, RestartLimit, keep_running
 from capture.sdnotify import Notifier
+from capture.service import Service
+from capture.states import GroupState, StripeState
 from capture.stats import StripeStats
 
 if TYPE_CHECKING:
     from capture.app import Daemon
-    from capture.metrics import HealthCollector
 
 log = get_logger(component="groups")
 
@@ -225,7 +226,7 @@ def describe_exit(code: int) -> str:
 class Child:
     index: int
     stripes: tuple[str, ...]
-    state: str = "starting"  # starting, running, backoff, failed, stopped
+    state: GroupState = GroupState.STARTING
     proc: trio.Process | ForkedProcess | None = None
     pid: int | None = None
     forked: bool = False  # this process came from the fork server (else exec)
@@ -264,13 +265,14 @@ class Parent:
         self.started_ns = time.time_ns()
         self._stopping = False
         self._stop = trio.Event()
-        self._ready = False
         interval = cfg.health.interval
         self.unresponsive_after = max(UNRESPONSIVE_AFTER_S, 10 * interval)
         self.late_after = max(5.0, LATE_AFTER_INTERVALS * interval)
-        # One metrics endpoint for the daemon: the merged reports (capture.metrics).
-        self.metrics: HealthCollector | None = None
-        self.metrics_url: str | None = None
+        # Each child has its own grace period; after that and 10 s more, the parent kills
+        # what is left, every second (force).
+        self.service = Service(
+            cfg, self.notifier, grace=cfg.supervision.shutdown_grace + 10, force_every=1.0
+        )
 
     def command(self, child: Child) -> list[str]:
         group = GroupSpec(child.index, len(self.children), child.stripes).argument()
@@ -279,21 +281,19 @@ class Parent:
                 "--group", group]  # fmt: skip
 
     async def run(self) -> int:
-        server = None
-        if self.cfg.metrics.enabled:
-            from capture import metrics
+        """The parent in the process's service (capture.service): signals, sd_notify, health."""
+        return await self.service.run(self)
 
-            self.metrics = metrics.HealthCollector()
-            server = metrics.start(self.cfg.metrics, self.metrics)
-            self.metrics_url = server.url if server is not None else None
-        try:
-            return await self._run()
-        finally:
-            if server is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(server.close)
+    async def stop(self) -> None:
+        self.service.stop()
 
-    async def _run(self) -> int:
+    @property
+    def metrics_url(self) -> str | None:
+        return self.service.metrics_url
+
+    # -- the engine (capture.service.Engine) -------------------------------------------------
+
+    async def work(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         log.info(
             "starting stripe groups",
             processes=len(self.children),
@@ -301,35 +301,51 @@ class Parent:
             root=str(self.cfg.output.root),
         )
         async with trio.open_nursery() as outer:
-            outer.start_soon(self._signals)
-            outer.start_soon(self._stop_watch)
-            outer.start_soon(self._monitor)
+            outer.start_soon(self._watch_children)
             if self.forkserver is not None:
                 outer.start_soon(self.forkserver.serve)
-            if self.notifier.watchdog_interval:
-                outer.start_soon(self._watchdog, self.notifier.watchdog_interval)
+            task_status.started()
             async with trio.open_nursery() as children:
                 for child in self.children:
                     children.start_soon(self._keep, child)
-            self.notifier.stopping(self._summary())
-            self._write_health()
             outer.cancel_scope.cancel()
         if self.forkserver is not None:
             await self.forkserver.aclose()
-        if all(c.state == "failed" for c in self.children):
+        if all(c.state == GroupState.FAILED for c in self.children):
             log.critical("every stripe group failed; exiting")
             return EXIT_ALL_FAILED
         log.info("stopped", exits={c.index: c.last_exit for c in self.children})
         return EXIT_OK
 
-    async def stop(self) -> None:
-        if self._stopping:
-            return
+    def ready(self) -> bool:
+        """READY once every group has reported (or failed)."""
+        return all(c.doc is not None or c.state == GroupState.FAILED for c in self.children)
+
+    async def begin_stop(self) -> None:
         self._stopping = True
         self._stop.set()
-        self.notifier.stopping("stopping: closing streams, committing files")
         for child in self.children:
             await self._command(child, b"stop\n")
+
+    async def stop_now(self) -> None:
+        log.warning("second stop signal: groups stop without the grace period")
+        for child in self.children:
+            await self._command(child, b"now\n")
+
+    def reload(self) -> None:
+        log.info("SIGHUP: every group rotates its files now")
+        for child in self.children:
+            # Only to a child that reported: before that its handler may not be in place yet
+            # (and it has no files to rotate).
+            if child.proc is not None and child.state == GroupState.RUNNING:
+                child.proc.send_signal(signal.SIGHUP)
+
+    def force(self) -> None:
+        """Each child has its own grace period; this is for a child that cannot even do that."""
+        for child in self.children:
+            if child.proc is not None:
+                log.error("group did not stop in time; killing it", group=child.index)
+                child.proc.kill()
 
     async def _command(self, child: Child, line: bytes) -> None:
         proc = child.proc
@@ -341,39 +357,48 @@ class Parent:
 
     async def _keep(self, child: Child) -> None:
         """Run one group's process; restart it when it dies unexpectedly (the stripes'
-        supervision policy: capture.backoff.RestartLimit)."""
-        restarts = RestartLimit.of(self.cfg.supervision, self.rng)
-        while True:
+        supervision policy and loop: capture.restart)."""
+        code: int | None = None  # the last process's exit status (None: did not start)
+
+        async def run_once() -> Failure | None:
+            nonlocal code
             self._carry(child)
-            child.state = "starting"
+            child.state = GroupState.STARTING
             code = await self._run_once(child)
-            glog = log.bind(group=child.index, stripes=list(child.stripes), exit=child.last_exit)
             if self._stopping:
-                child.state = "stopped"
-                (glog.info if code in (0, None) else glog.error)("group stopped")
-                return
-            if code in (CHILD_ALL_FAILED, CHILD_BAD_CONFIG):
-                child.state = "failed"
-                why = "every stripe failed" if code == CHILD_ALL_FAILED else "unusable config"
-                glog.critical(f"group exited and stays down: {why}")
-                return
-            delay = restarts.failed(trio.current_time())
-            if delay is None:
-                child.state = "failed"
-                glog.critical(
-                    "group failed too often; giving up on it",
-                    failures=restarts.recent,
-                    window_s=restarts.window,
-                )
-                return
-            child.state = "backoff"
-            glog.error("group process died; restarting it", delay=delay)
-            with trio.move_on_after(delay):
-                await self._stop.wait()
-            if self._stop.is_set():
-                child.state = "stopped"
-                return
+                return None
+            final = code in (CHILD_ALL_FAILED, CHILD_BAD_CONFIG)
+            return Failure(child.last_exit or "", final=final)
+
+        def glog() -> Any:
+            return log.bind(group=child.index, stripes=list(child.stripes), exit=child.last_exit)
+
+        def backing_off(failure: Failure, delay: float) -> None:
+            child.state = GroupState.BACKOFF
+            glog().error("group process died; restarting it", delay=delay)
+
+        def restarting() -> None:
             child.restarts += 1
+
+        limit = RestartLimit.of(self.cfg.supervision, self.rng)
+        outcome = await keep_running(
+            run_once, limit, self._stop, backing_off=backing_off, restarting=restarting
+        )
+        if outcome.ending is Ending.STOPPED:
+            child.state = GroupState.STOPPED
+            if not outcome.waited:
+                (glog().info if code in (0, None) else glog().error)("group stopped")
+        elif outcome.ending is Ending.FINAL:
+            child.state = GroupState.FAILED
+            why = "every stripe failed" if code == CHILD_ALL_FAILED else "unusable config"
+            glog().critical(f"group exited and stays down: {why}")
+        else:
+            child.state = GroupState.FAILED
+            glog().critical(
+                "group failed too often; giving up on it",
+                failures=limit.recent,
+                window_s=limit.window,
+            )
 
     async def _run_once(self, child: Child) -> int | None:
         """One process of the group, start to exit: its status (None: it did not start)."""
@@ -450,8 +475,8 @@ class Parent:
                     doc = None
                 if isinstance(doc, dict) and isinstance(doc.get("stripes"), dict):
                     child.doc, child.reported_at = doc, trio.current_time()
-                    if child.proc is proc and child.state == "starting":
-                        child.state = "running"
+                    if child.proc is proc and child.state == GroupState.STARTING:
+                        child.state = GroupState.RUNNING
                 else:
                     log.warning("not a report on a group's stdout", group=child.index)
             if len(buf) > _MAX_REPORT_BYTES:
@@ -473,43 +498,9 @@ class Parent:
                     carried[key] = carried.get(key, 0) + value
         child.doc = None
 
-    async def _stop_watch(self) -> None:
-        await self._stop.wait()
-        # Each child has its own grace period; this is for a child that cannot even do that.
-        await trio.sleep(self.cfg.supervision.shutdown_grace + 10)
-        while True:
-            for child in self.children:
-                if child.proc is not None:
-                    log.error("group did not stop in time; killing it", group=child.index)
-                    child.proc.kill()
-            await trio.sleep(1)
-
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    log.info("SIGHUP: every group rotates its files now")
-                    for child in self.children:
-                        # Only to a child that reported: before that its handler may not be in
-                        # place yet (and it has no files to rotate).
-                        if child.proc is not None and child.state == "running":
-                            child.proc.send_signal(signal.SIGHUP)
-                elif self._stopping:
-                    log.warning("second stop signal: groups stop without the grace period")
-                    for child in self.children:
-                        await self._command(child, b"now\n")
-                else:
-                    log.info("stop signal", signal=signal.Signals(signum).name)
-                    await self.stop()
-
-    async def _watchdog(self, interval: float) -> None:
-        while True:
-            self.notifier.watchdog()
-            await trio.sleep(interval)
-
-    async def _monitor(self) -> None:
-        """Every ``health.interval``: kill wedged children, write the health file, READY/STATUS.
-        An error here is logged: reporting must never take the capture down."""
+    async def _watch_children(self) -> None:
+        """Every ``health.interval``: kill wedged children.  An error here is logged:
+        supervision must never take the capture down."""
         interval = self.cfg.health.interval
         expected = trio.current_time()
         while True:
@@ -522,20 +513,8 @@ class Parent:
             expected = now + interval
             try:
                 self._kill_unresponsive(now)
-                doc = self.health_doc()
-                self._write_health(doc)
-                if (
-                    not self._ready
-                    and not self._stopping
-                    and all(c.doc is not None or c.state == "failed" for c in self.children)
-                ):
-                    # (again next time if the receiver had no room: sd_notify never waits)
-                    ok = self.notifier.ready(str(doc["summary"]))
-                    self._ready = ok or not self.notifier.enabled
-                else:
-                    self.notifier.status(str(doc["summary"]))
             except Exception as exc:  # a bug here must not stop the capture
-                log.error("stripe-group monitor failed", error=repr(exc), exc_info=exc)
+                log.error("stripe-group watch failed", error=repr(exc), exc_info=exc)
             await trio.sleep(interval)
 
     def _kill_unresponsive(self, now: float) -> None:
@@ -564,7 +543,7 @@ class Parent:
         for child in self.children:
             doc = child.doc or {}
             views = doc.get("stripes", {})
-            running = child.state == "running" and child.proc is not None
+            running = child.state == GroupState.RUNNING and child.proc is not None
             late = running and now - child.reported_at > self.late_after
             for code in child.stripes:
                 view = views.get(code)
@@ -574,11 +553,11 @@ class Parent:
                     view[key] = value + (mine if isinstance(mine, int | float) else 0)
                 view["restarts"] = view.get("restarts", 0) + child.restarts
                 if not running:
-                    view["state"] = child.state
+                    view["state"] = str(child.state)
                     if child.abnormal and child.last_exit is not None:
                         view["last_error"] = f"group process {child.last_exit}"
                 elif late:
-                    view["state"] = "unresponsive"
+                    view["state"] = str(StripeState.UNRESPONSIVE)
                 stripes[code] = view
             process = doc.get("process", {}) if running else {}
             process = process if isinstance(process, dict) else {}
@@ -593,7 +572,7 @@ class Parent:
                     "pid": child.pid if child.proc is not None else None,
                     "forked": child.forked if child.proc is not None else None,
                     "stripes": list(child.stripes),
-                    "state": child.state,
+                    "state": str(child.state),
                     "restarts": child.restarts,
                     "last_exit": child.last_exit,
                     "rss_mb": child_memory.get("rss_mb"),
@@ -627,18 +606,6 @@ class Parent:
         )
         doc["process"]["metrics_url"] = self.metrics_url
         return doc
-
-    def _write_health(self, doc: dict[str, Any] | None = None) -> None:
-        """The merged health file, and the same document to the metrics endpoint."""
-        doc = doc if doc is not None else self.health_doc()
-        path = self.cfg.health.path
-        if path is not None:
-            health.publish(path, doc, health.file_mode(self.cfg.output.file_mode))
-        if self.metrics is not None:
-            self.metrics.update(doc)
-
-    def _summary(self) -> str:
-        return str(self.health_doc()["summary"])
 
 
 def _add_memory(total: dict[str, Any], part: Mapping[str, Any]) -> None:

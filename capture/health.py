@@ -39,24 +39,23 @@ from typing import Any
 
 from capture import __version__
 from capture.logs import get_logger, redact
+from capture.states import OK_STATES, StripeState
 from capture.stats import StripeStats
 
 log = get_logger(component="health")
-
-OK_STATES = frozenset({"streaming", "quiet"})
-
 
 def stripe_view(
     stats: StripeStats, now_ns: int, quiet_after_s: float, stale_after_s: float | None = None
 ) -> dict[str, Any]:
     view = stats.snapshot()
-    if stats.state == "streaming":
+    if stats.state == StripeState.STREAMING:
         alive = stats.last_alive_ns or stats.connected_since_ns or now_ns
         since = stats.last_data_ns or stats.connected_since_ns or now_ns
         if stale_after_s is not None and now_ns - alive > stale_after_s * 1e9:
-            view["state"] = "stale"  # neither data nor heartbeat: the reader will reconnect
+            # neither data nor heartbeat: the reader will reconnect
+            view["state"] = str(StripeState.STALE)
         elif now_ns - since > quiet_after_s * 1e9:
-            view["state"] = "quiet"
+            view["state"] = str(StripeState.QUIET)
     if view["last_error"] is not None:
         view["last_error"] = redact(view["last_error"])
     return view
@@ -173,7 +172,7 @@ def check(
     bad = {
         code: v.get("state")
         for code, v in doc.get("stripes", {}).items()
-        if v.get("state") not in (("streaming",) if require_data else OK_STATES)
+        if v.get("state") not in ({StripeState.STREAMING} if require_data else OK_STATES)
     }
     if bad or not doc.get("stripes"):
         detail = ", ".join(f"{k}={v}" for k, v in sorted(bad.items())) or "no stripes"

@@ -118,6 +118,13 @@ from typing import Any, Final, NoReturn, cast
 from zlib import crc32
 
 from capture.durable import make_dirs
+from capture.errors import (
+    JournalBrokenError,
+    JournalClosedError,
+    JournalError,
+    JournalFormatError,
+    JournalLockedError,
+)
 from capture.faultpoints import crash_point, fail_point
 
 __all__ = [
@@ -336,29 +343,6 @@ class JournalStatistics:
     retired_segments: int
     retired_bytes: int
     broken: str | None  # the error that stopped the writer, if one did
-
-
-class JournalError(Exception):
-    """Base class of this module's errors."""
-
-
-class JournalFormatError(JournalError):
-    """A segment holds an intact record this version does not understand (a newer format):
-    nothing is changed, so a newer writer's data is never cut."""
-
-
-class JournalLockedError(JournalError):
-    """Another writer (or recover) holds this journal directory."""
-
-
-class JournalClosedError(JournalError):
-    """The writer was closed."""
-
-
-class JournalBrokenError(JournalError):
-    """An earlier write or fsync failed; the writer accepts nothing more.  After a failed
-    fsync the kernel may have dropped the pages, so retrying could claim durability falsely:
-    restart, run recover() and open a new writer."""
 
 
 # --------------------------------------------------------------------------------------------

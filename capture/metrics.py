@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from capture.config import MetricsConfig
 from capture.logs import get_logger
+from capture.states import GroupState, StripeState
 
 log = get_logger(component="metrics")
 
@@ -44,9 +45,12 @@ MIB = 2**20
 # Every state a stripe can show (capture.health), so that each has a series (0 or 1) and an
 # alert on state="auth_failed" sees 0 rather than nothing.  A state not listed still gets its
 # series while it is current.
-STATES = (
-    "starting", "connecting", "streaming", "quiet", "backoff", "auth_failed", "failed",
-    "stopping", "stopped", "unresponsive", "running",
+S = StripeState
+STATES: tuple[str, ...] = tuple(
+    str(s) for s in (
+        S.STARTING, S.CONNECTING, S.STREAMING, S.QUIET, S.BACKOFF, S.AUTH_FAILED, S.FAILED,
+        S.STOPPING, S.STOPPED, S.UNRESPONSIVE, GroupState.RUNNING,
+    )
 )  # fmt: skip
 
 # Stripe counters: health key -> (metric name without _total, help).
@@ -203,7 +207,8 @@ def families(doc: Mapping[str, Any], *, now: float) -> list[Metric]:
                 restarts = _number(group.get("restarts"))
                 if restarts is not None:
                     c.add_metric([str(index)], restarts)
-                up.add_metric([str(index)], 1.0 if group.get("state") == "running" else 0.0)
+                running = group.get("state") == GroupState.RUNNING
+                up.add_metric([str(index)], 1.0 if running else 0.0)
         out.extend((c, up))
     return out
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from capture.frames import RemoteProtocolError as RemoteProtocolError
+from capture.errors import ControlParseError as ControlParseError
+from capture.errors import RemoteProtocolError as RemoteProtocolError
 
 # Every MLinkWs/MLinkRest message is control traffic, not market data (Appendix A, tokens
 # MLinkWs and MLinkRest).  Anything else the server sends is data and is captured.
@@ -107,11 +108,6 @@ class OtherControl:
 
 
 Control = Admin | StreamAck | CheckPt | Heartbeat | DataAck | OtherControl
-
-
-class ControlParseError(RemoteProtocolError):
-    """A control frame whose body is not the JSON object the protocol describes (the
-    protocol layer's one exception for bad input, :class:`RemoteProtocolError`)."""
 
 
 _INT64 = range(-(2**63), 2**63)

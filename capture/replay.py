@@ -15,14 +15,11 @@ from pathlib import Path
 from capture.auth import Secret
 from capture.clock import SystemClock, WallClock
 from capture.config import Config
+from capture.errors import ReplayError as ReplayError
 from capture.logs import get_logger
 from capture.worker import Offload, StripeWorker, new_session_id
 
 log = get_logger(component="replay")
-
-
-class ReplayError(ValueError):
-    """The replay cannot run as asked (same root as the live data, no journal)."""
 
 
 class _NoCredentials:

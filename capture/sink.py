@@ -36,6 +36,13 @@ import structlog
 
 from capture import __version__
 from capture.durable import make_dirs
+from capture.errors import (
+    SinkClosedError,
+    SinkCommitError,
+    SinkError,
+    SinkOpenError,
+    SinkWriteError,
+)
 from capture.faultpoints import crash_point, fail_point
 from capture.rotation import (
     NS_PER_S,
@@ -237,57 +244,6 @@ class SinkStatistics:
 # --------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------
-
-
-class SinkError(OSError):
-    """An OS error while opening, writing or committing a part file.
-
-    ``errno``/``strerror``/``filename`` are those of an OSError; ``path`` is the file or
-    directory involved.  When raised, no partial file is visible under a ``.parquet`` name:
-    the affected in-progress file has been closed and left (hidden) where it is, for a later
-    ``cleanup_in_progress``/journal replay.  ``msg_type``/``seq_min``/``seq_max`` describe the
-    rows that did NOT reach a committed file (``None`` when no rows were affected).
-    ``committed`` lists files that the same call committed successfully before (or despite)
-    the failure, so the caller's bookkeeping stays exact.
-    """
-
-    def __init__(
-        self,
-        errno_: int,
-        strerror: str,
-        path: Path,
-        *,
-        msg_type: str | None = None,
-        seq_min: int | None = None,
-        seq_max: int | None = None,
-        committed: tuple[CommittedFile, ...] = (),
-    ) -> None:
-        super().__init__(errno_, strerror, str(path))
-        self.path = path
-        self.msg_type = msg_type
-        self.seq_min = seq_min
-        self.seq_max = seq_max
-        self.committed = committed
-
-
-class SinkOpenError(SinkError):
-    """Creating a partition directory or a new in-progress file failed."""
-
-
-class SinkWriteError(SinkError):
-    """Writing a row group or the footer into an in-progress file failed."""
-
-
-class SinkCommitError(SinkError):
-    """fsync of the file, the rename, or fsync of the directory failed.
-
-    If only the final directory fsync failed, the file is complete under its final name and is
-    included in ``committed`` (its name may not survive a power loss; the data is fsynced).
-    """
-
-
-class SinkClosedError(RuntimeError):
-    """write() after close()."""
 
 
 def _sink_error(

@@ -6,13 +6,15 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from capture.states import StripeState
+
 
 @dataclass(slots=True)
 class StripeStats:
     """Mutable counters owned by one stripe; ``snapshot()`` gives the health view."""
 
     stripe: str
-    state: str = "starting"
+    state: StripeState = StripeState.STARTING
     session: str | None = None
     connected_since_ns: int | None = None
     last_frame_ns: int | None = None
@@ -40,7 +42,7 @@ class StripeStats:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "state": self.state,
+            "state": str(self.state),
             "session": self.session,
             "connected_since": _iso(self.connected_since_ns),
             "last_frame": _iso(self.last_frame_ns),

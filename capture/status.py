@@ -23,15 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from capture import health
+from capture.errors import StatusError as StatusError
+from capture.states import OK_STATES
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_UNKNOWN = 0, 1, 2
 HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
-
-
-class StatusError(Exception):
-    """The health file cannot be read as a health document (missing, unreadable, not JSON)."""
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -173,7 +170,7 @@ def render(
                 for i, (v, w) in enumerate(zip(line, widths, strict=True))
             ).rstrip()
         )
-    problems = [r for r in table if r.state not in health.OK_STATES and r.last_error]
+    problems = [r for r in table if r.state not in OK_STATES and r.last_error]
     if problems:
         lines.append("")
         lines.extend(f"{r.stripe}: {r.state}: {r.last_error}" for r in problems)

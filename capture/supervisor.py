@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from capture.backoff import RestartLimit
 from capture.config import SupervisionConfig
 from capture.logs import get_logger, redact
+from capture.restart import Ending, Failure, RestartLimit, keep_running
+from capture.states import StripeState
 from capture.worker import StripeWorker
 
 log = get_logger(component="supervisor")
@@ -36,12 +37,10 @@ class Supervisor:
         self.policy = policy
         self.rng = rng or random.Random()
         self._make_worker = make_worker or _same_worker
-        self._stopping = False
         self._stop = trio.Event()
         self.failed: set[str] = set()
 
     def request_stop(self) -> None:
-        self._stopping = True
         self._stop.set()  # ends a restart backoff at once: no replacement connects
         for w in self.workers.values():
             w.request_stop()
@@ -64,55 +63,78 @@ class Supervisor:
     async def _supervise(
         self, stripe: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        restarts = RestartLimit.of(self.policy, self.rng)
-        first = True
-        while True:
+        """Keep the stripe's worker running (capture.restart).  Started once its first worker
+        is live, or has failed: one stripe's trouble never holds up the others'."""
+        started = False
+
+        def mark_started() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        async def run_once() -> Failure | None:
             worker = self.workers[stripe]
             try:
-                if first:
-                    first = False
-                    await worker.run(task_status=task_status)
-                else:
+                if started:
                     await worker.run()
-                return  # stopped on request
-            except Exception as exc:  # the supervisor is the catch-all boundary
-                delay = restarts.failed(trio.current_time())
+                else:
+                    await worker.run(task_status=_Started(mark_started))
+                return None  # stopped on request
+            # The supervisor is the catch-all boundary (logged by backing_off or at the end).
+            except Exception as exc:  # noqa: BLE001
                 error = redact(describe(exc))
                 worker.stats.last_error = error
-                if first:
-                    first = False
-                    task_status.started()
-                if self._stopping:
-                    log.error("worker failed while stopping", stripe=stripe, error=error)
-                    return
-                if delay is None:
-                    worker.stats.state = "failed"
-                    self.failed.add(stripe)
-                    log.critical(
-                        "worker failed too often; giving up on this stripe",
-                        stripe=stripe,
-                        error=error,
-                        failures=restarts.recent,
-                        window_s=restarts.window,
-                    )
-                    return
-                worker.stats.state = "backoff"
-                log.error(
-                    "worker failed; restarting",
-                    stripe=stripe,
-                    error=error,
-                    delay=delay,
-                    exc_info=exc,
-                )
-                with trio.move_on_after(delay):
-                    await self._stop.wait()
-                if self._stop.is_set():
-                    worker.stats.state = "stopped"
-                    return
-                replacement = self._make_worker(worker)
-                replacement.stats = worker.stats
-                replacement.stats.restarts += 1
-                self.workers[stripe] = replacement
+                return Failure(error, exc)
+            finally:
+                mark_started()
+
+        def backing_off(failure: Failure, delay: float) -> None:
+            self.workers[stripe].stats.state = StripeState.BACKOFF
+            log.error(
+                "worker failed; restarting",
+                stripe=stripe,
+                error=failure.error,
+                delay=delay,
+                exc_info=failure.exc,
+            )
+
+        def restarting() -> None:
+            worker = self.workers[stripe]
+            replacement = self._make_worker(worker)
+            replacement.stats = worker.stats
+            replacement.stats.restarts += 1
+            self.workers[stripe] = replacement
+
+        limit = RestartLimit.of(self.policy, self.rng)
+        outcome = await keep_running(
+            run_once, limit, self._stop, backing_off=backing_off, restarting=restarting
+        )
+        stats = self.workers[stripe].stats
+        if outcome.ending is Ending.GAVE_UP:
+            stats.state = StripeState.FAILED
+            self.failed.add(stripe)
+            log.critical(
+                "worker failed too often; giving up on this stripe",
+                stripe=stripe,
+                error=outcome.failure.error if outcome.failure else None,
+                failures=limit.recent,
+                window_s=limit.window,
+            )
+        elif outcome.ending is Ending.STOPPED and outcome.waited:
+            stats.state = StripeState.STOPPED  # while waiting out the backoff
+        elif outcome.failure is not None:
+            log.error("worker failed while stopping", stripe=stripe, error=outcome.failure.error)
+
+
+class _Started:
+    """The task status a stripe's first worker reports to: the supervisor's own, once."""
+
+    def __init__(self, started: Callable[[], None]) -> None:
+        self._started = started
+
+    def started(self, value: None = None) -> None:
+        self._started()
 
 
 def describe(exc: BaseException) -> str:

@@ -65,6 +65,7 @@ from capture.rotation import next_boundary_ns
 from capture.schemas import lookup as lookup_message
 from capture.session import MLinkSession
 from capture.sink import CommittedFile, PartitionSink, SinkSettings
+from capture.states import StripeState
 from capture.stats import StripeStats
 from capture.transport import Connection, StreamFactory, connect
 
@@ -370,7 +371,7 @@ class StripeWorker:
                                 inner.start_soon(self._recover_beside, plan)
                             await self._connect_loop(send)
                     # Stopping: hand over what is pending; closing `send` lets the writer drain.
-                    self.stats.state = "stopping"
+                    self.stats.state = StripeState.STOPPING
                     self._event(
                         "disconnect",
                         detail="daemon stopping",
@@ -390,14 +391,14 @@ class StripeWorker:
             if self._guard is not None:
                 self._guard.close()
                 self._guard = None
-        self.stats.state = "stopped"
+        self.stats.state = StripeState.STOPPED
 
     async def _connect_loop(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
         attempt = 0
         sup = self.cfg.supervision
         while True:
             started = trio.current_time()
-            self.stats.state = "connecting"
+            self.stats.state = StripeState.CONNECTING
             # A SIGHUP from now on (even while this attempt still uses the old credentials)
             # ends the auth backoff that may follow it.
             self._retry_auth = trio.Event()
@@ -405,19 +406,19 @@ class StripeWorker:
                 await self._session(send)
                 reason = "server ended the session"
                 delay = self._backoff.delay(attempt, self.rng)
-                self.stats.state = "backoff"
+                self.stats.state = StripeState.BACKOFF
             except (AuthRejected, CredentialError) as exc:
                 reason = redact(str(exc))
                 if isinstance(exc, AuthRejected):  # the server refused what the source gave
                     reason = f"{reason} (credential: {self.credentials.source})"
                     self.credentials.invalidate()
                 delay = sup.auth_backoff * (1 + self.rng.uniform(0, sup.backoff_jitter))
-                self.stats.state = "auth_failed"
+                self.stats.state = StripeState.AUTH_FAILED
                 self.log.error("authentication failed; backing off", error=reason, delay=delay)
             except TransportError as exc:
                 reason = redact(str(exc))
                 delay = self._backoff.delay(attempt, self.rng)
-                self.stats.state = "backoff"
+                self.stats.state = StripeState.BACKOFF
             self.stats.last_error = reason
             if self.stats.last_frame_ns is not None:
                 self._gap_from_ns = self._gap_from_ns or self.stats.last_frame_ns
@@ -431,7 +432,7 @@ class StripeWorker:
                 attempt += 1
             self.stats.restarts += 1
             self.log.warning("disconnected; reconnecting", reason=reason, delay=round(delay, 3))
-            if self.stats.state == "auth_failed":
+            if self.stats.state == StripeState.AUTH_FAILED:
                 with trio.move_on_after(delay):
                     await self._retry_auth.wait()
                     self.log.info("credentials reloaded (SIGHUP); connecting now")
@@ -551,10 +552,10 @@ class StripeWorker:
                     last_alive = trio.current_time()
                     if (
                         sess.protocol.requested
-                        and stats.state != "streaming"
+                        and stats.state != StripeState.STREAMING
                         and stats.session is not None
                     ):
-                        stats.state = "streaming"
+                        stats.state = StripeState.STREAMING
         finally:
             self._in_message = False
             if self._unjournaled:

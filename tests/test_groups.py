@@ -22,6 +22,7 @@ import fake_group
 import pyarrow.dataset as ds
 import pytest
 import trio
+import trio.testing
 from test_process import BIN, KEY, _wait, simulator, write_config
 
 from capture.config import Config, ConfigError
@@ -323,6 +324,40 @@ def test_a_crashed_group_is_restarted_the_others_go_on(tmp_path: Path, fork: boo
     assert doc["process"]["memory"]["arrow_pool"] == "system"
     assert [p["stripes"] for p in doc["process"]["processes"]] == [["A"], ["B"]]
     assert b.restarts == 0 and b.last_exit == "exit code 0"  # B: stopped on request, once
+
+
+def test_a_stop_during_a_group_restart_backoff_stops_at_once(tmp_path: Path, fork: bool) -> None:
+    """A stop requested while a crashed group waits out its restart backoff ends the wait at
+    once: the mock clock does not advance by the backoff and no new process is started."""
+    parent = FakeGroups(
+        tmp_path, ["crash", "report"], fork,
+        supervision={"backoff_initial": 120.0, "backoff_max": 120.0, "backoff_jitter": 0.0},
+    )  # fmt: skip
+    a, b = parent.children
+    seen: dict[str, Any] = {}
+
+    async def main() -> int:
+        code: list[int] = []
+
+        async def run() -> None:
+            code.append(await parent.run())
+
+        with trio.fail_after(60):  # mock seconds: half the backoff
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                await _until(lambda: a.state == "backoff" and b.state == "running")
+                seen["pid"], seen["stop_at"] = a.pid, trio.current_time()
+                await parent.stop()
+        seen["ended"] = trio.current_time()
+        return code[0]
+
+    # Time jumps only while every task has waited 50 ms (the processes are real).
+    clock = trio.testing.MockClock(autojump_threshold=0.05)
+    assert trio.run(main, clock=clock) == 0
+    assert seen["ended"] - seen["stop_at"] < 5  # not the 120 s backoff
+    assert a.restarts == 0 and a.pid == seen["pid"]  # no new process for A
+    assert a.state == "stopped" and a.last_exit == "exit code 1"
+    assert _health_now(tmp_path)["stripes"]["A"]["state"] == "stopped"
 
 
 @pytest.mark.parametrize(

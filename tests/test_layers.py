@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
         "capture.dirswap", "capture.crashguard", "capture.lake",
         "capture.faultpoints", "capture.frames", "capture.logs", "capture.memory",
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
-        "capture.stripes", "capture.sim.tls",
+        "capture.stripes", "capture.sim.tls", "capture.states",
     },
     {
         "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.session",
@@ -32,7 +32,8 @@ LAYERS: list[set[str]] = [
         "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
         "capture.journal", "capture.decode", "capture.health", "capture.recovery",
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
-        "capture.durability", "capture.lake.hold", "capture.rowbuffer",
+        "capture.durability", "capture.lake.hold", "capture.rowbuffer", "capture.restart",
+        "capture.forkserver",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
@@ -41,9 +42,12 @@ LAYERS: list[set[str]] = [
         "capture.sim.faults",
         "capture.sim.record", "capture.sim.config", "capture.sim.server", "capture.sim",
     },
-    {"capture.supervisor", "capture.replay", "capture.status", "capture.housekeeping"},
+    {
+        "capture.supervisor", "capture.replay", "capture.status", "capture.housekeeping",
+        "capture.service",
+    },
     {"capture.app"},
-    {"capture.forkserver", "capture.groups", "capture.demo"},
+    {"capture.groups", "capture.demo"},
     {"capture.cli", "capture.__main__"},
 ]
 LAYER_OF = {m: i for i, layer in enumerate(LAYERS) for m in layer}
@@ -183,7 +187,8 @@ def test_no_import_cycles() -> None:
 def test_sans_io_modules_import_neither_trio_nor_pyarrow() -> None:
     mods = modules()
     pure = ("capture.frames", "capture.protocol", "capture.stripes", "capture.backoff",
-            "capture.rotation", "capture.errors", "capture.session", "capture.bounds")
+            "capture.rotation", "capture.errors", "capture.session", "capture.bounds",
+            "capture.states")
     for name in pure:
         assert not uses(mods[name], "trio"), name
         assert not uses(mods[name], "pyarrow"), name

@@ -192,4 +192,5 @@ def test_a_stop_during_a_restart_backoff_stops_at_once(tmp_path: Path) -> None:
     assert code == 0
     assert clock.current_time() - seen["stop_at"] < 5  # not the 120 s backoff, nor the grace
     assert stats(daemon)["connects"] == seen["connections"] == 1  # no replacement connected
+    assert stats(daemon)["restarts"] == 0  # nor was one started
     assert stats(daemon)["state"] == "stopped"

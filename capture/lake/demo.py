@@ -13,16 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from capture.config import LakeConfig
+from capture.errors import LakeDemoError as LakeDemoError
 from capture.lake.store import ObjectStore
 from capture.lake.tables import LakeTables, read_watermarks
 
 BUCKET = "mlink-demo"
 HOST_ID = "demo-host"
 KEY_ID_ENV, SECRET_ENV = "MLINK_DEMO_S3_KEY_ID", "MLINK_DEMO_S3_SECRET"
-
-
-class LakeDemoError(Exception):
-    """The lake demo cannot run (moto missing)."""
 
 
 @contextmanager

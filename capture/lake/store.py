@@ -20,17 +20,10 @@ import botocore.exceptions  # type: ignore[import-untyped]
 from capture.auth import SecretSource
 from capture.config import LakeConfig
 from capture.errors import CredentialError
+from capture.errors import ObjectConflict as ObjectConflict
+from capture.errors import StoreError as StoreError
 
 SHA256_META = "sha256"  # x-amz-meta-sha256: the object's SHA-256, hex
-
-
-class StoreError(Exception):
-    """The store could not be reached or refused the request; retry later (nothing is lost:
-    the local file stays, the journal keeps its frames)."""
-
-
-class ObjectConflict(StoreError):
-    """The key holds a different object; never retried, never overwritten."""
 
 
 def key_sources(cfg: LakeConfig, environ: Mapping[str, str] | None) -> tuple[SecretSource, ...]:

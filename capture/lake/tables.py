@@ -34,6 +34,7 @@ from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from capture.auth import SecretSource
 from capture.config import LakeConfig
+from capture.errors import CatalogError as CatalogError
 from capture.errors import CredentialError
 from capture.lake.store import s3_credentials
 
@@ -49,10 +50,6 @@ TABLE_PROPERTIES = {
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "100",
 }
-
-
-class CatalogError(Exception):
-    """The catalog could not be reached, or refused a commit; retry later."""
 
 
 def watermark_key(host_id: str, stripe: str) -> str:

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from capture import stripes as stripe_rules
+from capture.errors import WhereError
 from capture.frames import Frame, FrameDecoder, encode_frame
 from capture.schemas import FieldDef, MessageDef, by_number, lookup
 from capture.sim.config import SimConfig
@@ -1125,10 +1126,6 @@ def _parse_json(body: bytes, type_number: int) -> _Inbound | _BadInbound:
 # ---------------------------------------------------------------------------------------------
 # where / view (MLinkStream filters, §6.1)
 # ---------------------------------------------------------------------------------------------
-
-
-class WhereError(ValueError):
-    """A ``where`` or ``view`` clause the server cannot use."""
 
 
 _NUMERIC = frozenset({"Float", "Double", "Int", "UInt", "Long", "Short", "UShort", "Byte"})

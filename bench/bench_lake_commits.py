@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from moto.server import ThreadedMotoServer
 
 from capture.config import LakeConfig
+from capture.credentials import SecretRef
 from capture.lake.tables import LakeTables, read_watermarks
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     env = {"K": "bench", "S": "bench"}
     cfg = LakeConfig(
         host_id="bench", bucket="bench-lake", endpoint=url,
-        access_key_id_env="K", secret_access_key_env="S",
+        access_key_id=SecretRef(env="K"), secret_access_key=SecretRef(env="S"),
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

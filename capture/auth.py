@@ -34,18 +34,15 @@ import binascii
 import hmac
 import json
 import logging
-import os
 import re
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from capture.config import AuthConfig
+from capture.credentials import Secret, SecretSource
 from capture.errors import CredentialError, TransportError
 from capture.logs import get_logger, redact, register_secret
 
@@ -54,18 +51,6 @@ if TYPE_CHECKING:
     from capture.config import Config
 
 log = get_logger(component="auth")
-
-
-@dataclass(frozen=True, slots=True)
-class Secret:
-    """A string that does not print itself."""
-
-    value: str
-
-    def __repr__(self) -> str:
-        return "Secret([redacted])"
-
-    __str__ = __repr__
 
 
 class CredentialProvider(Protocol):
@@ -111,98 +96,6 @@ def make_provider(
     return ApiKeyProvider(cfg.auth, environ)
 
 
-# ---------------------------------------------------------------------------------------------
-# Secrets from systemd credentials, files or the environment
-# ---------------------------------------------------------------------------------------------
-
-
-class SecretSource:
-    """Where one secret lives: a systemd credential (``$CREDENTIALS_DIRECTORY/<name>``), a file
-    or an environment variable; the first configured wins, in that order.
-
-    :meth:`read` reads it afresh every time (rotation needs no restart).  A file others may read
-    or write is refused; one the group may read draws a warning (once).
-    """
-
-    def __init__(
-        self,
-        what: str,
-        *,
-        env: str | None,
-        file: Path | None,
-        credential: str | None,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        self.what = what
-        self._env = env or None
-        self._file = file
-        self._credential = credential or None
-        self._environ = environ if environ is not None else os.environ
-        self._warned = False
-        self._lock = threading.Lock()
-
-    @property
-    def configured(self) -> bool:
-        return bool(self._credential or self._file or self._env)
-
-    @property
-    def where(self) -> str:
-        if self._credential:
-            return f"systemd credential {self._credential!r}"
-        if self._file:
-            return f"file {self._file}"
-        return f"environment variable {self._env}"
-
-    @property
-    def source(self) -> str:
-        return f"{self.what} from {self.where}"
-
-    def read(self) -> Secret:
-        if self._credential:
-            directory = self._environ.get("CREDENTIALS_DIRECTORY")
-            if not directory:
-                raise CredentialError(
-                    f"{self.source}: $CREDENTIALS_DIRECTORY is not set "
-                    "(LoadCredential= in the unit file?)"
-                )
-            return self._from_file(Path(directory) / self._credential)
-        if self._file:
-            return self._from_file(self._file)
-        value = self._environ.get(self._env or "", "").strip()
-        if not value:
-            raise CredentialError(f"{self.source} is not set or empty")
-        register_secret(value)
-        return Secret(value)
-
-    def _from_file(self, path: Path) -> Secret:
-        try:
-            st = path.stat()
-            text = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise CredentialError(f"{self.source}: cannot read ({why})") from None
-        if text:
-            register_secret(text)  # before anything below can mention it
-        mode = st.st_mode & 0o777
-        if mode & (stat.S_IROTH | stat.S_IWOTH):
-            raise CredentialError(
-                f"{self.source}: refused, other users may read or write it "
-                f"(mode {mode:04o}); chmod 600 it"
-            )
-        if mode & (stat.S_IRGRP | stat.S_IWGRP):
-            with self._lock:
-                warn, self._warned = not self._warned, True
-            if warn:
-                log.warning(
-                    "secret file is readable by its group; chmod 600 it unless that is intended",
-                    source=self.source,
-                    mode=f"{mode:04o}",
-                )
-        if not text:
-            raise CredentialError(f"{self.source} is empty")
-        return Secret(text)
-
-
 class ApiKeyProvider:
     """API key (``KEY`` or ``KEY.PASSWORD``, PROTOCOL.md §2.1) from a systemd credential, a file
     or the environment; the first configured source wins, in that order."""
@@ -210,13 +103,7 @@ class ApiKeyProvider:
     logon_field = "apiKey"
 
     def __init__(self, cfg: AuthConfig, environ: Mapping[str, str] | None = None) -> None:
-        self._key = SecretSource(
-            "API key",
-            env=cfg.api_key_env,
-            file=cfg.api_key_file,
-            credential=cfg.api_key_credential,
-            environ=environ,
-        )
+        self._key = SecretSource("API key", cfg.api_key, environ)
 
     @property
     def source(self) -> str:
@@ -302,10 +189,10 @@ class CognitoProvider:
     """A JWT from an AWS Cognito user pool, cached and refreshed ahead of expiry.
 
     * Login: SRP (``USER_SRP_AUTH``, pycognito's ``AWSSRP``; the password never leaves the host)
-      or, with ``cognito_flow = "password"``, ``USER_PASSWORD_AUTH``.
+      or, with ``auth.cognito.flow = "password"``, ``USER_PASSWORD_AUTH``.
     * ``SOFTWARE_TOKEN_MFA`` (and ``SELECT_MFA_TYPE``) answered with a TOTP code from the
       configured secret; a code is never sent in the last seconds of its period nor twice.
-    * The token is refreshed with ``REFRESH_TOKEN_AUTH`` once ``exp - cognito_refresh_margin``
+    * The token is refreshed with ``REFRESH_TOKEN_AUTH`` once ``exp - auth.cognito.refresh_margin``
       has passed (or half its lifetime, if that is shorter); a refused refresh means a full
       login, an unreachable Cognito keeps the cached token while it is still valid.
     * A refusal is remembered for ``failure_ttl`` seconds: stripes retrying in the meantime get
@@ -328,37 +215,19 @@ class CognitoProvider:
         sleep: Callable[[float], None] = time.sleep,
         client: Any = None,
     ) -> None:
-        if not (cfg.cognito_user_pool_id and cfg.cognito_client_id and cfg.cognito_username):
+        c = cfg.cognito
+        if not (c.user_pool_id and c.client_id and c.username):
             raise ValueError(
-                "CognitoProvider needs auth.cognito_user_pool_id, cognito_client_id and "
-                "cognito_username"
+                "CognitoProvider needs auth.cognito.user_pool_id, client_id and username"
             )
-        self._cfg = cfg
-        self._pool_id = cfg.cognito_user_pool_id
-        self._client_id = cfg.cognito_client_id
-        self._username = cfg.cognito_username
-        self._region = cfg.cognito_region or self._pool_id.split("_", 1)[0]
-        self._password = SecretSource(
-            "password",
-            env=cfg.cognito_password_env,
-            file=cfg.cognito_password_file,
-            credential=cfg.cognito_password_credential,
-            environ=environ,
-        )
-        self._totp = SecretSource(
-            "TOTP secret",
-            env=cfg.cognito_totp_secret_env,
-            file=cfg.cognito_totp_secret_file,
-            credential=cfg.cognito_totp_secret_credential,
-            environ=environ,
-        )
-        self._client_secret = SecretSource(
-            "app client secret",
-            env=cfg.cognito_client_secret_env,
-            file=cfg.cognito_client_secret_file,
-            credential=cfg.cognito_client_secret_credential,
-            environ=environ,
-        )
+        self._cfg = c
+        self._pool_id = c.user_pool_id
+        self._client_id = c.client_id
+        self._username = c.username
+        self._region = c.region or self._pool_id.split("_", 1)[0]
+        self._password = SecretSource("password", c.password, environ)
+        self._totp = SecretSource("TOTP secret", c.totp_secret, environ)
+        self._client_secret = SecretSource("app client secret", c.client_secret, environ)
         self._timeout = timeout
         self._failure_ttl = failure_ttl
         self._now = now
@@ -463,7 +332,7 @@ class CognitoProvider:
             self._client = boto3.client(
                 "cognito-idp",
                 region_name=self._region,
-                endpoint_url=self._cfg.cognito_endpoint_url,
+                endpoint_url=self._cfg.endpoint_url,
                 config=BotoConfig(
                     signature_version=UNSIGNED,
                     connect_timeout=self._timeout,
@@ -525,7 +394,7 @@ class CognitoProvider:
         if code == "UserNotFoundException":
             return " (no such user in the pool)"
         if code == "ResourceNotFoundException":
-            return " (check auth.cognito_user_pool_id and auth.cognito_client_id)"
+            return " (check auth.cognito.user_pool_id and client_id)"
         if code == "PasswordResetRequiredException":
             return " (the password must be reset first)"
         return ""
@@ -537,7 +406,7 @@ class CognitoProvider:
             "SMS_MFA": "SMS codes cannot be answered unattended; switch the user to "
             "authenticator-app (TOTP) MFA",
             "MFA_SETUP": "the user has no authenticator app enrolled yet; enrol one and "
-            "configure its secret in auth.cognito_totp_secret_*",
+            "configure its secret in auth.cognito.totp_secret",
         }.get(challenge, "this daemon cannot answer it unattended")
         raise CredentialError(f"{self.source}: Cognito asks for {challenge}: {why}")
 
@@ -561,7 +430,7 @@ class CognitoProvider:
         client_secret = self._read(self._client_secret) if self._client_secret.configured else None
         client = self._boto()
         self.logins += 1
-        flow = self._cfg.cognito_flow
+        flow = self._cfg.flow
         response: dict[str, Any]
         if flow == "password":
             with self._calling("login (USER_PASSWORD_AUTH)"):
@@ -598,7 +467,7 @@ class CognitoProvider:
             "logged in to Cognito",
             source=self.source,
             flow=flow,
-            token=self._cfg.cognito_token,
+            token=self._cfg.token,
             expires_in=round(self._expires_at - self._now()),
         )
         return token
@@ -622,7 +491,7 @@ class CognitoProvider:
                 if not self._totp.configured:
                     raise CredentialError(
                         f"{self.source}: Cognito asks for a TOTP code (SOFTWARE_TOKEN_MFA) but "
-                        "no auth.cognito_totp_secret_env/_file/_credential is configured"
+                        "no auth.cognito.totp_secret is configured"
                     )
                 answers["SOFTWARE_TOKEN_MFA_CODE"] = self._totp_code()
                 self.mfa_answers += 1
@@ -685,7 +554,7 @@ class CognitoProvider:
         for value in tokens.values():
             if isinstance(value, str) and value:
                 register_secret(value)
-        wanted = "AccessToken" if self._cfg.cognito_token == "access" else "IdToken"
+        wanted = "AccessToken" if self._cfg.token == "access" else "IdToken"
         token = tokens[wanted]
         if not isinstance(token, str) or not token:
             raise CredentialError(f"{self.source}: Cognito returned no {wanted}")
@@ -705,7 +574,7 @@ class CognitoProvider:
         if isinstance(tokens["RefreshToken"], str) and tokens["RefreshToken"]:
             self._refresh_token = Secret(tokens["RefreshToken"])
         self._expires_at = expires_at
-        self._refresh_at = expires_at - min(self._cfg.cognito_refresh_margin, lifetime / 2)
+        self._refresh_at = expires_at - min(self._cfg.refresh_margin, lifetime / 2)
         self._failure = None
         return self._token
 

@@ -19,7 +19,7 @@ Cost per frame: ``bench/bench_reader.py``; design notes: ``docs/hostile-input.md
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Final
 
@@ -38,7 +38,7 @@ RESERVED_PREFIX: Final = "capture_"
 """Table names of the daemon's own (``capture_events``, and any later one); compared without
 case, since a data root may live on a case-insensitive file system."""
 
-# The ranges check-config accepts (config.py), and why.
+# The ranges check-config accepts (config.py reads each field's "within"), and why.
 DEPTH_RANGE: Final = (8, 200)
 """MLink bodies nest 4 to 6 deep; Python's parser and the ``_extra`` renderer need headroom
 below the interpreter's recursion limit (1,000)."""
@@ -53,15 +53,15 @@ OPEN_TYPES_RANGE: Final = (4, 4096)
 class Limits:
     """``[limits]``: what one frame may hold, and how many types a stripe keeps open."""
 
-    max_depth: int = 64
+    max_depth: int = field(default=64, metadata={"within": DEPTH_RANGE})
     """Nesting of JSON arrays and objects in one body (the body's own braces count as 1)."""
-    max_fields: int = 10_000
+    max_fields: int = field(default=10_000, metadata={"within": FIELDS_RANGE})
     """JSON object members in one body, all levels together."""
-    max_frame_bytes: int = MAX_BODY_LEN
+    max_frame_bytes: int = field(default=MAX_BODY_LEN, metadata={"within": FRAME_BYTES_RANGE})
     """Bytes of one frame body (the frame header's six digits allow 999,999)."""
-    max_type_name: int = 128
+    max_type_name: int = field(default=128, metadata={"within": TYPE_NAME_RANGE})
     """Characters of a message type name (``header.mTyp``) of a data frame."""
-    max_open_types: int = 64
+    max_open_types: int = field(default=64, metadata={"within": OPEN_TYPES_RANGE})
     """Per stripe: Parquet files held open at once (one per type, date and interval); past it
     the least recently written one is committed early (:mod:`capture.sink`)."""
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from capture.auth import Secret
 from capture.clock import SystemClock, WallClock
 from capture.config import Config
+from capture.credentials import Secret
 from capture.errors import ReplayError as ReplayError
 from capture.logs import get_logger
 from capture.worker import Offload, StripeWorker, new_session_id

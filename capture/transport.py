@@ -37,8 +37,8 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from capture.auth import Secret
 from capture.config import WEBSOCKET_CLIENTS
+from capture.credentials import Secret
 from capture.errors import AuthRejected, ConnectionLost, TransportError
 
 CLIENTS = WEBSOCKET_CLIENTS  # "wsproto" (default), "trio-websocket": module docstring

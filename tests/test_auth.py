@@ -14,6 +14,7 @@ import hmac
 import io
 import json
 import random
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,14 +37,14 @@ from capture.auth import (
     ApiKeyProvider,
     CognitoProvider,
     Secret,
-    SecretSource,
     base32_key,
     hotp,
     jwt_claims,
     make_provider,
     totp,
 )
-from capture.config import AuthConfig, Config, ConfigError
+from capture.config import AuthConfig, CognitoConfig, Config, ConfigError, read_section
+from capture.credentials import SecretRef, SecretSource
 from capture.errors import CredentialError, TransportError
 from capture.sim.config import SimConfig
 from capture.sim.faults import Faults, FaultState
@@ -73,7 +74,8 @@ def write_secret(path: Path, text: str, mode: int = 0o600) -> Path:
 
 
 def test_api_key_from_the_environment_in_key_dot_password_form() -> None:
-    provider = ApiKeyProvider(AuthConfig(api_key_env="K"), {"K": " 1234-5678.s3cr3t-pw \n"})
+    auth = AuthConfig(api_key=SecretRef(env="K"))
+    provider = ApiKeyProvider(auth, {"K": " 1234-5678.s3cr3t-pw \n"})
     secret = provider.bearer()
     assert secret.value == "1234-5678.s3cr3t-pw"  # passed through whole, as the Bearer value
     assert provider.source == "API key from environment variable K"
@@ -82,9 +84,9 @@ def test_api_key_from_the_environment_in_key_dot_password_form() -> None:
 
 def test_a_missing_key_is_one_clear_error_naming_the_source() -> None:
     with pytest.raises(CredentialError, match=r"^API key from environment variable K is not set"):
-        ApiKeyProvider(AuthConfig(api_key_env="K"), {}).bearer()
+        ApiKeyProvider(AuthConfig(api_key=SecretRef(env="K")), {}).bearer()
     with pytest.raises(CredentialError, match=r"CREDENTIALS_DIRECTORY is not set"):
-        ApiKeyProvider(AuthConfig(api_key_credential="mlink"), {}).bearer()
+        ApiKeyProvider(AuthConfig(api_key=SecretRef(credential="mlink")), {}).bearer()
 
 
 def test_precedence_is_credential_then_file_then_environment(tmp_path: Path) -> None:
@@ -93,12 +95,17 @@ def test_precedence_is_credential_then_file_then_environment(tmp_path: Path) -> 
     write_secret(creds / "mlink", "from-credential")
     key_file = write_secret(tmp_path / "key", "from-file")
     env = {"K": "from-env", "CREDENTIALS_DIRECTORY": str(creds)}
-    both = AuthConfig(api_key_env="K", api_key_file=key_file, api_key_credential="mlink")
+    # The old flat keys may name several sources; the first of these wins, as it always did.
+    both = read_section(
+        "auth", {"api_key_env": "K", "api_key_file": str(key_file), "api_key_credential": "mlink"}
+    )
     assert ApiKeyProvider(both, env).bearer().value == "from-credential"
     assert ApiKeyProvider(both, env).source == "API key from systemd credential 'mlink'"
-    file_env = AuthConfig(api_key_env="K", api_key_file=key_file)
+    file_env = read_section("auth", {"api_key_env": "K", "api_key_file": str(key_file)})
     assert ApiKeyProvider(file_env, env).bearer().value == "from-file"
-    assert ApiKeyProvider(AuthConfig(api_key_env="K"), env).bearer().value == "from-env"
+    assert ApiKeyProvider(read_section("auth", {"api_key_env": "K"}), env).bearer().value == (
+        "from-env"
+    )
 
 
 def test_key_file_permissions_world_refused_group_warned_once(
@@ -106,7 +113,7 @@ def test_key_file_permissions_world_refused_group_warned_once(
 ) -> None:
     key = "0f3c5d2e-world-readable"
     path = write_secret(tmp_path / "key", key, 0o644)
-    provider = ApiKeyProvider(AuthConfig(api_key_file=path))
+    provider = ApiKeyProvider(AuthConfig(api_key=SecretRef(file=path)))
     with pytest.raises(CredentialError) as info:
         provider.bearer()
     assert "other users may read or write it (mode 0644)" in str(info.value)
@@ -122,17 +129,19 @@ def test_key_file_permissions_world_refused_group_warned_once(
 
 
 def test_unreadable_or_empty_key_file(tmp_path: Path) -> None:
-    missing = ApiKeyProvider(AuthConfig(api_key_file=tmp_path / "nope"))
+    missing = ApiKeyProvider(AuthConfig(api_key=SecretRef(file=tmp_path / "nope")))
     with pytest.raises(CredentialError, match=r"nope: cannot read \(No such file"):
         missing.bearer()
-    empty = ApiKeyProvider(AuthConfig(api_key_file=write_secret(tmp_path / "empty", "")))
+    empty = ApiKeyProvider(
+        AuthConfig(api_key=SecretRef(file=write_secret(tmp_path / "empty", "")))
+    )
     with pytest.raises(CredentialError, match=r"is empty$"):
         empty.bearer()
 
 
 def test_the_key_is_re_read_at_every_call(tmp_path: Path) -> None:
     path = write_secret(tmp_path / "key", "old-key-1111")
-    provider = ApiKeyProvider(AuthConfig(api_key_file=path))
+    provider = ApiKeyProvider(AuthConfig(api_key=SecretRef(file=path)))
     assert provider.bearer().value == "old-key-1111"
     write_secret(path, "new-key-2222")
     assert provider.bearer().value == "new-key-2222"
@@ -254,13 +263,12 @@ def test_cognito_configuration_is_parsed() -> None:
         ),
         base_dir=Path("/etc/mlink"),
     )
-    a = cfg.auth
-    assert (a.method, a.cognito_user_pool_id, a.cognito_username) == (
-        "cognito", "eu-west-2_AbC123", "trader1")
-    assert a.cognito_password_file == Path("/etc/mlink/secrets/pw")
-    assert a.cognito_password_env == "MLINK_COGNITO_PASSWORD"  # default, lower precedence
-    assert a.cognito_totp_secret_credential == "mlink-totp" and a.cognito_totp_secret_env is None
-    assert (a.cognito_flow, a.cognito_token, a.cognito_refresh_margin) == ("password", "id", 120.0)
+    a = cfg.auth.cognito
+    assert cfg.auth.method == "cognito"
+    assert (a.user_pool_id, a.username) == ("eu-west-2_AbC123", "trader1")
+    assert a.password == SecretRef(file=Path("/etc/mlink/secrets/pw"))  # not the default env
+    assert a.totp_secret == SecretRef(credential="mlink-totp") and a.client_secret is None
+    assert (a.flow, a.token, a.refresh_margin) == ("password", "id", 120.0)
     provider = make_provider(cfg, {})
     assert isinstance(provider, CognitoProvider)
     assert provider.source == "Cognito user pool eu-west-2_AbC123 user 'trader1'"
@@ -300,17 +308,20 @@ def test_every_auth_problem_is_reported_with_its_key_and_no_secret_is_echoed() -
 
 def test_the_shipped_example_configuration_documents_every_auth_option() -> None:
     text = (Path(__file__).parents[1] / "config" / "capture.toml").read_text()
-    auth = text.split("\n[auth]\n", 1)[1].split("\n[", 1)[0]
-    for name in AuthConfig.__dataclass_fields__:
-        assert f"{name} =" in auth, f"config/capture.toml does not document auth.{name}"
-    # ... and the commented Cognito block is a valid configuration once uncommented.
-    lines = [ln.removeprefix("# ") if ln.startswith("# cognito_") else ln
-             for ln in auth.splitlines()]
+    auth, cognito = text.split("\n[auth]\n", 1)[1].split("\n[", 1)[0].split("# [auth.cognito]\n")
+    for name in set(AuthConfig.__dataclass_fields__) - {"cognito"}:
+        assert f"\n{name} =" in auth, f"config/capture.toml does not document auth.{name}"
+    for name in CognitoConfig.__dataclass_fields__:
+        assert f"\n# {name} =" in f"\n{cognito}", f"config/capture.toml lacks auth.cognito.{name}"
+    # ... and the commented Cognito table is a valid configuration once uncommented.
     import tomllib
 
-    table = tomllib.loads("\n".join(ln for ln in lines if "=" in ln and not ln.startswith("#")))
+    table = tomllib.loads(auth)
     table["method"] = "cognito"
-    assert Config.from_mapping(raw_config(**table)).auth.cognito_username == "trader1"
+    table["cognito"] = tomllib.loads(
+        "\n".join(ln[2:] for ln in cognito.splitlines() if re.match(r"# [a-z_]+ = ", ln))
+    )
+    assert Config.from_mapping(raw_config(**table)).auth.cognito.username == "trader1"
 
 
 def test_only_capture_auth_and_the_lake_store_import_aws_clients() -> None:
@@ -468,7 +479,9 @@ def cognito_cfg(**over: Any) -> AuthConfig:
         "method": "cognito", "cognito_user_pool_id": POOL, "cognito_client_id": CLIENT,
         "cognito_username": "trader1", "cognito_password_env": "PW",
     }
-    return AuthConfig(**{**base, **over})
+    table = {k: v for k, v in {**base, **over}.items() if v is not None}  # None: not given
+    auth: AuthConfig = read_section("auth", table)
+    return auth
 
 
 def stubbed(cfg: AuthConfig, env: dict[str, str] | None = None, *, t: FakeTime | None = None,
@@ -624,7 +637,7 @@ def test_a_totp_code_is_never_sent_at_the_end_of_its_period_nor_twice() -> None:
 @pytest.mark.parametrize(
     ("challenge", "totp_env", "says"),
     [
-        ("SOFTWARE_TOKEN_MFA", None, "no auth.cognito_totp_secret_env/_file/_credential"),
+        ("SOFTWARE_TOKEN_MFA", None, "no auth.cognito.totp_secret is configured"),
         ("NEW_PASSWORD_REQUIRED", "TOTP", "the user must set a new password first"),
         ("SMS_MFA", "TOTP", "SMS codes cannot be answered unattended"),
         ("MFA_SETUP", "TOTP", "no authenticator app enrolled"),
@@ -668,6 +681,6 @@ def test_id_token_choice_and_refresh_when_cognito_is_briefly_unreachable() -> No
 
 
 def test_secret_sources_name_themselves(tmp_path: Path) -> None:
-    src = SecretSource("TOTP secret", env="T", file=tmp_path / "t", credential=None, environ={})
+    src = SecretSource("TOTP secret", SecretRef(file=tmp_path / "t"), environ={})
     assert src.source == f"TOTP secret from file {tmp_path / 't'}"
-    assert not SecretSource("x", env=None, file=None, credential=None).configured
+    assert not SecretSource("x", None).configured

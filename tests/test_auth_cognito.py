@@ -3,7 +3,7 @@
 One user pool per test, with an app client and two users: ``trader1`` (password only) and
 ``trader2`` (password + authenticator-app MFA, enrolled through AssociateSoftwareToken /
 VerifySoftwareToken / SetUserMFAPreference).  The daemon's CognitoProvider talks to it over
-HTTP exactly as it would to AWS (only ``auth.cognito_endpoint_url`` differs), and the simulator
+HTTP exactly as it would to AWS (only ``auth.cognito.endpoint_url`` differs), and the simulator
 checks the resulting JWTs against the keys moto publishes at ``/<pool>/.well-known/jwks.json``.
 
 What moto does not do, and how the tests cope (see also test_auth.py, which plays Cognito with
@@ -44,7 +44,7 @@ from moto.server import ThreadedMotoServer
 from capture import logs
 from capture.app import Daemon
 from capture.auth import TOTP_STEP, CognitoProvider, jwt_claims, totp
-from capture.config import AuthConfig
+from capture.config import AuthConfig, read_section
 from capture.errors import CredentialError
 from capture.sim.config import SimConfig
 from capture.sim.server import Simulator, rsa_public_keys, verify_jwt
@@ -113,7 +113,9 @@ class Pool:
         }
 
     def auth_config(self, username: str = "trader1", **over: Any) -> AuthConfig:
-        return AuthConfig(**self.auth(username, **over))
+        """That table read as the daemon reads it (old flat keys and all)."""
+        auth: AuthConfig = read_section("auth", self.auth(username, **over))
+        return auth
 
     def issued_tokens(self) -> set[str]:
         """Every access, ID and refresh token moto issued for this pool."""
@@ -269,7 +271,7 @@ def test_mfa_challenge_is_answered_with_a_totp_code(pool: Pool, tmp_path: Path) 
     secret_file = tmp_path / "totp"
     secret_file.write_text(pool.totp_secret)
     secret_file.chmod(0o600)
-    p = provider(pool, "trader2", cognito_totp_secret_file=secret_file)
+    p = provider(pool, "trader2", cognito_totp_secret_file=str(secret_file))
     token = p.bearer()
     assert jwt_claims(token.value)["username"] == "trader2"
     assert p.mfa_answers == 1 and p.logins == 1
@@ -288,7 +290,7 @@ def test_a_wrong_totp_secret_is_a_clear_rejection(pool: Pool) -> None:
 
 
 def test_mfa_without_a_configured_totp_secret_says_what_is_missing(pool: Pool) -> None:
-    with pytest.raises(CredentialError, match=r"no auth\.cognito_totp_secret_env/_file"):
+    with pytest.raises(CredentialError, match=r"no auth\.cognito\.totp_secret is configured"):
         provider(pool, "trader2").bearer()
 
 

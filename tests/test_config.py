@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from capture.config import Config, ConfigError
+from capture.credentials import SecretRef
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +117,8 @@ def test_a_secret_in_any_section_is_refused_without_echoing_it(section: str, key
 
 def test_secret_sources_are_not_secrets() -> None:
     raw = minimal(auth={"api_key_env": "X", "api_key_file": "k", "api_key_credential": "c"})
-    assert Config.from_mapping(raw).auth.api_key_env == "X"
+    # Several old flat sources: the first of credential, file, env wins (as it always did).
+    assert Config.from_mapping(raw).auth.api_key == SecretRef(credential="c")
 
 
 @pytest.mark.parametrize(

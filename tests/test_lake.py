@@ -26,6 +26,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 
 from capture import events
 from capture.config import Config, ConfigError, LakeConfig
+from capture.credentials import SecretRef
 from capture.lake.files import LakeFile, scan_local, sha256_of
 from capture.lake.pipeline import Lake
 from capture.lake.store import ObjectConflict, ObjectStore, StoreError
@@ -119,7 +120,7 @@ def test_put_new_never_overwrites_and_recognises_its_own_retry(
     environ = {"KID": "lake-key-id", "KSEC": "lake-secret"}
     cfg = LakeConfig(
         host_id="h", bucket=bucket, endpoint=moto_url,
-        access_key_id_env="KID", secret_access_key_env="KSEC",
+        access_key_id=SecretRef(env="KID"), secret_access_key=SecretRef(env="KSEC"),
     )  # fmt: skip
     store = ObjectStore(cfg, environ)
     ours, other = tmp_path / "ours", tmp_path / "other"
@@ -140,7 +141,7 @@ def test_store_errors_are_one_type_and_name_no_secret(tmp_path: Path, bucket: st
     path.write_bytes(b"x")
     dead = LakeConfig(
         host_id="h", bucket=bucket, endpoint="http://127.0.0.1:9",
-        access_key_id_env="KID", secret_access_key_env="KSEC",
+        access_key_id=SecretRef(env="KID"), secret_access_key=SecretRef(env="KSEC"),
     )  # fmt: skip
     store = ObjectStore(dead, {"KID": "id-123", "KSEC": "very-secret-value"})
     with pytest.raises(StoreError) as info:
@@ -179,7 +180,7 @@ def test_lake_config_problems_name_their_keys(tmp_path: Path) -> None:
 
     got = problems({"bucket": "Bad_Bucket", "secret_access_key": "s3cr3t", "color": 1})
     text = "; ".join(got)
-    assert "lake.host_id: required" in text
+    assert "capture.host_id: required with [lake] (or lake.host_id, its old name)" in text
     assert "lake.bucket: must be an S3 bucket name" in text
     assert "lake.secret_access_key: secrets are not read from the TOML" in text
     assert "lake.color" in text
@@ -195,8 +196,8 @@ def test_lake_config_problems_name_their_keys(tmp_path: Path) -> None:
         'lake.catalog_uri: required when lake.catalog = "rest"'
     ]
     assert problems({"host_id": "h", "bucket": "b-1", "access_key_id_env": "K"}) == [
-        "lake.secret_access_key_env: configure both the access key id and the secret access "
-        "key sources, or neither"
+        "lake.secret_access_key_env: configure both lake.access_key_id and "
+        "lake.secret_access_key, or neither (lake.access_key_id_env is configured)"
     ]
     ok = Config.from_mapping(
         {
@@ -303,7 +304,7 @@ def with_lake(cfg: Config, url: str, bucket: str, **over: Any) -> Config:
     return Config(
         source=cfg.source, auth=cfg.auth, output=cfg.output, pipeline=cfg.pipeline,
         journal=cfg.journal, supervision=cfg.supervision, health=cfg.health,
-        logging=cfg.logging, lake=LakeConfig(**raw_lake),
+        logging=cfg.logging, lake=LakeConfig.from_table(raw_lake),
     )  # fmt: skip
 
 

@@ -25,7 +25,8 @@ LAYERS: list[set[str]] = [
         "capture.stripes", "capture.sim.tls", "capture.states",
     },
     {
-        "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.session",
+        "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.credentials",
+        "capture.session",
         "capture.events",
     },
     {  # the edges and the storage layers

@@ -43,11 +43,11 @@ def s3_on_loopback() -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
             "host_id": HOST_ID,
             "bucket": BUCKET,
             "endpoint": url,
-            "access_key_id_env": KEY_ID_ENV,
-            "secret_access_key_env": SECRET_ENV,
+            "access_key_id": {"env": KEY_ID_ENV},
+            "secret_access_key": {"env": SECRET_ENV},
             "commit_interval": 5.0,
         }
-        ObjectStore(LakeConfig(**section), environ).create_bucket()
+        ObjectStore(LakeConfig.from_table(section), environ).create_bucket()
         print(f"demo: S3 (moto) on {url}, bucket {BUCKET}", file=sys.stderr)
         yield section, environ
     finally:
@@ -56,7 +56,7 @@ def s3_on_loopback() -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
 
 def show(section: dict[str, Any], environ: dict[str, str], root: Path) -> None:
     """Each table in the catalog: rows, snapshots, watermarks (read back through pyiceberg)."""
-    cfg = LakeConfig(**section)
+    cfg = LakeConfig.from_table(section)
     tables = LakeTables(cfg, root, environ)
     catalog = tables.catalog()
     print(f"\nIceberg tables (SQLite catalog {root / '_lake' / 'catalog.db'}):")

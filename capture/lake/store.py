@@ -17,8 +17,8 @@ import boto3  # type: ignore[import-untyped]
 import botocore.config  # type: ignore[import-untyped]
 import botocore.exceptions  # type: ignore[import-untyped]
 
-from capture.auth import SecretSource
 from capture.config import LakeConfig
+from capture.credentials import SecretSource
 from capture.errors import CredentialError
 from capture.errors import ObjectConflict as ObjectConflict
 from capture.errors import StoreError as StoreError
@@ -28,20 +28,8 @@ SHA256_META = "sha256"  # x-amz-meta-sha256: the object's SHA-256, hex
 
 def key_sources(cfg: LakeConfig, environ: Mapping[str, str] | None) -> tuple[SecretSource, ...]:
     """The access key id and secret access key sources; empty: boto3's own chain."""
-    key_id = SecretSource(
-        "S3 access key id",
-        env=cfg.access_key_id_env,
-        file=cfg.access_key_id_file,
-        credential=cfg.access_key_id_credential,
-        environ=environ,
-    )
-    secret = SecretSource(
-        "S3 secret access key",
-        env=cfg.secret_access_key_env,
-        file=cfg.secret_access_key_file,
-        credential=cfg.secret_access_key_credential,
-        environ=environ,
-    )
+    key_id = SecretSource("S3 access key id", cfg.access_key_id, environ)
+    secret = SecretSource("S3 secret access key", cfg.secret_access_key, environ)
     return (key_id, secret) if key_id.configured else ()
 
 

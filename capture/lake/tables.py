@@ -32,8 +32,8 @@ from pyiceberg.exceptions import (
 )
 from pyiceberg.transforms import DayTransform, IdentityTransform
 
-from capture.auth import SecretSource
 from capture.config import LakeConfig
+from capture.credentials import SecretSource
 from capture.errors import CatalogError as CatalogError
 from capture.errors import CredentialError
 from capture.lake.store import s3_credentials
@@ -118,13 +118,7 @@ class LakeTables:
         return catalog
 
     def _password(self) -> str | None:
-        source = SecretSource(
-            "catalog password",
-            env=self.cfg.catalog_password_env,
-            file=self.cfg.catalog_password_file,
-            credential=self.cfg.catalog_password_credential,
-            environ=self._environ,
-        )
+        source = SecretSource("catalog password", self.cfg.catalog_password, self._environ)
         return source.read().value if source.configured else None
 
     def table(self, name: str, schema: pa.Schema) -> Any:

@@ -20,13 +20,12 @@ sessions, so a reconnect never loses or re-orders what was already received.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import random
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -54,6 +53,7 @@ from capture.errors import (
     StaleConnection,
     TransportError,
 )
+from capture.eventlog import EventLog
 from capture.faultpoints import crash_point, poison_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
 from capture.lake.hold import JournalHold
@@ -218,12 +218,7 @@ class StripeWorker:
         self._rotate_now = trio.Event()
         self._retry_auth = trio.Event()  # SIGHUP: credentials changed, end the auth backoff
         self._pending: dict[str, PendingBatch] = {}
-        self._events: list[capture_events.Event] = []
-        # Events not yet in the journal: those raised while a message is being handled wait for
-        # it to be journaled (an event's journal position is never below its own seq).
-        self._unjournaled: list[capture_events.Event] = []
-        self._in_message = False
-        self._events_before: frozenset[tuple[int, str, str | None]] = frozenset()
+        self.eventlog = EventLog(self.log)  # capture events, journaled and for the table
         self._guard: Note | None = None  # what the writer is decoding (crashguard)
         self._suspects: Suspects | None = None  # what earlier runs died decoding
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
@@ -234,7 +229,6 @@ class StripeWorker:
         self._quarantine_n = 0  # items quarantined at that slot so far
         # Owns "a journal segment goes only once its frames are committed" (capture.durability).
         self.durability: DurabilityKeeper | None = None
-        self._replaying = False
         # Items taken out of the pending map, in the order they were taken, until the writer's
         # channel accepts them; only _drain_ready() sends, so each type stays in receive order.
         self._ready: deque[_WriterItem] = deque()
@@ -343,6 +337,7 @@ class StripeWorker:
                     ),
                 )
             )
+            self.eventlog.journal = self.journal
             self._seq = max(self._seq, self.journal.next_seq)
             oldest = [s.min_seq for s in recovered.segments if s.min_seq is not None]
             guard = CrashGuard(jdir)
@@ -385,7 +380,7 @@ class StripeWorker:
                 with trio.CancelScope(shield=True):
                     await self.offload(self._close_journal)
                     self._publish_durable()
-                    self.journal = None
+                    self.journal = self.eventlog.journal = None
                     self.durability = None
             if self._guard is not None:
                 self._guard.close()
@@ -509,6 +504,7 @@ class StripeWorker:
         # "connecting" until the first of them arrives (README, Health).
         last_alive = trio.current_time()
         journal = self.journal
+        eventlog = self.eventlog
         scrub = secret_scrubber()
         try:
             while True:
@@ -536,13 +532,11 @@ class StripeWorker:
                     if scrub is not None:  # a secret the server echoes is kept nowhere
                         message = scrub(message)
                     first_seq = self._seq
-                    self._in_message = True
+                    eventlog.begin_message()
                     await self._process(sess, message, recv_ns, conn, api_key, send=send)
                     if journal is not None:  # buffered; fsynced by its own thread
                         journal.append(recv_ns, first_seq, self._seq - first_seq, message)
-                    self._in_message = False
-                    if self._unjournaled:
-                        self._journal_events()
+                    eventlog.end_message()
                     if self._ready:  # after the journal: waiting for the writers delays no fsync
                         await self._drain_ready(send)
                 if sess.ended is not None:
@@ -556,9 +550,7 @@ class StripeWorker:
                     ):
                         stats.state = "streaming"
         finally:
-            self._in_message = False
-            if self._unjournaled:
-                self._journal_events()
+            eventlog.end_message()
             # Bytes still waiting for the rest of a frame can never complete now: keep them.
             with trio.CancelScope(shield=True):
                 await self._end_of_stream(sess, send)
@@ -876,49 +868,15 @@ class StripeWorker:
         self._enqueue(QuarantineBatch([item]))
 
     def _event(self, kind: str, **fields: Any) -> None:
-        if self._replaying:  # these events are in the journal, as EVENT records
-            return
-        for name in ("detail", "result"):  # text from the server may echo a secret
-            if isinstance(fields.get(name), str):
-                fields[name] = redact(fields[name])
-        self._record_event(
-            capture_events.Event(
-                time_ns=self.clock.now_ns(),
-                session=self.stats.session,
-                seq=self._seq,
-                event=kind,
-                **fields,
-            )
+        self.eventlog.add(
+            kind, time_ns=self.clock.now_ns(), session=self.stats.session, seq=self._seq, **fields
         )
-
-    def _record_event(self, event: capture_events.Event) -> None:
-        """Queue an event for the events table and journal it (capture.durability: the gap
-        ledger is as durable as the data)."""
-        self._events.append(event)
-        if self.journal is not None:
-            self._unjournaled.append(event)
-            if not self._in_message:
-                self._journal_events()
-
-    def _journal_events(self) -> None:
-        journal = self.journal
-        events, self._unjournaled = self._unjournaled, []
-        if journal is None:
-            return
-        try:
-            for ev in events:
-                journal.append_event(
-                    ev.time_ns, max(journal.next_seq, ev.seq), dataclasses.asdict(ev)
-                )
-        except journal_mod.JournalError as exc:  # the syncer stops the stripe for it
-            self.log.error("journal: could not record an event", error=str(exc))
 
     async def _flush_pending(
         self, send: trio.MemorySendChannel[_WriterItem], older_than_ns: int | None
     ) -> None:
-        if self._events:
-            events, self._events = self._events, []
-            self._enqueue(EventBatch(events))  # (journaled already: see _record_event)
+        if events := self.eventlog.take():
+            self._enqueue(EventBatch(events))  # (journaled already: capture.eventlog)
         for msg_type, pb in list(self._pending.items()):
             if older_than_ns is None or pb.first_ns <= older_than_ns:
                 del self._pending[msg_type]
@@ -940,8 +898,8 @@ class StripeWorker:
         files."""
         assert self.durability is not None
         lows = [pb.seq[0] for pb in self._pending.values() if pb.seq]
-        if self._events:
-            lows.append(min(e.seq for e in self._events))
+        if (low := self.eventlog.low_seq()) is not None:
+            lows.append(low)
         return self.durability.loop_watermark(self._seq, lows)
 
     async def _syncer(self) -> None:
@@ -1051,7 +1009,7 @@ class StripeWorker:
             journal_hold=self.journal_hold,  # its files reach the lake too
         )
         replayer._quarantined_before = plan.quarantined_before
-        replayer._events_before = plan.events_before
+        replayer.eventlog.before = plan.events_before
         replayer._suspects = plan.suspects
         replayer._guard = plan.guard.note("replay")
         replayer.log = self.log.bind(recovery=True)
@@ -1100,7 +1058,7 @@ class StripeWorker:
     ) -> tuple[int, int | None]:
         """Feed journaled messages through the live path; returns (frames replayed, last
         receive time)."""
-        self._replaying = True
+        self.eventlog.replaying = True
         replayed = 0
         last_ns: int | None = None
         sess: _Link | None = None
@@ -1128,14 +1086,9 @@ class StripeWorker:
                             sess = _Link(rec.session, mlink.replayed(self._replayed_requests(rec)))
                             continue
                         if isinstance(rec, journal_mod.EventRecord):
-                            event = _event_from(rec.fields)
-                            if event is None:
-                                continue
-                            if event.event == "disconnect":
+                            event = self.eventlog.replayed(rec.fields)
+                            if event is not None and event.event == "disconnect":
                                 closed.add(event.session)
-                            key = (event.time_ns, event.event, event.session)
-                            if key not in self._events_before:
-                                self._events.append(event)  # journaled already
                             continue
                         if sess is None:  # the journal starts inside a session
                             sess = _Link("unknown", mlink.replayed(()))
@@ -1155,22 +1108,8 @@ class StripeWorker:
             if sess is not None:
                 await self._end_of_stream(sess, send)
         finally:
-            self._replaying = False
-        for session, ended_ns in last_of.items():
-            if session in closed or session == "unknown":
-                continue
-            # The process died with this session open (SIGKILL, a crash): no disconnect was
-            # recorded.  Record it now, once: the key is the same at every start.
-            event = capture_events.Event(
-                time_ns=ended_ns,
-                session=session,
-                seq=self._seq,
-                event="disconnect",
-                detail="capture process ended without closing the session (killed or crashed)",
-                gap_start_ns=ended_ns,
-            )
-            if (event.time_ns, event.event, event.session) not in self._events_before:
-                self._record_event(event)
+            self.eventlog.replaying = False
+        self.eventlog.close_unended(last_of, closed, self._seq)
         if self.journal is not None:
             self._seq = max(self._seq, self.journal.next_seq)
         return replayed, last_ns
@@ -1600,16 +1539,6 @@ def _header_sent_ns(body: bytes) -> int | None:
     try:
         return protocol.header_time_ns(body[start:end].decode("ascii"))
     except UnicodeDecodeError:
-        return None
-
-
-def _event_from(fields: Mapping[str, Any]) -> capture_events.Event | None:
-    """The event a journal EVENT record holds (None: not one this version understands)."""
-    if not (isinstance(fields.get("time_ns"), int) and isinstance(fields.get("seq"), int)):
-        return None
-    try:
-        return capture_events.Event(**fields)
-    except TypeError:
         return None
 
 

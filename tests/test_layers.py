@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
         "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
         "capture.journal", "capture.decode", "capture.health", "capture.recovery",
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
-        "capture.durability", "capture.lake.hold",
+        "capture.durability", "capture.lake.hold", "capture.eventlog",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
@@ -193,7 +193,7 @@ def test_sync_io_modules_do_not_import_trio() -> None:
     mods = modules()
     for sync in ("capture.sink", "capture.decode", "capture.health", "capture.stats",
                  "capture.journal", "capture.recovery", "capture.verify", "capture.durability",
-                 "capture.quarantine", "capture.crashguard"):
+                 "capture.quarantine", "capture.crashguard", "capture.eventlog"):
         assert not uses(mods[sync], "trio"), sync
 
 

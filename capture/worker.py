@@ -44,7 +44,7 @@ from capture.auth import CredentialProvider
 from capture.backoff import Backoff
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
-from capture.crashguard import CrashGuard, Note, Suspects
+from capture.crashguard import Note, Suspects
 from capture.decode import BatchDecoder, DecodeResult, DriftReport
 from capture.durability import DurabilityKeeper
 from capture.errors import (
@@ -60,12 +60,13 @@ from capture.lake.hold import JournalHold
 from capture.logs import get_logger, redact, redact_url, secret_scrubber
 from capture.memory import InFlightBudget, decode_slots
 from capture.quarantine import Quarantined
-from capture.recovery import CommittedIndex, committed_events, scan_committed
+from capture.recovery import CommittedIndex
 from capture.rotation import next_boundary_ns
 from capture.schemas import lookup as lookup_message
 from capture.session import MLinkSession
 from capture.sink import CommittedFile, PartitionSink, SinkSettings
 from capture.stats import StripeStats
+from capture.stripe_recovery import RecoveryPlan, recover_stripe
 from capture.transport import Connection, StreamFactory, connect
 
 
@@ -125,26 +126,6 @@ class QuarantineBatch:
 
 
 _WriterItem = PendingBatch | QuarantineBatch | EventBatch
-
-
-@dataclass(frozen=True, slots=True)
-class _RecoveryPlan:
-    """What start-up found before going live, for the replay that runs beside it."""
-
-    report: journal_mod.RecoveryReport
-    segments: list[Path]  # the segments the last run left (the live writer adds others)
-    index: CommittedIndex
-    guard: CrashGuard
-    suspects: Suspects
-    quarantined_before: frozenset[str]
-    events_before: frozenset[tuple[int, str, str | None]]
-
-
-@dataclass(slots=True)
-class _JournalSpan:
-    first_ns: int | None = None  # oldest message or event
-    last_ns: int | None = None  # newest message
-    sent_ns: dict[str, int] = field(default_factory=dict)  # per type: latest header sTim
 
 
 Offload = Callable[..., Awaitable[Any]]
@@ -319,38 +300,7 @@ class StripeWorker:
             now_ns=self.clock.now_ns,
             on_commit=hold.file_committed if hold is not None else None,
         )
-        jcfg = self.cfg.journal
-        plan: _RecoveryPlan | None = None
-        if jcfg.enabled:
-            jdir = jcfg.stripe_dir(self.cfg.output.root, self.stripe)
-            # Before going live only what is cheap: seals are trusted and only the segments a
-            # crash left open are read.  The sealed ones are checked record by record beside
-            # live capture (_recover_beside), before they are replayed.
-            recovered = await self.offload(journal_mod.recover, jdir)
-            self.journal = await self.offload(
-                partial(
-                    journal_mod.JournalWriter,
-                    jdir,
-                    segment_bytes=jcfg.segment_mb * 2**20,
-                    sync_interval=(
-                        jcfg.durability_interval / 4 if self.journal_syncs_itself else None
-                    ),
-                )
-            )
-            self.eventlog.journal = self.journal
-            self._seq = max(self._seq, self.journal.next_seq)
-            oldest = [s.min_seq for s in recovered.segments if s.min_seq is not None]
-            guard = CrashGuard(jdir)
-            suspects = await self.offload(partial(guard.open, oldest_seq=min(oldest, default=None)))
-            self._guard = guard.note("live")
-            self.durability = DurabilityKeeper(
-                self.journal,
-                sink,
-                retain_hours=jcfg.retain_hours,
-                hold=self.journal_hold,
-                stripe=self.stripe,
-            )
-            plan = await self._plan_recovery(recovered, guard, suspects)
+        plan = await self._recover(sink)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, recv, sink)
@@ -939,54 +889,41 @@ class StripeWorker:
         except (OSError, journal_mod.JournalError) as exc:
             self.log.error("journal: final sync failed", error=str(exc))
 
-    async def _plan_recovery(
-        self, report: journal_mod.RecoveryReport, guard: CrashGuard, suspects: Suspects
-    ) -> _RecoveryPlan:
-        """Start-up, before going live: what the replay needs, the sequence numbers it owns,
-        where the last run stopped (the gap's start, the resume point) and what it already
-        stored.  Reads the journal's first and last segments and the footers of the committed
-        files the journal can refer to; the replay itself runs beside live capture."""
-        assert self.journal is not None and self.durability is not None
-        directory = self.journal.directory
-        segments = [s.path for s in report.segments if not s.removed]
-        span = await self.offload(_journal_span, directory, segments)
+    async def _recover(self, sink: PartitionSink) -> RecoveryPlan | None:
+        """Start-up, before going live: recover what the last run left (capture.stripe_recovery)
+        and take over its journal, its resume point and the sequence numbers the replay does
+        not own; the replay itself runs beside live capture (:meth:`_recover_beside`)."""
+        jcfg = self.cfg.journal
+        open_journal = partial(
+            journal_mod.JournalWriter,
+            segment_bytes=jcfg.segment_mb * 2**20,
+            sync_interval=jcfg.durability_interval / 4 if self.journal_syncs_itself else None,
+        )
         root = self.cfg.output.root
-        index = await self.offload(
-            partial(scan_committed, root, self.stripe, since_ns=span.first_ns)
+        jdir = jcfg.stripe_dir(root, self.stripe) if jcfg.enabled else None
+        plan: RecoveryPlan | None = await self.offload(
+            recover_stripe, root, self.stripe, jdir, open_journal
         )
-        # The live reader numbers frames from here: the replay owns every number below.
-        self._seq = max(self._seq, self.journal.next_seq)
-        if index.max_seq is not None:
-            # Committed files can hold rows whose journal records were not yet fsynced when
-            # the process died: never hand out their sequence numbers again.
-            self._seq = max(self._seq, index.max_seq + 1)
-        # Resume from the last record received, durable in the journal, not only from the
-        # last one committed (which lags: the difference would be stored twice).
-        for source in (index.max_sent_ns, span.sent_ns):
-            for msg_type, sent_ns in source.items():
-                self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
-        self._gap_from_ns = span.last_ns
-        if segments:
+        if plan is None:
+            return None
+        self.journal = self.eventlog.journal = plan.journal
+        self._guard = plan.guard.note("live")
+        self.durability = DurabilityKeeper(
+            plan.journal,
+            sink,
+            retain_hours=jcfg.retain_hours,
+            hold=self.journal_hold,
+            stripe=self.stripe,
+        )
+        self._seq = max(self._seq, plan.next_seq)
+        for msg_type, sent_ns in plan.highwater.items():
+            self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
+        self._gap_from_ns = plan.gap_from_ns
+        if plan.segments:
             self.durability.hold_below(0)  # retire nothing until the replay has committed
-        return _RecoveryPlan(
-            report=report,
-            segments=segments,
-            index=index,
-            guard=guard,
-            suspects=suspects,
-            quarantined_before=frozenset(
-                await self.offload(
-                    partial(quarantine.known_keys, root, self.stripe, since_ns=span.first_ns)
-                )
-            ),
-            events_before=frozenset(
-                await self.offload(
-                    partial(committed_events, root, self.stripe, since_ns=span.first_ns)
-                )
-            ),
-        )
+        return plan
 
-    async def _recover_beside(self, plan: _RecoveryPlan) -> None:
+    async def _recover_beside(self, plan: RecoveryPlan) -> None:
         """Beside live capture: check the sealed segments the last run left, replay the frames
         in them that are not in committed Parquet (with their own sink and writer, so that
         each file still holds one contiguous run of one type), commit them, then let the
@@ -1484,62 +1421,6 @@ def _max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:
 
 
 _MAX_NS_MICROS: Final = (2**63 - 1) // 1000
-
-
-def _journal_span(directory: Path, segments: list[Path]) -> _JournalSpan:
-    """Where a journal starts and ends, reading only its first segment holding a message or
-    event and its last segment holding a message: the oldest time, the newest message's
-    receive time and, per type, the latest header send time in that last segment (the
-    resume point: what the server need not send again)."""
-    span = _JournalSpan()
-    for path in segments:
-        for _, rec in journal_mod.read_records(directory, only=[path]):
-            if isinstance(rec, journal_mod.MessageRecord):
-                span.first_ns = rec.recv_ns
-            elif isinstance(rec, journal_mod.EventRecord):
-                span.first_ns = rec.time_ns
-            else:
-                continue
-            break
-        if span.first_ns is not None:
-            break
-    for path in reversed(segments):
-        decoder = FrameDecoder()
-        for _, rec in journal_mod.read_records(directory, only=[path]):
-            if isinstance(rec, journal_mod.SessionRecord):
-                if not rec.resumed:
-                    decoder = FrameDecoder()
-                continue
-            if not isinstance(rec, journal_mod.MessageRecord):
-                continue
-            span.last_ns = rec.recv_ns
-            for event in decoder.feed_typed(rec.payload):
-                if isinstance(event, Garbage):
-                    continue
-                mtyp, _, body = event
-                if not mtyp or mtyp in protocol.CONTROL_TYPES:
-                    continue
-                sent = _header_sent_ns(body)
-                if sent is not None and sent > span.sent_ns.get(mtyp, 0):
-                    span.sent_ns[mtyp] = sent
-        if span.last_ns is not None:
-            break
-    return span
-
-
-def _header_sent_ns(body: bytes) -> int | None:
-    """The header's ``sTim`` without parsing the JSON (bodies are compact, header first)."""
-    at = body.find(b'"sTim":"', 0, 512)
-    if at < 0:
-        return None
-    start = at + 8
-    end = body.find(b'"', start, start + 40)
-    if end < 0:
-        return None
-    try:
-        return protocol.header_time_ns(body[start:end].decode("ascii"))
-    except UnicodeDecodeError:
-        return None
 
 
 def _low_seq(item: _WriterItem) -> int:

@@ -33,6 +33,7 @@ LAYERS: list[set[str]] = [
         "capture.journal", "capture.decode", "capture.health", "capture.recovery",
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
         "capture.durability", "capture.lake.hold", "capture.eventlog",
+        "capture.stripe_recovery",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
@@ -193,7 +194,8 @@ def test_sync_io_modules_do_not_import_trio() -> None:
     mods = modules()
     for sync in ("capture.sink", "capture.decode", "capture.health", "capture.stats",
                  "capture.journal", "capture.recovery", "capture.verify", "capture.durability",
-                 "capture.quarantine", "capture.crashguard", "capture.eventlog"):
+                 "capture.quarantine", "capture.crashguard", "capture.eventlog",
+                 "capture.stripe_recovery"):
         assert not uses(mods[sync], "trio"), sync
 
 

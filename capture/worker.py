@@ -42,6 +42,15 @@ from capture import journal as journal_mod
 from capture import session as mlink
 from capture.auth import CredentialProvider
 from capture.backoff import Backoff
+from capture.batching import (
+    EventBatch,
+    PendingBatch,
+    QuarantineBatch,
+    WriterItem,
+    batch_max_bytes,
+    low_seq,
+)
+from capture.batching import in_flight_limit as in_flight_limit  # (app.py imports it from here)
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
 from capture.crashguard import Note, Suspects
@@ -88,44 +97,6 @@ class _Link:
     ended: Exception | None = None
     """Why the connection must end (GoodNight, a refused logon, a failed send), found while
     handling a message: raised once every message received with it has been kept."""
-
-
-@dataclass(slots=True)
-class PendingBatch:
-    """Undecoded data frames of one message type, in arrival order."""
-
-    msg_type: str
-    session: str
-    bodies: list[bytes] = field(default_factory=list)
-    type_numbers: list[int] = field(default_factory=list)
-    recv_ns: list[int] = field(default_factory=list)
-    snapshot: list[bool] = field(default_factory=list)
-    seq: list[int] = field(default_factory=list)
-    first_ns: int = 0
-    nbytes: int = 0  # body bytes: the in-flight budget's charge once handed to the writer
-
-
-@dataclass(frozen=True, slots=True)
-class EventBatch:
-    """Rows for the capture-events table."""
-
-    events: list[capture_events.Event]
-
-
-@dataclass(frozen=True, slots=True)
-class QuarantineBatch:
-    """The frames one WebSocket message (or one decoded batch) had to quarantine: written with
-    one fsync, so that a message of thousands of bad frames costs one, not thousands."""
-
-    items: list[Quarantined]
-
-    @property
-    def seq(self) -> int:
-        """The lowest seq the batch holds the journal at (capture.durability)."""
-        return min(q.seq for q in self.items)
-
-
-_WriterItem = PendingBatch | QuarantineBatch | EventBatch
 
 
 Offload = Callable[..., Awaitable[Any]]
@@ -184,7 +155,7 @@ class StripeWorker:
         # own (replay, tests) gets its own.
         self.in_flight = in_flight or InFlightBudget(in_flight_limit(cfg))
         self.decode_limiter = decode_limiter or trio.CapacityLimiter(decode_slots())
-        self._held = 0  # bytes this stripe holds of `in_flight`
+        self._in_flight_bytes = 0  # this stripe's share of `in_flight` (capture.batching)
         self._writer_gone = False
         self.stripe = stripe
         self.clock = clock
@@ -210,9 +181,10 @@ class StripeWorker:
         self._quarantine_n = 0  # items quarantined at that slot so far
         # Owns "a journal segment goes only once its frames are committed" (capture.durability).
         self.durability: DurabilityKeeper | None = None
-        # Items taken out of the pending map, in the order they were taken, until the writer's
-        # channel accepts them; only _drain_ready() sends, so each type stays in receive order.
-        self._ready: deque[_WriterItem] = deque()
+        # Queued items (capture.batching): taken out of the pending batches, in the order they
+        # were taken, until the writer's channel accepts them; only _drain_outbox() sends, so
+        # each type stays in receive order.
+        self._outbox: deque[WriterItem] = deque()
         self._drain_lock = trio.Lock()
         self._handed = 0  # items given to the writer ...
         self._processed = 0  # ... and done by it
@@ -233,12 +205,7 @@ class StripeWorker:
         self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
         out = cfg.output
         n_stripes = max(1, len(cfg.source.stripes))
-        # A pending batch is handed over at pipeline.batch_rows frames, or at this many bytes
-        # of frames: with one busy type per stripe, the process's batches then hold about a
-        # third of its budget, whatever the number of stripes (capture.memory).
-        self._batch_max_bytes = max(
-            BATCH_MIN_BYTES, out.memory_budget_mb * 2**20 // (3 * n_stripes)
-        )
+        self._batch_max_bytes = batch_max_bytes(cfg)
         self._sink_settings = SinkSettings(
             root=out.root,
             rotate_interval_s=out.rotate_interval,
@@ -290,7 +257,7 @@ class StripeWorker:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
+        send, recv = trio.open_memory_channel[WriterItem](self.cfg.pipeline.queue_batches)
         self._writer_gone = False
         hold = self.journal_hold
         sink = self.sink = PartitionSink(
@@ -337,7 +304,7 @@ class StripeWorker:
                 self._guard = None
         self.stats.state = "stopped"
 
-    async def _connect_loop(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
+    async def _connect_loop(self, send: trio.MemorySendChannel[WriterItem]) -> None:
         attempt = 0
         sup = self.cfg.supervision
         while True:
@@ -385,7 +352,7 @@ class StripeWorker:
 
     # -- one connection -------------------------------------------------------------------------
 
-    async def _session(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
+    async def _session(self, send: trio.MemorySendChannel[WriterItem]) -> None:
         cfg = self.cfg
         # Providers may block (file reads; Cognito's SRP login over HTTPS): never on the loop.
         bearer = await self.offload(self.credentials.bearer)
@@ -440,7 +407,7 @@ class StripeWorker:
         conn: Connection,
         session: str,
         requests: tuple[protocol.StreamRequest, ...],
-        send: trio.MemorySendChannel[_WriterItem],
+        send: trio.MemorySendChannel[WriterItem],
         api_key: str,
     ) -> None:
         sup = self.cfg.supervision
@@ -487,8 +454,8 @@ class StripeWorker:
                     if journal is not None:  # buffered; fsynced by its own thread
                         journal.append(recv_ns, first_seq, self._seq - first_seq, message)
                     eventlog.end_message()
-                    if self._ready:  # after the journal: waiting for the writers delays no fsync
-                        await self._drain_ready(send)
+                    if self._outbox:  # after the journal: waiting for the writers delays no fsync
+                        await self._drain_outbox(send)
                 if sess.ended is not None:
                     raise sess.ended
                 if stats.last_alive_ns != alive_before:
@@ -515,12 +482,12 @@ class StripeWorker:
         *,
         live: bool = True,
         committed: Callable[[str, int], bool] | None = None,
-        send: trio.MemorySendChannel[_WriterItem] | None = None,
+        send: trio.MemorySendChannel[WriterItem] | None = None,
     ) -> None:
         """One received WebSocket message: frames -> control handling / pending batches.
 
         Full batches and quarantined bytes are queued (:meth:`_enqueue`); the caller hands them
-        to the writer with :meth:`_drain_ready`.  The same code runs live (``conn`` given) and
+        to the writer with :meth:`_drain_outbox`.  The same code runs live (``conn`` given) and
         when the journal is replayed (``conn`` None, ``live`` False): the rows come out
         identical.  ``committed(msg_type, seq)`` tells a replay which frames already are in
         committed Parquet.
@@ -572,7 +539,7 @@ class StripeWorker:
                         valid_types.add(mtyp)
                 except protocol.RemoteProtocolError as exc:
                     self._quarantine(recv_ns, session, str(exc), body)
-                    if send is not None and len(self._ready) >= _HAND_OVER_ITEMS:
+                    if send is not None and len(self._outbox) >= _HAND_OVER_ITEMS:
                         await self._hand_over(send)
                     continue
                 except Exception as exc:  # noqa: BLE001 - a bug, contained (README "Guarantee")
@@ -618,14 +585,14 @@ class StripeWorker:
             if self._quarantined:
                 self._enqueue_quarantined()
 
-    async def _hand_over(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
+    async def _hand_over(self, send: trio.MemorySendChannel[WriterItem]) -> None:
         """Hand what is queued to the writer in the middle of a message: a message of
         millions of bad frames must not hold them all in memory.  Shielded, so that a stop
         cannot leave the rest of the message unhandled (and unjournaled); a writer that is
         gone leaves the items queued, as at the end of a stream."""
         with trio.CancelScope(shield=True):
             try:
-                await self._drain_ready(send)
+                await self._drain_outbox(send)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
@@ -645,14 +612,14 @@ class StripeWorker:
             self.log.error("bug while handling a frame (traceback logged before)", reason=reason)
         self._quarantine(recv_ns, session, reason, data)
 
-    async def _end_of_stream(self, sess: _Link, send: trio.MemorySendChannel[_WriterItem]) -> None:
+    async def _end_of_stream(self, sess: _Link, send: trio.MemorySendChannel[WriterItem]) -> None:
         for leftover in sess.decoder.flush():
             self.stats.garbage_bytes += len(leftover.data)
             self._quarantine(self.clock.now_ns(), sess.id, leftover.reason, leftover.data)
         if self._quarantined:
             self._enqueue_quarantined()
         try:
-            await self._drain_ready(send)
+            await self._drain_outbox(send)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.log.error("writer gone; could not hand over what was received last")
 
@@ -737,14 +704,14 @@ class StripeWorker:
         while self._processed < target:
             await self._progress.park()
 
-    def _enqueue(self, item: _WriterItem) -> None:
-        """Queue an item for the writer (no waiting: see :meth:`_drain_ready`).  From now on
-        its frames count as in flight for the journal's commit watermark."""
+    def _enqueue(self, item: WriterItem) -> None:
+        """Queue an item for the writer (no waiting: see :meth:`_drain_outbox`).  From now on
+        it is with the writer for the journal's commit watermark (capture.batching)."""
         if self.durability is not None:
-            self.durability.taken(_low_seq(item))
-        self._ready.append(item)
+            self.durability.taken(low_seq(item))
+        self._outbox.append(item)
 
-    async def _drain_ready(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
+    async def _drain_outbox(self, send: trio.MemorySendChannel[WriterItem]) -> None:
         """Hand the queued items to the writer, oldest first.
 
         The writers are behind when this stripe's channel is full or the process's in-flight
@@ -752,15 +719,15 @@ class StripeWorker:
         Cancellation leaves the item queued (the stop path drains it, shielded).  One task
         sends at a time, so items reach the channel in the order they were queued."""
         async with self._drain_lock:
-            ready = self._ready
+            outbox = self._outbox
             budget = self.in_flight
-            while ready:
-                item = ready[0]
+            while outbox:
+                item = outbox[0]
                 n = item.nbytes if isinstance(item, PendingBatch) else 0
                 t0 = trio.current_time()
                 waited = bool(n) and await budget.admit(n, self._is_writer_gone)
                 budget.take(n)
-                self._held += n
+                self._in_flight_bytes += n
                 try:
                     try:
                         send.send_nowait(item)
@@ -769,9 +736,9 @@ class StripeWorker:
                         await send.send(item)
                 except BaseException:
                     budget.release(n)
-                    self._held -= n
+                    self._in_flight_bytes -= n
                     raise
-                ready.popleft()
+                outbox.popleft()
                 self._handed += 1
                 if waited:
                     self.stats.reader_wait_s += trio.current_time() - t0
@@ -823,7 +790,7 @@ class StripeWorker:
         )
 
     async def _flush_pending(
-        self, send: trio.MemorySendChannel[_WriterItem], older_than_ns: int | None
+        self, send: trio.MemorySendChannel[WriterItem], older_than_ns: int | None
     ) -> None:
         if events := self.eventlog.take():
             self._enqueue(EventBatch(events))  # (journaled already: capture.eventlog)
@@ -831,9 +798,9 @@ class StripeWorker:
             if older_than_ns is None or pb.first_ns <= older_than_ns:
                 del self._pending[msg_type]
                 self._enqueue(pb)
-        await self._drain_ready(send)
+        await self._drain_outbox(send)
 
-    async def _flusher(self, send: trio.MemorySendChannel[_WriterItem]) -> None:
+    async def _flusher(self, send: trio.MemorySendChannel[WriterItem]) -> None:
         """Partial batches wait at most ``flush_interval`` before they are decoded."""
         interval = self.cfg.pipeline.flush_interval
         while True:
@@ -988,7 +955,7 @@ class StripeWorker:
 
     async def _replay_journal(
         self,
-        send: trio.MemorySendChannel[_WriterItem],
+        send: trio.MemorySendChannel[WriterItem],
         directories: list[Path],
         committed: CommittedIndex | None,
         only: list[Path] | None = None,
@@ -1039,8 +1006,8 @@ class StripeWorker:
                             committed=already,
                             send=send,
                         )
-                        if self._ready:
-                            await self._drain_ready(send)
+                        if self._outbox:
+                            await self._drain_outbox(send)
                         last_ns = last_of[sess.id] = rec.recv_ns
             if sess is not None:
                 await self._end_of_stream(sess, send)
@@ -1074,7 +1041,7 @@ class StripeWorker:
         own (offline: ``mlink-capture replay``; at start-up: beside live capture, skipping
         what ``committed`` holds, reading ``only`` these segments); returns the number of
         data frames written.  Every file is committed when it returns."""
-        send, recv = trio.open_memory_channel[_WriterItem](self.cfg.pipeline.queue_batches)
+        send, recv = trio.open_memory_channel[WriterItem](self.cfg.pipeline.queue_batches)
         self._writer_gone = False
         hold = self.journal_hold
         sink = self.sink = PartitionSink(
@@ -1094,7 +1061,7 @@ class StripeWorker:
     # -- writer ---------------------------------------------------------------------------------
 
     async def _writer(
-        self, recv: trio.MemoryReceiveChannel[_WriterItem], sink: PartitionSink
+        self, recv: trio.MemoryReceiveChannel[WriterItem], sink: PartitionSink
     ) -> None:
         try:
             await self._write_loop(recv, sink)
@@ -1111,8 +1078,8 @@ class StripeWorker:
             # has it): give its bytes back at once, not after the sink closes, so that the
             # other stripes' readers queued for the budget do not wait for this one.  A reader
             # of this stripe that sends after this meets the closed channel and releases its own.
-            self.in_flight.release(self._held)
-            self._held = 0
+            self.in_flight.release(self._in_flight_bytes)
+            self._in_flight_bytes = 0
             self.in_flight.wake()  # a reader waiting for this writer's progress gives up
             with trio.CancelScope(shield=True):
                 try:
@@ -1122,7 +1089,7 @@ class StripeWorker:
                     self.log.error("closing the sink failed", error=str(exc))
 
     async def _write_loop(
-        self, recv: trio.MemoryReceiveChannel[_WriterItem], sink: PartitionSink
+        self, recv: trio.MemoryReceiveChannel[WriterItem], sink: PartitionSink
     ) -> None:
         decoders: dict[str, BatchDecoder] = {}
         max_decoders = max(64, self.cfg.limits.max_open_types)
@@ -1136,7 +1103,7 @@ class StripeWorker:
                 due = sink.next_due_ns()
                 if due is not None:
                     wake = min(wake, due)
-                item: _WriterItem | None = None
+                item: WriterItem | None = None
                 with trio.move_on_at(trio_deadline_for(self.clock, wake)):
                     if self._rotate_now.is_set():
                         self._rotate_now = trio.Event()
@@ -1156,14 +1123,14 @@ class StripeWorker:
                     outcome = await self._heavy(self._decode_and_write, dec, sink, item)
                     if self.durability is not None:
                         self.durability.done(item.seq[0])
-                    self._held -= item.nbytes
+                    self._in_flight_bytes -= item.nbytes
                     self.in_flight.release(item.nbytes)
                     self._written(item.msg_type, outcome)
                 elif isinstance(item, EventBatch):
                     batch = capture_events.to_batch(item.events, self.stripe)
                     self._committed(await self._heavy(sink.write, capture_events.TABLE, batch))
                     if self.durability is not None:
-                        self.durability.done(_low_seq(item))
+                        self.durability.done(low_seq(item))
                 else:
                     await self.offload(self._write_quarantine, item.items)
                     if self.durability is not None:
@@ -1348,17 +1315,6 @@ class StripeWorker:
         quarantine.append_many(self.cfg.output.root, self.stripe, self.cfg.output.timezone, items)
 
 
-# The smallest byte bound of a pending batch (a tiny budget with many stripes): below this the
-# per-batch costs (a thread hand-off, a JSON reader call) dominate.
-BATCH_MIN_BYTES = 256 * 1024
-
-
-def in_flight_limit(cfg: Config) -> int:
-    """A quarter of ``output.memory_budget_mb``: raw frames handed to the writers and not yet
-    decoded, all stripes together (capture.memory: why a quarter)."""
-    return cfg.output.memory_budget_mb * 2**20 // 4
-
-
 _HAND_OVER_ITEMS = 4
 """Quarantine batches (of 1,000 frames) queued inside one message before the reader hands them
 to the writer without waiting for the message's end."""
@@ -1421,15 +1377,6 @@ def _max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:
 
 
 _MAX_NS_MICROS: Final = (2**63 - 1) // 1000
-
-
-def _low_seq(item: _WriterItem) -> int:
-    """The lowest seq an item for the writer holds the journal at (capture.durability)."""
-    if isinstance(item, PendingBatch):
-        return item.seq[0]
-    if isinstance(item, EventBatch):
-        return min(e.seq for e in item.events)
-    return item.seq
 
 
 def _take(records: Iterator[tuple[Path, journal_mod.Record]], n: int) -> list[journal_mod.Record]:

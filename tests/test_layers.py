@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
         "capture.journal", "capture.decode", "capture.health", "capture.recovery",
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
         "capture.durability", "capture.lake.hold", "capture.eventlog",
-        "capture.stripe_recovery",
+        "capture.stripe_recovery", "capture.batching",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",

@@ -30,13 +30,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import trio
 
-from capture import bounds, protocol, quarantine
+from capture import bounds, protocol
 from capture import events as capture_events
 from capture import journal as journal_mod
 from capture import session as mlink
@@ -51,10 +49,11 @@ from capture.batching import (
     low_seq,
 )
 from capture.batching import in_flight_limit as in_flight_limit  # (app.py imports it from here)
+from capture.batchwrite import BatchWriter, WriteOutcome
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
 from capture.crashguard import Note, Suspects
-from capture.decode import BatchDecoder, DecodeResult, DriftReport
+from capture.decode import BatchDecoder
 from capture.durability import DurabilityKeeper
 from capture.errors import (
     AuthRejected,
@@ -63,7 +62,6 @@ from capture.errors import (
     TransportError,
 )
 from capture.eventlog import EventLog
-from capture.faultpoints import crash_point, poison_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
 from capture.lake.hold import JournalHold
 from capture.logs import get_logger, redact, redact_url, secret_scrubber
@@ -104,17 +102,6 @@ Offload = Callable[..., Awaitable[Any]]
 
 # Distinct unknown message types a stripe logs (capture.worker._note_unknown_type).
 UNKNOWN_TYPES_LOGGED = 20
-
-
-@dataclass(frozen=True, slots=True)
-class _WriteOutcome:
-    committed: list[CommittedFile]
-    rows: int
-    rejected: int
-    slow_rows: int
-    latest_sent_ns: int | None
-    unknown_fields: frozenset[str] = frozenset()
-    number_mismatches: int = 0
 
 
 class StripeWorker:
@@ -165,6 +152,7 @@ class StripeWorker:
         self.on_commit = on_commit
         self.stats = StripeStats(stripe)
         self.log = get_logger(stripe=stripe)
+        self._batch_writer = BatchWriter(stripe, cfg.output.root, cfg.output.timezone, self.log)
         self._stop_scope = trio.CancelScope()
         self._stopping = False
         self._rotate_now = trio.Event()
@@ -916,7 +904,7 @@ class StripeWorker:
         replayer.eventlog.before = plan.events_before
         replayer._suspects = plan.suspects
         replayer._guard = plan.guard.note("replay")
-        replayer.log = self.log.bind(recovery=True)
+        replayer.log = replayer._batch_writer.log = self.log.bind(recovery=True)
         try:
             replayed = await replayer.replay(
                 [self.journal.directory], committed=plan.index, only=plan.segments
@@ -1120,7 +1108,14 @@ class StripeWorker:
                         if len(decoders) >= max_decoders:  # a type flood: forget the oldest
                             del decoders[next(iter(decoders))]
                         dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
-                    outcome = await self._heavy(self._decode_and_write, dec, sink, item)
+                    outcome = await self._heavy(
+                        self._batch_writer.write,
+                        dec,
+                        sink,
+                        item,
+                        self._guard,
+                        self._quarantined_before,
+                    )
                     if self.durability is not None:
                         self.durability.done(item.seq[0])
                     self._in_flight_bytes -= item.nbytes
@@ -1132,7 +1127,7 @@ class StripeWorker:
                     if self.durability is not None:
                         self.durability.done(low_seq(item))
                 else:
-                    await self.offload(self._write_quarantine, item.items)
+                    await self.offload(self._batch_writer.write_quarantine, item.items)
                     if self.durability is not None:
                         self.durability.done(item.seq)
                 if item is not None:
@@ -1152,7 +1147,7 @@ class StripeWorker:
         async with self.decode_limiter:
             return await self.offload(fn, *args)
 
-    def _written(self, msg_type: str, outcome: _WriteOutcome) -> None:
+    def _written(self, msg_type: str, outcome: WriteOutcome) -> None:
         stats = self.stats
         if msg_type not in self._unknown_types and lookup_message(msg_type) is None:
             self._note_unknown_type(msg_type)
@@ -1222,99 +1217,6 @@ class StripeWorker:
             if self.on_commit is not None:
                 self.on_commit(f)
 
-    def _decode_and_write(
-        self, dec: BatchDecoder, sink: PartitionSink, pb: PendingBatch
-    ) -> _WriteOutcome:
-        """Runs in a worker thread: bulk decode, split by partition date, write; noted in the
-        crash guard meanwhile (capture.crashguard), so that a crash here is not repeated."""
-        guard = self._guard
-        if guard is None:
-            return self._decode_and_write_now(dec, sink, pb)
-        guard.begin(pb.msg_type, pb.seq[0], pb.seq[-1])
-        try:
-            return self._decode_and_write_now(dec, sink, pb)
-        finally:
-            guard.end()
-
-    def _decode_and_write_now(
-        self, dec: BatchDecoder, sink: PartitionSink, pb: PendingBatch
-    ) -> _WriteOutcome:
-        poison_point(pb.bodies)
-        try:
-            result = self._decode(dec, pb)
-        except Exception as exc:  # a bug in the decoder: contained, body by body
-            self.log.error(
-                "bug while decoding a batch; decoding its frames one by one",
-                msg_type=pb.msg_type,
-                frames=len(pb.bodies),
-                exc_info=exc,
-            )
-            result = self._decode_each(dec, pb)
-        kept: list[Quarantined] = []
-        for index, body, reason in result.rejected:
-            key = f"seq/{pb.seq[index]}"
-            if key in self._quarantined_before:
-                continue  # a replay: an earlier run kept (and counted) it
-            seq = pb.seq[index]
-            kept.append(Quarantined(pb.recv_ns[index], pb.session, reason, body, seq=seq, key=key))
-        self._write_quarantine(kept)
-        rejected = len(kept)
-        batch = result.batch
-        crash_point("worker.decoded")
-        committed: list[CommittedFile] = []
-        latest: int | None = None
-        if batch.num_rows:
-            committed.extend(sink.write(pb.msg_type, batch))  # splits at local midnight
-            latest = _max_ns(batch.column("h_sTim"))
-        return _WriteOutcome(
-            committed=committed,
-            number_mismatches=_number_mismatches(pb.msg_type, pb.type_numbers),
-            rows=batch.num_rows,
-            rejected=rejected,
-            slow_rows=result.drift.slow_path_rows,
-            unknown_fields=result.drift.unknown_fields,
-            latest_sent_ns=latest,
-        )
-
-    def _decode(self, dec: BatchDecoder, pb: PendingBatch, rows: list[int] | None = None) -> Any:
-        pick = (lambda xs: xs) if rows is None else (lambda xs: [xs[i] for i in rows])
-        return dec.decode(
-            pick(pb.bodies),
-            type_numbers=pick(pb.type_numbers),
-            recv_ns=pick(pb.recv_ns),
-            snapshot=pick(pb.snapshot),
-            seq=pick(pb.seq),
-            stripe=self.stripe,
-            session=pb.session,
-        )
-
-    def _decode_each(self, dec: BatchDecoder, pb: PendingBatch) -> DecodeResult:
-        """The batch decoded one body at a time: a body the decoder fails on is quarantined
-        with the error, the others are kept (in order)."""
-        batches: list[pa.RecordBatch] = []
-        rejected: list[tuple[int, bytes, str]] = []
-        drift = DriftReport()
-        for i, body in enumerate(pb.bodies):
-            try:
-                one = self._decode(dec, pb, [i])
-            except Exception as exc:  # noqa: BLE001 - the body the bug is about
-                rejected.append((i, body, f"internal error: {type(exc).__name__}: {exc}"[:500]))
-                continue
-            batches.append(one.batch)
-            drift = drift.merged(one.drift)
-            rejected += [(i, b, reason) for _, b, reason in one.rejected]
-        table = pa.Table.from_batches(batches, schema=dec.schema).combine_chunks()
-        batch = (
-            table.to_batches()[0]
-            if table.num_rows
-            else pa.RecordBatch.from_pylist([], schema=dec.schema)
-        )
-        return DecodeResult(batch=batch, drift=drift, rejected=rejected)
-
-    def _write_quarantine(self, items: list[Quarantined]) -> None:
-        quarantine.append_many(self.cfg.output.root, self.stripe, self.cfg.output.timezone, items)
-
-
 _HAND_OVER_ITEMS = 4
 """Quarantine batches (of 1,000 frames) queued inside one message before the reader hands them
 to the writer without waiting for the message's end."""
@@ -1353,30 +1255,6 @@ def _slow_mtyp(body: bytes) -> str | None:
 
 def _stripe_number(stripe: str) -> int:
     return sum(ord(c) for c in stripe) % 1000
-
-
-def _number_mismatches(msg_type: str, numbers: list[int]) -> int:
-    """Frames whose 5-digit header number is not the dictionary's number for their ``mTyp``
-    (numbers changed over time, §9.3; 0 is what clients send and is not checked)."""
-    mdef = lookup_message(msg_type)
-    if mdef is None:
-        return 0
-    expected = mdef.number
-    unchecked = numbers.count(0) if expected else 0  # list.count: C speed, per batch
-    return len(numbers) - numbers.count(expected) - unchecked
-
-
-def _max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:
-    """Latest header send time in the batch, as ns since the epoch (PROTOCOL.md highwaterTs).
-
-    Exact: the column holds microseconds, multiplied here in Python (an Arrow cast to ns would
-    fail on a time beyond 2262, which a server could send); such times are not a highwater."""
-    micros = pc.cast(column, pa.int64())
-    value = pc.max(pc.filter(micros, pc.less_equal(micros, _MAX_NS_MICROS))).as_py()
-    return None if value is None else int(value) * 1000
-
-
-_MAX_NS_MICROS: Final = (2**63 - 1) // 1000
 
 
 def _take(records: Iterator[tuple[Path, journal_mod.Record]], n: int) -> list[journal_mod.Record]:

@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
         "capture.journal", "capture.decode", "capture.health", "capture.recovery",
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
         "capture.durability", "capture.lake.hold", "capture.eventlog",
-        "capture.stripe_recovery", "capture.batching",
+        "capture.stripe_recovery", "capture.batching", "capture.batchwrite",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
@@ -195,7 +195,7 @@ def test_sync_io_modules_do_not_import_trio() -> None:
     for sync in ("capture.sink", "capture.decode", "capture.health", "capture.stats",
                  "capture.journal", "capture.recovery", "capture.verify", "capture.durability",
                  "capture.quarantine", "capture.crashguard", "capture.eventlog",
-                 "capture.stripe_recovery"):
+                 "capture.stripe_recovery", "capture.batchwrite"):
         assert not uses(mods[sync], "trio"), sync
 
 

@@ -54,6 +54,7 @@ from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
 from capture.crashguard import Note, Suspects
 from capture.decode import BatchDecoder
+from capture.driftlog import DriftLog
 from capture.durability import DurabilityKeeper
 from capture.errors import (
     AuthRejected,
@@ -69,7 +70,6 @@ from capture.memory import InFlightBudget, decode_slots
 from capture.quarantine import Quarantined
 from capture.recovery import CommittedIndex
 from capture.rotation import next_boundary_ns
-from capture.schemas import lookup as lookup_message
 from capture.session import MLinkSession
 from capture.sink import CommittedFile, PartitionSink, SinkSettings
 from capture.stats import StripeStats
@@ -98,10 +98,6 @@ class _Link:
 
 
 Offload = Callable[..., Awaitable[Any]]
-
-
-# Distinct unknown message types a stripe logs (capture.worker._note_unknown_type).
-UNKNOWN_TYPES_LOGGED = 20
 
 
 class StripeWorker:
@@ -153,6 +149,7 @@ class StripeWorker:
         self.stats = StripeStats(stripe)
         self.log = get_logger(stripe=stripe)
         self._batch_writer = BatchWriter(stripe, cfg.output.root, cfg.output.timezone, self.log)
+        self.driftlog = DriftLog(self.log, self.stats)  # data the dictionary does not describe
         self._stop_scope = trio.CancelScope()
         self._stopping = False
         self._rotate_now = trio.Event()
@@ -183,13 +180,11 @@ class StripeWorker:
             t: 1000 * (i + 1) + _stripe_number(stripe)
             for i, t in enumerate(cfg.source.message_types)
         }
-        self._unknown_fields: dict[str, set[str]] = {}
         # The URL as logged and stored: a key in it (?apikey=, user:key@) is a secret.
         self._url = redact_url(cfg.source.url)
         self._quarantined: list[Quarantined] = []  # of the message being handled
         self._valid_types: set[str] = set()  # data type names checked by bounds.check_type_name
         self._tracebacks: set[str] = set()  # where contained bugs were raised (logged once each)
-        self._unknown_types: set[str] = set()  # logged once each, at most UNKNOWN_TYPES_LOGGED
         self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
         out = cfg.output
         n_stripes = max(1, len(cfg.source.stripes))
@@ -904,7 +899,9 @@ class StripeWorker:
         replayer.eventlog.before = plan.events_before
         replayer._suspects = plan.suspects
         replayer._guard = plan.guard.note("replay")
-        replayer.log = replayer._batch_writer.log = self.log.bind(recovery=True)
+        replayer.log = replayer._batch_writer.log = replayer.driftlog.log = self.log.bind(
+            recovery=True
+        )
         try:
             replayed = await replayer.replay(
                 [self.journal.directory], committed=plan.index, only=plan.segments
@@ -1149,66 +1146,13 @@ class StripeWorker:
 
     def _written(self, msg_type: str, outcome: WriteOutcome) -> None:
         stats = self.stats
-        if msg_type not in self._unknown_types and lookup_message(msg_type) is None:
-            self._note_unknown_type(msg_type)
         stats.rows_written += outcome.rows
         stats.rows_by_type[msg_type] = stats.rows_by_type.get(msg_type, 0) + outcome.rows
-        stats.quarantined += outcome.rejected
-        if outcome.rejected:
-            self.log.warning(
-                "quarantined bytes",
-                msg_type=msg_type,
-                frames=outcome.rejected,
-                reason="data frame body is not a JSON object",
-            )
-        stats.drift_rows += outcome.slow_rows
-        if outcome.number_mismatches:
-            if not stats.type_number_mismatches:  # numbers are hints (PROTOCOL.md §4.1): note once
-                expected = lookup_message(msg_type)
-                self.log.warning(
-                    "frame type numbers differ from the dictionary's; dispatching on mTyp",
-                    msg_type=msg_type,
-                    expected=expected.number if expected else None,
-                )
-            stats.type_number_mismatches += outcome.number_mismatches
-        if outcome.unknown_fields:
-            seen = self._unknown_fields.setdefault(msg_type, set())
-            new = outcome.unknown_fields - seen
-            if new and len(seen) < _DRIFT_FIELDS_MAX:  # once per field per type: drift is news
-                seen |= new
-                self.log.warning(
-                    "schema drift: fields not in the dictionary kept in _extra",
-                    msg_type=msg_type,
-                    fields=sorted(new)[:_DRIFT_FIELDS_MAX],
-                    complete=len(seen) < _DRIFT_FIELDS_MAX,  # false: later new fields unlisted
-                )
+        self.driftlog.written(msg_type, outcome)
         latest = outcome.latest_sent_ns
         if latest is not None and latest > self.highwater.get(msg_type, 0):
             self.highwater[msg_type] = latest
         self._committed(outcome.committed)
-
-    def _note_unknown_type(self, msg_type: str) -> None:
-        """Log a message type the data dictionary does not know, once per stripe, with what to
-        do about it; a server naming ever new types fills neither the log nor memory."""
-        if len(self._unknown_types) > UNKNOWN_TYPES_LOGGED:
-            return
-        self._unknown_types.add(msg_type)
-        if len(self._unknown_types) > UNKNOWN_TYPES_LOGGED:
-            self.log.warning(
-                "more message types not in the data dictionary; not logging them any more",
-                logged=UNKNOWN_TYPES_LOGGED,
-            )
-            return
-        self.log.warning(
-            "message type not in the data dictionary: its rows go to a generic table",
-            msg_type=msg_type,
-            hint=(
-                "nothing is lost: the table holds the header columns and the message as JSON "
-                "(column `message`); a newer data dictionary (tools/gen_schemas.py) gives it "
-                "typed columns. A misspelled or retired type name on the server's side also "
-                "shows up here"
-            ),
-        )
 
     def _committed(self, files: list[CommittedFile]) -> None:
         for f in files:
@@ -1220,10 +1164,6 @@ class StripeWorker:
 _HAND_OVER_ITEMS = 4
 """Quarantine batches (of 1,000 frames) queued inside one message before the reader hands them
 to the writer without waiting for the message's end."""
-
-_DRIFT_FIELDS_MAX = 256
-"""Unknown field names remembered (and logged) per type: a server inventing a new name in every
-message must not grow memory or the log without bound (the values are in _extra anyway)."""
 
 _VALID_TYPES_MAX = 4096
 """Type names a reader remembers as checked (then it starts over: a cache, not a bound)."""

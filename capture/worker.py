@@ -26,7 +26,6 @@ import random
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -63,8 +62,9 @@ from capture.errors import (
     TransportError,
 )
 from capture.eventlog import EventLog
-from capture.frames import FrameDecoder, Garbage, encode_client_frame
+from capture.frames import FrameDecoder, Garbage
 from capture.lake.hold import JournalHold
+from capture.link import Link, LinkActions
 from capture.logs import get_logger, redact, redact_url, secret_scrubber
 from capture.memory import InFlightBudget, decode_slots
 from capture.quarantine import Quarantined
@@ -81,20 +81,6 @@ def new_session_id(now_ns: int) -> str:
     """Sortable and unique: UTC start time + 6 random hex digits."""
     t = dt.datetime.fromtimestamp(now_ns / 1e9, tz=dt.UTC)
     return f"{t:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
-
-
-@dataclass(slots=True)
-class _Link:
-    """One connection as the reader sees it: its id, its frame decoder (bytes may straddle
-    WebSocket messages) and its MLink session (capture.session), live or rebuilt from the
-    journal."""
-
-    id: str
-    protocol: MLinkSession
-    decoder: FrameDecoder = field(default_factory=FrameDecoder)
-    ended: Exception | None = None
-    """Why the connection must end (GoodNight, a refused logon, a failed send), found while
-    handling a message: raised once every message received with it has been kept."""
 
 
 Offload = Callable[..., Awaitable[Any]]
@@ -186,6 +172,14 @@ class StripeWorker:
         self._valid_types: set[str] = set()  # data type names checked by bounds.check_type_name
         self._tracebacks: set[str] = set()  # where contained bugs were raised (logged once each)
         self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
+        self._actions = LinkActions(  # carries out what the MLink session decides
+            stats=self.stats,
+            log=self.log,
+            event=self._event,
+            highwater=self.highwater,
+            clock=clock,
+            logon_field=lambda: self.credentials.logon_field,
+        )
         out = cfg.output
         n_stripes = max(1, len(cfg.source.stripes))
         self._batch_max_bytes = batch_max_bytes(cfg)
@@ -236,6 +230,10 @@ class StripeWorker:
         connects now, and so does one whose attempt under way is refused; a connected stripe
         is not disturbed (its next attempt starts with this forgotten)."""
         self._retry_auth.set()
+
+    def _set_log(self, log: Any) -> None:
+        self.log = self.eventlog.log = self._batch_writer.log = log
+        self.driftlog.log = self._actions.log = log
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -396,7 +394,7 @@ class StripeWorker:
         sup = self.cfg.supervision
         stats = self.stats
         now_ns = self.clock.now_ns
-        sess = _Link(
+        sess = Link(
             session, MLinkSession(requests, logon_deadline=trio.current_time() + sup.logon_timeout)
         )
         # Only data and heartbeats show that the stream is alive: a server that sends nothing
@@ -418,7 +416,7 @@ class StripeWorker:
                     if events:
                         # No MLinkAdmin yet: some servers wait for the request first (§7.1, [I]).
                         self.log.warning("no MLinkAdmin within logon_timeout; requesting anyway")
-                        await self._apply(events, sess, conn, api_key)
+                        await self._actions.apply(events, sess, conn, api_key)
                         continue
                     raise StaleConnection(f"no data or heartbeat for {sup.stale_after:g} s")
                 recv_ns = now_ns()  # one socket read: its messages were received together
@@ -457,7 +455,7 @@ class StripeWorker:
 
     async def _process(
         self,
-        sess: _Link,
+        sess: Link,
         message: bytes | str,
         recv_ns: int,
         conn: Connection | None,
@@ -513,7 +511,7 @@ class StripeWorker:
                         alive += isinstance(ctl, protocol.Heartbeat)
                         decided = sess.protocol.receive(ctl)
                         if decided:
-                            await self._apply(decided, sess, conn, api_key)
+                            await self._actions.apply(decided, sess, conn, api_key)
                         continue
                     if mtyp not in valid_types:  # where a type name enters: never the writer's
                         bounds.check_type_name(mtyp, limits)
@@ -595,7 +593,7 @@ class StripeWorker:
             self.log.error("bug while handling a frame (traceback logged before)", reason=reason)
         self._quarantine(recv_ns, session, reason, data)
 
-    async def _end_of_stream(self, sess: _Link, send: trio.MemorySendChannel[WriterItem]) -> None:
+    async def _end_of_stream(self, sess: Link, send: trio.MemorySendChannel[WriterItem]) -> None:
         for leftover in sess.decoder.flush():
             self.stats.garbage_bytes += len(leftover.data)
             self._quarantine(self.clock.now_ns(), sess.id, leftover.reason, leftover.data)
@@ -605,79 +603,6 @@ class StripeWorker:
             await self._drain_outbox(send)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.log.error("writer gone; could not hand over what was received last")
-
-    async def _apply(
-        self,
-        events: list[mlink.Event],
-        sess: _Link,
-        conn: Connection | None,
-        api_key: str | None,
-    ) -> None:
-        """Carry out what the MLink session decided.  Live, ``conn`` is the connection; when
-        the journal is replayed it is None: the same state changes, nothing is sent, recorded
-        or ended again (it was when the messages arrived)."""
-        stats = self.stats
-        for ev in events:
-            if isinstance(ev, mlink.HeartbeatSeen):
-                stats.heartbeats += 1
-            elif isinstance(ev, mlink.StreamAcked):
-                self._event("stream_ack", msg_type=ev.msg_type, result=ev.result, detail=ev.detail)
-                if ev.ok:
-                    stats.streams[ev.msg_type] = "acked"
-                else:
-                    failed = f"{ev.result}: {ev.detail or ''}".strip(": ")
-                    stats.streams[ev.msg_type] = f"refused ({failed})"
-                    stats.last_error = f"{ev.msg_type} refused by server: {failed}"
-                    self.log.error(
-                        "stream refused", msg_type=ev.msg_type, result=ev.result, detail=ev.detail
-                    )
-            elif isinstance(ev, mlink.Checkpoint):
-                self._event(
-                    "checkpoint",
-                    msg_type=ev.msg_type,
-                    result=ev.state,
-                    count=ev.count,
-                    highwater_ts=ev.highwater_ts,
-                )
-                if ev.status is not None:
-                    stats.streams[ev.msg_type] = ev.status
-                if ev.status in ("replaced", "terminated"):
-                    self.log.warning("stream ended by server", msg_type=ev.msg_type, state=ev.state)
-                if ev.highwater_ts and ev.highwater_ts > 0:
-                    hw = self.highwater
-                    hw[ev.msg_type] = max(hw.get(ev.msg_type, 0), ev.highwater_ts)
-            elif isinstance(ev, mlink.UnmatchedAck):
-                self.log.warning("stream ack matches no request", msg_name=ev.msg_name)
-            elif isinstance(ev, mlink.ServerProblem):
-                self.log.warning("server reported a problem", result=ev.result, detail=ev.detail)
-            elif conn is None:
-                continue  # replay: logon, requests and endings happened when this was live
-            elif isinstance(ev, mlink.LogonVerdict):
-                self._event("logon", result=ev.state, detail=ev.detail)
-                if ev.verdict is protocol.AdminVerdict.LOGGED_ON:
-                    self.log.info("logged on", session=stats.session)
-            elif isinstance(ev, mlink.AdminAfterLogon):
-                self.log.warning("MLinkAdmin after logon", state=ev.state, detail=ev.detail)
-            elif isinstance(ev, mlink.EndSession):
-                if sess.ended is None:  # the frames after it are still kept
-                    ending = AuthRejected if ev.auth_failed else TransportError
-                    sess.ended = ending(ev.reason)
-            elif sess.ended is None:  # a send: SendRequests or SendLogon
-                try:
-                    await self._send(ev, conn, api_key)
-                except TransportError as exc:
-                    sess.ended = exc
-
-    async def _send(
-        self, ev: mlink.SendRequests | mlink.SendLogon, conn: Connection, api_key: str | None
-    ) -> None:
-        now = self.clock.now_ns()
-        if isinstance(ev, mlink.SendRequests):
-            for request in ev.requests:
-                await conn.send(encode_client_frame(request.body(now)))
-        elif api_key is not None:
-            body = protocol.logon_body(api_key, now, self.credentials.logon_field)
-            await conn.send(encode_client_frame(body))
 
     # -- hand-over to the writer ------------------------------------------------------------------
 
@@ -899,9 +824,7 @@ class StripeWorker:
         replayer.eventlog.before = plan.events_before
         replayer._suspects = plan.suspects
         replayer._guard = plan.guard.note("replay")
-        replayer.log = replayer._batch_writer.log = replayer.driftlog.log = self.log.bind(
-            recovery=True
-        )
+        replayer._set_log(self.log.bind(recovery=True))
         try:
             replayed = await replayer.replay(
                 [self.journal.directory], committed=plan.index, only=plan.segments
@@ -950,7 +873,7 @@ class StripeWorker:
         self.eventlog.replaying = True
         replayed = 0
         last_ns: int | None = None
-        sess: _Link | None = None
+        sess: Link | None = None
         contains = committed.contains if committed is not None else None
         last_of: dict[str, int] = {}  # session -> its last message's receive time
         closed: set[str | None] = set()  # sessions whose disconnect is in the journal
@@ -972,7 +895,7 @@ class StripeWorker:
                                 continue  # a segment boundary inside the same session
                             if sess is not None:
                                 await self._end_of_stream(sess, send)
-                            sess = _Link(rec.session, mlink.replayed(self._replayed_requests(rec)))
+                            sess = Link(rec.session, mlink.replayed(self._replayed_requests(rec)))
                             continue
                         if isinstance(rec, journal_mod.EventRecord):
                             event = self.eventlog.replayed(rec.fields)
@@ -980,7 +903,7 @@ class StripeWorker:
                                 closed.add(event.session)
                             continue
                         if sess is None:  # the journal starts inside a session
-                            sess = _Link("unknown", mlink.replayed(()))
+                            sess = Link("unknown", mlink.replayed(()))
                         self._seq = rec.first_seq
                         await self._process(
                             sess,

@@ -25,9 +25,8 @@ import json
 import random
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from functools import partial
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ import trio
 from capture import bounds, protocol
 from capture import events as capture_events
 from capture import journal as journal_mod
-from capture import session as mlink
 from capture.auth import CredentialProvider
 from capture.backoff import Backoff
 from capture.batching import (
@@ -63,6 +61,7 @@ from capture.errors import (
 )
 from capture.eventlog import EventLog
 from capture.frames import FrameDecoder, Garbage
+from capture.journal_replay import replay_journal
 from capture.lake.hold import JournalHold
 from capture.link import Link, LinkActions
 from capture.logs import get_logger, redact, redact_url, secret_scrubber
@@ -868,75 +867,33 @@ class StripeWorker:
         committed: CommittedIndex | None,
         only: list[Path] | None = None,
     ) -> tuple[int, int | None]:
-        """Feed journaled messages through the live path; returns (frames replayed, last
-        receive time)."""
-        self.eventlog.replaying = True
-        replayed = 0
-        last_ns: int | None = None
-        sess: Link | None = None
-        contains = committed.contains if committed is not None else None
-        last_of: dict[str, int] = {}  # session -> its last message's receive time
-        closed: set[str | None] = set()  # sessions whose disconnect is in the journal
+        """Feed journaled messages through the live path (capture.journal_replay); returns
+        (frames replayed, last receive time)."""
 
-        def already(msg_type: str, seq: int) -> bool:
-            nonlocal replayed
-            if contains is not None and contains(msg_type, seq):
-                return True
-            replayed += 1
-            return False
+        async def feed(
+            link: Link, rec: journal_mod.MessageRecord, already: Callable[[str, int], bool]
+        ) -> None:
+            self._seq = rec.first_seq
+            await self._process(
+                link, rec.payload, rec.recv_ns, None, live=False, committed=already, send=send
+            )
+            if self._outbox:
+                await self._drain_outbox(send)
 
-        try:
-            for directory in directories:
-                records = journal_mod.read_records(directory, only=only)
-                while chunk := await self.offload(_take, records, 512):
-                    for rec in chunk:
-                        if isinstance(rec, journal_mod.SessionRecord):
-                            if rec.resumed and sess is not None and sess.id == rec.session:
-                                continue  # a segment boundary inside the same session
-                            if sess is not None:
-                                await self._end_of_stream(sess, send)
-                            sess = Link(rec.session, mlink.replayed(self._replayed_requests(rec)))
-                            continue
-                        if isinstance(rec, journal_mod.EventRecord):
-                            event = self.eventlog.replayed(rec.fields)
-                            if event is not None and event.event == "disconnect":
-                                closed.add(event.session)
-                            continue
-                        if sess is None:  # the journal starts inside a session
-                            sess = Link("unknown", mlink.replayed(()))
-                        self._seq = rec.first_seq
-                        await self._process(
-                            sess,
-                            rec.payload,
-                            rec.recv_ns,
-                            None,
-                            live=False,
-                            committed=already,
-                            send=send,
-                        )
-                        if self._outbox:
-                            await self._drain_outbox(send)
-                        last_ns = last_of[sess.id] = rec.recv_ns
-            if sess is not None:
-                await self._end_of_stream(sess, send)
-        finally:
-            self.eventlog.replaying = False
-        self.eventlog.close_unended(last_of, closed, self._seq)
+        replayed = await replay_journal(
+            directories,
+            stripe=self.stripe,
+            committed=committed,
+            only=only,
+            eventlog=self.eventlog,
+            feed=feed,
+            end_of_stream=partial(self._end_of_stream, send=send),
+            next_seq=lambda: self._seq,
+            offload=self.offload,
+        )
         if self.journal is not None:
             self._seq = max(self._seq, self.journal.next_seq)
-        return replayed, last_ns
-
-    def _replayed_requests(
-        self, rec: journal_mod.SessionRecord
-    ) -> list[protocol.StreamRequest]:
-        streams = rec.context.get("streams", {})
-        items = streams.items() if isinstance(streams, dict) else ()
-        return [
-            protocol.StreamRequest(
-                msg_name=name, query_id=int(qid), stripe=self.stripe, label="replay"
-            )
-            for name, qid in items
-        ]
+        return replayed
 
     async def replay(
         self,
@@ -1118,8 +1075,3 @@ def _slow_mtyp(body: bytes) -> str | None:
 
 def _stripe_number(stripe: str) -> int:
     return sum(ord(c) for c in stripe) % 1000
-
-
-def _take(records: Iterator[tuple[Path, journal_mod.Record]], n: int) -> list[journal_mod.Record]:
-    """The next ``n`` journal records (blocking reads: called in a thread)."""
-    return [rec for _, rec in islice(records, n)]

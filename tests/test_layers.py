@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
         "capture.durability", "capture.lake.hold", "capture.eventlog",
         "capture.stripe_recovery", "capture.batching", "capture.batchwrite",
-        "capture.driftlog", "capture.link",
+        "capture.driftlog", "capture.link", "capture.journal_replay",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",

@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from capture import bounds, protocol
+from capture import bounds, protocol, quarantine
 from capture import events as capture_events
 from capture import journal as journal_mod
 from capture.auth import CredentialProvider
@@ -66,7 +66,6 @@ from capture.lake.hold import JournalHold
 from capture.link import Link, LinkActions
 from capture.logs import get_logger, redact, redact_url, secret_scrubber
 from capture.memory import InFlightBudget, decode_slots
-from capture.quarantine import Quarantined
 from capture.recovery import CommittedIndex
 from capture.rotation import next_boundary_ns
 from capture.session import MLinkSession
@@ -135,6 +134,7 @@ class StripeWorker:
         self.log = get_logger(stripe=stripe)
         self._batch_writer = BatchWriter(stripe, cfg.output.root, cfg.output.timezone, self.log)
         self.driftlog = DriftLog(self.log, self.stats)  # data the dictionary does not describe
+        self._quarantiner = quarantine.Collector(self.log, self.stats)  # what the reader sets aside
         self._stop_scope = trio.CancelScope()
         self._stopping = False
         self._rotate_now = trio.Event()
@@ -145,10 +145,6 @@ class StripeWorker:
         self._suspects: Suspects | None = None  # what earlier runs died decoding
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
         self.journal: journal_mod.JournalWriter | None = None
-        # Keys of what earlier runs quarantined (capture.quarantine): a replay skips them.
-        self._quarantined_before: frozenset[str] = frozenset()
-        self._quarantine_slot: tuple[str, int] = ("", -1)  # (session, seq) of the last item
-        self._quarantine_n = 0  # items quarantined at that slot so far
         # Owns "a journal segment goes only once its frames are committed" (capture.durability).
         self.durability: DurabilityKeeper | None = None
         # Queued items (capture.batching): taken out of the pending batches, in the order they
@@ -167,7 +163,6 @@ class StripeWorker:
         }
         # The URL as logged and stored: a key in it (?apikey=, user:key@) is a secret.
         self._url = redact_url(cfg.source.url)
-        self._quarantined: list[Quarantined] = []  # of the message being handled
         self._valid_types: set[str] = set()  # data type names checked by bounds.check_type_name
         self._tracebacks: set[str] = set()  # where contained bugs were raised (logged once each)
         self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
@@ -232,7 +227,7 @@ class StripeWorker:
 
     def _set_log(self, log: Any) -> None:
         self.log = self.eventlog.log = self._batch_writer.log = log
-        self.driftlog.log = self._actions.log = log
+        self.driftlog.log = self._actions.log = self._quarantiner.log = log
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -534,7 +529,9 @@ class StripeWorker:
                     if self._suspects:  # an earlier run died decoding this (crashguard)
                         verdict = self._suspects.verdict(mtyp, seq)
                         if verdict == "poison":
-                            self._set_aside(recv_ns, session, seq, body)
+                            item = self._quarantiner.crashed_decoder(recv_ns, session, seq, body)
+                            if item is not None:
+                                self._enqueue(QuarantineBatch([item]))
                             continue
                         if verdict == "suspect" and mtyp in pending:
                             self._enqueue(pending.pop(mtyp))
@@ -562,8 +559,7 @@ class StripeWorker:
                 stats.snapshot_rows += snapshot_rows
             if live and (data_frames or alive):
                 stats.last_alive_ns = recv_ns
-            if self._quarantined:
-                self._enqueue_quarantined()
+            self._enqueue_quarantined()
 
     async def _hand_over(self, send: trio.MemorySendChannel[WriterItem]) -> None:
         """Hand what is queued to the writer in the middle of a message: a message of
@@ -596,8 +592,7 @@ class StripeWorker:
         for leftover in sess.decoder.flush():
             self.stats.garbage_bytes += len(leftover.data)
             self._quarantine(self.clock.now_ns(), sess.id, leftover.reason, leftover.data)
-        if self._quarantined:
-            self._enqueue_quarantined()
+        self._enqueue_quarantined()
         try:
             await self._drain_outbox(send)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -655,41 +650,12 @@ class StripeWorker:
 
     def _quarantine(self, recv_ns: int, session: str, reason: str, data: bytes) -> None:
         """Set bytes aside (handed to the writer with the rest of the message's, at its end)."""
-        seq = self._seq
-        slot = (session, seq)
-        if slot == self._quarantine_slot:
-            self._quarantine_n += 1
-        else:
-            self._quarantine_slot, self._quarantine_n = slot, 0
-        key = f"{session}/{seq}/{self._quarantine_n}"
-        if key in self._quarantined_before:
-            return  # a replay: an earlier run kept (and counted) these bytes
-        self.stats.quarantined += 1
-        self._quarantined.append(Quarantined(recv_ns, session, reason, data, seq=seq, key=key))
-        if len(self._quarantined) >= 1000:  # a message of many bad frames: batches of 1,000
-            self._enqueue_quarantined()
+        if self._quarantiner.add(recv_ns, session, self._seq, reason, data):
+            self._enqueue_quarantined()  # a message of many bad frames: batches of 1,000
 
     def _enqueue_quarantined(self) -> None:
-        items, self._quarantined = self._quarantined, []
-        reasons = sorted({q.reason for q in items})
-        self.log.warning(  # one line per message, however many frames it had to set aside
-            "quarantined bytes",
-            frames=len(items),
-            size=sum(len(q.data) for q in items),
-            reason=reasons[0] if len(reasons) == 1 else reasons[:3],
-        )
-        self._enqueue(QuarantineBatch(items))
-
-    def _set_aside(self, recv_ns: int, session: str, seq: int, body: bytes) -> None:
-        """Quarantine a frame the process died decoding twice, the second time alone."""
-        key = f"seq/{seq}"
-        if key in self._quarantined_before:
-            return
-        self.stats.quarantined += 1
-        reason = "the process died decoding this frame (twice; the second time alone)"
-        self.log.error("quarantined a frame that crashed the decoder", seq=seq, size=len(body))
-        item = Quarantined(recv_ns, session, reason, body, seq=seq, key=key)
-        self._enqueue(QuarantineBatch([item]))
+        if self._quarantiner:  # (once per message: no list made when there is nothing)
+            self._enqueue(QuarantineBatch(self._quarantiner.take()))
 
     def _event(self, kind: str, **fields: Any) -> None:
         self.eventlog.add(
@@ -819,7 +785,7 @@ class StripeWorker:
             decode_limiter=self.decode_limiter,
             journal_hold=self.journal_hold,  # its files reach the lake too
         )
-        replayer._quarantined_before = plan.quarantined_before
+        replayer._quarantiner.before = plan.quarantined_before
         replayer.eventlog.before = plan.events_before
         replayer._suspects = plan.suspects
         replayer._guard = plan.guard.note("replay")
@@ -991,7 +957,7 @@ class StripeWorker:
                         sink,
                         item,
                         self._guard,
-                        self._quarantined_before,
+                        self._quarantiner.before,
                     )
                     if self.durability is not None:
                         self.durability.done(item.seq[0])

@@ -36,7 +36,6 @@ from capture import bounds, protocol, quarantine
 from capture import events as capture_events
 from capture import journal as journal_mod
 from capture.auth import CredentialProvider
-from capture.backoff import Backoff
 from capture.batching import (
     EventBatch,
     PendingBatch,
@@ -54,18 +53,16 @@ from capture.decode import BatchDecoder
 from capture.driftlog import DriftLog
 from capture.durability import DurabilityKeeper
 from capture.errors import (
-    AuthRejected,
-    CredentialError,
     StaleConnection,
-    TransportError,
 )
 from capture.eventlog import EventLog
 from capture.frames import FrameDecoder, Garbage
 from capture.journal_replay import replay_journal
 from capture.lake.hold import JournalHold
 from capture.link import Link, LinkActions
-from capture.logs import get_logger, redact, redact_url, secret_scrubber
+from capture.logs import get_logger, redact_url, secret_scrubber
 from capture.memory import InFlightBudget, decode_slots
+from capture.reconnect import Reconnector
 from capture.recovery import CommittedIndex
 from capture.rotation import next_boundary_ns
 from capture.session import MLinkSession
@@ -138,7 +135,6 @@ class StripeWorker:
         self._stop_scope = trio.CancelScope()
         self._stopping = False
         self._rotate_now = trio.Event()
-        self._retry_auth = trio.Event()  # SIGHUP: credentials changed, end the auth backoff
         self._pending: dict[str, PendingBatch] = {}
         self.eventlog = EventLog(self.log)  # capture events, journaled and for the table
         self._guard: Note | None = None  # what the writer is decoding (crashguard)
@@ -193,11 +189,12 @@ class StripeWorker:
             commit_grace_s=min(max(2.0, 4 * cfg.pipeline.flush_interval), out.rotate_interval / 2),
             max_open_files=cfg.limits.max_open_types,
         )
-        self._backoff = Backoff(
-            cfg.supervision.backoff_initial,
-            cfg.supervision.backoff_max,
-            cfg.supervision.backoff_multiplier,
-            cfg.supervision.backoff_jitter,
+        self._reconnector = Reconnector(  # the connect loop and its waits
+            cfg.supervision,
+            rng=self.rng,
+            stats=self.stats,
+            log=self.log,
+            credentials=credentials,
         )
 
     # -- control from the app ---------------------------------------------------------------
@@ -220,14 +217,13 @@ class StripeWorker:
         self._rotate_now.set()
 
     def retry_auth(self) -> None:
-        """The operator fixed the credentials (SIGHUP): a stripe waiting out its auth backoff
-        connects now, and so does one whose attempt under way is refused; a connected stripe
-        is not disturbed (its next attempt starts with this forgotten)."""
-        self._retry_auth.set()
+        """The operator fixed the credentials (SIGHUP): see capture.reconnect."""
+        self._reconnector.retry_auth()
 
     def _set_log(self, log: Any) -> None:
         self.log = self.eventlog.log = self._batch_writer.log = log
         self.driftlog.log = self._actions.log = self._quarantiner.log = log
+        self._reconnector.log = log
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -280,50 +276,12 @@ class StripeWorker:
         self.stats.state = "stopped"
 
     async def _connect_loop(self, send: trio.MemorySendChannel[WriterItem]) -> None:
-        attempt = 0
-        sup = self.cfg.supervision
-        while True:
-            started = trio.current_time()
-            self.stats.state = "connecting"
-            # A SIGHUP from now on (even while this attempt still uses the old credentials)
-            # ends the auth backoff that may follow it.
-            self._retry_auth = trio.Event()
-            try:
-                await self._session(send)
-                reason = "server ended the session"
-                delay = self._backoff.delay(attempt, self.rng)
-                self.stats.state = "backoff"
-            except (AuthRejected, CredentialError) as exc:
-                reason = redact(str(exc))
-                if isinstance(exc, AuthRejected):  # the server refused what the source gave
-                    reason = f"{reason} (credential: {self.credentials.source})"
-                    self.credentials.invalidate()
-                delay = sup.auth_backoff * (1 + self.rng.uniform(0, sup.backoff_jitter))
-                self.stats.state = "auth_failed"
-                self.log.error("authentication failed; backing off", error=reason, delay=delay)
-            except TransportError as exc:
-                reason = redact(str(exc))
-                delay = self._backoff.delay(attempt, self.rng)
-                self.stats.state = "backoff"
-            self.stats.last_error = reason
+        def disconnected(reason: str) -> None:
             if self.stats.last_frame_ns is not None:
                 self._gap_from_ns = self._gap_from_ns or self.stats.last_frame_ns
             self._event("disconnect", detail=reason, gap_start_ns=self._gap_from_ns)
-            self.stats.session = None
-            self.stats.connected_since_ns = None
-            if trio.current_time() - started >= sup.healthy_after:
-                attempt = 0  # a connection that was healthy resets the backoff
-                delay = self._backoff.delay(0, self.rng)
-            else:
-                attempt += 1
-            self.stats.restarts += 1
-            self.log.warning("disconnected; reconnecting", reason=reason, delay=round(delay, 3))
-            if self.stats.state == "auth_failed":
-                with trio.move_on_after(delay):
-                    await self._retry_auth.wait()
-                    self.log.info("credentials reloaded (SIGHUP); connecting now")
-            else:
-                await trio.sleep(delay)
+
+        await self._reconnector.run(partial(self._session, send), disconnected)
 
     # -- one connection -------------------------------------------------------------------------
 

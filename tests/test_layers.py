@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
         "capture.durability", "capture.lake.hold", "capture.eventlog",
         "capture.stripe_recovery", "capture.batching", "capture.batchwrite",
         "capture.driftlog", "capture.link", "capture.journal_replay",
+        "capture.reconnect",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",

@@ -143,6 +143,7 @@ class Collector:
         self._items: list[Quarantined] = []  # of the message being handled
         self._slot: tuple[str, int] = ("", -1)  # (session, seq) of the last item
         self._n = 0  # items set aside at that slot so far
+        self._tracebacks: set[str] = set()  # where contained bugs were raised (logged once each)
 
     def add(self, recv_ns: int, session: str, seq: int, reason: str, data: bytes) -> bool:
         """Set bytes aside; ``seq`` is the stripe's next frame number.  True: a batch is full,
@@ -158,6 +159,23 @@ class Collector:
         self.stats.quarantined += 1
         self._items.append(Quarantined(recv_ns, session, reason, data, seq=seq, key=key))
         return len(self._items) >= self.BATCH
+
+    def bug(self, exc: Exception, recv_ns: int, session: str, seq: int, data: bytes) -> bool:
+        """A bug met while handling one frame (or message): set its bytes aside with the error
+        and log the traceback once per place it was raised (at most 100 places), so that
+        capture goes on with the next frame.  True: a batch is full, :meth:`take` it now."""
+        reason = f"internal error: {type(exc).__name__}: {exc}"[:500]
+        where = f"{type(exc).__name__}@{_origin(exc)}"
+        if where not in self._tracebacks and len(self._tracebacks) < 100:
+            self._tracebacks.add(where)
+            self.log.error(
+                "bug while handling a frame; frame quarantined, capture goes on",
+                reason=reason,
+                exc_info=exc,
+            )
+        else:
+            self.log.error("bug while handling a frame (traceback logged before)", reason=reason)
+        return self.add(recv_ns, session, seq, reason, data)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -188,3 +206,12 @@ class Collector:
         reason = "the process died decoding this frame (twice; the second time alone)"
         self.log.error("quarantined a frame that crashed the decoder", seq=seq, size=len(body))
         return Quarantined(recv_ns, session, reason, body, seq=seq, key=key)
+
+
+def _origin(exc: BaseException) -> str:
+    """Where an exception was raised (file:line of the innermost frame), to log a traceback
+    once per place rather than once per frame."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"

@@ -160,7 +160,6 @@ class StripeWorker:
         # The URL as logged and stored: a key in it (?apikey=, user:key@) is a secret.
         self._url = redact_url(cfg.source.url)
         self._valid_types: set[str] = set()  # data type names checked by bounds.check_type_name
-        self._tracebacks: set[str] = set()  # where contained bugs were raised (logged once each)
         self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
         self._actions = LinkActions(  # carries out what the MLink session decides
             stats=self.stats,
@@ -531,20 +530,10 @@ class StripeWorker:
                 pass
 
     def _contain(self, exc: Exception, recv_ns: int, session: str, data: bytes) -> None:
-        """A bug met while handling one frame (or message): quarantine its bytes, log the
-        traceback once per kind of failure, go on with the next."""
-        reason = f"internal error: {type(exc).__name__}: {exc}"[:500]
-        where = f"{type(exc).__name__}@{_origin(exc)}"
-        if where not in self._tracebacks and len(self._tracebacks) < 100:
-            self._tracebacks.add(where)
-            self.log.error(
-                "bug while handling a frame; frame quarantined, capture goes on",
-                reason=reason,
-                exc_info=exc,
-            )
-        else:
-            self.log.error("bug while handling a frame (traceback logged before)", reason=reason)
-        self._quarantine(recv_ns, session, reason, data)
+        """A bug met while handling one frame (or message): its bytes are quarantined, the
+        traceback logged once per place (quarantine.Collector.bug); go on with the next."""
+        if self._quarantiner.bug(exc, recv_ns, session, self._seq, data):
+            self._enqueue_quarantined()
 
     async def _end_of_stream(self, sess: Link, send: trio.MemorySendChannel[WriterItem]) -> None:
         for leftover in sess.decoder.flush():
@@ -975,15 +964,6 @@ _VALID_TYPES_MAX = 4096
 
 def _as_bytes(message: bytes | str) -> bytes:
     return message.encode("utf-8", "surrogateescape") if isinstance(message, str) else message
-
-
-def _origin(exc: BaseException) -> str:
-    """Where an exception was raised (file:line of the innermost frame), to log a traceback
-    once per place rather than once per frame."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
 
 
 def _slow_mtyp(body: bytes) -> str | None:

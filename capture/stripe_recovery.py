@@ -32,7 +32,7 @@ from capture.frames import FrameDecoder, Garbage
 from capture.recovery import CommittedIndex, EventKey, committed_events, scan_committed
 from capture.sink import cleanup_in_progress
 
-__all__ = ["RecoveryPlan", "recover_stripe"]
+__all__ = ["RecoveryAccount", "RecoveryPlan", "account", "recover_stripe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +113,38 @@ def _plan(
         next_seq=next_seq,
         highwater=highwater,
         gap_from_ns=span.last_ns,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryAccount:
+    """What recovery did, for the capture event and the log."""
+
+    bytes_cut: int
+    replayed: int
+    detail: str  # the recovery event's text
+    cuts: list[str]  # per damaged segment: its name and why it was cut
+
+
+def account(
+    plan: RecoveryPlan, checked: journal_mod.RecoveryReport | None, replayed: int
+) -> RecoveryAccount:
+    """Recovery's account once the replay beside live capture is done: what the journal's
+    recovery (at start-up, then ``checked`` for the sealed segments) cut, and how many
+    frames not yet in Parquet were replayed."""
+    cut = plan.report.cut + (checked.cut if checked is not None else [])
+    bytes_cut = plan.report.bytes_cut + (checked.bytes_cut if checked is not None else 0)
+    cuts = "".join(
+        f"; {c.path.name}: {c.bytes_cut} byte(s) cut, {c.reason} ({c.detail})" for c in cut
+    )
+    return RecoveryAccount(
+        bytes_cut=bytes_cut,
+        replayed=replayed,
+        detail=(
+            f"journal: {len(plan.report.segments)} segment(s), {bytes_cut} byte(s) cut; "
+            f"{replayed} frame(s) not yet in Parquet replayed{cuts}"
+        ),
+        cuts=[f"{c.path.name}: {c.reason}" for c in cut],
     )
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from capture import bounds, protocol, quarantine
+from capture import bounds, protocol, quarantine, stripe_recovery
 from capture import events as capture_events
 from capture import journal as journal_mod
 from capture.auth import CredentialProvider
@@ -716,7 +716,6 @@ class StripeWorker:
         each file still holds one contiguous run of one type), commit them, then let the
         journal retire again."""
         assert self.journal is not None and self.durability is not None
-        report = plan.report
         checked = (
             await self.offload(journal_mod.check_segments, plan.segments) if plan.segments else None
         )
@@ -751,26 +750,14 @@ class StripeWorker:
         for msg_type, sent_ns in replayer.highwater.items():
             self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
         self.durability.hold_below(None)
-        cut = report.cut + (checked.cut if checked is not None else [])
-        bytes_cut = report.bytes_cut + (checked.bytes_cut if checked is not None else 0)
-        cuts = "".join(
-            f"; {c.path.name}: {c.bytes_cut} byte(s) cut, {c.reason} ({c.detail})" for c in cut
-        )
-        self._event(
-            "recovery",
-            detail=(
-                f"journal: {len(report.segments)} segment(s), {bytes_cut} byte(s) cut; "
-                f"{replayed} frame(s) not yet in Parquet replayed{cuts}"
-            ),
-            bytes=bytes_cut,
-            count=replayed,
-        )
-        if bytes_cut or replayed:
+        account = stripe_recovery.account(plan, checked, replayed)
+        self._event("recovery", detail=account.detail, bytes=account.bytes_cut, count=replayed)
+        if account.bytes_cut or replayed:
             self.log.warning(
                 "recovered from the journal",
-                bytes_cut=bytes_cut,
+                bytes_cut=account.bytes_cut,
                 frames_replayed=replayed,
-                cuts=[f"{c.path.name}: {c.reason}" for c in cut],
+                cuts=account.cuts,
             )
 
     async def _replay_journal(

@@ -52,9 +52,7 @@ from capture.crashguard import Note, Suspects
 from capture.decode import BatchDecoder
 from capture.driftlog import DriftLog
 from capture.durability import DurabilityKeeper
-from capture.errors import (
-    StaleConnection,
-)
+from capture.errors import StaleConnection
 from capture.eventlog import EventLog
 from capture.frames import FrameDecoder, Garbage
 from capture.journal_replay import replay_journal
@@ -79,6 +77,7 @@ def new_session_id(now_ns: int) -> str:
 
 
 Offload = Callable[..., Awaitable[Any]]
+Send = trio.MemorySendChannel[WriterItem]  # the reader's end of the hand-off
 
 
 class StripeWorker:
@@ -226,7 +225,8 @@ class StripeWorker:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    def _hand_off(self) -> tuple[Send, trio.MemoryReceiveChannel[WriterItem], PartitionSink]:
+        """The channel from the reader to the writer, and the writer's sink."""
         send, recv = trio.open_memory_channel[WriterItem](self.cfg.pipeline.queue_batches)
         self._writer_gone = False
         hold = self.journal_hold
@@ -237,6 +237,10 @@ class StripeWorker:
             now_ns=self.clock.now_ns,
             on_commit=hold.file_committed if hold is not None else None,
         )
+        return send, recv, sink
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        send, recv, sink = self._hand_off()
         plan = await self._recover(sink)
         try:
             async with trio.open_nursery() as nursery:
@@ -274,7 +278,7 @@ class StripeWorker:
                 self._guard = None
         self.stats.state = "stopped"
 
-    async def _connect_loop(self, send: trio.MemorySendChannel[WriterItem]) -> None:
+    async def _connect_loop(self, send: Send) -> None:
         def disconnected(reason: str) -> None:
             if self.stats.last_frame_ns is not None:
                 self._gap_from_ns = self._gap_from_ns or self.stats.last_frame_ns
@@ -284,7 +288,7 @@ class StripeWorker:
 
     # -- one connection -------------------------------------------------------------------------
 
-    async def _session(self, send: trio.MemorySendChannel[WriterItem]) -> None:
+    async def _session(self, send: Send) -> None:
         cfg = self.cfg
         # Providers may block (file reads; Cognito's SRP login over HTTPS): never on the loop.
         bearer = await self.offload(self.credentials.bearer)
@@ -339,7 +343,7 @@ class StripeWorker:
         conn: Connection,
         session: str,
         requests: tuple[protocol.StreamRequest, ...],
-        send: trio.MemorySendChannel[WriterItem],
+        send: Send,
         api_key: str,
     ) -> None:
         sup = self.cfg.supervision
@@ -414,7 +418,7 @@ class StripeWorker:
         *,
         live: bool = True,
         committed: Callable[[str, int], bool] | None = None,
-        send: trio.MemorySendChannel[WriterItem] | None = None,
+        send: Send | None = None,
     ) -> None:
         """One received WebSocket message: frames -> control handling / pending batches.
 
@@ -518,7 +522,7 @@ class StripeWorker:
                 stats.last_alive_ns = recv_ns
             self._enqueue_quarantined()
 
-    async def _hand_over(self, send: trio.MemorySendChannel[WriterItem]) -> None:
+    async def _hand_over(self, send: Send) -> None:
         """Hand what is queued to the writer in the middle of a message: a message of
         millions of bad frames must not hold them all in memory.  Shielded, so that a stop
         cannot leave the rest of the message unhandled (and unjournaled); a writer that is
@@ -535,7 +539,7 @@ class StripeWorker:
         if self._quarantiner.bug(exc, recv_ns, session, self._seq, data):
             self._enqueue_quarantined()
 
-    async def _end_of_stream(self, sess: Link, send: trio.MemorySendChannel[WriterItem]) -> None:
+    async def _end_of_stream(self, sess: Link, send: Send) -> None:
         for leftover in sess.decoder.flush():
             self.stats.garbage_bytes += len(leftover.data)
             self._quarantine(self.clock.now_ns(), sess.id, leftover.reason, leftover.data)
@@ -560,7 +564,7 @@ class StripeWorker:
             self.durability.taken(low_seq(item))
         self._outbox.append(item)
 
-    async def _drain_outbox(self, send: trio.MemorySendChannel[WriterItem]) -> None:
+    async def _drain_outbox(self, send: Send) -> None:
         """Hand the queued items to the writer, oldest first.
 
         The writers are behind when this stripe's channel is full or the process's in-flight
@@ -610,7 +614,7 @@ class StripeWorker:
         )
 
     async def _flush_pending(
-        self, send: trio.MemorySendChannel[WriterItem], older_than_ns: int | None
+        self, send: Send, older_than_ns: int | None
     ) -> None:
         if events := self.eventlog.take():
             self._enqueue(EventBatch(events))  # (journaled already: capture.eventlog)
@@ -620,7 +624,7 @@ class StripeWorker:
                 self._enqueue(pb)
         await self._drain_outbox(send)
 
-    async def _flusher(self, send: trio.MemorySendChannel[WriterItem]) -> None:
+    async def _flusher(self, send: Send) -> None:
         """Partial batches wait at most ``flush_interval`` before they are decoded."""
         interval = self.cfg.pipeline.flush_interval
         while True:
@@ -762,7 +766,7 @@ class StripeWorker:
 
     async def _replay_journal(
         self,
-        send: trio.MemorySendChannel[WriterItem],
+        send: Send,
         directories: list[Path],
         committed: CommittedIndex | None,
         only: list[Path] | None = None,
@@ -806,16 +810,7 @@ class StripeWorker:
         own (offline: ``mlink-capture replay``; at start-up: beside live capture, skipping
         what ``committed`` holds, reading ``only`` these segments); returns the number of
         data frames written.  Every file is committed when it returns."""
-        send, recv = trio.open_memory_channel[WriterItem](self.cfg.pipeline.queue_batches)
-        self._writer_gone = False
-        hold = self.journal_hold
-        sink = self.sink = PartitionSink(
-            self._sink_settings,
-            stripe=self.stripe,
-            session=self.run_id,
-            now_ns=self.clock.now_ns,
-            on_commit=hold.file_committed if hold is not None else None,
-        )
+        send, recv, sink = self._hand_off()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, recv, sink)
             async with send:

@@ -1,6 +1,7 @@
 """One stripe: WebSocket -> frames -> per-type batches -> decoder -> Parquet sink.
 
-Two tasks per stripe, joined by a bounded channel:
+This module holds the reader, the writer and their hand-off.  Two tasks per stripe, joined by a
+bounded channel:
 
 * the **reader** (on the event loop) receives WebSocket messages, splits frames, handles control
   messages and appends data frame bodies *unparsed* to per-type pending batches.  Its per-frame
@@ -9,13 +10,22 @@ Two tasks per stripe, joined by a bounded channel:
   GIL), decodes them in bulk into Arrow and writes them to the sink; it also commits files on
   rotation boundaries.
 
-The channel bounds memory: when the writer falls behind by ``queue_batches`` batches the reader
-waits, which the server sees as a slow consumer (PROTOCOL.md §7.3).  The time the reader spent
-waiting is counted and reported.
+The hand-off bounds memory: when the writer falls behind by ``queue_batches`` batches, or the
+process's in-flight budget is spent, the reader waits, which the server sees as a slow consumer
+(PROTOCOL.md §7.3).  The time the reader spent waiting is counted and reported.  The words for
+where an item is on its way (pending, queued, in flight, done) are capture.batching's.
 
 The connection is the restartable part: transport and authentication errors end a *session*
-and the reader reconnects with backoff.  The writer, the sink and the pending batches outlive
-sessions, so a reconnect never loses or re-orders what was already received.
+and the reader reconnects with backoff (capture.reconnect).  The writer, the sink and the
+pending batches outlive sessions, so a reconnect never loses or re-orders what was already
+received.
+
+What the two tasks use lives in modules of its own: capture.link (a connection as the reader
+sees it, and the MLink session's decisions carried out), capture.quarantine (what the reader
+sets aside), capture.eventlog (capture events), capture.batchwrite (one batch decoded and
+written), capture.driftlog (data the dictionary does not describe), capture.durability (when
+journal segments may go), capture.stripe_recovery (start-up recovery, one entry point) and
+capture.journal_replay (the journal fed back through the reader).
 """
 
 from __future__ import annotations

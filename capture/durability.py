@@ -39,7 +39,7 @@ class DurabilityKeeper:
 
     Thread model: :meth:`taken`, :meth:`done`, :meth:`hold` and :meth:`loop_watermark` run on the
     event loop; :meth:`sync_round` and :meth:`close` in a worker thread.  A short lock guards
-    the in-flight counts, so the thread may also read them."""
+    the counts of items with the writer (capture.batching), so the thread may also read them."""
 
     def __init__(
         self,
@@ -59,7 +59,7 @@ class DurabilityKeeper:
         self._archive = journal.directory / "archive" if retain_hours > 0 else None
         self._retain_s = retain_hours * 3600
         self._lock = threading.Lock()
-        self._inflight: Counter[int] = Counter()  # lowest seq of each item the writer holds
+        self._with_writer: Counter[int] = Counter()  # lowest seq of each item with the writer
         self._held: str | None = None
         self._floor: int | None = None
 
@@ -69,17 +69,17 @@ class DurabilityKeeper:
         """An item whose frames (and bytes) start at ``low_seq`` left the pending batches for
         the writer: it holds the watermark until :meth:`done`."""
         with self._lock:
-            self._inflight[low_seq] += 1
+            self._with_writer[low_seq] += 1
 
     def done(self, low_seq: int) -> None:
         """The writer finished that item: its rows are in the sink (open, committed or
         aborted: the sink says which) or in fsynced quarantine."""
         with self._lock:
-            left = self._inflight[low_seq] - 1
+            left = self._with_writer[low_seq] - 1
             if left > 0:
-                self._inflight[low_seq] = left
+                self._with_writer[low_seq] = left
             else:
-                del self._inflight[low_seq]
+                del self._with_writer[low_seq]
 
     def hold(self, reason: str) -> None:
         """Retire nothing more this run (the writer failed: what it held is in no file the
@@ -103,8 +103,8 @@ class DurabilityKeeper:
         pending batch or event list."""
         lows = [next_seq, *pending_lows]
         with self._lock:
-            if self._inflight:
-                lows.append(min(self._inflight))
+            if self._with_writer:
+                lows.append(min(self._with_writer))
         return min(lows)
 
     # -- the syncing thread's side -------------------------------------------------------------
@@ -119,8 +119,8 @@ class DurabilityKeeper:
         if floor is not None:
             loop_low = min(loop_low, floor)
         with self._lock:
-            if self._inflight:
-                loop_low = min(loop_low, min(self._inflight))
+            if self._with_writer:
+                loop_low = min(loop_low, min(self._with_writer))
         sink_low = self.sink.uncommitted_seq_min() if self.sink is not None else None
         low = loop_low if sink_low is None else min(loop_low, sink_low)
         # After the sink: a file it committed meanwhile was handed to the hold under its lock.

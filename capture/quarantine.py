@@ -26,11 +26,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from capture.rotation import partition_date
 from capture.sink import QUARANTINE_DIR
+from capture.stats import StripeStats
 
-__all__ = ["Quarantined", "append", "append_many", "known_keys", "stripe_dir"]
+__all__ = ["Collector", "Quarantined", "append", "append_many", "known_keys", "stripe_dir"]
 
 _KEY_PREFIX = '{"key":"'
 
@@ -123,3 +125,93 @@ def known_keys(root: Path, stripe: str, *, since_ns: int | None) -> set[str]:
                     if end > len(_KEY_PREFIX):
                         keys.add(line[len(_KEY_PREFIX) : end])
     return keys
+
+
+class Collector:
+    """The reader's side of quarantine: keys what it sets aside by its place in the receive
+    stream (see the module docstring) and gathers it per WebSocket message, so that a message
+    of thousands of bad frames is written with one fsync and logged in one line.  Items whose
+    key ``before`` holds were kept (and counted) by an earlier run: a replay skips them."""
+
+    BATCH = 1000
+    """Items gathered before they go to the writer without waiting for the message's end."""
+
+    def __init__(self, log: Any, stats: StripeStats) -> None:
+        self.log = log
+        self.stats = stats
+        self.before: frozenset[str] = frozenset()
+        self._items: list[Quarantined] = []  # of the message being handled
+        self._slot: tuple[str, int] = ("", -1)  # (session, seq) of the last item
+        self._n = 0  # items set aside at that slot so far
+        self._tracebacks: set[str] = set()  # where contained bugs were raised (logged once each)
+
+    def add(self, recv_ns: int, session: str, seq: int, reason: str, data: bytes) -> bool:
+        """Set bytes aside; ``seq`` is the stripe's next frame number.  True: a batch is full,
+        :meth:`take` it now."""
+        slot = (session, seq)
+        if slot == self._slot:
+            self._n += 1
+        else:
+            self._slot, self._n = slot, 0
+        key = f"{session}/{seq}/{self._n}"
+        if key in self.before:
+            return False  # a replay: an earlier run kept (and counted) these bytes
+        self.stats.quarantined += 1
+        self._items.append(Quarantined(recv_ns, session, reason, data, seq=seq, key=key))
+        return len(self._items) >= self.BATCH
+
+    def bug(self, exc: Exception, recv_ns: int, session: str, seq: int, data: bytes) -> bool:
+        """A bug met while handling one frame (or message): set its bytes aside with the error
+        and log the traceback once per place it was raised (at most 100 places), so that
+        capture goes on with the next frame.  True: a batch is full, :meth:`take` it now."""
+        reason = f"internal error: {type(exc).__name__}: {exc}"[:500]
+        where = f"{type(exc).__name__}@{_origin(exc)}"
+        if where not in self._tracebacks and len(self._tracebacks) < 100:
+            self._tracebacks.add(where)
+            self.log.error(
+                "bug while handling a frame; frame quarantined, capture goes on",
+                reason=reason,
+                exc_info=exc,
+            )
+        else:
+            self.log.error("bug while handling a frame (traceback logged before)", reason=reason)
+        return self.add(recv_ns, session, seq, reason, data)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def take(self) -> list[Quarantined]:
+        """What was gathered (logged in one line, however many frames); the collector forgets
+        it.  Empty: nothing was set aside."""
+        items, self._items = self._items, []
+        if items:
+            reasons = sorted({q.reason for q in items})
+            self.log.warning(
+                "quarantined bytes",
+                frames=len(items),
+                size=sum(len(q.data) for q in items),
+                reason=reasons[0] if len(reasons) == 1 else reasons[:3],
+            )
+        return items
+
+    def crashed_decoder(
+        self, recv_ns: int, session: str, seq: int, body: bytes
+    ) -> Quarantined | None:
+        """A frame the process died decoding twice, the second time alone (capture.crashguard):
+        set aside under its data-frame key.  None: an earlier run did."""
+        key = f"seq/{seq}"
+        if key in self.before:
+            return None
+        self.stats.quarantined += 1
+        reason = "the process died decoding this frame (twice; the second time alone)"
+        self.log.error("quarantined a frame that crashed the decoder", seq=seq, size=len(body))
+        return Quarantined(recv_ns, session, reason, body, seq=seq, key=key)
+
+
+def _origin(exc: BaseException) -> str:
+    """Where an exception was raised (file:line of the innermost frame), to log a traceback
+    once per place rather than once per frame."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"

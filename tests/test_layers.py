@@ -35,6 +35,10 @@ LAYERS: list[set[str]] = [
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
         "capture.durability", "capture.lake.hold", "capture.rowbuffer", "capture.restart",
         "capture.forkserver",
+        "capture.eventlog",
+        "capture.stripe_recovery", "capture.batching", "capture.batchwrite",
+        "capture.driftlog", "capture.link", "capture.journal_replay",
+        "capture.reconnect",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
@@ -199,7 +203,8 @@ def test_sync_io_modules_do_not_import_trio() -> None:
     mods = modules()
     for sync in ("capture.sink", "capture.decode", "capture.health", "capture.stats",
                  "capture.journal", "capture.recovery", "capture.verify", "capture.durability",
-                 "capture.quarantine", "capture.crashguard"):
+                 "capture.quarantine", "capture.crashguard", "capture.eventlog",
+                 "capture.stripe_recovery", "capture.batchwrite"):
         assert not uses(mods[sync], "trio"), sync
 
 

@@ -99,9 +99,9 @@ def test_lenient_parsing_of_ill_typed_fields() -> None:
 
 
 def test_type_numbers_are_cross_checked_against_the_dictionary() -> None:
-    from capture.worker import _number_mismatches
+    from capture.batchwrite import number_mismatches
 
     # 2785 is OptionNbboQuote today; 2745 is its 2023 number (PROTOCOL.md §9.3); clients send 0.
-    assert _number_mismatches("OptionNbboQuote", [2785, 2785, 0]) == 0
-    assert _number_mismatches("OptionNbboQuote", [2785, 2745, 2745]) == 2
-    assert _number_mismatches("NotInTheDictionary", [1, 2]) == 0
+    assert number_mismatches("OptionNbboQuote", [2785, 2785, 0]) == 0
+    assert number_mismatches("OptionNbboQuote", [2785, 2745, 2745]) == 2
+    assert number_mismatches("NotInTheDictionary", [1, 2]) == 0

@@ -17,10 +17,11 @@ from capture import logs
 from capture.app import Daemon
 from capture.auth import make_provider
 from capture.clock import SystemClock
+from capture.driftlog import UNKNOWN_TYPES_LOGGED
 from capture.sim.config import SimConfig
 from capture.sim.faults import UNKNOWN_TYPE_NAME, Faults
 from capture.sim.server import Simulator
-from capture.worker import UNKNOWN_TYPES_LOGGED, StripeWorker
+from capture.worker import StripeWorker
 
 EVENT = "message type not in the data dictionary: its rows go to a generic table"
 
@@ -67,12 +68,12 @@ def test_a_server_inventing_types_cannot_flood_the_log(
     )  # fmt: skip
     names = [f"Invented{i}\x1b[31m\n" for i in range(5000)]  # odd names, repeated
     for name in names + names:
-        worker._note_unknown_type(name)
+        worker.driftlog.unknown_type(name)
     events = _events(captured)
     warned = [e for e in events if e["event"] == EVENT]
     assert [e["msg_type"] for e in warned] == names[:UNKNOWN_TYPES_LOGGED]
     assert [e["event"] for e in events[len(warned):]] == [
         "more message types not in the data dictionary; not logging them any more"
     ]
-    assert len(worker._unknown_types) == UNKNOWN_TYPES_LOGGED + 1  # bounded memory
+    assert len(worker.driftlog.unknown_types) == UNKNOWN_TYPES_LOGGED + 1  # bounded memory
     assert all("\n" not in line and "\x1b" not in line for line in captured.getvalue().split("\n"))

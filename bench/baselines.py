@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from replay_server import pack  # bench/ is sys.path[0] when run as a script
 
-from capture.decode import BatchDecoder
 from capture.config import PipelineConfig
+from capture.decode import BatchDecoder
 from capture.frames import Frame, FrameDecoder, peek_mtyp
 from capture.memory import peak_rss_bytes
 from capture.protocol import CONTROL_TYPES

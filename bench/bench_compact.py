@@ -44,8 +44,8 @@ import duckdb
 import pyarrow.parquet as pq
 from gen_stream import DEFAULT_DIR, STRIPES, generate
 
-from capture.decode import BatchDecoder
 from capture.compact import CompactionSettings, compact
+from capture.decode import BatchDecoder
 from capture.frames import Frame, FrameDecoder, peek_mtyp
 from capture.sink import PartitionSink, SinkSettings
 

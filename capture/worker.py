@@ -43,10 +43,10 @@ from capture import journal as journal_mod
 from capture import session as mlink
 from capture.auth import CredentialProvider
 from capture.backoff import Backoff
-from capture.decode import BatchDecoder, DecodeResult, DriftReport
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
 from capture.crashguard import CrashGuard, Note, Suspects
+from capture.decode import BatchDecoder, DecodeResult, DriftReport
 from capture.durability import DurabilityKeeper
 from capture.errors import (
     AuthRejected,

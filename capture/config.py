@@ -264,7 +264,7 @@ class LakeConfig:
     namespace: str = "mlink"
     commit_interval: float = 60.0  # seconds between commits of one table
     delete_local: bool = False  # delete a local file once it is in a committed snapshot
-    disk_budget_mb: int = 0  # local files not yet in the lake; 0: no budget
+    disk_budget_mb: int = 0  # held for the lake (files, journal): capture pauses at it; 0: none
     snapshot_retention_hours: float = 24.0  # expire older snapshots (hourly); 0: never
 
 

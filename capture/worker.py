@@ -56,7 +56,7 @@ from capture.errors import (
 )
 from capture.faultpoints import crash_point, poison_point
 from capture.frames import FrameDecoder, Garbage, encode_client_frame
-from capture.lake.hold import JournalHold
+from capture.lake.hold import CapturePaused, JournalHold
 from capture.logs import get_logger, redact, redact_url, secret_scrubber
 from capture.memory import InFlightBudget, decode_slots
 from capture.quarantine import Quarantined
@@ -152,6 +152,8 @@ Offload = Callable[..., Awaitable[Any]]
 
 # Distinct unknown message types a stripe logs (capture.worker._note_unknown_type).
 UNKNOWN_TYPES_LOGGED = 20
+# A stripe paused by the lake (its local disk budget) looks again this often.
+PAUSE_POLL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,11 +403,15 @@ class StripeWorker:
             # A SIGHUP from now on (even while this attempt still uses the old credentials)
             # ends the auth backoff that may follow it.
             self._retry_auth = trio.Event()
+            await self._wait_unpaused()
             try:
                 await self._session(send)
                 reason = "server ended the session"
                 delay = self._backoff.delay(attempt, self.rng)
                 self.stats.state = "backoff"
+            except CapturePaused as exc:
+                reason, delay = str(exc), 0.0  # the next round waits until the lake has room
+                self.stats.state = "paused"
             except (AuthRejected, CredentialError) as exc:
                 reason = redact(str(exc))
                 if isinstance(exc, AuthRejected):  # the server refused what the source gave
@@ -429,6 +435,8 @@ class StripeWorker:
                 delay = self._backoff.delay(0, self.rng)
             else:
                 attempt += 1
+            if self.stats.state == "paused":
+                delay = 0.0
             self.stats.restarts += 1
             self.log.warning("disconnected; reconnecting", reason=reason, delay=round(delay, 3))
             if self.stats.state == "auth_failed":
@@ -437,6 +445,18 @@ class StripeWorker:
                     self.log.info("credentials reloaded (SIGHUP); connecting now")
             else:
                 await trio.sleep(delay)
+
+    async def _wait_unpaused(self) -> None:
+        """While the lake says so (its local disk budget is reached), stay disconnected."""
+        hold = self.journal_hold
+        if hold is None or (why := hold.paused()) is None:
+            return
+        self.stats.state = "paused"
+        self.stats.last_error = why
+        self.log.error("capture paused", reason=why)
+        while hold.paused() is not None:  # noqa: ASYNC110 - polls the lake's state
+            await trio.sleep(PAUSE_POLL_S)
+        self.log.info("capture resumes: the lake has room again")
 
     # -- one connection -------------------------------------------------------------------------
 
@@ -547,6 +567,8 @@ class StripeWorker:
                         await self._drain_ready(send)
                 if sess.ended is not None:
                     raise sess.ended
+                if self.journal_hold is not None and (why := self.journal_hold.paused()):
+                    raise CapturePaused(why)
                 if stats.last_alive_ns != alive_before:
                     last_alive = trio.current_time()
                     if (

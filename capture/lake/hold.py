@@ -7,6 +7,11 @@ from typing import Protocol
 from capture.sink import CommittedFile
 
 
+class CapturePaused(Exception):
+    """The lake asked the stripe to stop receiving (its local disk budget is reached); the
+    stripe disconnects and waits until :meth:`JournalHold.paused` says None."""
+
+
 class JournalHold(Protocol):
     """The lake's say in journal retirement (capture.worker): a stripe's journal segments are
     retired only below ``floor`` once the lake is on."""
@@ -23,3 +28,8 @@ class JournalHold(Protocol):
         """After a retire: the journal of ``stripe`` holds no frame below ``low``. A local file
         is deleted (``delete_local``) only when it lies entirely below: otherwise start-up
         recovery would find its frames in the journal, not in a file, and write them again."""
+
+    def paused(self) -> str | None:
+        """Why capture must pause now (the bytes held locally for the lake reached
+        ``lake.disk_budget_mb``), or None. Called by every stripe after each socket read:
+        must be quick and must not raise."""

@@ -40,6 +40,8 @@ log = structlog.get_logger("capture.lake")
 TICK_S = 1.0  # how often the task looks for work (uploads go as soon as a file is there)
 EXPIRE_EVERY_S = 3600.0  # snapshot expiry per table, at most this often
 RETRY_MAX_S = 60.0
+BUDGET_TICK_S = 0.5  # how often the bytes held locally are measured against the budget
+NEAR_BUDGET = 0.8  # health says near_budget from here; paused capture resumes below it
 
 
 @dataclass(slots=True)
@@ -98,6 +100,9 @@ class Lake:
         self._journal_low: dict[str, int] = {}  # stripe -> no journal frame below this
         self._last_expiry: dict[str, int] = {}  # table -> ns of its last expiry
         self._busy = trio.Lock()  # one step at a time: the task's and the shutdown flush
+        self.retry_max_s = RETRY_MAX_S
+        self._paused: str | None = None  # why capture is paused (the disk budget), or None
+        self._journal_bytes = 0  # closed journal segments of our stripes, last measured
         for name in ("botocore", "boto3"):  # whole requests (signed headers) at DEBUG
             logger = logging.getLogger(name)
             if logger.getEffectiveLevel() < logging.INFO:
@@ -123,21 +128,58 @@ class Lake:
         with self._lock:
             self._journal_low[stripe] = low
 
+    def paused(self) -> str | None:
+        return self._paused
+
+    # -- the disk budget -----------------------------------------------------------------------
+
+    def check_budget(self) -> None:
+        """Measure the bytes held locally for the lake (local files not yet in a snapshot, and
+        the closed journal segments of our stripes, which keep their frames) and pause or
+        resume capture: paused at ``disk_budget_mb``, resumed below ``NEAR_BUDGET`` of it.
+        Blocking (directory listings): run it in a thread."""
+        jcfg = self.cfg.journal
+        journal = 0
+        if jcfg.enabled:
+            for stripe in self.stripes:
+                journal += closed_segment_bytes(jcfg.stripe_dir(self.root, stripe))
+        with self._lock:
+            self._journal_bytes = journal
+            held = journal + sum(e.file.size for e in self._entries.values())
+        budget = self.lake_cfg.disk_budget_mb * 2**20
+        if budget and held >= budget and self._paused is None:
+            self._paused = (
+                f"lake: {held / 2**20:.1f} MiB held locally for the lake reached "
+                f"lake.disk_budget_mb = {self.lake_cfg.disk_budget_mb}; capture paused until "
+                f"the store and catalog take them (below {NEAR_BUDGET:.0%})"
+            )
+            log.error("lake: disk budget reached; capture paused", held_bytes=held,
+                      budget_bytes=budget, last_error=self.stats.last_error)  # fmt: skip
+        elif self._paused is not None and (not budget or held < NEAR_BUDGET * budget):
+            self._paused = None
+            log.warning("lake: below the disk budget again; capture resumes", held_bytes=held)
+
+    async def _watch_budget(self) -> None:
+        while True:
+            await trio.to_thread.run_sync(self.check_budget)
+            await trio.sleep(BUDGET_TICK_S)
+
     # -- figures -----------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         with self._lock:
             entries = list(self._entries.values())
+            journal_bytes = self._journal_bytes
         waiting = [e for e in entries if e.uri is None]
         local_bytes = sum(e.file.size for e in entries)
+        held = local_bytes + journal_bytes
         s, now = self.stats, self.now_ns()
         budget = self.lake_cfg.disk_budget_mb * 2**20
         state = "ok"
-        if budget:
-            if local_bytes >= budget:
-                state = "over_budget"
-            elif local_bytes >= 0.8 * budget:
-                state = "near_budget"
+        if self._paused is not None:
+            state = "over_budget"  # capture paused
+        elif budget and held >= NEAR_BUDGET * budget:
+            state = "near_budget"
         if s.conflicts:
             state = "conflict"
         return {
@@ -154,23 +196,28 @@ class Lake:
             "conflicts": s.conflicts,
             "errors": s.errors,
             "last_error": s.last_error,
+            "held_bytes": held,
+            "journal_held_bytes": journal_bytes,
             "disk_budget_mb": self.lake_cfg.disk_budget_mb,
+            "capture_paused": self._paused,
         }
 
     # -- the task ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        backoff = TICK_S
-        while True:
-            try:
-                await self._startup_scans()
-                await self.step(force=False)
-                backoff = TICK_S
-            except (StoreError, CatalogError, OSError) as exc:
-                self._failed(exc)
-                backoff = min(RETRY_MAX_S, backoff * 2)
-            await trio.sleep(backoff)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_budget)
+            task_status.started()
+            backoff = TICK_S
+            while True:
+                try:
+                    await self._startup_scans()
+                    await self.step(force=False)
+                    backoff = TICK_S
+                except (StoreError, CatalogError, OSError) as exc:
+                    self._failed(exc)
+                    backoff = min(self.retry_max_s, backoff * 2)
+                await trio.sleep(backoff)
 
     async def flush(self, *, attempts: int = 5) -> None:
         """Upload and commit everything held now (shutdown; the caller bounds the time).
@@ -392,6 +439,20 @@ def _committable(entries: list[_Entry]) -> list[_Entry]:
 def _schema_of(paths: list[Path]) -> pa.Schema:
     schemas = [pq.read_schema(p) for p in paths]
     return schemas[0] if len(schemas) == 1 else pa.unify_schemas(schemas)
+
+
+def closed_segment_bytes(directory: Path) -> int:
+    """Bytes of a stripe's journal segments but the newest (the one being written: it is
+    bounded by ``journal.segment_mb`` and retired only once closed)."""
+    try:
+        sizes = sorted(
+            (entry.name, entry.stat().st_size)
+            for entry in os.scandir(directory)
+            if entry.name.startswith("seg-") and entry.name.endswith(".mlj")
+        )
+    except OSError:
+        return 0
+    return sum(size for _, size in sizes[:-1])
 
 
 def _read_since(path: Path) -> dt.date | None:

@@ -520,3 +520,91 @@ def test_a_file_below_the_watermark_is_added_once_or_held_if_it_overlaps(
     assert in_table.count(("A", committed.seq_min)) == 1
     assert second.health()["conflicts"] == 1 and second.health()["state"] == "conflict"
     assert second.floor("A") == committed.seq_min  # the overlapping file keeps its frames held
+
+
+# -- verify --lake, as an operator runs it ---------------------------------------------------------
+
+
+def _verify_cli(cfg_path: Path) -> subprocess.CompletedProcess[str]:
+    cli = Path(sys.executable).parent / "mlink-capture"
+    return subprocess.run(
+        [str(cli), "verify", "--config", str(cfg_path), "--lake"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, **S3_ENV},
+    )  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_verify_lake_command_exit_codes_and_what_it_prints(
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+) -> None:
+    base = local_capture(tmp_path)
+    cfg = with_lake(base, moto_url, bucket)
+    trio.run(fresh_lake(cfg).flush)
+    toml = tmp_path / "capture.toml"
+    head = f"""
+[source]
+url = "ws://127.0.0.1:1/mlink/jsonf"
+stripes = {STRIPES!r}
+message_types = {TYPES!r}
+
+[auth]
+api_key_env = "MLINK_TEST_KEY"
+
+[output]
+root = "{base.output.root}"
+"""
+    toml.write_text(head)
+    done = _verify_cli(toml)
+    assert done.returncode == 2 and "needs --config with a [lake] section" in done.stderr
+    toml.write_text(
+        head + f'\n[lake]\nhost_id = "host1"\nbucket = "{bucket}"\nendpoint = "{moto_url}"\n'
+    )
+    files = sum(len(scan_local(base.output.root, s, since=None)) for s in STRIPES)
+
+    # A clean table: exit 0, the counts, no problem.
+    done = _verify_cli(toml)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == (
+        f"lake: {len(TYPES) + 1} tables, {files} data files, "
+        "0 local files not committed yet, 0 problems"
+    )
+    assert "lake problem" not in done.stdout
+
+    # Rows missing: stripe M's rows deleted from the table (its one data file dropped),
+    # while the local file that holds them is under the watermark.
+    cat = catalog(cfg, moto_url)
+    quotes = cat.load_table(("mlink", "OptionNbboQuote"))
+    [victim] = [f for f in scan_local(base.output.root, "M", since=None)
+                if f.table == "OptionNbboQuote"]  # fmt: skip
+    quotes.delete("_stripe == 'M'")
+    done = _verify_cli(toml)
+    assert done.returncode == 1
+    problems = [line for line in done.stdout.splitlines() if line.startswith("lake problem: ")]
+    assert problems == [
+        f"lake problem: OptionNbboQuote: {victim.path} is under the watermark but not in the table"
+    ], done.stdout
+
+    # A row twice: one local file of StockPrint added again under another key.
+    [twice] = [f for f in scan_local(base.output.root, "A", since=None) if f.table == "StockPrint"]
+    key = "mlink/data/StockPrint/again.parquet"
+    s3(moto_url).upload_file(str(twice.path), bucket, key)
+    LakeTables(cfg.lake, cfg.output.root).commit(  # type: ignore[arg-type]
+        "StockPrint", pq.read_schema(twice.path), [f"s3://{bucket}/{key}"], {"A": twice.seq_max}
+    )
+    done = _verify_cli(toml)
+    assert done.returncode == 1
+    assert any(
+        line.startswith(f"lake problem: StockPrint: stripe A _seq {twice.seq_min}..{twice.seq_max}")
+        for line in done.stdout.splitlines()
+    ), done.stdout
+    assert done.stdout.splitlines()[-1].endswith(", 2 problems")
+
+    # The catalog cannot be read: exit 1, one line on stderr naming the step.
+    toml.write_text(
+        head + f'\n[lake]\nhost_id = "host1"\nbucket = "{bucket}"\nendpoint = "{moto_url}"\n'
+        'catalog_uri = "postgresql+psycopg2://u@127.0.0.1:9/x"\n'
+    )
+    done = _verify_cli(toml)
+    assert done.returncode == 1
+    assert done.stderr.startswith("lake: opening the catalog"), done.stderr[-2000:]

@@ -266,6 +266,7 @@ class LakeConfig:
     delete_local: bool = False  # delete a local file once it is in a committed snapshot
     disk_budget_mb: int = 0  # held for the lake (files, journal): capture pauses at it; 0: none
     snapshot_retention_hours: float = 24.0  # expire older snapshots (hourly); 0: never
+    orphan_age_hours: float = 72.0  # delete unreferenced objects older than this; 0: never
 
 
 def group_count(processes: int, stripes: int) -> int:
@@ -769,6 +770,7 @@ def _lake_config(r: _Reader, output: OutputConfig) -> LakeConfig:
         snapshot_retention_hours=r.num(
             k, "lake.snapshot_retention_hours", 24.0, _within(0, 24 * 3650, "hours")
         ),
+        orphan_age_hours=r.num(k, "lake.orphan_age_hours", 72.0, _within(0, 24 * 3650, "hours")),
     )
     key_id = cfg.access_key_id_env or cfg.access_key_id_file or cfg.access_key_id_credential
     secret = (

@@ -522,7 +522,7 @@ def test_a_file_below_the_watermark_is_added_once_or_held_if_it_overlaps(
     assert second.floor("A") == committed.seq_min  # the overlapping file keeps its frames held
 
 
-# -- verify --lake, as an operator runs it ---------------------------------------------------------
+# -- verify --lake, as an operator runs it -----------------------------------------------------
 
 
 def _verify_cli(cfg_path: Path) -> subprocess.CompletedProcess[str]:
@@ -608,3 +608,79 @@ root = "{base.output.root}"
     done = _verify_cli(toml)
     assert done.returncode == 1
     assert done.stderr.startswith("lake: opening the catalog"), done.stderr[-2000:]
+
+
+# -- orphan objects after snapshot expiry ------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_orphan_objects_older_than_the_safety_age_go_referenced_and_pending_stay(
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+) -> None:
+    import datetime as dt
+    import time
+
+    base = local_capture(tmp_path)
+    cfg = with_lake(base, moto_url, bucket)
+    trio.run(fresh_lake(cfg).flush)
+    sim = SimConfig(api_keys=frozenset({KEY}), rate=120, seed=41, record_dir=tmp_path / "sent2")
+    _, code = trio.run(
+        lambda: run_capture(
+            sim, lambda port: daemon_config(base.output.root, port, STRIPES, TYPES), seconds=1.5
+        )
+    )  # a second run: more files, a second snapshot of every table
+    assert code == 0
+    lake = fresh_lake(cfg)
+    trio.run(lake.flush)
+    client = s3(moto_url)
+    table = "StockPrint"
+    tbl = catalog(cfg, moto_url).load_table(("mlink", table))
+    first, second = sorted(tbl.snapshots(), key=lambda s: s.timestamp_ms)
+    assert lake.tables.expire(table, older_than_ms=2**62) == 1  # the first one goes
+    day = scan_local(base.output.root, "A", since=None)[0].date.isoformat()
+    where = f"mlink/data/{table}/date={day}/stripe=A/"
+
+    def put(key: str) -> str:
+        client.put_object(Bucket=bucket, Key=key, Body=b"PAR1 not in any snapshot")
+        return key
+
+    ours = put(where + "host1_A_00000000000000999000_00000000000000999001.parquet")
+    theirs = put(where + "host2_A_00000000000000999000_00000000000000999001.parquet")
+    # a file uploaded and not committed yet (the catalog is slow, say): it must stay
+    f = [f for f in scan_local(base.output.root, "A", since=None) if f.table == table][-1]
+    held = f.path.parent / "part-held.parquet"
+    meta = {
+        "mlink.msg_type": table, "mlink.stripe": "A", "mlink.rows": "1",
+        "mlink.seq_min": "999100", "mlink.seq_max": "999100",
+    }  # fmt: skip
+    one = pq.read_table(f.path).slice(0, 1)
+    one = one.set_column(one.schema.get_field_index("_seq"), "_seq", pa.array([999100]))
+    pq.write_table(one.replace_schema_metadata(meta), held)
+    lake._ready.clear()
+    trio.run(lake._startup_scans)
+    trio.run(lake._uploads)
+    pending = [e for e in lake._entries.values() if e.file.path == held]
+    assert pending and pending[0].uri is not None
+    time.sleep(1.1)
+    cutoff = dt.datetime.now(dt.UTC)
+    time.sleep(1.1)
+    young = put(where + "host1_A_00000000000000999200_00000000000000999201.parquet")
+
+    before = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    removed = lake.remove_orphans(table, cutoff)
+    after = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    gone = before - after
+    prefix = f"s3://{bucket}/"
+    refs, _ = lake.tables.referenced(table)
+    assert second.manifest_list in refs and first.manifest_list not in refs
+    assert {r.removeprefix(prefix) for r in refs} <= after  # every referenced object stays
+    assert first.manifest_list.removeprefix(prefix) in gone  # the expired snapshot's list
+    assert ours in gone
+    assert theirs in after and young in after  # another host's; younger than the safety age
+    assert pending[0].uri.removeprefix(prefix) in after  # uploaded, not committed yet
+    assert removed == len(gone) and all("/data/" not in k or k == ours for k in gone)
+    # nothing the table needs went: it reads exactly as before
+    tbl = catalog(cfg, moto_url).load_table(("mlink", table))
+    assert ids(tbl.scan().to_arrow()) == [
+        i for i in ids(local_rows(base.output.root, table)) if i != ("A", 999100)
+    ]

@@ -62,6 +62,7 @@ class LakeStats:
     deleted_local: int = 0
     conflicts: int = 0
     expired_snapshots: int = 0
+    orphans_removed: int = 0
     last_commit_ns: int | None = None
     last_error: str | None = None
     errors: int = 0
@@ -99,6 +100,7 @@ class Lake:
         self._to_delete: dict[Path, LakeFile] = {}  # in a snapshot; delete_local pending
         self._journal_low: dict[str, int] = {}  # stripe -> no journal frame below this
         self._last_expiry: dict[str, int] = {}  # table -> ns of its last expiry
+        self._last_orphans: dict[str, int] = {}  # table -> ns of its last orphan cleanup
         self._busy = trio.Lock()  # one step at a time: the task's and the shutdown flush
         self.retry_max_s = RETRY_MAX_S
         self._paused: str | None = None  # why capture is paused (the disk budget), or None
@@ -244,6 +246,7 @@ class Lake:
             await self._commits(force=force)
             await trio.to_thread.run_sync(self._delete_local)
             await self._expire(force=False)
+            await self._clean_orphans(force=False)
 
     def _failed(self, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -326,6 +329,45 @@ class Lake:
             expired = await trio.to_thread.run_sync(self.tables.expire, table, older_than_ms)
             self._last_expiry[table] = now
             self.stats.expired_snapshots += expired
+
+    async def _clean_orphans(self, *, force: bool) -> None:
+        """Hourly per table this process committed to: :meth:`remove_orphans`."""
+        hours = self.lake_cfg.orphan_age_hours
+        if not hours or len(self._ready) < len(self.stripes):
+            return  # (until the start-up scans are done, uploads not yet committed are unknown)
+        now = self.now_ns()
+        before = dt.datetime.fromtimestamp((now - hours * 3600e9) / 1e9, dt.UTC)
+        for table in sorted(self._last_commit):
+            if not force and now - self._last_orphans.get(table, 0) < EXPIRE_EVERY_S * 1e9:
+                continue
+            self._last_orphans[table] = now  # a failure is tried again in an hour, not at once
+            removed = await trio.to_thread.run_sync(self.remove_orphans, table, before)
+            self.stats.orphans_removed += removed
+
+    def remove_orphans(self, table: str, before: dt.datetime) -> int:
+        """Delete the objects of ``table`` last modified before ``before`` that no snapshot
+        kept references: in the table's metadata directory (manifests and manifest lists of
+        expired snapshots, metadata files no longer logged) and this host's data objects of this
+        process's stripes, except those uploaded and not committed yet. Returns how many.
+        Blocking. Raises StoreError, CatalogError."""
+        refs, metadata_dir = self.tables.referenced(table)
+        bucket = f"s3://{self.lake_cfg.bucket}/"
+        with self._lock:
+            keep = {self._uri(e.file) for e in self._entries.values()}
+        mine = tuple(f"{self.lake_cfg.host_id}_{stripe}_" for stripe in self.stripes)
+        data_dir = "/".join([*([self.lake_cfg.prefix] if self.lake_cfg.prefix else []), "data",
+                             table, ""])  # fmt: skip
+        keys = [
+            k for k in self.store.list_before(data_dir, before)
+            if k.rsplit("/", 1)[-1].startswith(mine)
+        ]  # fmt: skip
+        if metadata_dir.startswith(bucket):
+            keys += self.store.list_before(metadata_dir.removeprefix(bucket), before)
+        doomed = [k for k in keys if bucket + k not in refs and bucket + k not in keep]
+        if doomed:
+            self.store.delete(doomed)
+            log.info("lake: orphan objects deleted", table=table, objects=len(doomed))
+        return len(doomed)
 
     async def _retire_known(self, table: str, entries: list[_Entry]) -> None:
         """At start: local files at or below the watermark. Normally a previous run committed

@@ -111,6 +111,12 @@ class Lake:
                 logger.setLevel(logging.INFO)
         # "Iceberg does not have a dictionary type ... inferred as string": by design, per file
         logging.getLogger("pyiceberg.io.pyarrow").setLevel(logging.ERROR)
+        # pyiceberg's own warnings (a commit retried after a concurrent one, ...) as our log
+        # lines, not as plain text on stderr from logging's last-resort handler
+        pyiceberg_log = logging.getLogger("pyiceberg")
+        if not any(isinstance(h, _ToStructlog) for h in pyiceberg_log.handlers):
+            pyiceberg_log.addHandler(_ToStructlog())
+            pyiceberg_log.propagate = False
 
     # -- the hold (capture.lake.hold.JournalHold) ------------------------------------------------
 
@@ -461,6 +467,21 @@ class Lake:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(day.isoformat() + "\n", encoding="ascii")
         os.replace(tmp, path)
+
+
+class _ToStructlog(logging.Handler):
+    """A standard-library log record of pyiceberg, as a line of ours."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):
+            text = str(record.msg)
+        level = "warning" if record.levelno < logging.ERROR else "error"
+        getattr(log, level)("lake: pyiceberg", message=text[:500], logger=record.name)
 
 
 def _committable(entries: list[_Entry]) -> list[_Entry]:

@@ -453,9 +453,12 @@ class LakeConfig:
     namespace: str = setting("mlink", check=_check_name)
     commit_interval: float = _seconds(60.0, 0.1, 86_400)  # between commits of one table
     delete_local: bool = False  # delete a local file once it is in a committed snapshot
-    disk_budget_mb: int = setting(0, within=(0, 2**30))  # local files not yet in the lake; 0: none
+    # held for the lake (files, journal): capture pauses at it; 0: none
+    disk_budget_mb: int = setting(0, within=(0, 2**30))
     # expire older snapshots (hourly); 0: never
     snapshot_retention_hours: float = setting(24.0, within=(0, 24 * 3650), unit="hours")
+    # delete objects no kept snapshot references, older than this (hourly); 0: never
+    orphan_age_hours: float = setting(72.0, within=(0, 24 * 3650), unit="hours")
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], *, base_dir: Path = Path(".")) -> LakeConfig:

@@ -167,6 +167,11 @@ class ObjectConflict(StoreError):
     """The key holds a different object; never retried, never overwritten."""
 
 
+class CapturePaused(Exception):
+    """The lake asked the stripe to stop receiving (its local disk budget is reached); the
+    stripe disconnects and waits until ``JournalHold.paused`` says None (capture.reconnect)."""
+
+
 class CatalogError(Exception):
     """The catalog could not be reached, or refused a commit; retry later."""
 

@@ -124,12 +124,15 @@ class GroupSpec:
 
 
 def child_config(cfg: Config, spec: GroupSpec) -> Config:
-    """A child's configuration: its stripes and 1/N of the memory budget; it writes no health
-    file and serves no metrics (it reports to the parent, which does both for all).
-    ``ValueError`` if the stripes are not all in ``cfg``."""
+    """A child's configuration: its stripes, 1/N of the memory budget and of the lake's disk
+    budget; it writes no health file and serves no metrics (it reports to the parent, which
+    does both for all). ``ValueError`` if the stripes are not all in ``cfg``."""
     unknown = [s for s in spec.stripes if s not in cfg.source.stripes]
     if unknown:
         raise ValueError(f"stripes {unknown} are not in source.stripes")
+    lake = cfg.lake
+    if lake is not None and lake.disk_budget_mb:
+        lake = dataclasses.replace(lake, disk_budget_mb=max(1, lake.disk_budget_mb // spec.count))
     return dataclasses.replace(
         cfg,
         source=dataclasses.replace(cfg.source, stripes=spec.stripes),
@@ -139,6 +142,7 @@ def child_config(cfg: Config, spec: GroupSpec) -> Config:
         health=dataclasses.replace(cfg.health, path=None),
         metrics=dataclasses.replace(cfg.metrics, enabled=False),
         supervision=dataclasses.replace(cfg.supervision, processes=1),
+        lake=lake,
     )
 
 
@@ -601,6 +605,10 @@ class Parent:
             memory=memory,
             processes=processes,
         )
+        if self.cfg.lake is not None:
+            doc["lake"] = health.merge_lake(
+                [c.doc.get("lake") for c in self.children if c.doc is not None]
+            )
         doc["process"]["fork_server"] = (
             None if server is None else {"pid": server.pid, "lost": server.lost}
         )

@@ -18,8 +18,11 @@ Schema (``"schema": 1``; documented in the README):
   RSS counts the pages the processes share once per process); ``process.fork_server``:
   its ``pid`` and why it was ``lost`` (null while it serves), or null (exec only);
 * ``stripes``: per stripe code, ``state`` (starting, connecting, streaming, quiet, stale, backoff,
-  auth_failed, failed, stopping, stopped; with stripe-group processes also ``unresponsive``:
-  its process stopped reporting) and the counters of :class:`capture.worker.StripeStats`.
+  auth_failed, paused: the lake's disk budget is reached, failed, stopping, stopped; with
+  stripe-group processes also ``unresponsive``: its process stopped reporting) and the
+  counters of :class:`capture.worker.StripeStats`;
+* ``lake`` (only with ``[lake]``): see capture.lake.pipeline.Lake.health; with stripe-group
+  processes summed over them (:func:`merge_lake`).
 
 A stripe is *quiet* when it is connected but no data message arrived for ``quiet_after``
 seconds (heartbeats only): the connection is fine, the market may be closed.  It is *stale*
@@ -43,6 +46,34 @@ from capture.states import OK_STATES, StripeState
 from capture.stats import StripeStats
 
 log = get_logger(component="health")
+
+# The lake's states (capture.lake.pipeline), worst last: the merged state is the worst.
+LAKE_STATES = ("ok", "near_budget", "over_budget", "conflict")
+
+
+def merge_lake(parts: Iterable[object]) -> dict[str, Any]:
+    """The ``lake`` object of stripe-group processes' reports, as one: counts and bytes
+    added up, the worst state, the oldest last commit, a pause or error of any of them."""
+    out: dict[str, Any] = {"state": "ok", "processes": 0}
+    for part in parts:
+        if not isinstance(part, Mapping):
+            continue
+        out["processes"] += 1
+        for key, value in part.items():
+            if key == "state":
+                rank = LAKE_STATES.index(value) if value in LAKE_STATES else len(LAKE_STATES)
+                if rank > LAKE_STATES.index(out["state"]) and rank < len(LAKE_STATES):
+                    out["state"] = value
+            elif key == "last_commit_age_s":
+                if value is not None and (out.get(key) is None or value > out[key]):
+                    out[key] = value
+                out.setdefault(key, None)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                out[key] = out.get(key, 0) + value
+            elif value is not None or key not in out:
+                out[key] = value if out.get(key) is None else out[key]
+    return out
+
 
 def stripe_view(
     stats: StripeStats, now_ns: int, quiet_after_s: float, stale_after_s: float | None = None

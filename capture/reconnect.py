@@ -9,7 +9,9 @@ and each has its own wait before the next attempt (README, Supervision policy):
 * the credentials were refused or could not be read (``AuthRejected``, ``CredentialError``):
   ``supervision.auth_backoff``, cut short by :meth:`Reconnector.retry_auth` (SIGHUP: the
   operator fixed them); a refused credential is invalidated, so the next attempt reads it
-  again.
+  again;
+* the lake's local disk budget is reached (``CapturePaused``, or before connecting): the stripe
+  stays disconnected, state ``paused``, until the lake has room again (no backoff after it).
 
 The loop never ends by itself: the worker cancels it to stop.  What a disconnect means for the
 data (the gap, the capture event) is the worker's: it passes ``disconnected``.
@@ -26,12 +28,15 @@ import trio
 from capture.auth import CredentialProvider
 from capture.backoff import Backoff
 from capture.config import SupervisionConfig
-from capture.errors import AuthRejected, CredentialError, TransportError
+from capture.errors import AuthRejected, CapturePaused, CredentialError, TransportError
 from capture.logs import redact
 from capture.states import StripeState
 from capture.stats import StripeStats
 
-__all__ = ["Reconnector"]
+__all__ = ["PAUSE_POLL_S", "Reconnector"]
+
+PAUSE_POLL_S = 1.0
+"""A stripe paused by the lake (its local disk budget) looks again this often."""
 
 
 class Reconnector:
@@ -45,12 +50,14 @@ class Reconnector:
         stats: StripeStats,
         log: Any,
         credentials: CredentialProvider,
+        paused: Callable[[], str | None] | None = None,
     ) -> None:
         self.sup = sup
         self.rng = rng
         self.stats = stats
         self.log = log
         self.credentials = credentials
+        self.paused = paused  # why capture must pause now (the lake), or None
         self._backoff = Backoff(
             sup.backoff_initial, sup.backoff_max, sup.backoff_multiplier, sup.backoff_jitter
         )
@@ -76,11 +83,15 @@ class Reconnector:
             # A SIGHUP from now on (even while this attempt still uses the old credentials)
             # ends the auth backoff that may follow it.
             self._retry_auth = trio.Event()
+            await self._wait_unpaused()
             try:
                 await session()
                 reason = "server ended the session"
                 delay = self._backoff.delay(attempt, self.rng)
                 stats.state = StripeState.BACKOFF
+            except CapturePaused as exc:
+                reason, delay = str(exc), 0.0  # the next round waits until the lake has room
+                stats.state = StripeState.PAUSED
             except (AuthRejected, CredentialError) as exc:
                 reason = redact(str(exc))
                 if isinstance(exc, AuthRejected):  # the server refused what the source gave
@@ -102,6 +113,8 @@ class Reconnector:
                 delay = self._backoff.delay(0, self.rng)
             else:
                 attempt += 1
+            if stats.state == StripeState.PAUSED:
+                delay = 0.0
             stats.restarts += 1
             self.log.warning("disconnected; reconnecting", reason=reason, delay=round(delay, 3))
             if stats.state == StripeState.AUTH_FAILED:
@@ -110,3 +123,14 @@ class Reconnector:
                     self.log.info("credentials reloaded (SIGHUP); connecting now")
             else:
                 await trio.sleep(delay)
+
+    async def _wait_unpaused(self) -> None:
+        """While the lake says so (its local disk budget is reached), stay disconnected."""
+        if self.paused is None or (why := self.paused()) is None:
+            return
+        self.stats.state = StripeState.PAUSED
+        self.stats.last_error = why
+        self.log.error("capture paused", reason=why)
+        while self.paused() is not None:  # noqa: ASYNC110 - polls the lake's state
+            await trio.sleep(PAUSE_POLL_S)
+        self.log.info("capture resumes: the lake has room again")

@@ -18,6 +18,7 @@ class StripeState(StrEnum):
     STALE = "stale"  # neither data nor heartbeat for supervision.stale_after (health's view)
     BACKOFF = "backoff"  # waiting to reconnect, or to restart after a failure
     AUTH_FAILED = "auth_failed"  # credentials refused or unusable: the long auth backoff
+    PAUSED = "paused"  # the lake's local disk budget is reached: disconnected until it has room
     FAILED = "failed"  # failed too often: given up
     STOPPING = "stopping"  # closing its stream, committing its files
     STOPPED = "stopped"

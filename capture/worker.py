@@ -62,7 +62,7 @@ from capture.crashguard import Note, Suspects
 from capture.decode import BatchDecoder
 from capture.driftlog import DriftLog
 from capture.durability import DurabilityKeeper
-from capture.errors import StaleConnection
+from capture.errors import CapturePaused, StaleConnection
 from capture.eventlog import EventLog
 from capture.frames import FrameDecoder, Garbage
 from capture.journal_replay import replay_journal
@@ -204,7 +204,12 @@ class StripeWorker:
             stats=self.stats,
             log=self.log,
             credentials=credentials,
+            paused=self._paused,
         )
+
+    def _paused(self) -> str | None:
+        """Why the lake wants capture paused now (its local disk budget), or None."""
+        return None if self.journal_hold is None else self.journal_hold.paused()
 
     # -- control from the app ---------------------------------------------------------------
 
@@ -405,6 +410,8 @@ class StripeWorker:
                         await self._drain_outbox(send)
                 if sess.ended is not None:
                     raise sess.ended
+                if (why := self._paused()) is not None:
+                    raise CapturePaused(why)
                 if stats.last_alive_ns != alive_before:
                     last_alive = trio.current_time()
                     if (

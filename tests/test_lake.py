@@ -521,3 +521,167 @@ def test_a_file_below_the_watermark_is_added_once_or_held_if_it_overlaps(
     assert in_table.count(("A", committed.seq_min)) == 1
     assert second.health()["conflicts"] == 1 and second.health()["state"] == "conflict"
     assert second.floor("A") == committed.seq_min  # the overlapping file keeps its frames held
+
+
+# -- verify --lake, as an operator runs it -----------------------------------------------------
+
+
+def _verify_cli(cfg_path: Path) -> subprocess.CompletedProcess[str]:
+    cli = Path(sys.executable).parent / "mlink-capture"
+    return subprocess.run(
+        [str(cli), "verify", "--config", str(cfg_path), "--lake"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, **S3_ENV},
+    )  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_verify_lake_command_exit_codes_and_what_it_prints(
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+) -> None:
+    base = local_capture(tmp_path)
+    cfg = with_lake(base, moto_url, bucket)
+    trio.run(fresh_lake(cfg).flush)
+    toml = tmp_path / "capture.toml"
+    head = f"""
+[source]
+url = "ws://127.0.0.1:1/mlink/jsonf"
+stripes = {STRIPES!r}
+message_types = {TYPES!r}
+
+[auth]
+api_key_env = "MLINK_TEST_KEY"
+
+[output]
+root = "{base.output.root}"
+"""
+    toml.write_text(head)
+    done = _verify_cli(toml)
+    assert done.returncode == 2 and "needs --config with a [lake] section" in done.stderr
+    toml.write_text(
+        head + f'\n[lake]\nhost_id = "host1"\nbucket = "{bucket}"\nendpoint = "{moto_url}"\n'
+    )
+    files = sum(len(scan_local(base.output.root, s, since=None)) for s in STRIPES)
+
+    # A clean table: exit 0, the counts, no problem.
+    done = _verify_cli(toml)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == (
+        f"lake: {len(TYPES) + 1} tables, {files} data files, "
+        "0 local files not committed yet, 0 problems"
+    )
+    assert "lake problem" not in done.stdout
+
+    # Rows missing: stripe M's rows deleted from the table (its one data file dropped),
+    # while the local file that holds them is under the watermark.
+    cat = catalog(cfg, moto_url)
+    quotes = cat.load_table(("mlink", "OptionNbboQuote"))
+    [victim] = [f for f in scan_local(base.output.root, "M", since=None)
+                if f.table == "OptionNbboQuote"]  # fmt: skip
+    quotes.delete("_stripe == 'M'")
+    done = _verify_cli(toml)
+    assert done.returncode == 1
+    problems = [line for line in done.stdout.splitlines() if line.startswith("lake problem: ")]
+    assert problems == [
+        f"lake problem: OptionNbboQuote: {victim.path} is under the watermark but not in the table"
+    ], done.stdout
+
+    # A row twice: one local file of StockPrint added again under another key.
+    [twice] = [f for f in scan_local(base.output.root, "A", since=None) if f.table == "StockPrint"]
+    key = "mlink/data/StockPrint/again.parquet"
+    s3(moto_url).upload_file(str(twice.path), bucket, key)
+    LakeTables(cfg.lake, cfg.output.root).commit(  # type: ignore[arg-type]
+        "StockPrint", pq.read_schema(twice.path), [f"s3://{bucket}/{key}"], {"A": twice.seq_max}
+    )
+    done = _verify_cli(toml)
+    assert done.returncode == 1
+    assert any(
+        line.startswith(f"lake problem: StockPrint: stripe A _seq {twice.seq_min}..{twice.seq_max}")
+        for line in done.stdout.splitlines()
+    ), done.stdout
+    assert done.stdout.splitlines()[-1].endswith(", 2 problems")
+
+    # The catalog cannot be read: exit 1, one line on stderr naming the step.
+    toml.write_text(
+        head + f'\n[lake]\nhost_id = "host1"\nbucket = "{bucket}"\nendpoint = "{moto_url}"\n'
+        'catalog_uri = "postgresql+psycopg2://u@127.0.0.1:9/x"\n'
+    )
+    done = _verify_cli(toml)
+    assert done.returncode == 1
+    assert done.stderr.startswith("lake: opening the catalog"), done.stderr[-2000:]
+
+
+# -- orphan objects after snapshot expiry ------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_orphan_objects_older_than_the_safety_age_go_referenced_and_pending_stay(
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+) -> None:
+    import datetime as dt
+    import time
+
+    base = local_capture(tmp_path)
+    cfg = with_lake(base, moto_url, bucket)
+    trio.run(fresh_lake(cfg).flush)
+    sim = SimConfig(api_keys=frozenset({KEY}), rate=120, seed=41, record_dir=tmp_path / "sent2")
+    _, code = trio.run(
+        lambda: run_capture(
+            sim, lambda port: daemon_config(base.output.root, port, STRIPES, TYPES), seconds=1.5
+        )
+    )  # a second run: more files, a second snapshot of every table
+    assert code == 0
+    lake = fresh_lake(cfg)
+    trio.run(lake.flush)
+    client = s3(moto_url)
+    table = "StockPrint"
+    tbl = catalog(cfg, moto_url).load_table(("mlink", table))
+    first, second = sorted(tbl.snapshots(), key=lambda s: s.timestamp_ms)
+    assert lake.tables.expire(table, older_than_ms=2**62) == 1  # the first one goes
+    day = scan_local(base.output.root, "A", since=None)[0].date.isoformat()
+    where = f"mlink/data/{table}/date={day}/stripe=A/"
+
+    def put(key: str) -> str:
+        client.put_object(Bucket=bucket, Key=key, Body=b"PAR1 not in any snapshot")
+        return key
+
+    ours = put(where + "host1_A_00000000000000999000_00000000000000999001.parquet")
+    theirs = put(where + "host2_A_00000000000000999000_00000000000000999001.parquet")
+    # a file uploaded and not committed yet (the catalog is slow, say): it must stay
+    f = [f for f in scan_local(base.output.root, "A", since=None) if f.table == table][-1]
+    held = f.path.parent / "part-held.parquet"
+    meta = {
+        "mlink.msg_type": table, "mlink.stripe": "A", "mlink.rows": "1",
+        "mlink.seq_min": "999100", "mlink.seq_max": "999100",
+    }  # fmt: skip
+    one = pq.read_table(f.path).slice(0, 1)
+    one = one.set_column(one.schema.get_field_index("_seq"), "_seq", pa.array([999100]))
+    pq.write_table(one.replace_schema_metadata(meta), held)
+    lake._ready.clear()
+    trio.run(lake._startup_scans)
+    trio.run(lake._uploads)
+    pending = [e for e in lake._entries.values() if e.file.path == held]
+    assert pending and pending[0].uri is not None
+    time.sleep(1.1)
+    cutoff = dt.datetime.now(dt.UTC)
+    time.sleep(1.1)
+    young = put(where + "host1_A_00000000000000999200_00000000000000999201.parquet")
+
+    before = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    removed = lake.remove_orphans(table, cutoff)
+    after = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    gone = before - after
+    prefix = f"s3://{bucket}/"
+    refs, _ = lake.tables.referenced(table)
+    assert second.manifest_list in refs and first.manifest_list not in refs
+    assert {r.removeprefix(prefix) for r in refs} <= after  # every referenced object stays
+    assert first.manifest_list.removeprefix(prefix) in gone  # the expired snapshot's list
+    assert ours in gone
+    assert theirs in after and young in after  # another host's; younger than the safety age
+    assert pending[0].uri.removeprefix(prefix) in after  # uploaded, not committed yet
+    assert removed == len(gone) and all("/data/" not in k or k == ours for k in gone)
+    # nothing the table needs went: it reads exactly as before
+    tbl = catalog(cfg, moto_url).load_table(("mlink", table))
+    assert ids(tbl.scan().to_arrow()) == [
+        i for i in ids(local_rows(base.output.root, table)) if i != ("A", 999100)
+    ]

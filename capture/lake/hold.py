@@ -23,3 +23,8 @@ class JournalHold(Protocol):
         """After a retire: the journal of ``stripe`` holds no frame below ``low``. A local file
         is deleted (``delete_local``) only when it lies entirely below: otherwise start-up
         recovery would find its frames in the journal, not in a file, and write them again."""
+
+    def paused(self) -> str | None:
+        """Why capture must pause now (the bytes held locally for the lake reached
+        ``lake.disk_budget_mb``), or None. Called by every stripe after each socket read:
+        must be quick and must not raise."""

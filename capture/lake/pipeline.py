@@ -40,6 +40,8 @@ log = structlog.get_logger("capture.lake")
 TICK_S = 1.0  # how often the task looks for work (uploads go as soon as a file is there)
 EXPIRE_EVERY_S = 3600.0  # snapshot expiry per table, at most this often
 RETRY_MAX_S = 60.0
+BUDGET_TICK_S = 0.5  # how often the bytes held locally are measured against the budget
+NEAR_BUDGET = 0.8  # health says near_budget from here; paused capture resumes below it
 
 
 @dataclass(slots=True)
@@ -60,6 +62,7 @@ class LakeStats:
     deleted_local: int = 0
     conflicts: int = 0
     expired_snapshots: int = 0
+    orphans_removed: int = 0
     last_commit_ns: int | None = None
     last_error: str | None = None
     errors: int = 0
@@ -97,13 +100,23 @@ class Lake:
         self._to_delete: dict[Path, LakeFile] = {}  # in a snapshot; delete_local pending
         self._journal_low: dict[str, int] = {}  # stripe -> no journal frame below this
         self._last_expiry: dict[str, int] = {}  # table -> ns of its last expiry
+        self._last_orphans: dict[str, int] = {}  # table -> ns of its last orphan cleanup
         self._busy = trio.Lock()  # one step at a time: the task's and the shutdown flush
+        self.retry_max_s = RETRY_MAX_S
+        self._paused: str | None = None  # why capture is paused (the disk budget), or None
+        self._journal_bytes = 0  # closed journal segments of our stripes, last measured
         for name in ("botocore", "boto3"):  # whole requests (signed headers) at DEBUG
             logger = logging.getLogger(name)
             if logger.getEffectiveLevel() < logging.INFO:
                 logger.setLevel(logging.INFO)
         # "Iceberg does not have a dictionary type ... inferred as string": by design, per file
         logging.getLogger("pyiceberg.io.pyarrow").setLevel(logging.ERROR)
+        # pyiceberg's own warnings (a commit retried after a concurrent one, ...) as our log
+        # lines, not as plain text on stderr from logging's last-resort handler
+        pyiceberg_log = logging.getLogger("pyiceberg")
+        if not any(isinstance(h, _ToStructlog) for h in pyiceberg_log.handlers):
+            pyiceberg_log.addHandler(_ToStructlog())
+            pyiceberg_log.propagate = False
 
     # -- the hold (capture.lake.hold.JournalHold) ------------------------------------------------
 
@@ -123,21 +136,58 @@ class Lake:
         with self._lock:
             self._journal_low[stripe] = low
 
+    def paused(self) -> str | None:
+        return self._paused
+
+    # -- the disk budget -----------------------------------------------------------------------
+
+    def check_budget(self) -> None:
+        """Measure the bytes held locally for the lake (local files not yet in a snapshot, and
+        the closed journal segments of our stripes, which keep their frames) and pause or
+        resume capture: paused at ``disk_budget_mb``, resumed below ``NEAR_BUDGET`` of it.
+        Blocking (directory listings): run it in a thread."""
+        jcfg = self.cfg.journal
+        journal = 0
+        if jcfg.enabled:
+            for stripe in self.stripes:
+                journal += closed_segment_bytes(jcfg.stripe_dir(self.root, stripe))
+        with self._lock:
+            self._journal_bytes = journal
+            held = journal + sum(e.file.size for e in self._entries.values())
+        budget = self.lake_cfg.disk_budget_mb * 2**20
+        if budget and held >= budget and self._paused is None:
+            self._paused = (
+                f"lake: {held / 2**20:.1f} MiB held locally for the lake reached "
+                f"lake.disk_budget_mb = {self.lake_cfg.disk_budget_mb}; capture paused until "
+                f"the store and catalog take them (below {NEAR_BUDGET:.0%})"
+            )
+            log.error("lake: disk budget reached; capture paused", held_bytes=held,
+                      budget_bytes=budget, last_error=self.stats.last_error)  # fmt: skip
+        elif self._paused is not None and (not budget or held < NEAR_BUDGET * budget):
+            self._paused = None
+            log.warning("lake: below the disk budget again; capture resumes", held_bytes=held)
+
+    async def _watch_budget(self) -> None:
+        while True:
+            await trio.to_thread.run_sync(self.check_budget)
+            await trio.sleep(BUDGET_TICK_S)
+
     # -- figures -----------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         with self._lock:
             entries = list(self._entries.values())
+            journal_bytes = self._journal_bytes
         waiting = [e for e in entries if e.uri is None]
         local_bytes = sum(e.file.size for e in entries)
+        held = local_bytes + journal_bytes
         s, now = self.stats, self.now_ns()
         budget = self.lake_cfg.disk_budget_mb * 2**20
         state = "ok"
-        if budget:
-            if local_bytes >= budget:
-                state = "over_budget"
-            elif local_bytes >= 0.8 * budget:
-                state = "near_budget"
+        if self._paused is not None:
+            state = "over_budget"  # capture paused
+        elif budget and held >= NEAR_BUDGET * budget:
+            state = "near_budget"
         if s.conflicts:
             state = "conflict"
         return {
@@ -154,23 +204,28 @@ class Lake:
             "conflicts": s.conflicts,
             "errors": s.errors,
             "last_error": s.last_error,
+            "held_bytes": held,
+            "journal_held_bytes": journal_bytes,
             "disk_budget_mb": self.lake_cfg.disk_budget_mb,
+            "capture_paused": self._paused,
         }
 
     # -- the task ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        backoff = TICK_S
-        while True:
-            try:
-                await self._startup_scans()
-                await self.step(force=False)
-                backoff = TICK_S
-            except (StoreError, CatalogError, OSError) as exc:
-                self._failed(exc)
-                backoff = min(RETRY_MAX_S, backoff * 2)
-            await trio.sleep(backoff)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_budget)
+            task_status.started()
+            backoff = TICK_S
+            while True:
+                try:
+                    await self._startup_scans()
+                    await self.step(force=False)
+                    backoff = TICK_S
+                except (StoreError, CatalogError, OSError) as exc:
+                    self._failed(exc)
+                    backoff = min(self.retry_max_s, backoff * 2)
+                await trio.sleep(backoff)
 
     async def flush(self, *, attempts: int = 5) -> None:
         """Upload and commit everything held now (shutdown; the caller bounds the time).
@@ -197,6 +252,7 @@ class Lake:
             await self._commits(force=force)
             await trio.to_thread.run_sync(self._delete_local)
             await self._expire(force=False)
+            await self._clean_orphans(force=False)
 
     def _failed(self, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -279,6 +335,45 @@ class Lake:
             expired = await trio.to_thread.run_sync(self.tables.expire, table, older_than_ms)
             self._last_expiry[table] = now
             self.stats.expired_snapshots += expired
+
+    async def _clean_orphans(self, *, force: bool) -> None:
+        """Hourly per table this process committed to: :meth:`remove_orphans`."""
+        hours = self.lake_cfg.orphan_age_hours
+        if not hours or len(self._ready) < len(self.stripes):
+            return  # (until the start-up scans are done, uploads not yet committed are unknown)
+        now = self.now_ns()
+        before = dt.datetime.fromtimestamp((now - hours * 3600e9) / 1e9, dt.UTC)
+        for table in sorted(self._last_commit):
+            if not force and now - self._last_orphans.get(table, 0) < EXPIRE_EVERY_S * 1e9:
+                continue
+            self._last_orphans[table] = now  # a failure is tried again in an hour, not at once
+            removed = await trio.to_thread.run_sync(self.remove_orphans, table, before)
+            self.stats.orphans_removed += removed
+
+    def remove_orphans(self, table: str, before: dt.datetime) -> int:
+        """Delete the objects of ``table`` last modified before ``before`` that no snapshot
+        kept references: in the table's metadata directory (manifests and manifest lists of
+        expired snapshots, metadata files no longer logged) and this host's data objects of this
+        process's stripes, except those uploaded and not committed yet. Returns how many.
+        Blocking. Raises StoreError, CatalogError."""
+        refs, metadata_dir = self.tables.referenced(table)
+        bucket = f"s3://{self.lake_cfg.bucket}/"
+        with self._lock:
+            keep = {self._uri(e.file) for e in self._entries.values()}
+        mine = tuple(f"{self.lake_cfg.host_id}_{stripe}_" for stripe in self.stripes)
+        data_dir = "/".join([*([self.lake_cfg.prefix] if self.lake_cfg.prefix else []), "data",
+                             table, ""])  # fmt: skip
+        keys = [
+            k for k in self.store.list_before(data_dir, before)
+            if k.rsplit("/", 1)[-1].startswith(mine)
+        ]  # fmt: skip
+        if metadata_dir.startswith(bucket):
+            keys += self.store.list_before(metadata_dir.removeprefix(bucket), before)
+        doomed = [k for k in keys if bucket + k not in refs and bucket + k not in keep]
+        if doomed:
+            self.store.delete(doomed)
+            log.info("lake: orphan objects deleted", table=table, objects=len(doomed))
+        return len(doomed)
 
     async def _retire_known(self, table: str, entries: list[_Entry]) -> None:
         """At start: local files at or below the watermark. Normally a previous run committed
@@ -374,6 +469,21 @@ class Lake:
         os.replace(tmp, path)
 
 
+class _ToStructlog(logging.Handler):
+    """A standard-library log record of pyiceberg, as a line of ours."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):
+            text = str(record.msg)
+        level = "warning" if record.levelno < logging.ERROR else "error"
+        getattr(log, level)("lake: pyiceberg", message=text[:500], logger=record.name)
+
+
 def _committable(entries: list[_Entry]) -> list[_Entry]:
     """Per stripe, the files uploaded in ``_seq`` order up to the first one that is not (or
     is held as a conflict): a table's watermark may only cover files that are in it."""
@@ -392,6 +502,20 @@ def _committable(entries: list[_Entry]) -> list[_Entry]:
 def _schema_of(paths: list[Path]) -> pa.Schema:
     schemas = [pq.read_schema(p) for p in paths]
     return schemas[0] if len(schemas) == 1 else pa.unify_schemas(schemas)
+
+
+def closed_segment_bytes(directory: Path) -> int:
+    """Bytes of a stripe's journal segments but the newest (the one being written: it is
+    bounded by ``journal.segment_mb`` and retired only once closed)."""
+    try:
+        sizes = sorted(
+            (entry.name, entry.stat().st_size)
+            for entry in os.scandir(directory)
+            if entry.name.startswith("seg-") and entry.name.endswith(".mlj")
+        )
+    except OSError:
+        return 0
+    return sum(size for _, size in sizes[:-1])
 
 
 def _read_since(path: Path) -> dt.date | None:

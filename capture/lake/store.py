@@ -9,6 +9,7 @@ size and the SHA-256 we stored in its metadata), otherwise it is an :class:`Obje
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -93,6 +94,35 @@ class ObjectStore:
             )
         return "there"
 
+    def list_before(self, prefix: str, before: dt.datetime) -> list[str]:
+        """Keys under ``prefix`` last modified before ``before``. Raises StoreError."""
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            page = self._call(
+                "ListObjectsV2",
+                Bucket=self.cfg.bucket,
+                Prefix=prefix,
+                **({"ContinuationToken": token} if token else {}),
+            )
+            keys += [o["Key"] for o in page.get("Contents", []) if o["LastModified"] < before]
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return keys
+
+    def delete(self, keys: list[str]) -> None:
+        """Delete ``keys`` (1,000 a request). Raises StoreError."""
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i : i + 1000]
+            answer = self._call(
+                "DeleteObjects",
+                Bucket=self.cfg.bucket,
+                Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+            )
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise StoreError(f"S3 DeleteObjects {first.get('Key')}: {first.get('Code')}")
+
     def create_bucket(self) -> None:
         """Create the bucket (the lake demo's throw-away store). Raises StoreError."""
         self._call("CreateBucket", Bucket=self.cfg.bucket)
@@ -102,6 +132,8 @@ class ObjectStore:
             "PutObject": "put_object",
             "HeadObject": "head_object",
             "CreateBucket": "create_bucket",
+            "ListObjectsV2": "list_objects_v2",
+            "DeleteObjects": "delete_objects",
         }[operation]
         try:
             return getattr(self._s3(), method)(**kwargs)
@@ -113,9 +145,11 @@ class ObjectStore:
                 status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict")
             ):
                 raise _Precondition from None
-            raise StoreError(f"S3 {operation} {kwargs.get('Key')}: {code} ({status})") from None
+            what = kwargs.get("Key", kwargs.get("Prefix"))
+            raise StoreError(f"S3 {operation} {what}: {code} ({status})") from None
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
-            raise StoreError(f"S3 {operation} {kwargs.get('Key')}: {type(exc).__name__}") from None
+            what = kwargs.get("Key", kwargs.get("Prefix"))
+            raise StoreError(f"S3 {operation} {what}: {type(exc).__name__}") from None
         except CredentialError as exc:
             raise StoreError(str(exc)) from None
 

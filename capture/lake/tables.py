@@ -239,6 +239,24 @@ class LakeTables:
             raise CatalogError(_describe(f"expiring snapshots of {name}", exc, None)) from None
 
 
+    def referenced(self, name: str) -> tuple[set[str], str]:
+        """Every file table ``name`` references (data files, manifests and manifest lists of
+        every snapshot kept, the current and logged metadata files), and the location of its
+        metadata directory. Raises CatalogError."""
+        try:
+            tbl = self.catalog().load_table((self.cfg.namespace, name))
+            refs = {tbl.metadata_location}
+            refs |= {entry.metadata_file for entry in tbl.metadata.metadata_log}
+            snapshots = tbl.snapshots()
+            refs |= {s.manifest_list for s in snapshots}
+            if snapshots:
+                refs |= set(tbl.inspect.all_manifests().column("path").to_pylist())
+                refs |= set(tbl.inspect.all_files().column("file_path").to_pylist())
+            return refs, f"{tbl.location().rstrip('/')}/metadata/"
+        except Exception as exc:  # noqa: BLE001 - one contract for the catalog's failures
+            raise CatalogError(_describe(f"listing what {name} references", exc, None)) from None
+
+
 def expirable(tbl: Any, older_than_ms: int) -> list[int]:
     """Snapshot ids that may go: older than the limit, not the current one, not the newest
     carrier of any ``mlink.hw.*`` key."""

@@ -140,13 +140,15 @@ format = "json"
             env["MLINK_CAPTURE_CRASH_AT"] = crash_at
         log = self.tmp / f"daemon-{len(self.logs)}.log"
         self.logs.append(log)
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [str(BIN), "run", "--config", str(self.config())],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log.open("w"),
             text=True,
         )
+        _wait_until_up(proc, log)
+        return proc
 
     def kill_after(self, seconds: float, *, hup_at: float | None = None) -> None:
         """Run the daemon, optionally SIGHUP (rotate: commits) at ``hup_at``, SIGKILL later."""
@@ -263,6 +265,16 @@ format = "json"
             "required": required,
             "files": len(files),
         }
+
+
+def _wait_until_up(proc: subprocess.Popen[str], log: Path, timeout: float = 120) -> None:
+    """Until the daemon's first stripe logs "connecting" (imports done, signal handlers in
+    place, recovery under way) or the process ends: the runs' durations count from there, so
+    that a busy machine (parallel test workers, other jobs) shortens no run to a start-up."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and b'"event": "connecting"' not in log.read_bytes():
+        assert time.monotonic() < deadline, f"the daemon did not start: {log.read_text()[-3000:]}"
+        time.sleep(0.02)
 
 
 def frame_keys(table: pa.Table) -> list[tuple[int, int, int]]:

@@ -48,8 +48,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite on TEST_WORKERS pytest-xdist workers (tests/conftest.py keeps the tests that share a
+# module's expensive fixture on one worker). Most of the slow tests wait on real processes and
+# sockets, so more workers than cores pay: `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 4
 test: lint typecheck
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # End-to-end benchmark (bench/README.md): the daemon process against a replay server, 1 and 11
 # stripes, baselines on the same bytes; a few minutes. BENCH_ARGS passes options, e.g.

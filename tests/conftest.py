@@ -1,13 +1,11 @@
-"""Suite-wide pytest hooks: keeping the suite correct when it runs on several workers.
+"""Suite-wide pytest hooks: the order in which the suite's modules run.
 
-``make test`` runs the suite with pytest-xdist (``-n``, ``--dist loadgroup``). A test that uses a
-module- or session-scoped fixture of this suite (a moto server, a Spark session, a captured
-data set) is put in one xdist group per defining module, so that its module's tests run on one
-worker and the expensive setup is made once, not once per worker.
-
-Modules with ``slow`` tests run first: the long tests start while the short ones fill the other
-workers, instead of one long test finishing alone at the end. Tests keep their order within a
-module, and the real-time (``e2e``) modules stay spread over the run.
+``make test`` runs the suite with pytest-xdist, a whole module per worker (``--dist loadfile``:
+a module-scoped fixture such as the Spark session or a captured data set is made once). Modules
+with ``slow`` tests go first, so that the long ones start while the short ones fill the other
+workers, instead of one long module finishing alone at the end. The order within a module is
+kept, and the real-time (``e2e``) modules stay spread over the run rather than all starting at
+once.
 """
 
 from __future__ import annotations
@@ -18,20 +16,6 @@ import pytest
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     slow = {_module(item) for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: _module(item) not in slow)  # stable: order within a module kept
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        shared = sorted(
-            {
-                d.baseid
-                for defs in info.name2fixturedefs.values()
-                for d in defs
-                if d.scope != "function" and d.baseid  # ours: pytest's own have no baseid
-            }
-        )
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(name="+".join(shared)))
 
 
 def _module(item: pytest.Item) -> str:

@@ -23,7 +23,7 @@ from capture.lake.tables import CATALOG_NAME
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.fixture  # one server per test (~1 s): the five ~30 s tests can run on several workers
+@pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

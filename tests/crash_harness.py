@@ -174,6 +174,10 @@ format = "json"
                 next_hup = time.monotonic() + 0.3
             time.sleep(0.005)
         died = time.time_ns()  # within ~5 ms of the real death: what the invariant needs
+        if proc.poll() is None:  # never reached the point: leave no daemon behind the test
+            proc.kill()
+            proc.wait(timeout=10)
+            raise AssertionError(f"{point}: still running after {timeout} s, not at the point")
         assert proc.poll() == -signal.SIGKILL, f"{point}: exited {proc.poll()}, not at the point"
         self.kills_ns.append(died)
 
@@ -188,7 +192,13 @@ format = "json"
         time.sleep(seconds)
         self.kills_ns.append(time.time_ns())
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, self.logs[-1].read_text()[-3000:]
+        try:
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:  # a stop that hangs fails the test, and leaves no daemon
+                proc.kill()
+                proc.wait(timeout=10)
+        assert code == 0, self.logs[-1].read_text()[-3000:]
 
     def stop(self) -> None:
         if self.sim is not None:

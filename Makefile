@@ -48,8 +48,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite on TEST_WORKERS pytest-xdist workers, a whole test module per worker (its
+# module-scoped fixtures are made once; tests/conftest.py starts the slow modules first).
+# One worker per core: the real-time tests (crash, e2e) assume the daemon keeps up with the
+# simulator, which 4 workers on 2 busy cores broke. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: lint typecheck
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # End-to-end benchmark (bench/README.md): the daemon process against a replay server, 1 and 11
 # stripes, baselines on the same bytes; a few minutes. BENCH_ARGS passes options, e.g.

@@ -140,13 +140,15 @@ format = "json"
             env["MLINK_CAPTURE_CRASH_AT"] = crash_at
         log = self.tmp / f"daemon-{len(self.logs)}.log"
         self.logs.append(log)
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [str(BIN), "run", "--config", str(self.config())],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log.open("w"),
             text=True,
         )
+        _wait_until_up(proc, log)
+        return proc
 
     def kill_after(self, seconds: float, *, hup_at: float | None = None) -> None:
         """Run the daemon, optionally SIGHUP (rotate: commits) at ``hup_at``, SIGKILL later."""
@@ -172,6 +174,10 @@ format = "json"
                 next_hup = time.monotonic() + 0.3
             time.sleep(0.005)
         died = time.time_ns()  # within ~5 ms of the real death: what the invariant needs
+        if proc.poll() is None:  # never reached the point: leave no daemon behind the test
+            proc.kill()
+            proc.wait(timeout=10)
+            raise AssertionError(f"{point}: still running after {timeout} s, not at the point")
         assert proc.poll() == -signal.SIGKILL, f"{point}: exited {proc.poll()}, not at the point"
         self.kills_ns.append(died)
 
@@ -186,7 +192,13 @@ format = "json"
         time.sleep(seconds)
         self.kills_ns.append(time.time_ns())
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, self.logs[-1].read_text()[-3000:]
+        try:
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:  # a stop that hangs fails the test, and leaves no daemon
+                proc.kill()
+                proc.wait(timeout=10)
+        assert code == 0, self.logs[-1].read_text()[-3000:]
 
     def stop(self) -> None:
         if self.sim is not None:
@@ -263,6 +275,16 @@ format = "json"
             "required": required,
             "files": len(files),
         }
+
+
+def _wait_until_up(proc: subprocess.Popen[str], log: Path, timeout: float = 120) -> None:
+    """Until the daemon's first stripe logs "connecting" (imports done, signal handlers in
+    place, recovery under way) or the process ends: the runs' durations count from there, so
+    that a busy machine (parallel test workers, other jobs) shortens no run to a start-up."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and b'"event": "connecting"' not in log.read_bytes():
+        assert time.monotonic() < deadline, f"the daemon did not start: {log.read_text()[-3000:]}"
+        time.sleep(0.02)
 
 
 def frame_keys(table: pa.Table) -> list[tuple[int, int, int]]:

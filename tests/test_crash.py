@@ -25,6 +25,7 @@ def harness(tmp_path: Path) -> Harness:
     h.stop()
 
 
+@pytest.mark.slow  # 22 daemon runs: the longest test of the suite without the Spark ones
 def test_kill_loop_loses_nothing_durable_and_stores_nothing_twice(harness: Harness) -> None:
     rng = random.Random(20261124)
     for cycle in range(22):

@@ -81,6 +81,8 @@ __all__ = [
     "Outcome",
     "compact",
     "recover",
+    "rewrite",
+    "unit_ranges",
 ]
 
 #: Under ROOT: the work area (``work/``) and the lock file.  Leading ``_``: no table, and
@@ -420,6 +422,37 @@ def _write_outputs(
         if table.num_rows == 0:
             break
     return paths
+
+
+def rewrite(
+    parts: list[pa.Table],
+    msg_type: str,
+    directory: Path,
+    base: str,
+    first_meta: dict[str, str],
+    common_meta: dict[str, str],
+    settings: CompactionSettings,
+) -> tuple[list[Path], int]:
+    """One unit's rows (``parts``: whole files, one host) concatenated, sorted and written as
+    compacted files ``directory/base-NNN.parquet`` (the lake's compaction uses it too).
+    Returns (the files, rows written)."""
+    merged = pa.concat_tables(_normalize(parts), promote_options="permissive")
+    merged = sort_rows(merged, msg_type, settings.sort)
+    return _write_outputs(merged, directory, base, first_meta, common_meta, msg_type, settings), (
+        merged.num_rows
+    )
+
+
+def unit_ranges(footers: Sequence[dict[str, str]]) -> list[tuple[int, int]]:
+    """The receive-sequence ranges the files with these footers hold (a compacted file's
+    recorded ranges, a live file's ``seq_min..seq_max``), merged."""
+    ranges: list[tuple[int, int]] = []
+    for kv in footers:
+        if META_COMPACTED in kv:
+            ranges += parse_seq_ranges(kv.get(META_SEQ_RANGES, ""))
+        elif META_SEQ_MIN in kv:
+            ranges.append((int(kv[META_SEQ_MIN]), int(kv[META_SEQ_MAX])))
+    return merge_ranges(ranges)
 
 
 _SAMPLE_CHUNKS: Final = 4

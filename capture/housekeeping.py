@@ -73,6 +73,21 @@ def run_once(
         where = exc.filename or cfg.output.root
         return EXIT_FAILED, {"error": f"{where}: {exc.strerror or exc}"}
     summary["compaction"] = outcome.as_dict()
+    lake_failed = False
+    if cfg.lake is not None:
+        from capture.lake.tables import CatalogError
+        from capture.lakecompact import compact_lake
+
+        try:
+            lake_out = compact_lake(
+                cfg.lake, settings(cfg), root=cfg.output.root, now_ns=now_ns, tables=tables,
+                dates=dates, dry_run=dry_run,
+            )  # fmt: skip
+            summary["lake_compaction"] = lake_out.as_dict()
+            lake_failed = bool(lake_out.failed)
+        except CatalogError as exc:
+            summary["lake_compaction"] = {"error": str(exc)}
+            lake_failed = True
     r = cfg.retention
     try:
         root_exists = cfg.output.root.is_dir()
@@ -98,7 +113,7 @@ def run_once(
         failed=len(outcome.failed),
         partitions_removed=len(kept.partitions_removed),
     )
-    return (EXIT_FAILED if outcome.failed else EXIT_OK), summary
+    return (EXIT_FAILED if outcome.failed or lake_failed else EXIT_OK), summary
 
 
 def main(

@@ -1,0 +1,298 @@
+"""Compaction of the Iceberg tables: one replace snapshot per closed partition, against moto's
+S3 server on loopback and the SQLite catalog. A reader scanning the table in a loop sees exactly
+the rows that were there before; SIGKILL after an upload or a commit leaves the old files or the
+new ones, and a rerun finishes; reruns change nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from compact_util import TYPE, ns_of, write_live
+from moto.server import ThreadedMotoServer
+from pyiceberg.catalog.sql import SqlCatalog
+
+from capture.compact import CompactionSettings
+from capture.config import LakeConfig
+from capture.lake.files import scan_local, sha256_of
+from capture.lake.store import ObjectStore
+from capture.lake.tables import CATALOG_NAME, LakeTables
+from capture.lakecompact import SUMMARY_RANGES, compact_lake, partition_files
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "lake-test-id", "AWS_SECRET_ACCESS_KEY": "lake-test-secret"}
+HOST = "host1"
+DAY1, DAY2 = "2026-01-05", "2026-01-06"
+NOW = ns_of("2026-01-08T00:00:00+00:00")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def lake(tmp_path: Path, moto_url: str, monkeypatch: pytest.MonkeyPatch) -> LakeConfig:
+    for k, v in S3_ENV.items():
+        monkeypatch.setenv(k, v)
+    bucket = f"lc-{abs(hash(str(tmp_path))) % 10**12}"
+    boto3.client(
+        "s3", endpoint_url=moto_url, region_name="us-east-1",
+        aws_access_key_id="x", aws_secret_access_key="y",
+    ).create_bucket(Bucket=bucket)  # fmt: skip
+    return LakeConfig(host_id=HOST, bucket=bucket, endpoint=moto_url)
+
+
+def catalog(root: Path, url: str) -> SqlCatalog:
+    return SqlCatalog(
+        CATALOG_NAME,
+        uri=f"sqlite:///{(root / '_lake' / 'catalog.db').absolute()}",
+        **{"s3.endpoint": url, "s3.region": "us-east-1",
+           "s3.access-key-id": S3_ENV["AWS_ACCESS_KEY_ID"],
+           "s3.secret-access-key": S3_ENV["AWS_SECRET_ACCESS_KEY"]},
+    )  # fmt: skip
+
+
+def publish(root: Path, cfg: LakeConfig, stripes: tuple[str, ...]) -> int:
+    """Upload and commit the committed local files above the table's watermark, as the
+    daemon's lake task does (one commit per stripe, its watermark in the summary). Returns how
+    many files."""
+    store, tables = ObjectStore(cfg), LakeTables(cfg, root)
+    n = 0
+    for stripe in stripes:
+        hw = tables.watermarks(TYPE, [stripe]).get(stripe, -1)
+        files = [f for f in scan_local(root, stripe, since=None) if f.seq_max > hw]
+        if not files:
+            continue
+        uris = []
+        for f in files:
+            key = f.key(cfg.prefix, cfg.host_id)
+            store.put_new(key, f.path, size=f.size, sha256=sha256_of(f.path))
+            uris.append(f"s3://{cfg.bucket}/{key}")
+        schema = pq.read_schema(files[0].path)
+        tables.commit(TYPE, schema, uris, {stripe: max(f.seq_max for f in files)})
+        n += len(files)
+    return n
+
+
+def write_days(root: Path) -> None:
+    seq = 0
+    for stripe in ("3", "7"):
+        for day in (DAY1, DAY2):
+            seq = write_live(root, start_ns=ns_of(f"{day}T13:00:00+00:00"), seconds=1800,
+                             rows=3000, seq0=seq, stripe=stripe, seed=seq + 1)  # fmt: skip
+
+
+def row_ids(table: pa.Table) -> Counter[tuple[Any, ...]]:
+    """What a user reads, as a multiset: stripe, sequence, contract, price, exact receive ns."""
+    cols = [pc.cast(table.column("_stripe"), pa.utf8()).to_pylist()]
+    cols += [table.column(c).to_pylist() for c in ("_seq", "okey_tk", "okey_xx", "bidPrice",
+                                                   "_recv_time_ns")]  # fmt: skip
+    return Counter(zip(*cols, strict=True))
+
+
+def table_state(cat: SqlCatalog) -> tuple[Counter[tuple[Any, ...]], dict[Any, list[str]]]:
+    tbl = cat.load_table(("mlink", TYPE))
+    files = {k: sorted(f.file_path.rsplit("/", 1)[-1] for f in v)
+             for k, v in partition_files(tbl).items()}  # fmt: skip
+    return row_ids(tbl.scan().to_arrow()), files
+
+
+def settings(root: Path) -> CompactionSettings:
+    return CompactionSettings(root=root, row_group_rows=4096)
+
+
+def test_a_reader_scanning_in_a_loop_sees_exactly_the_rows_before(
+    tmp_path: Path, lake: LakeConfig, moto_url: str
+) -> None:
+    root = tmp_path / "data"
+    write_days(root)
+    assert publish(root, lake, ("3", "7")) > 8
+    cat = catalog(root, moto_url)
+    before, files_before = table_state(cat)
+    assert sum(before.values()) == 12_000 and len(files_before) == 4
+    assert all(len(v) > 1 for v in files_before.values())
+
+    stop = threading.Event()
+    scans: list[Counter[tuple[Any, ...]]] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        cat_r = catalog(root, moto_url)
+        while not stop.is_set():
+            try:  # refreshed every time: the newest snapshot when the scan is planned
+                scans.append(row_ids(cat_r.load_table(("mlink", TYPE)).scan().to_arrow()))
+            except BaseException as exc:  # noqa: BLE001 - the assertion below reports it
+                errors.append(exc)
+                return
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        while len(scans) < 2 and not errors:  # the loop runs before the first commit
+            stop.wait(0.05)
+        out = compact_lake(lake, settings(root), root=root, now_ns=NOW)
+        seen = len(scans)
+        while len(scans) < seen + 2 and not errors:  # and after the last one
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
+    assert out.failed == [] and out.units_compacted == 4, out
+    assert len(scans) >= 4
+    assert all(s == before for s in scans), [sum(s.values()) for s in scans]
+
+    after, files_after = table_state(cat)
+    assert after == before
+    assert set(files_after) == set(files_before)
+    for names in files_after.values():  # one compacted file each, none of the old ones
+        assert len(names) == 1 and names[0].startswith(f"{HOST}_") and "-c" in names[0]
+    tbl = cat.load_table(("mlink", TYPE))
+    snap = tbl.current_snapshot()
+    assert snap is not None and snap.summary is not None
+    assert snap.summary["operation"].value == "overwrite"
+    assert snap.summary[SUMMARY_RANGES]  # the replaced files' receive-sequence ranges
+    # the compacted object itself: sorted by the instrument key, large row groups, its ranges
+    path = next(f.file_path for f in partition_files(tbl)[(dt.date(2026, 1, 5), "3")])
+    with tbl.io.new_input(path).open() as stream:
+        pf = pq.ParquetFile(pa.BufferReader(stream.read()))
+    kv = {k.decode(): v.decode() for k, v in (pf.metadata.metadata or {}).items()}
+    assert kv["mlink.compacted"] == "1" and kv["mlink.seq_ranges"] == "0-2999"
+    assert pf.metadata.row_group(0).num_rows == 3000
+    tk = pf.read(columns=["okey_tk"]).column(0).cast(pa.utf8()).to_pylist()
+    assert tk == sorted(tk)
+
+    # A rerun changes nothing; a file committed late into a closed day (a restart's replay)
+    # is compacted with that day's file on the next run.
+    again = compact_lake(lake, settings(root), root=root, now_ns=NOW)
+    assert again.units_compacted == 0 and again.failed == []
+    assert cat.load_table(("mlink", TYPE)).current_snapshot() == snap
+    write_live(root, start_ns=ns_of(f"{DAY2}T20:00:00+00:00"), seconds=60, rows=500,
+               seq0=20_000, stripe="7", seed=99)  # fmt: skip
+    publish(root, lake, ("7",))
+    grown, _ = table_state(cat)
+    assert sum(grown.values()) == 12_500
+    third = compact_lake(lake, settings(root), root=root, now_ns=NOW)
+    assert third.units_compacted == 1 and third.files_in == 2, third
+    final, files_final = table_state(cat)
+    assert final == grown and all(len(v) == 1 for v in files_final.values())
+
+
+def test_an_open_day_and_another_hosts_files_are_left_alone(
+    tmp_path: Path, lake: LakeConfig, moto_url: str
+) -> None:
+    root = tmp_path / "data"
+    write_days(root)
+    publish(root, lake, ("3",))
+    other = tmp_path / "other"
+    write_live(other, start_ns=ns_of(f"{DAY1}T14:00:00+00:00"), seconds=600, rows=1000,
+               seq0=0, stripe="3", seed=5)  # fmt: skip
+    shared = f"sqlite:///{(root / '_lake' / 'catalog.db').absolute()}"  # one catalog, two hosts
+    publish(other, LakeConfig(host_id="host2", bucket=lake.bucket, endpoint=lake.endpoint,
+                              catalog_uri=shared), ("3",))  # fmt: skip
+    cat = catalog(root, moto_url)
+    before, files_before = table_state(cat)
+    # DAY2 ends at 2026-01-07T00:00; with min_age 1 h it is still open at 00:30
+    out = compact_lake(lake, settings(root), root=root,
+                       now_ns=ns_of("2026-01-07T00:30:00+00:00"))  # fmt: skip
+    assert out.units_compacted == 1 and out.failed == []
+    after, files_after = table_state(cat)
+    assert after == before
+    day1 = files_after[(dt.date(2026, 1, 5), "3")]
+    assert [n for n in day1 if n.startswith("host2_")] == [
+        n for n in files_before[(dt.date(2026, 1, 5), "3")] if n.startswith("host2_")
+    ]
+    assert len([n for n in day1 if n.startswith(f"{HOST}_")]) == 1
+    assert files_after[(dt.date(2026, 1, 6), "3")] == files_before[(dt.date(2026, 1, 6), "3")]
+
+
+CONFIG = """
+[source]
+url = "ws://127.0.0.1:9/mlink/jsonf"
+stripes = ["A"]
+[output]
+root = "{root}"
+[compaction]
+row_group_rows = 4096
+[lake]
+host_id = "host1"
+bucket = "{bucket}"
+endpoint = "{url}"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("point", "committed"),  # committed: partitions whose replace snapshot went through
+    [
+        ("lake_compact.uploaded", 0),
+        ("lake_compact.uploaded:3", 2),
+        ("lake_compact.committed", 1),
+        ("lake_compact.committed:2", 2),
+    ],
+)
+def test_sigkill_at_each_step_leaves_old_or_new_and_a_rerun_finishes(
+    tmp_path: Path, lake: LakeConfig, moto_url: str, point: str, committed: int
+) -> None:
+    root = tmp_path / "data"
+    write_days(root)
+    publish(root, lake, ("3", "7"))
+    cat = catalog(root, moto_url)
+    before, files_before = table_state(cat)
+
+    config = tmp_path / "capture.toml"
+    config.write_text(CONFIG.format(root=root, bucket=lake.bucket, url=moto_url))
+
+    def run(crash: str | None) -> subprocess.CompletedProcess[str]:
+        """``mlink-capture compact`` (the local tree is compacted first, then the lake)."""
+        env = {**os.environ, **S3_ENV, "PYTHONPATH": str(REPO)}
+        env.pop("MLINK_CAPTURE_CRASH_AT", None)
+        if crash:
+            env["MLINK_CAPTURE_CRASH_AT"] = crash
+        return subprocess.run(
+            [sys.executable, "-m", "capture", "compact", "--config", str(config)],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+
+    def lake_units(done: subprocess.CompletedProcess[str]) -> int:
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        summary = json.loads(done.stdout[done.stdout.index("{") :])
+        assert summary["lake_compaction"]["failed"] == []
+        return int(summary["lake_compaction"]["units_compacted"])
+
+    crashed = run(point)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    rows, files = table_state(cat)
+    assert rows == before
+    compacted = [k for k, v in files.items() if v != files_before[k]]
+    assert len(compacted) == committed
+    for key in compacted:  # the new file alone, never beside the old ones
+        assert len(files[key]) == 1 and not set(files[key]) & set(files_before[key])
+
+    assert lake_units(run(None)) == 4 - committed
+    rows, files = table_state(cat)
+    assert rows == before and all(len(v) == 1 for v in files.values())
+    snap = cat.load_table(("mlink", TYPE)).current_snapshot()
+    assert lake_units(run(None)) == 0
+    assert cat.load_table(("mlink", TYPE)).current_snapshot() == snap

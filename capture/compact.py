@@ -91,6 +91,7 @@ COMPACTION_DIR: Final = "_compaction"
 HOST_COLUMN: Final = "_host"
 COMPACTED_PREFIX: Final = "compacted-"
 LIVE_PREFIX: Final = "part-"
+COVERAGE_PREFIX: Final = "coverage-"  # A/B coverage reports in the events table
 
 # Footer keys written only by compaction (the ones shared with the sink live in capture.sink).
 META_UNIT: Final = "mlink.unit"
@@ -193,7 +194,7 @@ def _table_dirs(root: Path, tables: Sequence[str] | None) -> Iterator[Path]:
     if not root.is_dir():
         return
     for d in sorted(root.iterdir()):
-        if not d.is_dir() or d.name.startswith(("_", ".")) or d.name == EVENTS_TABLE:
+        if not d.is_dir() or d.name.startswith(("_", ".")):
             continue
         if tables is None or d.name in tables:
             yield d
@@ -638,6 +639,12 @@ def _is_data_file(name: str) -> bool:
     return name.endswith(".parquet") and not name.startswith((".", "_"))
 
 
+def _is_input(table: str, name: str) -> bool:
+    """A data file compaction rewrites: any but an A/B coverage report (the events table holds
+    those beside the events; each is replaced whole by the merge that wrote it)."""
+    return _is_data_file(name) and not (table == EVENTS_TABLE and name.startswith(COVERAGE_PREFIX))
+
+
 def _compact_partition(ctx: _Context, table: str, day: dt.date, stripe: str) -> None:
     s = ctx.settings
     rel = Path(table) / f"date={day.isoformat()}" / f"stripe={stripe}"
@@ -653,12 +660,14 @@ def _compact_partition(ctx: _Context, table: str, day: dt.date, stripe: str) -> 
         return
     inputs: list[_Input] = []
     for name in sorted(before):
-        if _is_data_file(name):
+        if _is_input(table, name):
             inputs.append(_read_input(visible / name, 0, s.host_id))
     for side, peer in enumerate(s.peers, start=1):
+        if table == EVENTS_TABLE:
+            break  # each root keeps its own events; the merge writes the coverage reports
         pdir = peer / rel
         for name in sorted(_listing(pdir)):
-            if _is_data_file(name):
+            if _is_input(table, name):
                 inputs.append(_read_input(pdir / name, side, f"peer{side}"))
     units: dict[str, _Unit] = {}
     for inp in inputs:
@@ -799,7 +808,9 @@ def _gaps(ctx: _Context, day: dt.date, stripe: str) -> list[tuple[str, int, int]
     out: list[tuple[str, int, int]] = []
     for side, root in enumerate([s.root, *s.peers]):
         default_host = s.host_id if side == 0 else f"peer{side}"
-        for path in sorted((root / rel).glob(f"{LIVE_PREFIX}*.parquet")):
+        for path in sorted((root / rel).glob("*.parquet")):
+            if not _is_input(EVENTS_TABLE, path.name):
+                continue
             pf = pq.ParquetFile(path)
             kv = {k.decode(): v.decode() for k, v in (pf.metadata.metadata or {}).items()}
             host = kv.get(META_HOST, default_host)
@@ -824,7 +835,7 @@ def _write_coverage(
     directory = s.root / EVENTS_TABLE / f"date={day.isoformat()}" / f"stripe={stripe}"
     directory.mkdir(parents=True, exist_ok=True)
     tag = unit.tag.split(":", 1)[1].replace("-", "")
-    final = directory / f"coverage-{table}-{tag}.parquet"
+    final = directory / f"{COVERAGE_PREFIX}{table}-{tag}.parquet"
     tmp = directory / f".{final.name}.inprogress"
     meta = {
         META_MSG_TYPE: EVENTS_TABLE,

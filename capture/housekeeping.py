@@ -104,6 +104,21 @@ def run_once(
     except BlockingIOError:
         return EXIT_LOCKED, {**summary, "error": "another compaction is running on this root"}
     summary["retention"] = kept.as_dict()
+    if cfg.lake is not None:
+        from capture.lake.tables import CatalogError
+        from capture.lakeretention import apply_lake
+
+        try:
+            lake_kept = apply_lake(
+                cfg.lake,
+                lambda table: r.days_for(table) if tables is None or table in tables else 0,
+                root=cfg.output.root, now_ns=now_ns, dry_run=dry_run,
+            )  # fmt: skip
+            summary["lake_retention"] = lake_kept.as_dict()
+            lake_failed = lake_failed or bool(lake_kept.failed)
+        except CatalogError as exc:
+            summary["lake_retention"] = {"error": str(exc)}
+            lake_failed = True
     log.info(
         "housekeeping.done",
         units=outcome.units_compacted,

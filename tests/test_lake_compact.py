@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from compact_util import TYPE, ns_of, write_live
+from compact_util import NS, TYPE, ns_of, write_live
 from moto.server import ThreadedMotoServer
 from pyiceberg.catalog.sql import SqlCatalog
 
@@ -33,6 +34,7 @@ from capture.lake.files import scan_local, sha256_of
 from capture.lake.store import ObjectStore
 from capture.lake.tables import CATALOG_NAME, LakeTables
 from capture.lakecompact import SUMMARY_RANGES, compact_lake, partition_files
+from capture.lakeretention import SUMMARY_BEFORE, apply_lake
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "lake-test-id", "AWS_SECRET_ACCESS_KEY": "lake-test-secret"}
 HOST = "host1"
@@ -296,3 +298,63 @@ def test_sigkill_at_each_step_leaves_old_or_new_and_a_rerun_finishes(
     snap = cat.load_table(("mlink", TYPE)).current_snapshot()
     assert lake_units(run(None)) == 0
     assert cat.load_table(("mlink", TYPE)).current_snapshot() == snap
+
+
+def objects(lake: LakeConfig, day: str) -> list[str]:
+    client = boto3.client(
+        "s3", endpoint_url=lake.endpoint, region_name="us-east-1",
+        aws_access_key_id="x", aws_secret_access_key="y",
+    )  # fmt: skip
+    prefix = f"{lake.prefix}/data/{TYPE}/date={day}/"
+    listed = client.list_objects_v2(Bucket=lake.bucket, Prefix=prefix).get("Contents", [])
+    # (deleting through pyarrow's S3 file system leaves empty "directory" markers: not data)
+    return sorted(o["Key"].rsplit("/", 1)[-1] for o in listed if not o["Key"].endswith("/"))
+
+
+def test_retention_deletes_whole_days_expires_and_frees_the_objects(
+    tmp_path: Path, lake: LakeConfig, moto_url: str
+) -> None:
+    root = tmp_path / "data"
+    write_days(root)
+    publish(root, lake, ("3", "7"))
+    assert compact_lake(lake, settings(root), root=root, now_ns=NOW).units_compacted == 4
+    seq = 30_000
+
+    def a_new_day() -> None:  # the daemon goes on committing (new watermark carriers)
+        nonlocal seq
+        for stripe in ("3", "7"):
+            seq = write_live(root, start_ns=ns_of("2026-01-07T10:00:00+00:00") + seq * NS,
+                             seconds=60, rows=200, seq0=seq, stripe=stripe, seed=seq)  # fmt: skip
+        publish(root, lake, ("3", "7"))
+
+    a_new_day()
+    cat = catalog(root, moto_url)
+    before, _ = table_state(cat)
+    day2_compacted = [n for n in objects(lake, DAY2) if "-c" in n]
+    assert len(objects(lake, DAY1)) > 2 and len(day2_compacted) == 2
+
+    now = time.time_ns() + 60 * NS
+    today = dt.datetime.fromtimestamp(now // NS, dt.UTC).date()
+    days = (today - dt.date(2026, 1, 6)).days  # DAY1 is past the bound, DAY2 is not
+    short = LakeConfig(host_id=HOST, bucket=lake.bucket, endpoint=lake.endpoint,
+                       snapshot_retention_hours=0.001)  # fmt: skip
+    out = apply_lake(short, lambda t: days, root=root, now_ns=now)
+    assert out.failed == [] and out.partitions_removed == [
+        f"{TYPE}/date={DAY1}/stripe=3", f"{TYPE}/date={DAY1}/stripe=7"]  # fmt: skip
+    after, files = table_state(cat)
+    assert after == Counter({k: v for k, v in before.items() if not (
+        ns_of(f"{DAY1}T00:00:00+00:00") <= k[5] < ns_of(f"{DAY2}T00:00:00+00:00"))})  # fmt: skip
+    assert sum(before.values()) - sum(after.values()) == 6000
+    assert {d for d, _ in files} == {dt.date(2026, 1, 6), dt.date(2026, 1, 7)}
+    tbl = cat.load_table(("mlink", TYPE))
+    assert any(s.summary is not None and s.summary[SUMMARY_BEFORE] for s in tbl.snapshots())
+    # the live objects compaction replaced are no snapshot's any more: deleted
+    assert objects(lake, DAY2) == day2_compacted
+    # the removed day's compacted objects: freed once the watermark carriers moved on
+    a_new_day()
+    again = apply_lake(short, lambda t: days, root=root, now_ns=time.time_ns() + 60 * NS)
+    assert again.failed == [] and again.partitions_removed == []
+    assert objects(lake, DAY1) == []
+    assert objects(lake, DAY2) == day2_compacted
+    final, _ = table_state(cat)
+    assert sum(final.values()) == sum(after.values()) + 400

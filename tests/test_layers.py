@@ -38,6 +38,7 @@ LAYERS: list[set[str]] = [
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
         "capture.lake.files", "capture.lake.store", "capture.lake.tables", "capture.lake.pipeline",
         "capture.lake.verify", "capture.lake.demo", "capture.lakecompact",
+        "capture.lakeretention",
         "capture.sim.faults",
         "capture.sim.record", "capture.sim.config", "capture.sim.server", "capture.sim",
     },

@@ -240,11 +240,30 @@ def _recv_bounds(meta: pq.FileMetaData) -> tuple[int, int]:
     return int(lo) * scale, int(hi) * scale
 
 
+_WIDTH: Final = {"INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
+
+
+def _arrow_bytes(meta: pq.FileMetaData) -> int:
+    """About the Arrow (in-memory) bytes of a file, from its footer: fixed-width columns by
+    their width, the rest by their uncompressed size.  Not the pages' sizes alone: those
+    depend on the encoding (a delta-encoded time column is a fraction of its 8 bytes a row),
+    and a compacted file must weigh what its rows weigh in memory, or a day once compacted by
+    hours would look small enough to be merged into one day the next run."""
+    total = 0
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            width = _WIDTH.get(col.physical_type)
+            total += col.num_values * width if width else col.total_uncompressed_size
+    return total
+
+
 def _read_input(path: Path, side: int, default_host: str) -> _Input:
     meta = pq.read_metadata(path)
     kv = {k.decode(): v.decode() for k, v in (meta.metadata or {}).items()}
     lo, hi = _recv_bounds(meta) if meta.num_rows else (0, 0)
-    nbytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    nbytes = _arrow_bytes(meta)
     return _Input(
         path=path,
         side=side,

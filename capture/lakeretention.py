@@ -21,11 +21,14 @@ Sync code.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+import pyarrow.fs as pafs
 
 from capture.config import LakeConfig
 from capture.lake.tables import CatalogError, LakeTables, expirable
@@ -123,15 +126,67 @@ def _table(
         return
     older_than_ms = (now // NS - int(cfg.snapshot_retention_hours * 3600)) * 1000
     ids = set(expirable(tbl, older_than_ms))
-    if not ids:
-        return
-    gone = _data_paths(tbl, ids) - _data_paths(tbl, {s.snapshot_id for s in tbl.snapshots()} - ids)
-    tbl.maintenance.expire_snapshots().by_ids(sorted(ids)).commit()
-    out.snapshots_expired += len(ids)
-    for path in sorted(gone):
-        tbl.io.delete(path)
-        out.objects_deleted += 1
-    log.info("lake_retention.expired", table=name, snapshots=len(ids), objects=len(gone))
+    if ids:
+        kept = {s.snapshot_id for s in tbl.snapshots()} - ids
+        gone = _data_paths(tbl, ids) - _data_paths(tbl, kept)
+        tbl.maintenance.expire_snapshots().by_ids(sorted(ids)).commit()
+        out.snapshots_expired += len(ids)
+        for path in sorted(gone):
+            tbl.io.delete(path)
+            out.objects_deleted += 1
+        log.info("lake_retention.expired", table=name, snapshots=len(ids), objects=len(gone))
+        tbl = lt.catalog().load_table((cfg.namespace, name))
+    swept = _sweep(tbl, cfg, name, days, now)
+    out.objects_deleted += swept
+    if swept:
+        log.info("lake_retention.swept", table=name, objects=swept)
+
+
+_LIVE_KEY: Final = re.compile(r"^(.+)_(\d{20})_(\d{20})(?:-c([0-9a-f]{16})-\d{3})?\.parquet$")
+
+
+def _sweep(tbl: Any, cfg: LakeConfig, name: str, days: int, now: int) -> int:
+    """Delete the data objects no snapshot references that are certainly dead: in a partition
+    past retention, or (this host's) within the sequence span of a current compacted file of
+    their partition and not that file's rewrite.  What the daemon's own hourly expiry left
+    behind (it deletes no objects), and what a crashed run uploaded and then replaced."""
+    referenced = _data_paths(tbl, {s.snapshot_id for s in tbl.snapshots()})
+    current = partition_files(tbl)
+    parts = [cfg.prefix] if cfg.prefix else []
+    base = "/".join([f"s3://{cfg.bucket}", *parts, "data", name])
+    scheme, netloc, path = tbl.io.parse_location(base)
+    fs = tbl.io.fs_by_scheme(scheme, netloc)
+    deleted = 0
+    for day_dir in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        try:
+            day = dt.date.fromisoformat(day_dir.base_name.removeprefix("date="))
+        except ValueError:
+            continue
+        past = expired(day, days, now_ns=now, tz="UTC")
+        files = fs.get_file_info(pafs.FileSelector(day_dir.path, recursive=True))
+        for info in files:
+            if info.type != pafs.FileType.File or f"{scheme}://{info.path}" in referenced:
+                continue
+            if not past and not _replaced(info.path, day, current, cfg.host_id):
+                continue
+            fs.delete_file(info.path)
+            deleted += 1
+    return deleted
+
+
+def _replaced(path: str, day: dt.date, current: dict[Any, list[Any]], host: str) -> bool:
+    stripe = path.rsplit("/", 2)[-2].removeprefix("stripe=")
+    m = _LIVE_KEY.match(path.rsplit("/", 1)[-1])
+    if m is None or m.group(1) != f"{host}_{stripe}":
+        return False
+    lo, hi, digest = int(m.group(2)), int(m.group(3)), m.group(4)
+    for f in current.get((day, stripe), []):
+        c = _LIVE_KEY.match(f.file_path.rsplit("/", 1)[-1])
+        if c is None or c.group(4) is None or c.group(1) != f"{host}_{stripe}":
+            continue  # only a current compacted file of this host tells what it replaced
+        if int(c.group(2)) <= lo and hi <= int(c.group(3)) and digest != c.group(4):
+            return True
+    return False
 
 
 def _data_paths(tbl: Any, snapshot_ids: set[int]) -> set[str]:

@@ -175,7 +175,7 @@ def test_a_reader_scanning_in_a_loop_sees_exactly_the_rows_before(
     assert snap is not None and snap.summary is not None
     assert snap.summary["operation"].value == "overwrite"
     assert snap.summary[SUMMARY_RANGES]  # the replaced files' receive-sequence ranges
-    # the compacted object itself: sorted by the instrument key, large row groups, its ranges
+    # the compacted object itself: sorted by the key, large row groups, its ranges
     path = next(f.file_path for f in partition_files(tbl)[(dt.date(2026, 1, 5), "3")])
     with tbl.io.new_input(path).open() as stream:
         pf = pq.ParquetFile(pa.BufferReader(stream.read()))
@@ -385,3 +385,34 @@ def test_verify_lake_accepts_compacted_files(tmp_path: Path, lake: LakeConfig) -
     assert out.units_compacted == 4 and out.files_out > 4
     report = verify_lake(cfg)
     assert report.problems == [] and report.data_files == out.files_out
+
+
+def test_objects_the_daemons_own_expiry_left_behind_are_swept(
+    tmp_path: Path, lake: LakeConfig, moto_url: str
+) -> None:
+    """The daemon expires snapshots too (hourly) and deletes no objects: the files compaction
+    replaced are then referenced by no snapshot, and the next run deletes them by their keys."""
+    root = tmp_path / "data"
+    write_days(root)
+    publish(root, lake, ("3", "7"))
+    assert compact_lake(lake, settings(root), root=root, now_ns=NOW).units_compacted == 4
+    seq = 40_000
+    for stripe in ("3", "7"):  # the daemon commits on: new watermark carriers
+        seq = write_live(root, start_ns=ns_of("2026-01-07T10:00:00+00:00") + seq * NS,
+                         seconds=60, rows=200, seq0=seq, stripe=stripe, seed=seq)  # fmt: skip
+    publish(root, lake, ("3", "7"))
+    cat = catalog(root, moto_url)
+    before, _ = table_state(cat)
+    short = LakeConfig(host_id=HOST, bucket=lake.bucket, endpoint=lake.endpoint,
+                       snapshot_retention_hours=0.001)  # fmt: skip
+    now = time.time_ns() + 60 * NS
+    assert LakeTables(short, root).expire(TYPE, now // 1_000_000) > 0  # the daemon's expiry
+    live_keys = [n for n in objects(lake, DAY1) if "-c" not in n]
+    assert len(live_keys) > 2  # left behind: no snapshot names them any more
+
+    out = apply_lake(short, lambda t: 0, root=root, now_ns=now)
+    assert out.failed == [] and out.partitions_removed == []
+    assert out.objects_deleted >= len(live_keys)
+    assert [n for n in objects(lake, DAY1) if "-c" not in n] == []
+    assert len(objects(lake, DAY1)) == 2  # the compacted files of both stripes stay
+    assert table_state(cat)[0] == before

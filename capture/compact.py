@@ -127,11 +127,12 @@ class CompactionSettings:
     host_id: str = "local"
     #: Other hosts' capture roots for the A/B merge (read only).
     peers: tuple[Path, ...] = ()
-    #: Rows are ordered by "instrument" (every key column: a contract's rows together) or
-    #: "underlier" (the key up to its ticker: an underlier's rows in receive order), then by
+    #: Rows are ordered by "underlier" (the key up to its ticker: an underlier's rows in
+    #: receive order) or "instrument" (every key column: a contract's rows together), then by
     #: receive time.  Both let a ticker filter skip row groups; "instrument" also a contract
-    #: filter, "underlier" compresses the time columns better (docs/compaction.md).
-    sort: str = "instrument"
+    #: filter; "underlier" compresses the time columns better, the one that meets the bytes
+    #: target (docs/compaction.md, measured).
+    sort: str = "underlier"
 
 
 @dataclass

@@ -205,7 +205,7 @@ class CompactionConfig:
     compression_level: int = 6
     max_unit_mb: int = 4096
     peers: tuple[Path, ...] = ()  # other capture hosts' roots, merged in (A/B)
-    sort: str = "instrument"  # or "underlier" (capture.compact.CompactionSettings.sort)
+    sort: str = "underlier"  # or "instrument" (capture.compact.CompactionSettings.sort)
 
 
 @dataclass(frozen=True, slots=True)
@@ -669,9 +669,9 @@ def _compaction_sections(r: _Reader) -> tuple[CaptureConfig, CompactionConfig, R
         max_unit_mb=k_int("max_unit_mb", 16),
         peers=tuple(r.path(str(p)) for p in peers),
         sort=r.get(
-            k, "compaction.sort", str, default="instrument",
+            k, "compaction.sort", str, default="underlier",
             check=_one_of("instrument", "underlier"),
-        ) or "instrument",
+        ) or "underlier",
     )  # fmt: skip
 
     t = r.section("retention", {"days", "tables", "journal_archive_days"})

@@ -52,7 +52,8 @@ def test_closed_day_becomes_one_sorted_file_and_users_read_the_same_rows(tmp_pat
     index_before = scan_committed(tmp_path, "3", since_ns=None)
     assert len(list(day_dir(tmp_path, "2026-01-05").iterdir())) == 24
 
-    out = compact(CompactionSettings(root=tmp_path, row_group_rows=5_000), now_ns=NOW)
+    out = compact(CompactionSettings(root=tmp_path, row_group_rows=5_000, sort="instrument"),
+                  now_ns=NOW)  # fmt: skip
 
     assert out.units_compacted == 1 and out.rows_in == out.rows_out == 12_000
     assert duck_rows(tmp_path) == before_duck
@@ -263,10 +264,12 @@ def test_unreadable_file_fails_its_partition_only(tmp_path: Path) -> None:
     assert bad.read_bytes() == b"PAR1 not really"
 
 
-def test_underlier_sort_and_measured_encodings_keep_every_row(tmp_path: Path) -> None:
+def test_the_default_underlier_sort_and_measured_encodings_keep_every_row(
+    tmp_path: Path,
+) -> None:
     two_days(tmp_path)
     before = duck_rows(tmp_path)
-    compact(CompactionSettings(root=tmp_path, sort="underlier"), now_ns=NOW)
+    compact(CompactionSettings(root=tmp_path), now_ns=NOW)  # default: sort = "underlier"
     assert duck_rows(tmp_path) == before
     path = next(day_dir(tmp_path, "2026-01-05").iterdir())
     t = pq.read_table(path)

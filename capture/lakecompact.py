@@ -16,7 +16,7 @@ own objects ("there") and commits; after the commit the partition holds only com
 one digest and is not touched again.  A concurrent commit (the daemon appending) makes ours
 fail; the partition is planned again from the new snapshot (a new file in it: the unit is
 rewritten with it).  Old objects are not deleted here: older snapshots still name them, and
-readers of those keep working (retention's expiry and ``remove_unreferenced`` free them).
+readers of those keep working (``capture.lakeretention`` deletes them once no snapshot does).
 
 The snapshot summary records ``mlink.compacted.unit``, ``.host``, ``.replaced`` and
 ``.seq_ranges``; the first new file's footer the same keys as a local compacted file.

@@ -18,6 +18,8 @@ Usage::
    per table: the reference size.
 4. The README's three queries, ``--repeat`` times each (median), on the live tree and on the
    compacted tree (default level).
+5. The quotes compacted again with both sorts into ``--skip-rg-rows`` row groups: how many
+   row groups a ticker filter and a contract filter must read (footer min/max statistics).
 
 Prints a report and writes ``bench/results/<date>-compact.json``.  Run it at low priority on a
 shared machine: ``nice -n 19 make bench-compact``.
@@ -185,6 +187,42 @@ def time_queries(root: Path, repeat: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+def skipping(root: Path, contract: tuple[Any, ...]) -> dict[str, int]:
+    """OptionNbboQuote row groups, and how many a ticker filter and a contract filter must
+    read: those whose footer min/max could hold the value (the test DuckDB's and pyarrow's
+    scans apply to skip a row group)."""
+    tk, dt_, xx, cp = contract
+    out = {"row_groups": 0, "ticker_reads": 0, "contract_reads": 0}
+    for f in sorted((root / "OptionNbboQuote").glob("**/*.parquet")):
+        md = pq.read_metadata(f)
+        names = [md.schema.column(i).name for i in range(md.num_columns)]
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+
+            def holds(col: str, v: Any, rg: Any = rg, names: list[str] = names) -> bool:
+                st = rg.column(names.index(col)).statistics
+                return bool(st is None or not st.has_min_max or st.min <= v <= st.max)
+
+            out["row_groups"] += 1
+            if holds("okey_tk", tk):
+                out["ticker_reads"] += 1
+                if holds("okey_dt", dt_) and holds("okey_xx", xx) and holds("okey_cp", cp):
+                    out["contract_reads"] += 1
+    return out
+
+
+def busiest_contract(root: Path, ticker: str) -> tuple[Any, ...]:
+    con = duckdb.connect()
+    row = con.execute(
+        f"SELECT okey_tk, okey_dt, okey_xx, okey_cp FROM read_parquet("
+        f"'{root}/OptionNbboQuote/**/*.parquet') WHERE okey_tk = '{ticker}' "
+        "GROUP BY ALL ORDER BY count(*) DESC, okey_dt, okey_xx, okey_cp LIMIT 1"
+    ).fetchone()
+    con.close()
+    assert row is not None
+    return tuple(row)
+
+
 def lscpu() -> str:
     try:
         return subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
@@ -201,7 +239,11 @@ def main() -> int:
     p.add_argument("--levels", default="3,6,9,12", help="zstd levels measured (plus the default)")
     p.add_argument("--default-level", type=int, default=6)
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--sort", choices=("instrument", "underlier"), default="instrument")
+    p.add_argument("--sort", choices=("instrument", "underlier"), default="underlier")
+    p.add_argument("--skip-rg-rows", type=int, default=8192,
+                   help="row groups of this size for the skipping measurement (a real day's "
+                        "stripe holds ~100 row groups of 1M rows; the bench's a few hundred "
+                        "thousand rows)")
     p.add_argument("--work", type=Path, default=None, help="scratch directory (default: tmp)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args()
@@ -238,6 +280,17 @@ def main() -> int:
             if level != args.default_level:
                 shutil.rmtree(tree)
         compacted = work / f"compacted-{args.default_level}"
+        contract = busiest_contract(live, "AAPL")
+        doc["skipping"] = {"contract": [str(v) for v in contract], "live": skipping(live, contract)}
+        for sort in ("instrument", "underlier"):
+            tree = work / f"skip-{sort}"
+            shutil.copytree(live, tree)
+            compact(CompactionSettings(root=tree, sort=sort, row_group_rows=args.skip_rg_rows),
+                    now_ns=now, tables=["OptionNbboQuote"])  # fmt: skip
+            doc["skipping"][sort] = skipping(tree, contract)
+            doc["skipping"][sort]["bytes"] = sum(
+                f.stat().st_size for f in (tree / "OptionNbboQuote").glob("**/*.parquet"))
+            shutil.rmtree(tree)
         doc["duckdb_zstd_bytes"] = {t: duckdb_copy_bytes(live, t, work) for t in doc["live"]}
         doc["queries_live"] = time_queries(live, args.repeat)
         doc["queries_compacted"] = time_queries(compacted, args.repeat)
@@ -260,6 +313,12 @@ def report(doc: dict[str, Any], level: int) -> None:
         print(f"{t:<18}{s['bytes'] / 1e6:>10.1f}{d / 1e6:>11.1f}{c['bytes'] / 1e6:>12.1f}"
               f"{c['bytes'] / d:>10.2f}x{s['rows_per_row_group_mean']:>14,}"
               f"{c['rows_per_row_group_mean']:>14,}")  # fmt: skip
+    sk = doc["skipping"]
+    print(f"\nrow groups read (of all) by okey_tk = 'AAPL' / by the contract {sk['contract']}:")
+    for name in ("live", "instrument", "underlier"):
+        r = sk[name]
+        print(f"  {name:<11}{r['ticker_reads']:>6} / {r['contract_reads']:>6}"
+              f"  of {r['row_groups']}")
     print("\nzstd level: seconds, OptionNbboQuote MB")
     for lv, r in doc["levels"].items():
         mb = r["tables"]["OptionNbboQuote"]["bytes"] / 1e6

@@ -82,6 +82,8 @@ __all__ = [
     "Outcome",
     "compact",
     "recover",
+    "rewrite",
+    "unit_ranges",
 ]
 
 #: Under ROOT: the work area (``work/``) and the lock file.  Leading ``_``: no table, and
@@ -90,6 +92,7 @@ COMPACTION_DIR: Final = "_compaction"
 HOST_COLUMN: Final = "_host"
 COMPACTED_PREFIX: Final = "compacted-"
 LIVE_PREFIX: Final = "part-"
+COVERAGE_PREFIX: Final = "coverage-"  # A/B coverage reports in the events table
 
 # Footer keys written only by compaction (the ones shared with the sink live in capture.sink).
 META_UNIT: Final = "mlink.unit"
@@ -121,11 +124,12 @@ class CompactionSettings:
     host_id: str = "local"
     #: Other hosts' capture roots for the A/B merge (read only).
     peers: tuple[Path, ...] = ()
-    #: Rows are ordered by "instrument" (every key column: a contract's rows together) or
-    #: "underlier" (the key up to its ticker: an underlier's rows in receive order), then by
+    #: Rows are ordered by "underlier" (the key up to its ticker: an underlier's rows in
+    #: receive order) or "instrument" (every key column: a contract's rows together), then by
     #: receive time.  Both let a ticker filter skip row groups; "instrument" also a contract
-    #: filter, "underlier" compresses the time columns better (docs/compaction.md).
-    sort: str = "instrument"
+    #: filter; "underlier" compresses the time columns better, the one that meets the bytes
+    #: target (docs/compaction.md, measured).
+    sort: str = "underlier"
 
 
 @dataclass
@@ -188,7 +192,7 @@ def _table_dirs(root: Path, tables: Sequence[str] | None) -> Iterator[Path]:
     if not root.is_dir():
         return
     for d in sorted(root.iterdir()):
-        if not d.is_dir() or d.name.startswith(("_", ".")) or d.name == EVENTS_TABLE:
+        if not d.is_dir() or d.name.startswith(("_", ".")):
             continue
         if tables is None or d.name in tables:
             yield d
@@ -234,11 +238,30 @@ def _recv_bounds(meta: pq.FileMetaData) -> tuple[int, int]:
     return int(lo) * scale, int(hi) * scale
 
 
+_WIDTH: Final = {"INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
+
+
+def _arrow_bytes(meta: pq.FileMetaData) -> int:
+    """About the Arrow (in-memory) bytes of a file, from its footer: fixed-width columns by
+    their width, the rest by their uncompressed size.  Not the pages' sizes alone: those
+    depend on the encoding (a delta-encoded time column is a fraction of its 8 bytes a row),
+    and a compacted file must weigh what its rows weigh in memory, or a day once compacted by
+    hours would look small enough to be merged into one day the next run."""
+    total = 0
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            width = _WIDTH.get(col.physical_type)
+            total += col.num_values * width if width else col.total_uncompressed_size
+    return total
+
+
 def _read_input(path: Path, side: int, default_host: str) -> _Input:
     meta = pq.read_metadata(path)
     kv = {k.decode(): v.decode() for k, v in (meta.metadata or {}).items()}
     lo, hi = _recv_bounds(meta) if meta.num_rows else (0, 0)
-    nbytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    nbytes = _arrow_bytes(meta)
     return _Input(
         path=path,
         side=side,
@@ -417,6 +440,37 @@ def _write_outputs(
         if table.num_rows == 0:
             break
     return paths
+
+
+def rewrite(
+    parts: list[pa.Table],
+    msg_type: str,
+    directory: Path,
+    base: str,
+    first_meta: dict[str, str],
+    common_meta: dict[str, str],
+    settings: CompactionSettings,
+) -> tuple[list[Path], int]:
+    """One unit's rows (``parts``: whole files, one host) concatenated, sorted and written as
+    compacted files ``directory/base-NNN.parquet`` (the lake's compaction uses it too).
+    Returns (the files, rows written)."""
+    merged = pa.concat_tables(_normalize(parts), promote_options="permissive")
+    merged = sort_rows(merged, msg_type, settings.sort)
+    return _write_outputs(merged, directory, base, first_meta, common_meta, msg_type, settings), (
+        merged.num_rows
+    )
+
+
+def unit_ranges(footers: Sequence[dict[str, str]]) -> list[tuple[int, int]]:
+    """The receive-sequence ranges the files with these footers hold (a compacted file's
+    recorded ranges, a live file's ``seq_min..seq_max``), merged."""
+    ranges: list[tuple[int, int]] = []
+    for kv in footers:
+        if META_COMPACTED in kv:
+            ranges += parse_seq_ranges(kv.get(META_SEQ_RANGES, ""))
+        elif META_SEQ_MIN in kv:
+            ranges.append((int(kv[META_SEQ_MIN]), int(kv[META_SEQ_MAX])))
+    return merge_ranges(ranges)
 
 
 _SAMPLE_CHUNKS: Final = 4
@@ -602,6 +656,12 @@ def _is_data_file(name: str) -> bool:
     return name.endswith(".parquet") and not name.startswith((".", "_"))
 
 
+def _is_input(table: str, name: str) -> bool:
+    """A data file compaction rewrites: any but an A/B coverage report (the events table holds
+    those beside the events; each is replaced whole by the merge that wrote it)."""
+    return _is_data_file(name) and not (table == EVENTS_TABLE and name.startswith(COVERAGE_PREFIX))
+
+
 def _compact_partition(ctx: _Context, table: str, day: dt.date, stripe: str) -> None:
     s = ctx.settings
     rel = Path(table) / f"date={day.isoformat()}" / f"stripe={stripe}"
@@ -617,12 +677,14 @@ def _compact_partition(ctx: _Context, table: str, day: dt.date, stripe: str) -> 
         return
     inputs: list[_Input] = []
     for name in sorted(before):
-        if _is_data_file(name):
+        if _is_input(table, name):
             inputs.append(_read_input(visible / name, 0, s.host_id))
     for side, peer in enumerate(s.peers, start=1):
+        if table == EVENTS_TABLE:
+            break  # each root keeps its own events; the merge writes the coverage reports
         pdir = peer / rel
         for name in sorted(_listing(pdir)):
-            if _is_data_file(name):
+            if _is_input(table, name):
                 inputs.append(_read_input(pdir / name, side, f"peer{side}"))
     units: dict[str, _Unit] = {}
     for inp in inputs:
@@ -763,7 +825,9 @@ def _gaps(ctx: _Context, day: dt.date, stripe: str) -> list[tuple[str, int, int]
     out: list[tuple[str, int, int]] = []
     for side, root in enumerate([s.root, *s.peers]):
         default_host = s.host_id if side == 0 else f"peer{side}"
-        for path in sorted((root / rel).glob(f"{LIVE_PREFIX}*.parquet")):
+        for path in sorted((root / rel).glob("*.parquet")):
+            if not _is_input(EVENTS_TABLE, path.name):
+                continue
             pf = pq.ParquetFile(path)
             kv = {k.decode(): v.decode() for k, v in (pf.metadata.metadata or {}).items()}
             host = kv.get(META_HOST, default_host)
@@ -788,7 +852,7 @@ def _write_coverage(
     directory = s.root / EVENTS_TABLE / f"date={day.isoformat()}" / f"stripe={stripe}"
     directory.mkdir(parents=True, exist_ok=True)
     tag = unit.tag.split(":", 1)[1].replace("-", "")
-    final = directory / f"coverage-{table}-{tag}.parquet"
+    final = directory / f"{COVERAGE_PREFIX}{table}-{tag}.parquet"
     tmp = directory / f".{final.name}.inprogress"
     meta = {
         META_MSG_TYPE: EVENTS_TABLE,

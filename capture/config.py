@@ -395,8 +395,8 @@ class CompactionConfig:
     compression_level: int = setting(6, within=(1, 22))
     max_unit_mb: int = setting(4096, within=(16, 2**30))
     peers: tuple[Path, ...] = setting((), check=_check_peers)  # other hosts' roots, merged in
-    # or "underlier" (capture.compact.CompactionSettings.sort)
-    sort: str = setting("instrument", check=_one_of("instrument", "underlier"))
+    # or "instrument" (capture.compact.CompactionSettings.sort)
+    sort: str = setting("underlier", check=_one_of("instrument", "underlier"))
 
 
 @dataclass(frozen=True, slots=True)

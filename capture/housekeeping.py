@@ -73,6 +73,21 @@ def run_once(
         where = exc.filename or cfg.output.root
         return EXIT_FAILED, {"error": f"{where}: {exc.strerror or exc}"}
     summary["compaction"] = outcome.as_dict()
+    lake_failed = False
+    if cfg.lake is not None:
+        from capture.lake.tables import CatalogError
+        from capture.lakecompact import compact_lake
+
+        try:
+            lake_out = compact_lake(
+                cfg.lake, settings(cfg), root=cfg.output.root, now_ns=now_ns, tables=tables,
+                dates=dates, dry_run=dry_run,
+            )  # fmt: skip
+            summary["lake_compaction"] = lake_out.as_dict()
+            lake_failed = bool(lake_out.failed)
+        except CatalogError as exc:
+            summary["lake_compaction"] = {"error": str(exc)}
+            lake_failed = True
     r = cfg.retention
     try:
         root_exists = cfg.output.root.is_dir()
@@ -89,6 +104,21 @@ def run_once(
     except BlockingIOError:
         return EXIT_LOCKED, {**summary, "error": "another compaction is running on this root"}
     summary["retention"] = kept.as_dict()
+    if cfg.lake is not None:
+        from capture.lake.tables import CatalogError
+        from capture.lakeretention import apply_lake
+
+        try:
+            lake_kept = apply_lake(
+                cfg.lake,
+                lambda table: r.days_for(table) if tables is None or table in tables else 0,
+                root=cfg.output.root, now_ns=now_ns, dry_run=dry_run,
+            )  # fmt: skip
+            summary["lake_retention"] = lake_kept.as_dict()
+            lake_failed = lake_failed or bool(lake_kept.failed)
+        except CatalogError as exc:
+            summary["lake_retention"] = {"error": str(exc)}
+            lake_failed = True
     log.info(
         "housekeeping.done",
         units=outcome.units_compacted,
@@ -98,7 +128,7 @@ def run_once(
         failed=len(outcome.failed),
         partitions_removed=len(kept.partitions_removed),
     )
-    return (EXIT_FAILED if outcome.failed else EXIT_OK), summary
+    return (EXIT_FAILED if outcome.failed or lake_failed else EXIT_OK), summary
 
 
 def main(

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from compact_util import (
+    NS,
     TYPE,
     arrow_rows,
     duck_rows,
@@ -51,7 +52,8 @@ def test_closed_day_becomes_one_sorted_file_and_users_read_the_same_rows(tmp_pat
     index_before = scan_committed(tmp_path, "3", since_ns=None)
     assert len(list(day_dir(tmp_path, "2026-01-05").iterdir())) == 24
 
-    out = compact(CompactionSettings(root=tmp_path, row_group_rows=5_000), now_ns=NOW)
+    out = compact(CompactionSettings(root=tmp_path, row_group_rows=5_000, sort="instrument"),
+                  now_ns=NOW)  # fmt: skip
 
     assert out.units_compacted == 1 and out.rows_in == out.rows_out == 12_000
     assert duck_rows(tmp_path) == before_duck
@@ -262,10 +264,12 @@ def test_unreadable_file_fails_its_partition_only(tmp_path: Path) -> None:
     assert bad.read_bytes() == b"PAR1 not really"
 
 
-def test_underlier_sort_and_measured_encodings_keep_every_row(tmp_path: Path) -> None:
+def test_the_default_underlier_sort_and_measured_encodings_keep_every_row(
+    tmp_path: Path,
+) -> None:
     two_days(tmp_path)
     before = duck_rows(tmp_path)
-    compact(CompactionSettings(root=tmp_path, sort="underlier"), now_ns=NOW)
+    compact(CompactionSettings(root=tmp_path), now_ns=NOW)  # default: sort = "underlier"
     assert duck_rows(tmp_path) == before
     path = next(day_dir(tmp_path, "2026-01-05").iterdir())
     t = pq.read_table(path)
@@ -368,10 +372,9 @@ def test_leftover_work_of_a_partition_removed_since_brings_nothing_back(
 def test_a_day_too_big_for_memory_is_compacted_hour_by_hour(tmp_path: Path) -> None:
     two_days(tmp_path)
     before = duck_rows(tmp_path)
-    sizes = sum(
-        pq.read_metadata(p).row_group(i).total_byte_size
+    sizes = sum(  # the day's Arrow bytes as compaction estimates them from the footers
+        compact_mod._arrow_bytes(pq.read_metadata(p))
         for p in day_dir(tmp_path, "2026-01-05").iterdir()
-        for i in range(pq.read_metadata(p).num_row_groups)
     )
     s = CompactionSettings(root=tmp_path, max_unit_bytes=sizes * 2 // 3)
     out = compact(s, now_ns=NOW)
@@ -463,3 +466,48 @@ def test_a_commit_between_the_last_listing_and_the_swap_is_kept_once(
     assert not [n for n in names if n.endswith(".inprogress")]  # the stale link is gone
     assert sorted(r[0] for r in duck_rows(tmp_path)) == list(range(seq))
     sink.close()
+
+
+def test_the_events_table_is_compacted_and_its_coverage_reports_kept(tmp_path: Path) -> None:
+    """capture_events gets small files every day too: they are compacted like a data table;
+    an A/B coverage report beside them stays as it is; recovery's key set is unchanged."""
+    from capture import events
+    from capture.recovery import committed_events
+
+    root = tmp_path / "data"
+    start = ns_of("2026-01-05T13:00:00+00:00")
+    clock = [start]
+    sink = PartitionSink(SinkSettings(root=root, rotate_interval_s=300), stripe="3",
+                         session="sess1", now_ns=lambda: clock[0])  # fmt: skip
+    for i in range(40):  # one event a minute: eight 5-minute files
+        clock[0] = start + i * 60 * NS
+        kind = "gap" if i % 10 == 3 else "connected"
+        ev = events.Event(time_ns=clock[0], session="sess1", seq=i, event=kind, detail=f"n{i}",
+                          gap_start_ns=clock[0] - NS if kind == "gap" else None,
+                          gap_end_ns=clock[0] if kind == "gap" else None)  # fmt: skip
+        sink.write(events.TABLE, events.to_batch([ev], "3"))
+        sink.rotate_due()
+    sink.close()
+    directory = root / events.TABLE / "date=2026-01-05" / "stripe=3"
+    report = directory / "coverage-OptionNbboQuote-20260105.parquet"
+    pq.write_table(pa.table({"event": ["coverage"], "count": [5]}), report)
+    report_bytes = report.read_bytes()
+    parts_before = sorted(p.name for p in directory.glob("part-*.parquet"))
+    assert len(parts_before) >= 8
+    con = duckdb.connect()
+    query = (f"SELECT _seq, event, detail, _recv_time_ns, gap_start_ns FROM read_parquet("
+             f"'{root}/{events.TABLE}/**/part-*.parquet') ORDER BY _seq")  # fmt: skip
+    before = con.execute(query).fetchall()
+    keys_before = committed_events(root, "3", since_ns=None)
+
+    out = compact(CompactionSettings(root=root), now_ns=ns_of("2026-01-07T00:00:00+00:00"))
+    assert out.failed == [] and out.units_compacted == 1, out
+    names = sorted(p.name for p in directory.glob("*.parquet"))
+    assert [n for n in names if n.startswith("part-")] == []
+    assert len([n for n in names if n.startswith("compacted-")]) == 1
+    assert report.read_bytes() == report_bytes  # the coverage report is not an input
+    after = con.execute(query.replace("part-*", "compacted-*")).fetchall()
+    assert after == before and len(after) == 40
+    assert committed_events(root, "3", since_ns=None) == keys_before
+    again = compact(CompactionSettings(root=root), now_ns=ns_of("2026-01-07T00:00:00+00:00"))
+    assert again.units_compacted == 0

@@ -7,9 +7,12 @@ import datetime as dt
 import os
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from compact_util import TYPE, duck_rows, ns_of, write_live
 
+from capture import events
 from capture.config import Config
 from capture.housekeeping import run_once
 from capture.retention import apply, expired
@@ -59,8 +62,12 @@ def test_partitions_past_the_bound_are_removed_whole_and_counted(tmp_path: Path)
     for d in range(4, 10):  # 2026-03-04 .. 2026-03-09, New York
         seq = write_live(tmp_path, start_ns=ns_of(f"2026-03-{d:02d}T12:00:00-05:00"), seconds=600,
                          rows=200, seq0=seq, tz=NY)  # fmt: skip
-    (tmp_path / "capture_events" / "date=2026-03-04" / "stripe=3").mkdir(parents=True)
-    (tmp_path / "capture_events" / "date=2026-03-04" / "stripe=3" / "part-x.parquet").touch()
+    events_dir = tmp_path / "capture_events" / "date=2026-03-04" / "stripe=3"
+    events_dir.mkdir(parents=True)
+    ev = events.Event(time_ns=ns_of("2026-03-04T12:00:00-05:00"), session="s", seq=0,
+                      event="connected")  # fmt: skip
+    batch = events.to_batch([ev], "3")  # a small events file: compaction reads it too
+    pq.write_table(pa.Table.from_batches([batch]), events_dir / "part-x.parquet")
     cfg = config(tmp_path, NY, days=30, tables={TYPE: 2}, journal_archive_days=1)
     archive = tmp_path / "_journal" / "stripe=3" / "archive"
     archive.mkdir(parents=True)

@@ -10,6 +10,7 @@ the watermark are only counted (not committed yet).
 from __future__ import annotations
 
 import itertools
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ def _check_table(name: str, tbl: Any, cfg: Config, local: list[Any], report: Lak
     for stripe, spans in by_stripe.items():
         spans.sort()
         for (_, hi, a), (lo, _, b) in itertools.pairwise(spans):
+            if _unit_of(a) is not None and _unit_of(a) == _unit_of(b):
+                continue  # parts of one compacted unit: their rows are sorted by key, not _seq
             if lo <= hi and name != EVENTS_TABLE:  # events share the _seq of their moment
                 report.problems.append(f"{name}: stripe {stripe} _seq {lo}..{hi} in {a} and {b}")
     host = cfg.lake.host_id
@@ -79,13 +82,38 @@ def _check_table(name: str, tbl: Any, cfg: Config, local: list[Any], report: Lak
                 f"{name}: watermark of {host}/{stripe} is {marks.get(stripe)}, "
                 f"its files reach _seq {max(mine)}"
             )
+    compacted = [  # (stripe, lo, hi) of this host's compacted units (capture.lakecompact)
+        (stripe, *unit)
+        for stripe, spans in by_stripe.items()
+        for _, _, path in spans
+        if f"/{host}_{stripe}_" in path and (unit := _unit_span(path)) is not None
+    ]
     prefix = f"s3://{cfg.lake.bucket}/"
     for f in (f for f in local if f.table == name):
         if f.seq_max > marks.get(f.stripe, -1):
             report.pending_local += 1
             continue
         uri = prefix + f.key(cfg.lake.prefix, host)
+        if uri not in counts and any(
+            s == f.stripe and lo <= f.seq_min and f.seq_max <= hi for s, lo, hi in compacted
+        ):
+            continue  # its rows are in a compacted file of the lake
         if uri not in counts:
             report.problems.append(f"{name}: {f.path} is under the watermark but not in the table")
         elif counts[uri] != f.rows:
             report.problems.append(f"{name}: {uri} has {counts[uri]} rows, {f.path} {f.rows}")
+
+
+_COMPACTED = re.compile(r"_(\d{20})_(\d{20})-c([0-9a-f]{16})-\d{3}\.parquet$")
+
+
+def _unit_of(path: str) -> str | None:
+    """The compaction digest of a compacted data file's key, None for any other file."""
+    m = _COMPACTED.search(path)
+    return m.group(3) if m else None
+
+
+def _unit_span(path: str) -> tuple[int, int] | None:
+    """The receive-sequence span a compacted data file's key names (its unit's)."""
+    m = _COMPACTED.search(path)
+    return (int(m.group(1)), int(m.group(2))) if m else None

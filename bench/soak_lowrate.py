@@ -2,10 +2,10 @@
 processes against the simulator at ~1,500 msg/s, summed PSS from the health file every few
 seconds, per-minute means printed (issue 15: does memory level off, and where?).
 
-    .venv/bin/python bench/soak_lowrate.py [--minutes 11] [--processes 2] [--rate 34]
+    .venv/bin/python bench/soak_lowrate.py [--minutes 11] [--processes 2] [--rate 375]
 
-Writes bench/results/DATE-soak-lowrate.json.  The rate is per type and connection: 11 stripes
-x 4 types x 34/s is about 1,500 msg/s.
+Writes bench/results/DATE-soak-lowrate.json.  The simulator's rate is per message type over
+all stripes (the stripes split the symbols): 4 types x 375/s is about 1,500 msg/s.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=11.0)
     ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--rate", type=float, default=34.0)
+    ap.add_argument("--rate", type=float, default=375.0)
     ap.add_argument("--rotate-interval", type=int, default=300)
     args = ap.parse_args()
     env = {**os.environ, "BENCH_KEY": "bench-soak-key"}

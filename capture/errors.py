@@ -183,6 +183,11 @@ class LakeDemoError(Exception):
 # -- commands and processes ----------------------------------------------------------------
 
 
+class LakeCompactionError(Exception):
+    """A partition of a lake table could not be compacted; the table is unchanged
+    (capture.lakecompact)."""
+
+
 class CompactionError(Exception):
     """A partition could not be compacted; nothing visible changed."""
 

@@ -53,6 +53,7 @@ from capture.compact import (
     unit_ranges,
 )
 from capture.config import LakeConfig
+from capture.errors import LakeCompactionError as LakeCompactionError
 from capture.faultpoints import crash_point
 from capture.lake.files import sha256_of
 from capture.lake.store import ObjectStore, StoreError
@@ -85,10 +86,6 @@ SUMMARY_RANGES: Final = "mlink.compacted.seq_ranges"
 COMMIT_ATTEMPTS: Final = 5
 #: ``<host>_<stripe>_<lo>_<hi>-c<digest>-<part>.parquet``: a compacted object of this module.
 _COMPACTED_KEY: Final = re.compile(r"-c([0-9a-f]{16})-\d{3}\.parquet$")
-
-
-class LakeCompactionError(Exception):
-    """A partition of a lake table could not be compacted; the table is unchanged."""
 
 
 @dataclass

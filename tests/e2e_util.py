@@ -51,9 +51,11 @@ async def run_capture(
     *,
     seconds: float,
     during: Callable[[Daemon, Simulator], Any] | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> tuple[Daemon, int]:
-    """Simulator + daemon for ``seconds`` of real time, then a clean end: the simulator stops
-    generating, the daemon receives everything the simulator sent, then stops gracefully.
+    """Simulator + daemon for ``seconds`` of real time (then until ``until()``, if given), then
+    a clean end: the simulator stops generating, the daemon receives everything the simulator
+    sent, then stops gracefully.
 
     (What a server has sent but the socket has not delivered when a daemon stops is not
     received, so a comparison of sent and written frames is only exact after quiescing.)
@@ -74,13 +76,18 @@ async def run_capture(
         if during is not None:
             await during(daemon, sim)
         await trio.sleep(seconds)
+        if until is not None:  # e.g. until every type was sent, however slow the machine
+            with trio.fail_after(60):
+                while not until():  # noqa: ASYNC110 - polls the recording on disk
+                    await trio.sleep(0.1)
         sim.cfg = sim.cfg.with_overrides(rate=0.0, type_rates={})  # quiesce the market
-        # The simulator may still flush a record it generated just before the rate dropped:
-        # wait until everything sent has been received and nothing more came for a while.
-        with trio.fail_after(20):
+        # The simulator may still flush records it generated just before the rate dropped (on a
+        # busy machine, long after): wait until it holds nothing unsent, everything sent has
+        # been received, and that stayed so for a while.
+        with trio.fail_after(60):
             stable_since = trio.current_time()
             while trio.current_time() - stable_since < 0.5:
-                if received(daemon) != sent_count(sim_cfg.record_dir):
+                if sim.busy() or received(daemon) != sent_count(sim_cfg.record_dir):
                     stable_since = trio.current_time()
                 await trio.sleep(0.05)
         daemon.stop()

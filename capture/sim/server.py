@@ -120,6 +120,7 @@ class Simulator:
         self.recorder = Recorder(config.record_dir) if config.record_dir is not None else None
         self.connections: dict[str, Connection] = {}
         self._subs: dict[str, list[Subscription]] = defaultdict(list)
+        self.sending = 0  # record batches being written to a socket right now
         # Connection ids continue after any recording already in record_dir (a restarted
         # simulator must not overwrite what the previous one recorded).
         self._ids = itertools.count(self.recorder.next_connection_number() if self.recorder else 1)
@@ -133,6 +134,13 @@ class Simulator:
         self._jwks_lock = trio.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        """Records are waiting to be sent, or being written to a socket: what the market made is
+        not all on the wire (and in the recording) yet."""
+        return self.sending > 0 or any(
+            sub.has_pending() for subs in self._subs.values() for sub in subs
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         tls = None
@@ -866,13 +874,17 @@ class Connection:
         """Send records in WebSocket-message sized batches; returns (count, seconds blocked)."""
         step = self.cfg.frames_per_message
         blocked = 0.0
-        for i in range(0, len(records), step):
-            batch = records[i : i + step]
-            frames = [self.data_frame(r, sub.view) for r in batch]
-            t = trio.current_time()
-            await self.send(frames)
-            blocked += trio.current_time() - t
-            sub.count(batch, frames)
+        self.sim.sending += 1
+        try:
+            for i in range(0, len(records), step):
+                batch = records[i : i + step]
+                frames = [self.data_frame(r, sub.view) for r in batch]
+                t = trio.current_time()
+                await self.send(frames)
+                blocked += trio.current_time() - t
+                sub.count(batch, frames)
+        finally:
+            self.sim.sending -= 1
         return len(records), blocked
 
     async def _live(self, sub: Subscription) -> None:
@@ -1056,6 +1068,9 @@ class Subscription:
                 self.conn.kill_slow_consumer(self)
                 return
         self.wake.set()
+
+    def has_pending(self) -> bool:
+        return bool(self._pending or self._fifo)
 
     def take(self) -> list[Record]:
         if self.conn.cfg.conflate:

@@ -450,6 +450,18 @@ class LakeConfig:
     # sql: SQLAlchemy URI (default: sqlite under _lake); rest: URL
     catalog_uri: str | None = setting(None, check=_non_empty)
     catalog_password: SecretRef | None = None  # fills {password} in catalog_uri
+    # rest: how the daemon authenticates, at most one of: an OAuth2 client credential
+    # "client_id:client_secret" (exchanged for a token at the token endpoint), a bearer token
+    catalog_credential: SecretRef | None = None
+    catalog_token: SecretRef | None = None
+    # rest: the warehouse asked of the catalog (its name, or a location); default: the bucket's
+    # s3://BUCKET/PREFIX/warehouse
+    catalog_warehouse: str | None = setting(None, check=_non_empty)
+    # rest: the OAuth2 token endpoint (default: the catalog's /v1/oauth/tokens) and scope
+    catalog_oauth2_uri: str | None = setting(None, check=_check_http_url)
+    catalog_scope: str | None = setting(None, check=_non_empty)
+    # rest: the path prefix after /v1/ (most catalogs send theirs in /v1/config instead)
+    catalog_prefix: str | None = setting(None, check=_check_prefix)
     namespace: str = setting("mlink", check=_check_name)
     commit_interval: float = _seconds(60.0, 0.1, 86_400)  # between commits of one table
     delete_local: bool = False  # delete a local file once it is in a committed snapshot
@@ -933,9 +945,26 @@ def _cross_problems(r: _Reader, c: Mapping[str, Any]) -> Iterator[tuple[str, str
         yield from _lake_problems(r, lake, output)
 
 
+REST_ONLY = (
+    "catalog_credential", "catalog_token", "catalog_warehouse", "catalog_oauth2_uri",
+    "catalog_scope", "catalog_prefix",
+)  # fmt: skip
+"""``[lake]`` keys that only a REST catalog reads."""
+
+
 def _lake_problems(r: _Reader, lake: LakeConfig, output: OutputConfig) -> Iterator[tuple[str, str]]:
     if lake.catalog == "rest" and not lake.catalog_uri:
         yield "lake.catalog_uri", 'required when lake.catalog = "rest"'
+    if lake.catalog != "rest":
+        for name in REST_ONLY:
+            if getattr(lake, name) is not None:
+                yield f"lake.{name}", 'only with lake.catalog = "rest"'
+    elif lake.catalog_credential is not None and lake.catalog_token is not None:
+        yield (
+            "lake.catalog_token",
+            "configure lake.catalog_credential (an OAuth2 client credential) or "
+            "lake.catalog_token (a bearer token), not both",
+        )
     uri = lake.catalog_uri or ""
     if "://" in uri and "@" in (netloc := uri.split("://", 1)[1].split("/", 1)[0]):
         if ":" in netloc.split("@", 1)[0] and "{password}" not in netloc:

@@ -72,6 +72,7 @@ class LakeTables:
         self._catalog: Catalog | None = None
         self._tables: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._secrets: list[str | None] = []  # redacted from every error's text
 
     def catalog(self) -> Catalog:
         with self._lock:
@@ -84,8 +85,13 @@ class LakeTables:
         try:
             creds = s3_credentials(cfg, self._environ)
             password = self._password()
+            rest_auth = self._rest_auth()
         except CredentialError as exc:
             raise CatalogError(str(exc)) from None
+        secrets = [password, *rest_auth.values()]
+        if "credential" in rest_auth:  # "id:secret": the secret part alone is one too
+            secrets.append(rest_auth["credential"].partition(":")[2])
+        self._secrets = secrets
         props: dict[str, str] = {
             "warehouse": f"s3://{cfg.bucket}/{cfg.prefix + '/' if cfg.prefix else ''}warehouse",
             "s3.region": cfg.region,
@@ -99,7 +105,8 @@ class LakeTables:
         name = CATALOG_NAME
         try:
             if cfg.catalog == "rest":
-                catalog = load_catalog(name, type="rest", uri=cfg.catalog_uri or "", **props)
+                rest = {**props, **self._rest_props(), **rest_auth}
+                catalog = load_catalog(name, type="rest", uri=cfg.catalog_uri or "", **rest)
             else:
                 uri = cfg.catalog_uri or default_catalog_uri(self.root)
                 if uri.startswith("sqlite:///"):
@@ -114,12 +121,41 @@ class LakeTables:
         except CatalogError:
             raise
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy, HTTP, pyiceberg: one contract
-            raise CatalogError(_describe("opening the catalog", exc, password)) from None
+            raise CatalogError(_describe("opening the catalog", exc, *secrets)) from None
         return catalog
+
+    def _error(self, what: str, exc: BaseException) -> CatalogError:
+        return CatalogError(_describe(what, exc, *self._secrets))
 
     def _password(self) -> str | None:
         source = SecretSource("catalog password", self.cfg.catalog_password, self._environ)
         return source.read().value if source.configured else None
+
+    def _rest_auth(self) -> dict[str, str]:
+        """pyiceberg's RestCatalog properties for the configured secret: ``credential``
+        (OAuth2 client credential) or ``token`` (bearer token); {} for none."""
+        cfg = self.cfg
+        if cfg.catalog != "rest":
+            return {}
+        out: dict[str, str] = {}
+        for prop, what, ref in (
+            ("credential", "REST catalog credential", cfg.catalog_credential),
+            ("token", "REST catalog token", cfg.catalog_token),
+        ):
+            source = SecretSource(what, ref, self._environ)
+            if source.configured:
+                out[prop] = source.read().value
+        return out
+
+    def _rest_props(self) -> dict[str, str]:
+        cfg = self.cfg
+        props = {
+            "warehouse": cfg.catalog_warehouse,
+            "oauth2-server-uri": cfg.catalog_oauth2_uri,
+            "scope": cfg.catalog_scope,
+            "prefix": cfg.catalog_prefix,
+        }
+        return {k: v for k, v in props.items() if v is not None}
 
     def table(self, name: str, schema: pa.Schema) -> Any:
         """The table ``name``, created (partitioned) if missing, its schema evolved to hold
@@ -137,7 +173,7 @@ class LakeTables:
             raise
         except Exception as exc:  # noqa: BLE001 - one contract for the catalog's failures
             self._tables.pop(name, None)
-            raise CatalogError(_describe(f"table {name}", exc, None)) from None
+            raise self._error(f"table {name}", exc) from None
 
     def _load_or_create(self, name: str, schema: pa.Schema) -> Any:
         catalog = self.catalog()
@@ -174,7 +210,7 @@ class LakeTables:
             raise
         except Exception as exc:  # noqa: BLE001
             self._tables.pop(name, None)
-            raise CatalogError(_describe(f"table {name}", exc, None)) from None
+            raise self._error(f"table {name}", exc) from None
 
     def commit(
         self, name: str, schema: pa.Schema, uris: list[str], hw: Mapping[str, int]
@@ -202,7 +238,7 @@ class LakeTables:
                 continue
             if all(have.get(s, -1) >= v for s, v in hw.items()):
                 return  # it was committed after all
-        raise CatalogError(_describe(f"committing to {name}", last, None))
+        raise self._error(f"committing to {name}", last)
 
 
     def data_files(self, name: str) -> tuple[set[str], dict[str, list[tuple[int, int]]]]:
@@ -221,7 +257,7 @@ class LakeTables:
                 spans.setdefault(str(m["_stripe"]["lower_bound"]), []).append((lo, hi))
             return paths, spans
         except Exception as exc:  # noqa: BLE001 - one contract for the catalog's failures
-            raise CatalogError(_describe(f"listing the files of {name}", exc, None)) from None
+            raise self._error(f"listing the files of {name}", exc) from None
 
     def expire(self, name: str, older_than_ms: int) -> int:
         """Expire the snapshots of table ``name`` older than ``older_than_ms`` (epoch ms),
@@ -236,7 +272,7 @@ class LakeTables:
             self._tables.pop(name, None)
             return len(doomed)
         except Exception as exc:  # noqa: BLE001 - one contract for the catalog's failures
-            raise CatalogError(_describe(f"expiring snapshots of {name}", exc, None)) from None
+            raise self._error(f"expiring snapshots of {name}", exc) from None
 
 
     def referenced(self, name: str) -> tuple[set[str], str]:
@@ -254,7 +290,7 @@ class LakeTables:
                 refs |= set(tbl.inspect.all_files().column("file_path").to_pylist())
             return refs, f"{tbl.location().rstrip('/')}/metadata/"
         except Exception as exc:  # noqa: BLE001 - one contract for the catalog's failures
-            raise CatalogError(_describe(f"listing what {name} references", exc, None)) from None
+            raise self._error(f"listing what {name} references", exc) from None
 
 
 def expirable(tbl: Any, older_than_ms: int) -> list[int]:
@@ -292,8 +328,8 @@ def read_watermarks(tbl: Any, host_id: str, stripes: Iterable[str]) -> dict[str,
     return found
 
 
-def _describe(what: str, exc: BaseException, secret: str | None) -> str:
+def _describe(what: str, exc: BaseException, *secrets: str | None) -> str:
     text = f"{what}: {type(exc).__name__}: {exc}"
-    if secret:
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
         text = text.replace(secret, "[redacted]")
     return text[:500]

@@ -1,17 +1,14 @@
-"""One batch of frames, decoded and written: the writer's work in worker threads.
+"""One batch of frames, decoded and written: the writer's work in a worker thread.
 
-A :class:`BatchWriter` takes a :class:`capture.batching.PendingBatch` in two steps, which the
-writer runs as two pipeline stages (capture.worker: the decode of the next batch overlaps the
-write of this one): :meth:`BatchWriter.decode` decodes it in bulk (capture.decode) into a
-:class:`Decoded`; :meth:`BatchWriter.write` quarantines the bodies the decoder rejected and
-writes the rows to the stripe's sink, which splits them at local midnight.  What it did comes
-back as a :class:`WriteOutcome` for the event loop to count and report.
+A :class:`BatchWriter` takes a :class:`capture.batching.PendingBatch`, decodes it in bulk
+(capture.decode), quarantines the bodies the decoder rejects, and writes the rows to the
+stripe's sink, which splits them at local midnight.  What it did comes back as a
+:class:`WriteOutcome` for the event loop to count and report.
 
 Two protections live here because they wrap exactly this step:
 
-* **the crash guard** (capture.crashguard): the batch is noted before it is decoded (and, in a
-  second note, before it is written), so a batch that kills the process is not decoded the
-  same way after the restart;
+* **the crash guard** (capture.crashguard): the batch is noted before it is decoded, so a batch
+  that kills the process is not decoded the same way after the restart;
 * **containment**: a bug in the decoder (any exception) does not lose the batch: it is decoded
   again body by body, and only the bodies the bug is about are quarantined, with the error.
 
@@ -37,7 +34,7 @@ from capture.quarantine import Quarantined
 from capture.schemas import lookup as lookup_message
 from capture.sink import CommittedFile, PartitionSink
 
-__all__ = ["BatchWriter", "Decoded", "WriteOutcome", "max_ns", "number_mismatches"]
+__all__ = ["BatchWriter", "WriteOutcome", "max_ns", "number_mismatches"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +50,6 @@ class WriteOutcome:
     number_mismatches: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """One batch decoded and not yet written: its rows, and the bodies to quarantine."""
-
-    batch: pa.RecordBatch
-    kept: list[Quarantined]
-    drift: DriftReport
-
-
 class BatchWriter:
     """Decodes and writes the batches of one stripe (one per writer: the live one, a replay's)."""
 
@@ -71,40 +59,32 @@ class BatchWriter:
         self.tz = tz
         self.log = log
 
-    def decode(
+    def write(
         self,
         dec: BatchDecoder,
+        sink: PartitionSink,
         pb: PendingBatch,
         guard: Note | None,
         quarantined_before: Container[str],
-    ) -> Decoded:
-        """Bulk decode; noted in ``guard`` meanwhile, so that a crash here is not repeated.
-        ``quarantined_before``: keys an earlier run quarantined (a replay skips them: they
-        were kept and counted then)."""
-        if guard is None:
-            return self._decode_batch(dec, pb, quarantined_before)
-        guard.begin(pb.msg_type, pb.seq[0], pb.seq[-1])
-        try:
-            return self._decode_batch(dec, pb, quarantined_before)
-        finally:
-            guard.end()
-
-    def write(
-        self, sink: PartitionSink, pb: PendingBatch, decoded: Decoded, guard: Note | None
     ) -> WriteOutcome:
-        """Quarantine what the decoder rejected, write the rows (split by partition date);
-        noted in ``guard`` meanwhile (a crash in the Parquet encoder is not repeated either)."""
+        """Bulk decode, split by partition date, write; noted in ``guard`` meanwhile, so that
+        a crash here is not repeated.  ``quarantined_before``: keys an earlier run quarantined
+        (a replay skips them: they were kept and counted then)."""
         if guard is None:
-            return self._write(sink, pb, decoded)
+            return self._write(dec, sink, pb, quarantined_before)
         guard.begin(pb.msg_type, pb.seq[0], pb.seq[-1])
         try:
-            return self._write(sink, pb, decoded)
+            return self._write(dec, sink, pb, quarantined_before)
         finally:
             guard.end()
 
-    def _decode_batch(
-        self, dec: BatchDecoder, pb: PendingBatch, quarantined_before: Container[str]
-    ) -> Decoded:
+    def _write(
+        self,
+        dec: BatchDecoder,
+        sink: PartitionSink,
+        pb: PendingBatch,
+        quarantined_before: Container[str],
+    ) -> WriteOutcome:
         poison_point(pb.bodies)
         try:
             result = self._decode(dec, pb)
@@ -123,11 +103,9 @@ class BatchWriter:
                 continue  # a replay: an earlier run kept (and counted) it
             seq = pb.seq[index]
             kept.append(Quarantined(pb.recv_ns[index], pb.session, reason, body, seq=seq, key=key))
-        return Decoded(result.batch, kept, result.drift)
-
-    def _write(self, sink: PartitionSink, pb: PendingBatch, decoded: Decoded) -> WriteOutcome:
-        self.write_quarantine(decoded.kept)
-        batch = decoded.batch
+        self.write_quarantine(kept)
+        rejected = len(kept)
+        batch = result.batch
         crash_point("worker.decoded")
         committed: list[CommittedFile] = []
         latest: int | None = None
@@ -138,9 +116,9 @@ class BatchWriter:
             committed=committed,
             number_mismatches=number_mismatches(pb.msg_type, pb.type_numbers),
             rows=batch.num_rows,
-            rejected=len(decoded.kept),
-            slow_rows=decoded.drift.slow_path_rows,
-            unknown_fields=decoded.drift.unknown_fields,
+            rejected=rejected,
+            slow_rows=result.drift.slow_path_rows,
+            unknown_fields=result.drift.unknown_fields,
             latest_sent_ns=latest,
         )
 

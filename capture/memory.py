@@ -18,9 +18,7 @@ stripe-group process has 1/N of it and its own ~80 MB baseline, capture.groups):
   file is committed): the same share again per sink (over it, the file with the most is
   committed early: capture.sink, ``footer_budget_bytes``);
 * batches being decoded or written at once: :func:`decode_slots` (one per core), each holding
-  one batch's JSON, its parsed table and its Parquet pages; and per stripe at most one batch
-  decoded and waiting for its writer's write stage (capture.worker), whose frame bytes stay
-  in the in-flight budget until it is written.
+  one batch's JSON, its parsed table and its Parquet pages.
 
 Why a quarter: a buffered row costs ~230 bytes of Arrow, the same row in flight ~850 (its
 JSON and Python's list entries), and bigger row groups make better files; measured with 11

@@ -6,9 +6,9 @@ bounded channel:
 * the **reader** (on the event loop) receives WebSocket messages, splits frames, handles control
   messages and appends data frame bodies *unparsed* to per-type pending batches.  Its per-frame
   work is a slice and a ``find``; it never waits on Parquet.
-* the **writer** takes whole batches off the channel and, in worker threads (pyarrow releases the
-  GIL), decodes them in bulk into Arrow and writes them to the sink, in two stages (the next
-  batch is decoded while this one is written); it also commits files on rotation boundaries.
+* the **writer** takes whole batches off the channel and, in a worker thread (pyarrow releases the
+  GIL), decodes them in bulk into Arrow and writes them to the sink; it also commits files on
+  rotation boundaries.
 
 The hand-off bounds memory: when the writer falls behind by ``queue_batches`` batches, or the
 process's in-flight budget is spent, the reader waits, which the server sees as a slow consumer
@@ -55,7 +55,7 @@ from capture.batching import (
     low_seq,
 )
 from capture.batching import in_flight_limit as in_flight_limit  # (app.py imports it from here)
-from capture.batchwrite import BatchWriter, Decoded, WriteOutcome
+from capture.batchwrite import BatchWriter, WriteOutcome
 from capture.clock import WallClock, trio_deadline_for
 from capture.config import Config
 from capture.crashguard import Note, Suspects
@@ -89,7 +89,6 @@ def new_session_id(now_ns: int) -> str:
 
 Offload = Callable[..., Awaitable[Any]]
 Send = trio.MemorySendChannel[WriterItem]  # the reader's end of the hand-off
-_Decoded = tuple[WriterItem, Decoded | None]  # from the writer's decode stage to its write stage
 
 
 class StripeWorker:
@@ -148,8 +147,7 @@ class StripeWorker:
         self._rotate_now = trio.Event()
         self._pending: dict[str, PendingBatch] = {}
         self.eventlog = EventLog(self.log)  # capture events, journaled and for the table
-        self._guard: Note | None = None  # what the writer is decoding (crashguard) ...
-        self._write_guard: Note | None = None  # ... and writing
+        self._guard: Note | None = None  # what the writer is decoding (crashguard)
         self._suspects: Suspects | None = None  # what earlier runs died decoding
         self._gap_from_ns: int | None = None  # last frame before a disconnect, until the next
         self.journal: journal_mod.JournalWriter | None = None
@@ -286,10 +284,9 @@ class StripeWorker:
                     self._publish_durable()
                     self.journal = self.eventlog.journal = None
                     self.durability = None
-            for note in (self._guard, self._write_guard):
-                if note is not None:
-                    note.close()
-            self._guard = self._write_guard = None
+            if self._guard is not None:
+                self._guard.close()
+                self._guard = None
         self.stats.state = StripeState.STOPPED
 
     async def _connect_loop(self, send: Send) -> None:
@@ -713,7 +710,6 @@ class StripeWorker:
             return None
         self.journal = self.eventlog.journal = plan.journal
         self._guard = plan.guard.note("live")
-        self._write_guard = plan.guard.note("live-write")
         self.durability = DurabilityKeeper(
             plan.journal,
             sink,
@@ -754,7 +750,6 @@ class StripeWorker:
         replayer.eventlog.before = plan.events_before
         replayer._suspects = plan.suspects
         replayer._guard = plan.guard.note("replay")
-        replayer._write_guard = plan.guard.note("replay-write")
         replayer._set_log(self.log.bind(recovery=True))
         try:
             replayed = await replayer.replay(
@@ -762,7 +757,6 @@ class StripeWorker:
             )
         finally:
             replayer._guard.close()
-            replayer._write_guard.close()
             done = replayer.stats
             self.stats.quarantined += done.quarantined
             self.stats.garbage_bytes += done.garbage_bytes
@@ -868,53 +862,8 @@ class StripeWorker:
     async def _write_loop(
         self, recv: trio.MemoryReceiveChannel[WriterItem], sink: PartitionSink
     ) -> None:
-        """Two stages joined by a channel without a buffer: the decode stage decodes the next
-        batch while the write stage writes this one (each in a thread, within the process's
-        decode slots), so one stripe can use two cores.  Every item passes both stages in
-        order; at most one decoded batch waits for the write stage, and its frame bytes stay
-        in the in-flight budget until it is written."""
-        send_decoded, recv_decoded = trio.open_memory_channel[_Decoded](0)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._decode_stage, recv, send_decoded)
-                await self._write_stage(recv_decoded, sink)
-        except BaseExceptionGroup as group:  # one stage failed and the other was cancelled
-            raise _sole_error(group) from None
-
-    async def _decode_stage(
-        self, recv: trio.MemoryReceiveChannel[WriterItem], send: trio.MemorySendChannel[_Decoded]
-    ) -> None:
         decoders: dict[str, BatchDecoder] = {}
         max_decoders = max(64, self.cfg.limits.max_open_types)
-        # Replaying frames an earlier run died on (crashguard): one batch at a time through
-        # both stages, so that the notes name only the batch that kills the process.
-        serial = bool(self._suspects)
-        start = self._processed
-        forwarded = 0
-        async with recv, send:
-            async for item in recv:
-                decoded: Decoded | None = None
-                if isinstance(item, PendingBatch):
-                    while serial and self._processed - start < forwarded:
-                        await self._progress.park()
-                    dec = decoders.get(item.msg_type)
-                    if dec is None:
-                        if len(decoders) >= max_decoders:  # a type flood: forget the oldest
-                            del decoders[next(iter(decoders))]
-                        dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
-                    decoded = await self._heavy(
-                        self._batch_writer.decode,
-                        dec,
-                        item,
-                        self._guard,
-                        self._quarantiner.before,
-                    )
-                await send.send((item, decoded))
-                forwarded += 1
-
-    async def _write_stage(
-        self, recv: trio.MemoryReceiveChannel[_Decoded], sink: PartitionSink
-    ) -> None:
         interval = self.cfg.output.rotate_interval
         tz = self.cfg.output.timezone
         async with recv:
@@ -925,25 +874,31 @@ class StripeWorker:
                 due = sink.next_due_ns()
                 if due is not None:
                     wake = min(wake, due)
-                got: _Decoded | None = None
+                item: WriterItem | None = None
                 with trio.move_on_at(trio_deadline_for(self.clock, wake)):
                     if self._rotate_now.is_set():
                         self._rotate_now = trio.Event()
                         self._committed(await self._heavy(sink.rotate_all))
                     try:
-                        got = await recv.receive()
+                        item = await recv.receive()
                     except trio.EndOfChannel:
                         return
-                if got is None:
+                if item is None:
                     self._committed(await self._heavy(sink.rotate_due))
-                    continue
-                item, decoded = got
-                if isinstance(item, PendingBatch):
-                    assert decoded is not None
+                elif isinstance(item, PendingBatch):
+                    dec = decoders.get(item.msg_type)
+                    if dec is None:
+                        if len(decoders) >= max_decoders:  # a type flood: forget the oldest
+                            del decoders[next(iter(decoders))]
+                        dec = decoders[item.msg_type] = BatchDecoder(item.msg_type)
                     outcome = await self._heavy(
-                        self._batch_writer.write, sink, item, decoded, self._write_guard
+                        self._batch_writer.write,
+                        dec,
+                        sink,
+                        item,
+                        self._guard,
+                        self._quarantiner.before,
                     )
-                    del decoded, got
                     if self.durability is not None:
                         self.durability.done(item.seq[0])
                     self._in_flight_bytes -= item.nbytes
@@ -958,8 +913,9 @@ class StripeWorker:
                     await self.offload(self._batch_writer.write_quarantine, item.items)
                     if self.durability is not None:
                         self.durability.done(item.seq)
-                self._processed += 1
-                self._progress.unpark_all()
+                if item is not None:
+                    self._processed += 1
+                    self._progress.unpark_all()
 
     def _writer_failed(self, reason: str) -> None:
         """Rows the writer held are in no file the sink tracks: retire nothing more this run
@@ -997,25 +953,6 @@ to the writer without waiting for the message's end."""
 
 _VALID_TYPES_MAX = 4096
 """Type names a reader remembers as checked (then it starts over: a cache, not a bound)."""
-
-
-def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """What a stage's failure is: its one error (the other stage was only cancelled), or the
-    cancellation itself, or the group when there is more than one error."""
-    leaves: list[BaseException] = []
-    todo: list[BaseException] = [group]
-    while todo:
-        exc = todo.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            todo.extend(reversed(exc.exceptions))
-        else:
-            leaves.append(exc)
-    errors = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    if len(errors) == 1:
-        return errors[0]
-    if not errors and leaves:
-        return leaves[0]
-    return group
 
 
 def _as_bytes(message: bytes | str) -> bytes:

@@ -537,7 +537,7 @@ def run_daemon(
     for c in commits:
         path = Path(c["path"])
         path = path if path.is_absolute() else work / path
-        table = pq.read_table(path, columns=["_recv_time", "_seq"])
+        table = pq.read_table(path, columns=["_recv_time_ns", "_seq"])
         rel = path.relative_to(root).parts  # <MsgType>/date=.../stripe=S/part-...
         stripe = rel[2].split("=", 1)[1]
         if rel[0] not in TYPE_MIX:  # the daemon's own tables (capture_events)
@@ -546,7 +546,7 @@ def run_daemon(
         rows[(stripe, rel[0])] += table.num_rows
         if rel[0] == "OptionNbboQuote":
             nbbo_groups.append(pq.ParquetFile(path).metadata.num_row_groups)
-        recv = pc.cast(table.column("_recv_time"), pa.int64()).combine_chunks()
+        recv = pc.cast(table.column("_recv_time_ns"), pa.int64()).combine_chunks()
         files.append((iso_ns(c["timestamp"]), stripe, recv, table.column("_seq").combine_chunks()))
     leftovers = [p for p in root.rglob("*") if p.name.endswith(".inprogress")]
     total_rows = sum(rows.values())

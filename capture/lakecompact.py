@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,6 +49,7 @@ from capture.compact import (
     META_PART,
     META_UNIT,
     CompactionSettings,
+    Outcome,
     rewrite,
     unit_ranges,
 )
@@ -89,21 +90,11 @@ _COMPACTED_KEY: Final = re.compile(r"-c([0-9a-f]{16})-\d{3}\.parquet$")
 
 
 @dataclass
-class LakeOutcome:
-    units_compacted: int = 0
-    files_in: int = 0
-    files_out: int = 0
-    rows_in: int = 0
-    rows_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    commit_retries: int = 0
-    skipped: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    planned: list[str] = field(default_factory=list)
+class LakeOutcome(Outcome):
+    """What one run did to the lake's tables: local compaction's account, plus the commits
+    retried after losing a race with another writer."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+    commit_retries: int = 0
 
 
 def _spec_positions(tbl: Any) -> tuple[int, int]:

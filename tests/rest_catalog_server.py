@@ -99,6 +99,9 @@ class RestCatalogServer:
         self.warehouse, self.prefix, self.announce_prefix = warehouse, prefix, announce_prefix
         self.requests: list[tuple[str, str]] = []
         self.refused = 0
+        #: A hostile server: when set, every answer but the token endpoint's is (status, raw
+        #: body) from this function of (method, path) instead of the catalog's.
+        self.sabotage: Callable[[str, str], tuple[int, bytes]] | None = None
         self.url = ""
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -266,6 +269,16 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        sabotage = self.server_owner.sabotage
+        if sabotage is not None and url.path != "/v1/oauth/tokens":
+            status, raw = sabotage(self.command, url.path)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(raw)
+            return
         try:
             code, payload = self.server_owner.handle(
                 self.command, url.path, parse_qs(url.query), self.headers, body

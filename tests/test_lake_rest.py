@@ -307,3 +307,45 @@ def test_rest_keys_are_read_and_their_problems_name_the_key(tmp_path: Path) -> N
         "lake.catalog_prefix: must be path components of letters, digits, '_', '.', '=', '-' "
         "joined by '/'",
     ]
+
+
+# -- a hostile catalog ---------------------------------------------------------------------------
+
+HOSTILE_ANSWERS: dict[str, tuple[int, bytes]] = {
+    "not json": (200, b"<html>gateway</html>"),
+    "truncated json": (200, b'{"metadata-location": "s3://x/y", "metadata": {"format-ver'),
+    "deeply nested": (200, b'{"metadata":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    "huge error": (500, json.dumps({"error": {"message": "x" * 5_000_000, "code": 500}}).encode()),
+    "wrong shape": (200, b'{"metadata-location": 7, "metadata": [], "config": "no"}'),
+    "odd status": (418, b"{}"),
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("answer", sorted(HOSTILE_ANSWERS))
+def test_a_hostile_catalog_answer_is_an_error_in_health_and_loses_nothing(
+    answer: str, tmp_path: Path, moto_url: str, aws_env: None,  # noqa: F811
+    rest: RestCatalogServer,
+) -> None:  # fmt: skip
+    """Whatever the catalog answers, the lake reports it and keeps the files for later; once
+    the catalog behaves, everything is committed exactly once."""
+    name = f"lake-hostile-{sorted(HOSTILE_ANSWERS).index(answer)}"  # a bucket per answer
+    s3(moto_url).create_bucket(Bucket=name)
+    base = local_capture(tmp_path)
+    cred = secret_file(tmp_path, f"{CLIENT_ID}:{CLIENT_SECRET}")
+    cfg = with_lake(base, moto_url, name, **rest_lake(rest.url, cred))
+    rest.sabotage = lambda method, path: HOSTILE_ANSWERS[answer]
+    lake = Lake(cfg, STRIPES, {})
+    trio.run(lake.flush)  # returns: nothing the catalog says escapes as an exception
+    doc = lake.health()
+    assert doc["uncommitted_files"] > 0 and doc["last_commit_age_s"] is None
+    assert doc["last_error"], "the failure is in health"
+    assert len(doc["last_error"]) < 10_000, "a huge answer is not copied into health"
+    rest.sabotage = None
+    lake.tables = LakeTables(cfg.lake, cfg.output.root, {})  # type: ignore[arg-type]
+    trio.run(lake.flush)
+    assert lake.health()["uncommitted_files"] == 0
+    tbl = reader(rest.url, moto_url).load_table(("mlink", "StockPrint"))
+    scanned = ids(tbl.scan().to_arrow())
+    assert scanned == ids(local_rows(base.output.root, "StockPrint"))
+    assert len(set(scanned)) == len(scanned)

@@ -40,6 +40,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from capture.config import WEBSOCKET_CLIENTS
 from capture.credentials import Secret
 from capture.errors import AuthRejected, ConnectionLost, TransportError
+from capture.wsframes import FrameSplitter
 
 CLIENTS = WEBSOCKET_CLIENTS  # "wsproto" (default), "trio-websocket": module docstring
 CLOSE_TIMEOUT_S = 2.0
@@ -116,26 +117,31 @@ def _join(parts: list[bytes | str]) -> bytes | str:
 
 
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+_MAX_RESPONSE_HEAD = 16 * 2**10  # as h11's bound on an incomplete event
 
 
 class _WsprotoConnection(Connection):
     """wsproto on a trio stream, read by the task that consumes the messages.
 
-    Events are taken from wsproto without awaiting anything, so a cancellation can never fall
-    between taking a message and returning it; the replies they call for (a pong, the close
-    handshake) are sent before the next read."""
+    Whole binary messages are taken out of the byte stream before wsproto
+    (capture.wsframes: the common case, without wsproto's per-message cost); every other frame
+    is wsproto's, in order.  Messages are taken without awaiting anything, so a cancellation
+    can never fall between taking a message and returning it; the replies wsproto calls for (a
+    pong, the close handshake) are sent before the next read."""
 
     __slots__ = (
         "_bufsize", "_ended", "_lock", "_lost", "_max_size", "_outgoing", "_parse_failed",
-        "_parts", "_send_broken", "_size", "_stream", "_ws",
+        "_parts", "_ready", "_send_broken", "_size", "_splitter", "_stream", "_ws",
     )
 
     def __init__(
         self, stream: trio.abc.Stream, ws: WSConnection, receive_buffer_size: int,
-        max_message_size: int,
+        max_message_size: int, initial: bytes = b"",
     ) -> None:
         self._stream = stream
         self._ws = ws
+        self._splitter = FrameSplitter(max_message_size)
+        self._ready: list[bytes | str] = []  # messages taken, in order, not yet returned
         self._bufsize = receive_buffer_size
         self._max_size = max_message_size
         self._parts: list[bytes | str] = []  # a message that spans frames or reads
@@ -146,15 +152,16 @@ class _WsprotoConnection(Connection):
         self._parse_failed = False  # wsproto could not parse the server's bytes: no more frames
         self._send_broken = False  # a send was cut off part-way: no more frames from us
         self._lock = trio.Lock()  # one sender at a time
+        if initial:  # what the server sent right after its 101
+            self._receive(initial)
 
     async def recv_batch(self) -> list[bytes | str]:
         while True:
             if self._outgoing:
                 await self._flush()
-            if not self._ended:
-                out = self._take_events()
-                if out:
-                    return out
+            if self._ready:
+                out, self._ready = self._ready, []
+                return out
             if self._lost is not None:
                 raise self._lost
             if not self._outgoing:  # else: the replies first (a close: then raise)
@@ -163,11 +170,41 @@ class _WsprotoConnection(Connection):
                 except _BROKEN as exc:
                     self._lost = ConnectionLost(f"connection broken ({_describe(exc)})")
                     raise self._lost from None
-                self._ws.receive_data(_bytes(received) or None)  # b"": EOF, wsproto's 1006
+                self._receive(_bytes(received))
 
-    def _take_events(self) -> list[bytes | str]:
-        """The messages wsproto completed, in order; queues the replies it calls for."""
-        out: list[bytes | str] = []
+    def _receive(self, data: bytes, *, closing: bool = False) -> None:
+        """Bytes from the server, in order: whole binary messages are taken here, the rest
+        goes through wsproto.  b"" is the end of the stream (wsproto's 1006).  Nothing is taken
+        after a close; ``closing`` (our close handshake): wsproto still sees every byte."""
+        ws = self._ws
+        if not data:
+            rest = self._splitter.rest()
+            if rest:
+                ws.receive_data(rest)
+            ws.receive_data(None)
+            self._wsproto_events(closing)
+            return
+        for item in self._splitter.feed(data):
+            if isinstance(item, bytes):
+                if not self._ended and not closing:
+                    self._ready.append(item)
+            elif closing:  # our close is sent: only its reply matters
+                ws.receive_data(item.data)
+                self._wsproto_events(closing)
+            elif not self._ended:
+                ws.receive_data(item.data)
+                self._take_events()
+
+    def _wsproto_events(self, closing: bool) -> None:
+        if closing:
+            for _ in self._ws.events():
+                pass
+        elif not self._ended:
+            self._take_events()
+
+    def _take_events(self) -> None:
+        """Takes the messages wsproto completed, in order; queues the replies it calls for."""
+        out = self._ready
         ws = self._ws
         for event in ws.events():
             if isinstance(event, (BytesMessage, TextMessage)):
@@ -205,7 +242,6 @@ class _WsprotoConnection(Connection):
                 self._end(ConnectionLost(_closed_text(event.code, event.reason), event.code))
                 break
             # Pong: we send no pings.
-        return out
 
     def _end(self, lost: ConnectionLost) -> None:
         """A close (ours or the server's) was taken: no message after it; then ``lost``."""
@@ -262,9 +298,7 @@ class _WsprotoConnection(Connection):
             await self._flush()
         while ws.state is ConnectionState.LOCAL_CLOSING and not self._parse_failed:
             received = await self._stream.receive_some(self._bufsize)
-            ws.receive_data(_bytes(received) or None)
-            for _ in ws.events():
-                pass
+            self._receive(_bytes(received), closing=True)
 
 
 async def _handshake(
@@ -273,9 +307,10 @@ async def _handshake(
     resource: str,
     headers: list[tuple[bytes, bytes]],
     receive_buffer_size: int,
-) -> WSConnection:
-    """The client's HTTP upgrade (RFC 6455 §4.1); returns the open connection. Whatever the
-    server sent after its 101 stays in wsproto for the first :meth:`recv_batch`."""
+) -> tuple[WSConnection, bytes]:
+    """The client's HTTP upgrade (RFC 6455 §4.1); returns the open connection and what the
+    server sent after its 101 (the first WebSocket bytes: wsproto is given only the response's
+    head, so that every WebSocket byte goes through the connection's splitter)."""
     ws = WSConnection(ConnectionType.CLIENT)
     try:
         request = ws.send(Request(host=host_header, target=resource, extra_headers=headers))
@@ -283,19 +318,27 @@ async def _handshake(
         raise TransportError(f"cannot build the upgrade request: {type(exc).__name__}") from None
     try:
         await stream.send_all(request)
+        buf = b""
         while True:
             data = await stream.receive_some(receive_buffer_size)
             if not data:
                 raise TransportError("connection closed during the WebSocket handshake")
-            ws.receive_data(_bytes(data))
-            for event in ws.events():
-                if isinstance(event, AcceptConnection):
-                    return ws
-                if isinstance(event, RejectConnection):
-                    status = event.status_code
-                    if status in (401, 403):
-                        raise AuthRejected(f"WebSocket upgrade refused with HTTP {status}")
-                    raise TransportError(f"WebSocket upgrade refused with HTTP {status}")
+            buf += _bytes(data)
+            while (end := buf.find(b"\r\n\r\n")) >= 0:
+                head, buf = buf[: end + 4], buf[end + 4 :]
+                ws.receive_data(head)
+                for event in ws.events():
+                    if isinstance(event, AcceptConnection):
+                        return ws, buf
+                    if isinstance(event, RejectConnection):
+                        status = event.status_code
+                        if status in (401, 403):
+                            raise AuthRejected(f"WebSocket upgrade refused with HTTP {status}")
+                        raise TransportError(f"WebSocket upgrade refused with HTTP {status}")
+            if len(buf) > _MAX_RESPONSE_HEAD:
+                raise TransportError(
+                    f"WebSocket handshake failed: a response head over {_MAX_RESPONSE_HEAD} bytes"
+                )
     except (RemoteProtocolError, LocalProtocolError) as exc:
         # About the server's response ("Bad accept token", "Missing header, 'Upgrade'"): our
         # request, and so the token, is not in it.
@@ -394,14 +437,16 @@ async def connect(
                     stream = await trio.open_tcp_stream(host, port)
                 host_header = _host_header(host, port, default_port)
                 try:
-                    ws = await _handshake(
+                    ws, initial = await _handshake(
                         stream, host_header, resource, headers, receive_buffer_size
                     )
                 except BaseException:
                     with trio.CancelScope(shield=True):
                         await stream.aclose()
                     raise
-            conn = _WsprotoConnection(stream, ws, receive_buffer_size, max_message_size)
+            conn = _WsprotoConnection(
+                stream, ws, receive_buffer_size, max_message_size, initial
+            )
             opened = True
             try:
                 yield conn

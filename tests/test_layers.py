@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
         "capture.dirswap", "capture.crashguard", "capture.lake",
         "capture.faultpoints", "capture.frames", "capture.logs", "capture.memory",
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
-        "capture.stripes", "capture.sim.tls", "capture.states",
+        "capture.stripes", "capture.sim.tls", "capture.states", "capture.wsframes",
     },
     {
         "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.credentials",

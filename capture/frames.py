@@ -134,8 +134,9 @@ class FrameDecoder:
             if buf[pos] == 13 and buf[pos + 1] == 10 and (proto == 74 or proto == 80):  # J / P
                 digits = buf[pos + 3 : pos + HEADER_LEN]
                 if digits.isdigit():
+                    type_number, length = divmod(int(digits), 1_000_000)  # 5 + 6 digits
                     start = pos + HEADER_LEN
-                    stop = start + int(digits[5:])
+                    stop = start + length
                     # A sound JSON frame ends with "}" right where the next frame (or the data)
                     # starts.  Otherwise look for a CR LF inside the declared body: JSON never
                     # holds one, so there the length is wrong (a truncated frame) and we resync
@@ -164,9 +165,9 @@ class FrameDecoder:
                             j = body.find(b'"', 19, 147)
                             if j > 19:
                                 mtyp = names.get(body[19:j])
-                        events.append((mtyp or peek_mtyp(body), int(digits[:5]), body))
+                        events.append((mtyp or peek_mtyp(body), type_number, body))
                     else:
-                        events.append(Frame(buf[pos + 2 : pos + 3], int(digits[:5]), body))
+                        events.append(Frame(buf[pos + 2 : pos + 3], type_number, body))
                     frames += 1
                     pos = stop
                     continue

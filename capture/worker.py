@@ -454,6 +454,7 @@ class StripeWorker:
         limits = self.cfg.limits
         valid_types = self._valid_types
         session = sess.id
+        in_snapshot_of = sess.protocol.in_snapshot
         data_frames = snapshot_rows = alive = 0
         try:
             try:
@@ -520,7 +521,7 @@ class StripeWorker:
                     if pb is not None:
                         self._enqueue(pending.pop(mtyp))
                     pb = pending[mtyp] = PendingBatch(mtyp, session, first_ns=recv_ns)
-                in_snapshot = sess.protocol.in_snapshot(mtyp)
+                in_snapshot = in_snapshot_of(mtyp)
                 pb.bodies.append(body)
                 pb.type_numbers.append(type_number)
                 pb.recv_ns.append(recv_ns)

@@ -10,6 +10,9 @@ once.
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable, Iterator
+
 import pytest
 
 
@@ -20,3 +23,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _module(item: pytest.Item) -> str:
     return item.nodeid.split("::")[0]
+
+
+Reap = Callable[..., None]
+
+
+@pytest.fixture
+def reap() -> Iterator[Reap]:
+    """Hand it each process a test starts: one still running at teardown (an assertion failed,
+    a wait timed out) is killed, so that no daemon outlives its test."""
+    procs: list[subprocess.Popen[bytes] | subprocess.Popen[str]] = []
+    yield procs.append
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,9 @@ def test_compose_runs_compact_every_hour_on_the_capture_volume() -> None:
     assert "capture-data:/var/lib/mlink-capture" in block
 
 
-def test_every_repeats_until_sigterm_then_exits_0(tmp_path: Path) -> None:
+def test_every_repeats_until_sigterm_then_exits_0(
+    tmp_path: Path, reap: Callable[..., None]
+) -> None:
     config = tmp_path / "c.toml"
     config.write_text(
         f'[source]\nurl = "ws://127.0.0.1:9/mlink/jsonf"\nstripes = ["A"]\n'
@@ -65,6 +68,7 @@ def test_every_repeats_until_sigterm_then_exits_0(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={k: v for k, v in os.environ.items() if k != "MLINK_CAPTURE_CRASH_AT"},
     )  # fmt: skip
+    reap(proc)
     deadline = time.monotonic() + 60
     runs = 0
     assert proc.stderr is not None

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -52,16 +53,18 @@ format = "json"
     return cfg
 
 
-def start(tmp: Path, n: int) -> subprocess.Popen[bytes]:
+def start(tmp: Path, n: int, reap: Callable[..., None]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MLINK_API_KEY": KEY, "MLINK_CAPTURE_POISON": POISON}
     env.pop("MLINK_CAPTURE_CRASH_AT", None)
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [str(BIN), "run", "--config", str(config(tmp))],
         env=env,
         cwd=tmp,
         stdout=subprocess.DEVNULL,
         stderr=(tmp / f"daemon-{n}.log").open("w"),
     )
+    reap(proc)
+    return proc
 
 
 def stored(root: Path) -> list[int]:
@@ -71,15 +74,17 @@ def stored(root: Path) -> list[int]:
     return sorted(table["_seq"].to_pylist())
 
 
-def test_a_frame_that_kills_the_decoder_is_set_aside_after_two_crashes(tmp_path: Path) -> None:
+def test_a_frame_that_kills_the_decoder_is_set_aside_after_two_crashes(
+    tmp_path: Path, reap: Callable[..., None]
+) -> None:
     root = tmp_path / "data"
     write_journal(root / "_journal" / "stripe=A", 300, BASE_NS, marker=137, marker_text=POISON)
     codes = []
     for n in range(2):  # the batch with frame 137 crashes; then frame 137 alone
-        proc = start(tmp_path, n)
+        proc = start(tmp_path, n, reap)
         codes.append(proc.wait(timeout=60))
     assert codes == [-signal.SIGSEGV, -signal.SIGSEGV]
-    proc = start(tmp_path, 2)
+    proc = start(tmp_path, 2, reap)
     time.sleep(3)  # signal handlers installed
     deadline = time.monotonic() + 60
     while len(stored(root)) < 299 and time.monotonic() < deadline and proc.poll() is None:
@@ -97,7 +102,7 @@ def test_a_frame_that_kills_the_decoder_is_set_aside_after_two_crashes(tmp_path:
     assert [q["key"] for q in lines] == ["seq/137"]
     assert POISON.encode() in base64.b64decode(lines[0]["bytes_b64"])
     # A fourth start has nothing left to do: no crash, nothing quarantined again.
-    proc = start(tmp_path, 3)
+    proc = start(tmp_path, 3, reap)
     time.sleep(3)
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)

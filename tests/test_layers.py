@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
         "capture.faultpoints", "capture.frames", "capture.logs", "capture.memory",
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
         "capture.stripes", "capture.sim.tls", "capture.states",
+        "capture.sim.universe", "capture.sim.pricing",
     },
     {
         "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.credentials",
@@ -46,6 +47,8 @@ LAYERS: list[set[str]] = [
         "capture.lake.verify", "capture.lake.demo", "capture.lakecompact",
         "capture.lakeretention",
         "capture.sim.faults",
+        "capture.sim.encoding", "capture.sim.cached_record", "capture.sim.securities",
+        "capture.sim.generic", "capture.sim.generators",
         "capture.sim.record", "capture.sim.config", "capture.sim.server", "capture.sim",
     },
     {

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
         "capture.faultpoints", "capture.frames", "capture.logs", "capture.memory",
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
         "capture.stripes", "capture.sim.tls", "capture.states", "capture.wsframes",
+        "capture.sim.universe", "capture.sim.pricing",
     },
     {
         "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.credentials",
@@ -46,6 +47,10 @@ LAYERS: list[set[str]] = [
         "capture.lake.verify", "capture.lake.demo", "capture.lakecompact",
         "capture.lakeretention",
         "capture.sim.faults",
+        "capture.sim.encoding", "capture.sim.cached_record", "capture.sim.securities",
+        "capture.sim.generic", "capture.sim.generators",
+        "capture.sim.control_messages", "capture.sim.cognito_jwt", "capture.sim.inbound",
+        "capture.sim.stream_filters", "capture.sim.subscriptions", "capture.sim.connection",
         "capture.sim.record", "capture.sim.config", "capture.sim.server", "capture.sim",
     },
     {
@@ -212,7 +217,7 @@ def test_sync_io_modules_do_not_import_trio() -> None:
 def test_one_owner_per_edge_library() -> None:
     mods = modules()
     owners = {
-        "trio_websocket": {"capture.transport", "capture.sim.server"},
+        "trio_websocket": {"capture.transport", "capture.sim.server", "capture.sim.connection"},
         "wsproto": {"capture.transport"},
         "pycognito": {"capture.auth"},
         "pyiceberg": {

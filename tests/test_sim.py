@@ -586,8 +586,8 @@ async def test_malformed_inbound_gets_data_ack_and_connection_survives() -> None
 
 def test_parse_inbound_forms() -> None:
     body = b'{"header":{"mTyp":"MLinkStream"},"message":{"msgName":"X"}}'
-    assert [type(x).__name__ for x in parse_inbound(encode_client_frame(body))] == ["_Inbound"]
-    assert [type(x).__name__ for x in parse_inbound(body)] == ["_Inbound"]
+    assert [type(x).__name__ for x in parse_inbound(encode_client_frame(body))] == ["Inbound"]
+    assert [type(x).__name__ for x in parse_inbound(body)] == ["Inbound"]
     assert [type(x).__name__ for x in parse_inbound(b"\r\nP03380" + b"%06d" % len(body) + body)]
     assert [getattr(x, "result", None) for x in parse_inbound(b"[1]")] == ["FrameError"]
     assert [getattr(x, "result", None) for x in parse_inbound(b"  [1]")] == ["FrameError"]

@@ -23,7 +23,8 @@ from capture import stripes as stripe_rules
 from capture.config import ConfigError
 from capture.schemas import lookup
 from capture.sim.faults import Faults
-from capture.sim.market import CORE_TYPES, DEFAULT_UNIVERSE
+from capture.sim.generators import CORE_TYPES
+from capture.sim.universe import DEFAULT_UNIVERSE
 
 __all__ = ["AUTH_MODES", "BAD_KEY_MODES", "SimConfig"]
 

@@ -27,7 +27,8 @@ from typing import Any
 
 from capture.frames import HEADER_LEN, MAX_BODY_LEN, encode_frame
 from capture.schemas import MessageDef
-from capture.sim.market import Record, encode_message
+from capture.sim.cached_record import Record
+from capture.sim.encoding import encode_message
 
 __all__ = ["Action", "FaultState", "Faults", "OutFrame", "Plan"]
 

@@ -25,8 +25,9 @@ from pathlib import Path
 RULES: list[tuple[str, str]] = [
     # (substring of a frame, category); first match from the innermost frame wins
     ("_fsync", "fsync (Parquet commit, journal)"),
+    ("fsync (capture/journal/fsops.py", "fsync (Parquet commit, journal)"),
     ("JournalWriter.append", "journal append (on the loop)"),
-    ("capture/journal.py", "journal write/retire (thread)"),
+    ("capture/journal/", "journal write/retire (thread)"),
     ("ParquetWriter.write_table", "Parquet encode + compress (write_table)"),
     ("ParquetWriter.close", "Parquet encode + compress (write_table)"),
     ("Table.from_batches", "sink buffering (from_batches, concat)"),

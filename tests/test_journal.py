@@ -38,10 +38,12 @@ from capture.journal import (
     MessageRecord,
     Record,
     SessionRecord,
+    fsops,
     list_segments,
     read_records,
     recover,
 )
+from capture.journal import writer as journal_writer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,7 +60,7 @@ def jdir(tmp_path: Path) -> Path:
 @pytest.fixture
 def no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
     """Parsing tests do not need the disk to be durable, only fast."""
-    monkeypatch.setattr(journal, "_fsync", lambda fd: None)
+    monkeypatch.setattr(fsops, "fsync", lambda fd: None)
 
 
 def records(directory: Path, **kw: object) -> list[Record]:
@@ -689,7 +691,7 @@ class FsyncLog:
 def fsync_log(monkeypatch: pytest.MonkeyPatch) -> FsyncLog:
     """Every fsync the journal makes, recorded (and still made)."""
     log = FsyncLog()
-    monkeypatch.setattr(journal, "_fsync", log)
+    monkeypatch.setattr(fsops, "fsync", log)
     return log
 
 
@@ -811,7 +813,7 @@ def test_close_never_waits_forever_on_the_writing_threads_fsync(
     def slow_fsync(fd: int) -> None:
         time.sleep(0.0005)
 
-    monkeypatch.setattr(journal, "_fsync", slow_fsync)
+    monkeypatch.setattr(fsops, "fsync", slow_fsync)
     done = threading.Event()
 
     def churn() -> None:
@@ -926,7 +928,7 @@ def test_power_loss_keeps_everything_flush_and_sync_promised(
     jdir: Path, monkeypatch: pytest.MonkeyPatch, after_sync: int, junk: bytes
 ) -> None:
     disk = PowerLoss()
-    monkeypatch.setattr(journal, "_fsync", disk)
+    monkeypatch.setattr(fsops, "fsync", disk)
     w = JournalWriter(jdir, segment_bytes=700)
     m = Model(w)
     m.session("s1")
@@ -955,7 +957,7 @@ def test_write_errors_break_the_writer_until_restart(
     def eio(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(journal, "_fsync", eio)
+    monkeypatch.setattr(fsops, "fsync", eio)
     with pytest.raises(OSError, match="Input/output"):
         w.flush_and_sync()
     # A retried fsync could succeed falsely (the kernel may have dropped the pages).
@@ -979,7 +981,7 @@ def test_a_failed_write_in_the_writing_thread_surfaces_on_the_next_append(
     def enospc(fd: int, chunks: list[bytes]) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(journal, "_write_all", enospc)
+    monkeypatch.setattr(fsops, "write_all", enospc)
     w = JournalWriter(jdir)
     for i in range(3):  # past the 256 KiB that wake the writing thread
         w.append(i, i, 1, b"x" * 100_000)
@@ -1065,7 +1067,7 @@ def test_the_writing_thread_hands_bytes_to_the_os_without_a_sync(
     written = threading.Event()
     writers: list[str] = []
     total = 0
-    real_write_all = journal._write_all
+    real_write_all = fsops.write_all
 
     def observed(fd: int, chunks: list[bytes]) -> None:
         nonlocal total
@@ -1075,7 +1077,7 @@ def test_the_writing_thread_hands_bytes_to_the_os_without_a_sync(
         if total >= expected:  # in one round or several (its timer may fire in between)
             written.set()
 
-    monkeypatch.setattr(journal, "_write_all", observed)
+    monkeypatch.setattr(fsops, "write_all", observed)
     w = JournalWriter(jdir)
     fsyncs.calls.clear()
     for i in range(3):  # 300 KB: past the 256 KiB that wake the writing thread
@@ -1092,9 +1094,9 @@ def test_the_writing_thread_hands_bytes_to_the_os_without_a_sync(
 def test_a_stalled_writing_thread_bounds_the_queue(
     jdir: Path, no_fsync: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(journal, "_DRAIN_BYTES", 2**62)  # never woken by volume ...
-    monkeypatch.setattr(journal, "_DRAIN_INTERVAL", 3600.0)  # ... nor by time
-    monkeypatch.setattr(journal, "_MAX_PENDING_BYTES", 10_000)
+    monkeypatch.setattr(journal_writer, "_DRAIN_BYTES", 2**62)  # never woken by volume ...
+    monkeypatch.setattr(journal_writer, "_DRAIN_INTERVAL", 3600.0)  # ... nor by time
+    monkeypatch.setattr(journal_writer, "_MAX_PENDING_BYTES", 10_000)
     w = JournalWriter(jdir)
     for i in range(9):
         w.append(i, i, 1, b"p" * 1000)

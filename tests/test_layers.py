@@ -24,11 +24,13 @@ LAYERS: list[set[str]] = [
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
         "capture.stripes", "capture.sim.tls", "capture.states", "capture.wsframes",
         "capture.sim.universe", "capture.sim.pricing",
+        "capture.journal.records",
     },
     {
         "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.credentials",
         "capture.session",
         "capture.events",
+        "capture.journal.fsops",
     },
     {  # the edges and the storage layers
         "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
@@ -40,6 +42,7 @@ LAYERS: list[set[str]] = [
         "capture.stripe_recovery", "capture.batching", "capture.batchwrite",
         "capture.driftlog", "capture.link", "capture.journal_replay",
         "capture.reconnect",
+        "capture.journal.reader", "capture.journal.recovery", "capture.journal.writer",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
@@ -199,7 +202,7 @@ def test_sans_io_modules_import_neither_trio_nor_pyarrow() -> None:
     mods = modules()
     pure = ("capture.frames", "capture.protocol", "capture.stripes", "capture.backoff",
             "capture.rotation", "capture.errors", "capture.session", "capture.bounds",
-            "capture.states")
+            "capture.states", "capture.journal.records")
     for name in pure:
         assert not uses(mods[name], "trio"), name
         assert not uses(mods[name], "pyarrow"), name
@@ -210,7 +213,8 @@ def test_sync_io_modules_do_not_import_trio() -> None:
     for sync in ("capture.sink", "capture.decode", "capture.health", "capture.stats",
                  "capture.journal", "capture.recovery", "capture.verify", "capture.durability",
                  "capture.quarantine", "capture.crashguard", "capture.eventlog",
-                 "capture.stripe_recovery", "capture.batchwrite"):
+                 "capture.stripe_recovery", "capture.batchwrite", "capture.journal.fsops",
+                 "capture.journal.reader", "capture.journal.recovery", "capture.journal.writer"):
         assert not uses(mods[sync], "trio"), sync
 
 

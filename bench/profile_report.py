@@ -33,7 +33,7 @@ RULES: list[tuple[str, str]] = [
     ("capture/sink.py", "sink bookkeeping (split by date/interval, min/max)"),
     ("BatchDecoder._read", "JSON decode (pyarrow read_json)"),
     ("_metadata_arrays", "capture columns (_recv_time, _seq, ... from lists)"),
-    ("capture/decode.py", "Arrow flatten/convert (compute)"),
+    ("capture/decode/", "Arrow flatten/convert (compute)"),
     ("max_ns (capture/batchwrite.py", "writer bookkeeping (highwater max)"),
     ("BatchWriter._write", "writer bookkeeping (highwater max)"),
     ("BatchWriter.write", "writer bookkeeping (highwater max)"),

@@ -39,6 +39,9 @@ LAYERS: list[set[str]] = [
         "capture.stripe_recovery", "capture.batching", "capture.batchwrite",
         "capture.driftlog", "capture.link", "capture.journal_replay",
         "capture.reconnect",
+        "capture.decode.results", "capture.decode.shape", "capture.decode.jsontext",
+        "capture.decode.leaves", "capture.decode.slowpath", "capture.decode.bookkeeping",
+        "capture.decode.decoder",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
@@ -205,7 +208,8 @@ def test_sync_io_modules_do_not_import_trio() -> None:
     for sync in ("capture.sink", "capture.decode", "capture.health", "capture.stats",
                  "capture.journal", "capture.recovery", "capture.verify", "capture.durability",
                  "capture.quarantine", "capture.crashguard", "capture.eventlog",
-                 "capture.stripe_recovery", "capture.batchwrite"):
+                 "capture.stripe_recovery", "capture.batchwrite",
+                 *(m for m in ALL if m.startswith("capture.decode."))):
         assert not uses(mods[sync], "trio"), sync
 
 

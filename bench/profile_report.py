@@ -30,7 +30,7 @@ RULES: list[tuple[str, str]] = [
     ("ParquetWriter.write_table", "Parquet encode + compress (write_table)"),
     ("ParquetWriter.close", "Parquet encode + compress (write_table)"),
     ("Table.from_batches", "sink buffering (from_batches, concat)"),
-    ("capture/sink.py", "sink bookkeeping (split by date/interval, min/max)"),
+    ("capture/sink/", "sink bookkeeping (split by date/interval, min/max)"),
     ("BatchDecoder._read", "JSON decode (pyarrow read_json)"),
     ("_metadata_arrays", "capture columns (_recv_time, _seq, ... from lists)"),
     ("capture/decode/", "Arrow flatten/convert (compute)"),

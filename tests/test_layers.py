@@ -42,6 +42,8 @@ LAYERS: list[set[str]] = [
         "capture.decode.results", "capture.decode.shape", "capture.decode.jsontext",
         "capture.decode.leaves", "capture.decode.slowpath", "capture.decode.bookkeeping",
         "capture.decode.decoder",
+        "capture.sink.settings", "capture.sink.footer", "capture.sink.layout", "capture.sink.fs",
+        "capture.sink.partition_sink", "capture.sink.cleanup",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
@@ -209,7 +211,7 @@ def test_sync_io_modules_do_not_import_trio() -> None:
                  "capture.journal", "capture.recovery", "capture.verify", "capture.durability",
                  "capture.quarantine", "capture.crashguard", "capture.eventlog",
                  "capture.stripe_recovery", "capture.batchwrite",
-                 *(m for m in ALL if m.startswith("capture.decode."))):
+                 *(m for m in ALL if m.startswith(("capture.decode.", "capture.sink.")))):
         assert not uses(mods[sync], "trio"), sync
 
 

@@ -4,7 +4,7 @@ The rule (docs/design.md, "Errors"): a public exception class is defined here an
 the module that raises it re-exports it, so that a caller catches it from the layer it calls
 (``capture.sink.SinkError``, as h11 re-exports its ``RemoteProtocolError``) and both names are
 the same class.  Only private exceptions that never leave their module (``_Unreachable`` in
-:mod:`capture.auth`, say) stay beside the code that raises and catches them.
+:mod:`capture.cognito`, say) stay beside the code that raises and catches them.
 
 Each layer has one type for bad *input*: the protocol layer :class:`RemoteProtocolError`
 (:class:`ControlParseError` for control messages), the configuration :class:`ConfigError`.
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Self
 
-# -- a stripe's connection (raised by capture.transport and capture.auth, handled by the
+# -- a stripe's connection (raised by capture.transport and capture.cognito, handled by the
 #    worker's connect loop; here so that neither edge imports the other) -------------------
 
 

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
         "capture.dirswap", "capture.crashguard", "capture.lake",
         "capture.faultpoints", "capture.frames", "capture.logs", "capture.memory",
         "capture.protocol", "capture.rotation", "capture.sdnotify", "capture.stats",
-        "capture.stripes", "capture.sim.tls", "capture.states",
+        "capture.stripes", "capture.sim.tls", "capture.states", "capture.totp",
     },
     {
         "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.credentials",
@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
         "capture.events",
     },
     {  # the edges and the storage layers
-        "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
+        "capture.backoff", "capture.auth", "capture.cognito", "capture.transport", "capture.sink",
         "capture.journal", "capture.decode", "capture.health", "capture.recovery",
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
         "capture.durability", "capture.lake.hold", "capture.rowbuffer", "capture.restart",
@@ -220,7 +220,7 @@ def test_one_owner_per_edge_library() -> None:
     owners = {
         "trio_websocket": {"capture.transport", "capture.sim.server"},
         "wsproto": {"capture.transport"},
-        "pycognito": {"capture.auth"},
+        "pycognito": {"capture.cognito"},
         "pyiceberg": {
             "capture.lake.tables", "capture.lake.pipeline", "capture.lake.verify",
             "capture.lake.demo", "capture.lake.files",

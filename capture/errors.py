@@ -4,7 +4,7 @@ The rule (docs/design.md, "Errors"): a public exception class is defined here an
 the module that raises it re-exports it, so that a caller catches it from the layer it calls
 (``capture.sink.SinkError``, as h11 re-exports its ``RemoteProtocolError``) and both names are
 the same class.  Only private exceptions that never leave their module (``_Unreachable`` in
-:mod:`capture.auth`, say) stay beside the code that raises and catches them.
+:mod:`capture.cognito`, say) stay beside the code that raises and catches them.
 
 Each layer has one type for bad *input*: the protocol layer :class:`RemoteProtocolError`
 (:class:`ControlParseError` for control messages), the configuration :class:`ConfigError`.
@@ -13,10 +13,12 @@ This module imports nothing of the package.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-# -- a stripe's connection (raised by capture.transport and capture.auth, handled by the
+# -- a stripe's connection (raised by capture.transport and capture.cognito, handled by the
 #    worker's connect loop; here so that neither edge imports the other) -------------------
 
 
@@ -106,6 +108,24 @@ class SinkError(OSError):
         self.seq_min = seq_min
         self.seq_max = seq_max
         self.committed = committed
+
+    @classmethod
+    def from_os_error(
+        cls,
+        exc: OSError,
+        what: str,
+        path: Path,
+        *,
+        msg_type: str | None = None,
+        seq_min: int | None = None,
+        seq_max: int | None = None,
+    ) -> Self:
+        """``what: <the OS's reason>`` with the errno of ``exc`` (EIO if it has none)."""
+        code = exc.errno if isinstance(exc.errno, int) else errno.EIO
+        detail = exc.strerror or str(exc) or os.strerror(code)
+        return cls(
+            code, f"{what}: {detail}", path, msg_type=msg_type, seq_min=seq_min, seq_max=seq_max
+        )
 
 
 class SinkOpenError(SinkError):

@@ -324,7 +324,7 @@ def test_the_shipped_example_configuration_documents_every_auth_option() -> None
     assert Config.from_mapping(raw_config(**table)).auth.cognito.username == "trader1"
 
 
-def test_only_capture_auth_and_the_lake_store_import_aws_clients() -> None:
+def test_only_capture_cognito_and_the_lake_store_import_aws_clients() -> None:
     package = Path(__file__).resolve().parents[1] / "capture"
     for path in package.rglob("*.py"):
         names: set[str] = set()
@@ -336,7 +336,7 @@ def test_only_capture_auth_and_the_lake_store_import_aws_clients() -> None:
         aws = {n for n in names if n.split(".")[0] in ("boto3", "botocore", "pycognito")}
         rel = path.relative_to(package).as_posix()
         allowed = {
-            "auth.py": {"boto3", "botocore", "pycognito"},
+            "cognito.py": {"boto3", "botocore", "pycognito"},
             "lake/store.py": {"boto3", "botocore"},
         }
         assert {n.split(".")[0] for n in aws} <= allowed.get(rel, set()), (rel, aws)

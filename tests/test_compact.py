@@ -26,7 +26,7 @@ from compact_util import (
 
 from capture import compact as compact_mod
 from capture import dirswap
-from capture.compact import CompactionSettings, compact
+from capture.compact import CompactionSettings, compact, partition, planning, rewriting
 from capture.recovery import scan_committed
 from capture.sink import PartitionSink, SinkSettings
 from capture.verify import verify
@@ -180,7 +180,7 @@ def test_partition_that_changes_while_compacted_is_left_for_the_next_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nxt = two_days(tmp_path)
-    real = compact_mod._fsync_file
+    real = rewriting._fsync_file
     added: list[bool] = []
 
     def fsync_then_commit(path: Path) -> None:  # a daemon's late commit lands meanwhile
@@ -190,12 +190,12 @@ def test_partition_that_changes_while_compacted_is_left_for_the_next_run(
             write_live(tmp_path, start_ns=DAY1 + 7300 * 10**9, seconds=10, rows=20, seq0=nxt,
                        session="late")  # fmt: skip
 
-    monkeypatch.setattr(compact_mod, "_fsync_file", fsync_then_commit)
+    monkeypatch.setattr(rewriting, "_fsync_file", fsync_then_commit)
     before_run = compact(CompactionSettings(root=tmp_path), now_ns=NOW)
     assert before_run.skipped and "changed while being compacted" in before_run.skipped[0]
     rows = duck_rows(tmp_path)
     assert len(rows) == 14_020
-    monkeypatch.setattr(compact_mod, "_fsync_file", real)
+    monkeypatch.setattr(rewriting, "_fsync_file", real)
     assert compact(CompactionSettings(root=tmp_path), now_ns=NOW).units_compacted == 1
     assert duck_rows(tmp_path) == rows
 
@@ -249,7 +249,7 @@ def test_rename_exchange_works_on_this_file_system(tmp_path: Path) -> None:
 
 def test_a_second_run_is_refused_while_one_holds_the_lock(tmp_path: Path) -> None:
     two_days(tmp_path)
-    with compact_mod._Lock(tmp_path), pytest.raises(BlockingIOError):
+    with compact_mod.lock(tmp_path), pytest.raises(BlockingIOError):
         compact(CompactionSettings(root=tmp_path), now_ns=NOW)
 
 
@@ -373,7 +373,7 @@ def test_a_day_too_big_for_memory_is_compacted_hour_by_hour(tmp_path: Path) -> N
     two_days(tmp_path)
     before = duck_rows(tmp_path)
     sizes = sum(  # the day's Arrow bytes as compaction estimates them from the footers
-        compact_mod._arrow_bytes(pq.read_metadata(p))
+        planning._arrow_bytes(pq.read_metadata(p))
         for p in day_dir(tmp_path, "2026-01-05").iterdir()
     )
     s = CompactionSettings(root=tmp_path, max_unit_bytes=sizes * 2 // 3)
@@ -394,10 +394,10 @@ def test_after_a_crash_a_damaged_replaced_list_leaves_the_old_files_aside(
     two_days(tmp_path)
     write_live(tmp_path, start_ns=DAY1, seconds=60, rows=100, stripe="4")
     before = duck_rows(tmp_path)
-    real = compact_mod._finish_work_dir
-    monkeypatch.setattr(compact_mod, "_finish_work_dir", lambda v, w: [])  # crash after swap
+    real = partition._finish_work_dir
+    monkeypatch.setattr(partition, "_finish_work_dir", lambda v, w: [])  # crash after swap
     compact(CompactionSettings(root=tmp_path), now_ns=NOW, dates=[dt.date(2026, 1, 5)])
-    monkeypatch.setattr(compact_mod, "_finish_work_dir", real)
+    monkeypatch.setattr(partition, "_finish_work_dir", real)
     new = next(day_dir(tmp_path, "2026-01-05").iterdir())
     kv = dict(pq.read_metadata(new).metadata)
     kv[b"mlink.inputs"] = b"[not json"

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
         "capture.stripes", "capture.sim.tls", "capture.states", "capture.wsframes",
         "capture.sim.universe", "capture.sim.pricing",
         "capture.journal.records",
+        "capture.totp",
     },
     {
         "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.credentials",
@@ -33,7 +34,7 @@ LAYERS: list[set[str]] = [
         "capture.journal.fsops",
     },
     {  # the edges and the storage layers
-        "capture.backoff", "capture.auth", "capture.transport", "capture.sink",
+        "capture.backoff", "capture.auth", "capture.cognito", "capture.transport", "capture.sink",
         "capture.journal", "capture.decode", "capture.health", "capture.recovery",
         "capture.metrics", "capture.retention", "capture.abmerge", "capture.quarantine",
         "capture.durability", "capture.lake.hold", "capture.rowbuffer", "capture.restart",
@@ -43,12 +44,21 @@ LAYERS: list[set[str]] = [
         "capture.driftlog", "capture.link", "capture.journal_replay",
         "capture.reconnect",
         "capture.journal.reader", "capture.journal.recovery", "capture.journal.writer",
+        "capture.decode.results", "capture.decode.shape", "capture.decode.jsontext",
+        "capture.decode.leaves", "capture.decode.slowpath", "capture.decode.bookkeeping",
+        "capture.decode.decoder", "capture.sink.settings", "capture.sink.footer",
+        "capture.sink.layout", "capture.sink.fs", "capture.sink.partition_sink",
+        "capture.sink.cleanup",
     },
     {  # one stripe; the simulator; offline checks
         "capture.worker", "capture.verify", "capture.compact", "capture.sim.market",
         "capture.lake.files", "capture.lake.store", "capture.lake.tables", "capture.lake.pipeline",
         "capture.lake.verify", "capture.lake.demo", "capture.lakecompact",
         "capture.lakeretention",
+        "capture.compact.settings", "capture.compact.names", "capture.compact.planning",
+        "capture.compact.encodings", "capture.compact.rewriting", "capture.compact.swap",
+        "capture.compact.coverage", "capture.compact.partition", "capture.compact.rootlock",
+        "capture.compact.run",
         "capture.sim.faults",
         "capture.sim.encoding", "capture.sim.cached_record", "capture.sim.securities",
         "capture.sim.generic", "capture.sim.generators",
@@ -214,7 +224,8 @@ def test_sync_io_modules_do_not_import_trio() -> None:
                  "capture.journal", "capture.recovery", "capture.verify", "capture.durability",
                  "capture.quarantine", "capture.crashguard", "capture.eventlog",
                  "capture.stripe_recovery", "capture.batchwrite", "capture.journal.fsops",
-                 "capture.journal.reader", "capture.journal.recovery", "capture.journal.writer"):
+                 "capture.journal.reader", "capture.journal.recovery", "capture.journal.writer",
+                 *(m for m in ALL if m.startswith(("capture.decode.", "capture.sink.")))):
         assert not uses(mods[sync], "trio"), sync
 
 
@@ -223,7 +234,7 @@ def test_one_owner_per_edge_library() -> None:
     owners = {
         "trio_websocket": {"capture.transport", "capture.sim.server", "capture.sim.connection"},
         "wsproto": {"capture.transport"},
-        "pycognito": {"capture.auth"},
+        "pycognito": {"capture.cognito"},
         "pyiceberg": {
             "capture.lake.tables", "capture.lake.pipeline", "capture.lake.verify",
             "capture.lake.demo", "capture.lake.files",

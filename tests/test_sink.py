@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import capture
-from capture import sink as sink_mod
 from capture.rotation import next_boundary_ns, partition_date
 from capture.rowbuffer import BATCH_OVERHEAD_PER_COLUMN
 from capture.schemas.mapping import ns_to_timestamp_us
@@ -38,6 +37,7 @@ from capture.sink import (
     SinkWriteError,
     cleanup_in_progress,
 )
+from capture.sink import fs as sink_fs
 
 NS = 1_000_000_000
 NY = "America/New_York"
@@ -211,9 +211,9 @@ def test_commit_order_footer_fsync_rename_dirsync(
 ) -> None:
     calls: list[str] = []
     real_fsync_fd, real_rename, real_fsync_dir = (
-        sink_mod._fsync_fd,
-        sink_mod._rename,
-        sink_mod._fsync_dir,
+        sink_fs.fsync_fd,
+        sink_fs.rename,
+        sink_fs.fsync_dir,
     )
 
     def fsync_fd(fd: int) -> None:
@@ -234,9 +234,9 @@ def test_commit_order_footer_fsync_rename_dirsync(
     clock = Clock(T0)
     sink = new_sink(tmp_path, clock)
     sink.write("T", make_batch(10, seq0=1))
-    monkeypatch.setattr(sink_mod, "_fsync_fd", fsync_fd)
-    monkeypatch.setattr(sink_mod, "_rename", rename)
-    monkeypatch.setattr(sink_mod, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(sink_fs, "fsync_fd", fsync_fd)
+    monkeypatch.setattr(sink_fs, "rename", rename)
+    monkeypatch.setattr(sink_fs, "fsync_dir", fsync_dir)
     sink.rotate_all()
     assert calls == ["fsync_file", "rename", "fsync_dir"]
 
@@ -766,7 +766,7 @@ def test_enospc_on_fsync_keeps_tree_consistent(
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(sink_mod, "_fsync_fd", no_space)
+    monkeypatch.setattr(sink_fs, "fsync_fd", no_space)
     with pytest.raises(SinkCommitError) as info:
         sink.rotate_all()
     err = info.value
@@ -793,7 +793,7 @@ def test_real_enospc_when_opening(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         pytest.skip("needs /dev/full")
     # every write to /dev/full fails with the kernel's own ENOSPC (the writer writes the
     # Parquet magic as soon as it is opened)
-    monkeypatch.setattr(sink_mod, "_open_output", lambda path: pa.OSFile("/dev/full", "wb"))
+    monkeypatch.setattr(sink_fs, "open_output", lambda path: pa.OSFile("/dev/full", "wb"))
     sink = new_sink(tmp_path, Clock(T0))
     with pytest.raises(SinkOpenError) as info:
         sink.write("T", make_batch(5, seq0=1))
@@ -809,14 +809,14 @@ def test_real_enospc_while_writing_row_group(
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full")
     streams: list[Any] = []
-    real_open = sink_mod._open_output
+    real_open = sink_fs.open_output
 
     def recording_open(path: Path) -> Any:
         stream = real_open(path)
         streams.append(stream)
         return stream
 
-    monkeypatch.setattr(sink_mod, "_open_output", recording_open)
+    monkeypatch.setattr(sink_fs, "open_output", recording_open)
     sink = new_sink(tmp_path, Clock(T0), row_group_rows=100)
     sink.write("T", make_batch(50, seq0=1))
     # the disk "fills up": from now on the open file's descriptor writes to /dev/full, so the
@@ -850,7 +850,7 @@ def test_rename_failure_leaves_only_hidden_file(
     def fail(src: Path, dst: Path) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO), str(src))
 
-    monkeypatch.setattr(sink_mod, "_rename", fail)
+    monkeypatch.setattr(sink_fs, "rename", fail)
     with pytest.raises(SinkCommitError) as info:
         sink.close()
     assert info.value.errno == errno.EIO
@@ -868,7 +868,7 @@ def test_directory_fsync_failure_reports_the_committed_file(
     def fail(path: Path) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(sink_mod, "_fsync_dir", fail)
+    monkeypatch.setattr(sink_fs, "fsync_dir", fail)
     with pytest.raises(SinkCommitError) as info:
         sink.rotate_all()
     [cf] = info.value.committed
@@ -883,7 +883,7 @@ def test_one_failed_commit_does_not_block_the_others(
     sink = new_sink(tmp_path, Clock(T0))
     sink.write("A", make_batch(5, seq0=1))
     sink.write("B", make_batch(5, seq0=1))
-    real = sink_mod._fsync_fd
+    real = sink_fs.fsync_fd
     calls = 0
 
     def first_fails(fd: int) -> None:
@@ -893,7 +893,7 @@ def test_one_failed_commit_does_not_block_the_others(
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real(fd)
 
-    monkeypatch.setattr(sink_mod, "_fsync_fd", first_fails)
+    monkeypatch.setattr(sink_fs, "fsync_fd", first_fails)
     with pytest.raises(SinkCommitError) as info:
         sink.close()
     assert info.value.msg_type == "A"

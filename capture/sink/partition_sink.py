@@ -1,40 +1,25 @@
-"""Parquet part-file sink: hive-partitioned layout, row-group buffering, rotation, atomic commit.
+"""The sink: one stripe's batches -> per-(type, date, interval) Parquet part files, buffered into
+row groups, rotated, and committed atomically.
 
-Layout (one sink per stripe; see docs/sink.md)::
-
-    ROOT/<MsgType>/date=YYYY-MM-DD/stripe=<S>/part-<UTC start>-<session tag>-<counter>.parquet
-
-A file being written lives in the same directory under a hidden name that does not end in
-``.parquet`` (``.part-....parquet.inprogress``), so neither ``**/*.parquet`` globs nor
-``pyarrow.dataset`` discovery (which skips names starting with ``.`` or ``_``) can see it.
 Commit is: flush buffered rows -> write footer -> fsync file -> rename to the final name ->
 fsync the directory.  A reader therefore never sees a partial file under a ``.parquet`` name.
-
-This module is synchronous on purpose: the worker calls it from a worker thread, never on the
-event loop.  It must not import trio.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import errno
-import hashlib
-import os
-import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from zoneinfo import ZoneInfoNotFoundError
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import structlog
 
-from capture import __version__
 from capture.durable import make_dirs
 from capture.errors import (
     SinkClosedError,
@@ -48,30 +33,25 @@ from capture.rotation import (
     NS_PER_S,
     Due,
     OpenInterval,
-    check_interval,
     day_window,
     next_boundary_ns,
-    partition_date,
-    time_zone,
 )
 from capture.rotation import due as due_files
 from capture.rowbuffer import RowBuffer
-
-__all__ = [
-    "INPROGRESS_SUFFIX",
-    "QUARANTINE_DIR",
-    "CommittedFile",
-    "PartitionSink",
-    "SinkClosedError",
-    "SinkCommitError",
-    "SinkError",
-    "SinkOpenError",
-    "SinkSettings",
-    "SinkStatistics",
-    "SinkWriteError",
-    "cleanup_in_progress",
-    "partition_date",
-]
+from capture.sink import fs
+from capture.sink.footer import (
+    META_HOST,
+    META_MSG_TYPE,
+    META_ROWS,
+    META_SEQ_MAX,
+    META_SEQ_MIN,
+    META_SESSION,
+    META_STRIPE,
+    META_WRITER,
+    WRITER_ID,
+)
+from capture.sink.layout import _TS_FORMAT, _check_component, _inprogress_name, _session_tag
+from capture.sink.settings import CommittedFile, SinkSettings, SinkStatistics
 
 log = structlog.get_logger(__name__)
 
@@ -81,213 +61,29 @@ log = structlog.get_logger(__name__)
 if not hasattr(pq.ParquetWriter, "add_key_value_metadata"):  # pragma: no cover
     raise ImportError(f"capture.sink needs pyarrow >= 17 (found {pa.__version__})")
 
-
-#: In-progress files are ``"." + <final name> + INPROGRESS_SUFFIX``.
-INPROGRESS_SUFFIX: Final = ".inprogress"
-#: Directory under ROOT where cleanup_in_progress() moves files left behind by a crash.
-#: The leading underscore makes pyarrow.dataset, Spark and Hive discovery skip it.
-QUARANTINE_DIR: Final = "_quarantine"
-
 RECV_NS_COLUMN: Final = "_recv_time_ns"  # exact receive time: files and dates follow it
 SEQ_COLUMN: Final = "_seq"
 RECV_TIME_TYPE: Final = pa.int64()
-
-# Footer key-value metadata keys.  A recovery pass can rely on this invariant: for one
-# msg_type in one stripe, rows are appended to files in the order the worker writes them and
-# only one file per (msg_type, date) is open at a time, so each committed file holds a
-# contiguous run of that msg_type's records and [seq_min, seq_max] ranges of committed files
-# do not overlap.  "Is (msg_type, seq) already durable?" is a range lookup over the footers
-# (or over the CommittedFile records the worker journals).
-META_MSG_TYPE: Final = "mlink.msg_type"
-META_STRIPE: Final = "mlink.stripe"
-META_SESSION: Final = "mlink.session"
-META_SEQ_MIN: Final = "mlink.seq_min"
-META_SEQ_MAX: Final = "mlink.seq_max"
-META_ROWS: Final = "mlink.rows"
-META_WRITER: Final = "mlink.writer"
-#: The capture host (``capture.host_id``): which of two redundant captures wrote the file.
-META_HOST: Final = "mlink.host"
-#: Compacted files only (capture.compact): present on every compacted file, and the receive
-#: sequence ranges ("lo-hi,lo-hi") of this root's files it replaced, on the first of a unit.
-META_COMPACTED: Final = "mlink.compacted"
-META_SEQ_RANGES: Final = "mlink.seq_ranges"
-
-WRITER_ID: Final = f"mlink-capture {__version__}"
 
 _KNOWN_DIRS_MAX: Final = 4096
 _DATA_PAGE_SIZE: Final = 1 << 20  # 1 MiB: Arrow's default, stated explicitly
 # Memory an open ParquetWriter keeps per column chunk written (its footer metadata), measured
 # with pyarrow 26: ~0.9 KB, statistics or not (bench/HISTORY.md, item 18).
 FOOTER_BYTES_PER_COLUMN_CHUNK: Final = 1024
-_COMPRESSIONS: Final = frozenset({"none", "snappy", "gzip", "brotli", "lz4", "zstd"})
-_PATH_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-_SESSION_TAG = re.compile(r"[A-Za-z0-9]{1,12}")
-_TS_FORMAT: Final = "%Y%m%dT%H%M%SZ"
-
-
-# --------------------------------------------------------------------------------------------
-# Settings and results
-# --------------------------------------------------------------------------------------------
 
 
 _FileKey = tuple[str, dt.date, int]  # (message type, local date, interval end ns)
 
 
-@dataclass(frozen=True, slots=True)
-class SinkSettings:
-    root: Path
-    #: Files rotate at clock boundaries aligned in ``tz`` (300 -> :00, :05, ...; 3600 -> top
-    #: of the hour).  Must divide 86400.
-    rotate_interval_s: int = 300
-    #: Size bound (approximate: bytes written so far plus Arrow bytes still buffered).
-    max_file_bytes: int = 512 * 2**20
-    #: Target rows per row group.
-    row_group_rows: int = 131_072
-    #: ... or this many buffered Arrow bytes, whichever comes first.
-    row_group_bytes: int = 64 * 2**20
-    #: Total buffered Arrow bytes across all open files of one sink; above it the largest
-    #: buffer is flushed as a (smaller) row group.
-    memory_budget_bytes: int = 256 * 2**20
-    #: An open file's footer (the metadata of every row group written so far) lives in memory
-    #: until the file is committed: ~1 KB per column chunk, ~33 KB per row group of
-    #: OptionNbboQuote.  Above this total across the sink's open files, the file with the most
-    #: is committed early (reason "footer").  Without it, memory grew with the time a file stays
-    #: open times its row groups: ~130 MB at full rate with 5-minute files.  None: the same as
-    #: ``memory_budget_bytes``.
-    footer_budget_bytes: int | None = None
-    compression: str = "zstd"
-    compression_level: int | None = None
-    #: IANA zone for the date partition and for rotation alignment (DST-correct).
-    tz: str = "UTC"
-    #: Rows belong to the interval of their receive time.  A file stays open this long past
-    #: its boundary for rows received before the boundary that are still on their way from
-    #: the socket (pending batches, the decode queue); later ones go to a file of their own.
-    commit_grace_s: float = 2.0
-    #: Files held open at once (one per type, date and interval; [limits] max_open_types);
-    #: past it the least recently written one is committed early (reason "open_files"), like
-    #: pyarrow's ``max_open_files``: a server sending thousands of types cannot exhaust file
-    #: descriptors or memory.  None: no bound.
-    max_open_files: int | None = None
-    #: Written to every footer as ``mlink.host`` (None: not written).
-    host: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))  # tolerate str from config code
-        check_interval(self.rotate_interval_s)
-        if not 0 <= self.commit_grace_s < self.rotate_interval_s:
-            raise ValueError(
-                "commit_grace_s must be >= 0 and below rotate_interval_s, "
-                f"got {self.commit_grace_s!r}"
-            )
-        for name in ("max_file_bytes", "row_group_rows", "row_group_bytes", "memory_budget_bytes",
-                     "footer_budget_bytes"):  # fmt: skip
-            value = getattr(self, name)
-            if value is None and name == "footer_budget_bytes":
-                continue  # the default: memory_budget_bytes
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        codec = self.compression.lower()
-        if codec not in _COMPRESSIONS:
-            raise ValueError(
-                f"compression must be one of {sorted(_COMPRESSIONS)}, got {self.compression!r}"
-            )
-        if codec != "none" and not pa.Codec.is_available(codec):
-            raise ValueError(f"compression {self.compression!r} is not available in this pyarrow")
-        if self.compression_level is not None:
-            if codec == "none":
-                raise ValueError("compression_level cannot be set with compression='none'")
-            try:
-                pa.Codec(codec, self.compression_level)
-            except (ValueError, pa.ArrowException) as exc:
-                raise ValueError(
-                    f"compression_level {self.compression_level!r} is invalid for "
-                    f"{self.compression!r}: {exc}"
-                ) from exc
-        try:
-            time_zone(self.tz)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"tz must be an IANA time zone name, got {self.tz!r}") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class CommittedFile:
-    path: Path
-    msg_type: str
-    date: dt.date
-    stripe: str
-    rows: int
-    bytes: int
-    seq_min: int
-    seq_max: int
-    #: "interval" | "size" | "footer" | "idle" | "schema" | "shutdown" | "manual" (or the
-    #: reason given to rotate_all)
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SinkStatistics:
-    open_files: int
-    #: Arrow bytes buffered (not yet written as a row group) across all open files.
-    buffered_bytes: int
-    buffered_rows: int
-    #: Rows accepted by write() since construction (committed, in open files, or lost to a
-    #: SinkError on an aborted file).
-    rows_written: int
-    rows_committed: int
-    files_committed: int
-    bytes_committed: int
-    row_groups_written: int
-    #: Files abandoned in place after an OS error (left hidden for recovery).
-    files_aborted: int
-
-
-# --------------------------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------------------------
-
-
 def _sink_error(
     cls: type[SinkError], exc: OSError, what: str, path: Path, f: _OpenFile | None = None
 ) -> SinkError:
-    code = exc.errno if isinstance(exc.errno, int) else errno.EIO
-    detail = exc.strerror or str(exc) or os.strerror(code)
+    """``cls`` for ``exc``, naming the rows of ``f`` that reach no committed file (if any)."""
     if f is None or f.rows == 0:
-        return cls(code, f"{what}: {detail}", path)
-    return cls(
-        code,
-        f"{what}: {detail}",
-        path,
-        msg_type=f.msg_type,
-        seq_min=f.seq_min,
-        seq_max=f.seq_max,
+        return cls.from_os_error(exc, what, path)
+    return cls.from_os_error(
+        exc, what, path, msg_type=f.msg_type, seq_min=f.seq_min, seq_max=f.seq_max
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Filesystem helpers (module-level so the error-path tests can replace exactly one syscall)
-# --------------------------------------------------------------------------------------------
-
-
-def _fsync_fd(fd: int) -> None:
-    os.fsync(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _rename(src: Path, dst: Path) -> None:
-    os.replace(src, dst)
-
-
-def _create_exclusive(path: Path) -> None:
-    # 0o666: the umask decides (output.file_mode, set by capture.cli)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-    os.close(fd)
 
 
 def _leaf_columns(t: Any) -> int:
@@ -299,48 +95,6 @@ def _leaf_columns(t: Any) -> int:
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         return _leaf_columns(t.value_type)
     return 1
-
-
-def _open_output(path: Path) -> Any:
-    """Native (C++) output stream: written without the GIL, exposes tell() and fileno()."""
-    return pa.OSFile(str(path), "wb")
-
-
-def _inprogress_name(final_name: str) -> str:
-    return "." + final_name + INPROGRESS_SUFFIX
-
-
-def _is_inprogress_name(name: str) -> bool:
-    return name.startswith(".") and name.endswith(INPROGRESS_SUFFIX)
-
-
-def _session_tag(session: str) -> str:
-    """Short, filename-safe token unique per session.
-
-    Short alphanumeric sessions are used verbatim (readable); anything else (UUIDs, ULIDs,
-    arbitrary text) is hashed, because a prefix of a time-ordered id is not unique.  The full
-    session is in the footer (``mlink.session``).
-    """
-    if not session:
-        raise ValueError("session must be a non-empty string")
-    if _SESSION_TAG.fullmatch(session):
-        return session
-    return hashlib.blake2b(session.encode(), digest_size=6).hexdigest()
-
-
-def _check_component(kind: str, value: str) -> None:
-    # No separators, no leading "." or "_" (readers would silently skip the directory), no "="
-    # (hive would parse it as a key).
-    if not _PATH_COMPONENT.fullmatch(value):
-        raise ValueError(
-            f"{kind} {value!r} is not usable as a directory name "
-            "(allowed: letters, digits and _ . + -, starting with a letter or digit)"
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# The sink
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True, eq=False)
@@ -710,7 +464,7 @@ class PartitionSink:
         directory survives a power loss together with the files committed into it."""
         if path in self._known_dirs:
             return
-        make_dirs(path, _fsync_dir)
+        make_dirs(path, fs.fsync_dir)
         if len(self._known_dirs) >= _KNOWN_DIRS_MAX:  # one entry per (msg_type, date)
             self._known_dirs.clear()
         self._known_dirs.add(path)
@@ -729,7 +483,7 @@ class PartitionSink:
                 if (directory / final_name).exists():
                     continue
                 try:
-                    _create_exclusive(inprogress)
+                    fs.create_exclusive(inprogress)
                 except FileExistsError:
                     continue
                 except FileNotFoundError:
@@ -737,13 +491,13 @@ class PartitionSink:
                     # an old date).  Recreate it once; a second failure is a real error.
                     self._known_dirs.discard(directory)
                     self._ensure_dir(directory)
-                    _create_exclusive(inprogress)
+                    fs.create_exclusive(inprogress)
                 break
         except OSError as exc:
             raise _sink_error(SinkOpenError, exc, "creating part file", directory) from exc
         stream = None
         try:
-            stream = _open_output(inprogress)
+            stream = fs.open_output(inprogress)
             writer = pq.ParquetWriter(
                 stream,
                 first.schema,
@@ -840,7 +594,7 @@ class PartitionSink:
             self._abort(f, registered=False)
             raise
         try:
-            _fsync_fd(f.stream.fileno())
+            fs.fsync_fd(f.stream.fileno())
         except OSError as exc:
             self._abort(f, registered=False)
             raise _sink_error(SinkCommitError, exc, "fsync of part file", f.inprogress, f) from exc
@@ -855,7 +609,7 @@ class PartitionSink:
         try:
             if final.exists():  # never overwrite: names are unique by construction, but check
                 final = self._fresh_final(f)
-            _rename(f.inprogress, final)
+            fs.rename(f.inprogress, final)
         except OSError as exc:
             self._files_aborted += 1
             self._lost(f)
@@ -880,7 +634,7 @@ class PartitionSink:
         self._rows_committed += f.rows
         self._bytes_committed += size
         try:
-            _fsync_dir(f.directory)
+            fs.fsync_dir(f.directory)
         except OSError as exc:
             # The file is complete and visible; only the durability of its name is in doubt.
             raise _sink_error(SinkCommitError, exc, "fsync of directory", f.directory) from exc
@@ -925,55 +679,3 @@ class PartitionSink:
             seq_min=f.seq_min,
             seq_max=f.seq_max,
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Start-up cleanup
-# --------------------------------------------------------------------------------------------
-
-
-def cleanup_in_progress(root: Path, stripes: Collection[str] | None = None) -> list[Path]:
-    """Move in-progress files left by a crash to ``ROOT/_quarantine/inprogress/``.
-
-    They are never renamed to a ``.parquet`` name (they may lack a footer or rows); the bytes
-    are kept for a recovery pass.  The relative directory is preserved, and the leading dot is
-    dropped so operators see them (the name still does not end in ``.parquet``).  Returns the
-    new paths.
-
-    Call it before any sink on ``root`` for these stripes is opened: it would quarantine a
-    live file.  When several processes share a root (one per stripe group), pass ``stripes``
-    to touch only the ``stripe=<code>`` directories of those stripes.
-    """
-    moved: list[Path] = []
-    if not root.is_dir():
-        return moved
-    qroot = root / QUARANTINE_DIR / "inprogress"
-    want_dirs = None if stripes is None else {f"stripe={code}" for code in stripes}
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        if here == root:
-            dirnames[:] = [d for d in dirnames if d != QUARANTINE_DIR]
-        if want_dirs is not None:  # other stripes' directories are not even listed
-            dirnames[:] = [d for d in dirnames if not d.startswith("stripe=") or d in want_dirs]
-        names = sorted(n for n in filenames if _is_inprogress_name(n))
-        if not names or (want_dirs is not None and here.name not in want_dirs):
-            continue
-        dest_dir = qroot / here.relative_to(root)
-        try:
-            dest_dir.mkdir(parents=True, exist_ok=True)
-            for name in names:
-                dest = dest_dir / name[1:]
-                n = 1
-                while dest.exists():
-                    dest = dest_dir / f"{name[1:]}.{n}"
-                    n += 1
-                _rename(here / name, dest)
-                moved.append(dest)
-            _fsync_dir(dest_dir)
-            _fsync_dir(here)
-        except OSError as exc:
-            path = Path(exc.filename) if isinstance(exc.filename, str) else here
-            raise _sink_error(SinkError, exc, "quarantining in-progress file", path) from exc
-    if moved:
-        log.warning("sink.quarantined_inprogress", count=len(moved), root=str(root))
-    return moved

@@ -24,8 +24,9 @@ What the two tasks use lives in modules of its own: capture.link (a connection a
 sees it, and the MLink session's decisions carried out), capture.quarantine (what the reader
 sets aside), capture.eventlog (capture events), capture.batchwrite (one batch decoded and
 written), capture.driftlog (data the dictionary does not describe), capture.durability (when
-journal segments may go), capture.stripe_recovery (start-up recovery, one entry point) and
-capture.journal_replay (the journal fed back through the reader).
+journal segments may go: the watermark, fsync rounds, the last round),
+capture.stripe_recovery (start-up recovery, one entry point) and capture.journal_replay (the
+journal fed back through the reader).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import json
 import random
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ from capture.config import Config
 from capture.crashguard import Note, Suspects
 from capture.decode import BatchDecoder
 from capture.driftlog import DriftLog
-from capture.durability import DurabilityKeeper
+from capture.durability import DurabilityKeeper, journal_opener
 from capture.errors import CapturePaused, StaleConnection
 from capture.eventlog import EventLog
 from capture.frames import FrameDecoder, Garbage
@@ -219,6 +220,16 @@ class StripeWorker:
         return sum(pb.nbytes for pb in self._pending.values())
 
     @property
+    def pending(self) -> Mapping[str, PendingBatch]:
+        """The pending batches, per type (for the journal's watermark: capture.durability)."""
+        return self._pending
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the reader gives the next data frame."""
+        return self._seq
+
+    @property
     def journal_pending_bytes(self) -> int:
         """Received messages the journal holds in memory until its thread writes them out."""
         return self.journal.pending_bytes if self.journal is not None else 0
@@ -266,8 +277,8 @@ class StripeWorker:
                     with self._stop_scope:
                         async with trio.open_nursery() as inner:
                             inner.start_soon(self._flusher, send)
-                            if self.journal is not None:
-                                inner.start_soon(self._syncer)
+                            if self.durability is not None:  # fsync and retirement rounds
+                                inner.start_soon(self.durability.run, self.offload, trio.sleep)
                             if plan is not None:  # beside live capture, not before it
                                 inner.start_soon(self._recover_beside, plan)
                             await self._connect_loop(send)
@@ -282,11 +293,10 @@ class StripeWorker:
                         await self._flush_pending(send, older_than_ns=None)
         finally:
             # (The writer gave back the in-flight bytes of batches it never took when it ended.)
-            if self.journal is not None:
+            if self.durability is not None:
                 # The writer has closed the sink; retire only what it committed, then close.
                 with trio.CancelScope(shield=True):
-                    await self.offload(self._close_journal)
-                    self._publish_durable()
+                    await self.durability.finish(self.offload)
                     self.journal = self.eventlog.journal = None
                     self.durability = None
             if self._guard is not None:
@@ -649,65 +659,14 @@ class StripeWorker:
             await trio.sleep(interval)
             await self._flush_pending(send, self.clock.now_ns() - int(interval * 1e9))
 
-    # -- journal --------------------------------------------------------------------------------
-
-    def _commit_watermark(self) -> int:
-        """The event loop's part of the watermark (capture.durability): the next seq and the
-        pending batches; the keeper adds what the writer holds and the sink's open and aborted
-        files."""
-        assert self.durability is not None
-        lows = [pb.seq[0] for pb in self._pending.values() if pb.seq]
-        if (low := self.eventlog.low_seq()) is not None:
-            lows.append(low)
-        return self.durability.loop_watermark(self._seq, lows)
-
-    async def _syncer(self) -> None:
-        """Every half ``durability_interval`` (so that a frame is on disk within the interval,
-        fsync time included): fsync the journal unless it does so itself, retire what is
-        committed, publish the durable sequence number.  A failure stops this stripe."""
-        interval = self.cfg.journal.durability_interval / 2
-        sync = not self.journal_syncs_itself
-        keeper = self.durability
-        assert keeper is not None
-        while True:
-            await trio.sleep(interval)
-            await self.offload(partial(keeper.sync_round, self._commit_watermark(), sync=sync))
-            self._publish_durable()
-
-    def _publish_durable(self) -> None:
-        journal = self.journal
-        if journal is None:
-            return
-        for seq, synced_ns in journal.take_syncs():  # only the fsyncs that advanced it
-            # For the benchmark's receive-to-durable latency (debug: a few times a second).
-            self.log.debug("journal synced", durable_seq=seq, synced_ns=synced_ns)
-        durable = journal.durable_seq
-        self.stats.durable_seq = durable
-        # Never negative: during a disk outage the journal's count can run ahead of this
-        # stripe's (a restarted writer numbers from the journal's next_seq).
-        self.stats.journal_lag = max(0, self._seq - (durable + 1 if durable is not None else 0))
-
-    def _close_journal(self) -> None:
-        """In a thread: the final sync and retirement, then close (the caller publishes the
-        last fsyncs, on the loop, and drops the writer)."""
-        keeper = self.durability
-        if keeper is None:
-            return
-        try:
-            keeper.close(self._commit_watermark())
-        except (OSError, journal_mod.JournalError) as exc:
-            self.log.error("journal: final sync failed", error=str(exc))
+    # -- recovery -------------------------------------------------------------------------------
 
     async def _recover(self, sink: PartitionSink) -> RecoveryPlan | None:
         """Start-up, before going live: recover what the last run left (capture.stripe_recovery)
         and take over its journal, its resume point and the sequence numbers the replay does
         not own; the replay itself runs beside live capture (:meth:`_recover_beside`)."""
         jcfg = self.cfg.journal
-        open_journal = partial(
-            journal_mod.JournalWriter,
-            segment_bytes=jcfg.segment_mb * 2**20,
-            sync_interval=jcfg.durability_interval / 4 if self.journal_syncs_itself else None,
-        )
+        open_journal = journal_opener(jcfg, syncs_itself=self.journal_syncs_itself)
         root = self.cfg.output.root
         jdir = jcfg.stripe_dir(root, self.stripe) if jcfg.enabled else None
         plan: RecoveryPlan | None = await self.offload(
@@ -723,6 +682,9 @@ class StripeWorker:
             retain_hours=jcfg.retain_hours,
             hold=self.journal_hold,
             stripe=self.stripe,
+            loop=self,
+            durability_interval=jcfg.durability_interval,
+            syncs_itself=self.journal_syncs_itself,
         )
         self._seq = max(self._seq, plan.next_seq)
         for msg_type, sent_ns in plan.highwater.items():

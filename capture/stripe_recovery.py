@@ -40,6 +40,7 @@ from capture.durability import DurabilityKeeper, StripeLoop, journal_opener
 from capture.frames import FrameDecoder, Garbage
 from capture.journal_replay import Replaying, replay
 from capture.lake.hold import JournalHold
+from capture.logs import get_logger
 from capture.recovery import CommittedIndex, EventKey, committed_events, scan_committed
 from capture.sink import PartitionSink, cleanup_in_progress
 from capture.stats import StripeStats
@@ -54,6 +55,8 @@ __all__ = [
     "recover",
     "recover_stripe",
 ]
+
+log = get_logger(component="recovery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +197,9 @@ def recover_stripe(
     """Recover what the last run of ``stripe`` left under ``root`` and in ``journal_dir``, open
     the live journal there with ``open_journal`` and say what the replay must do (None: no
     journal, only the unfinished files were moved aside)."""
-    cleanup_in_progress(root, [stripe])  # (the sink logs what it moved)
+    # Only this stripe's directories: other processes may share the root and write theirs.
+    for path in cleanup_in_progress(root, [stripe]):
+        log.warning("moved an unfinished file left by an earlier run", path=str(path))
     if journal_dir is None:
         return None
     # Before going live only what is cheap: seals are trusted and only the segments a crash

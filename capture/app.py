@@ -28,7 +28,7 @@ from capture.memory import (
 )
 from capture.sdnotify import Notifier
 from capture.service import Service
-from capture.sink import CommittedFile, cleanup_in_progress
+from capture.sink import CommittedFile
 from capture.supervisor import Supervisor
 from capture.transport import StreamFactory
 from capture.worker import Offload, StripeWorker, in_flight_limit, new_session_id
@@ -127,12 +127,9 @@ class Daemon:
 
     async def work(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         cfg = self.cfg
-        offload = self.offload or trio.to_thread.run_sync
-        # Only this daemon's stripes: instances for other stripe groups may share the root
-        # (systemd/mlink-capture@.service) and be writing their own in-progress files now.
-        moved = await offload(cleanup_in_progress, cfg.output.root, cfg.source.stripes)
-        for path in moved:
-            log.warning("moved an unfinished file left by an earlier run", path=str(path))
+        # Each stripe's worker moves its own unfinished files aside when it starts, before its
+        # sink opens any (capture.stripe_recovery): only this daemon's stripes, as instances
+        # for other stripe groups may share the root and be writing theirs now.
         log.info(
             "starting",
             stripes=list(cfg.source.stripes),

@@ -15,9 +15,12 @@ journal retire a segment:
   can never be overtaken by a sync round that runs before the event loop learns of it;
 * **committed** (or quarantined, fsynced): only then may its segment go.
 
-The keeper also owns the fsync cadence (:meth:`sync_round`, called every half
-``durability_interval``) and the pruning of the archive that retired segments are moved to
-(``journal.retain_hours``).  Sequence numbers: see capture/journal.py.
+The keeper also owns the fsync cadence (:func:`journal_opener` for the journal's own fsync
+thread, :meth:`sync_round` every half ``durability_interval`` from :meth:`run`), the last round
+at the end of a run (:meth:`finish`), the durable sequence number it publishes in the stripe's
+stats, and the pruning of the archive that retired segments are moved to
+(``journal.retain_hours``).  What it reads of the stripe's event loop is :class:`StripeLoop`
+(capture.worker.StripeWorker).  Sequence numbers: see capture/journal.py.
 """
 
 from __future__ import annotations
@@ -25,13 +28,50 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
+from typing import Any, Protocol
 
-from capture.journal import JournalWriter
+from capture.batching import PendingBatch
+from capture.config import JournalConfig
+from capture.eventlog import EventLog
+from capture.journal import JournalError, JournalWriter
 from capture.lake.hold import JournalHold
 from capture.sink import PartitionSink
+from capture.stats import StripeStats
 
-__all__ = ["DurabilityKeeper", "prune_archive"]
+__all__ = ["DurabilityKeeper", "StripeLoop", "journal_opener", "prune_archive"]
+
+
+class StripeLoop(Protocol):
+    """What the keeper reads of a stripe's event loop (capture.worker.StripeWorker), on the
+    loop: where the frames not yet with the writer are, and where to publish."""
+
+    stats: StripeStats
+    log: Any
+    eventlog: EventLog  # queued capture events hold the journal at their seq
+
+    @property
+    def next_seq(self) -> int:
+        """The next frame to be numbered."""
+        ...
+
+    @property
+    def pending(self) -> Mapping[str, PendingBatch]:
+        """The pending batches, per type."""
+        ...
+
+
+def journal_opener(jcfg: JournalConfig, *, syncs_itself: bool) -> Callable[[Path], JournalWriter]:
+    """How a stripe's live journal is opened: its segment size and, when it fsyncs on its own
+    thread's clock (``syncs_itself``), every quarter ``durability_interval``, so that a frame
+    is on disk within the interval whatever the event loop is doing."""
+    return partial(
+        JournalWriter,
+        segment_bytes=jcfg.segment_mb * 2**20,
+        sync_interval=jcfg.durability_interval / 4 if syncs_itself else None,
+    )
 
 
 class DurabilityKeeper:
@@ -49,9 +89,17 @@ class DurabilityKeeper:
         retain_hours: float = 0.0,
         hold: JournalHold | None = None,
         stripe: str = "",
+        loop: StripeLoop | None = None,
+        durability_interval: float = 1.0,
+        syncs_itself: bool = False,
     ) -> None:
         self.journal = journal
         self.sink = sink
+        self._loop = loop  # needed by the loop's side: commit_watermark, run, publish, finish
+        # A round every half interval, so that a frame is on disk within the interval, fsync
+        # time included; the round fsyncs unless the journal's own thread does.
+        self._round_s = durability_interval / 2
+        self._sync = not syncs_itself
         # With the lake on, frames are durable only once in a committed Iceberg snapshot: the
         # lake holds the journal below the lowest seq of a file not yet there (capture.lake).
         self._hold = hold
@@ -106,6 +154,56 @@ class DurabilityKeeper:
             if self._with_writer:
                 lows.append(min(self._with_writer))
         return min(lows)
+
+    def commit_watermark(self) -> int:
+        """:meth:`loop_watermark` of the stripe's event loop: its next seq, its pending batches
+        and its queued capture events."""
+        loop = self._loop
+        assert loop is not None
+        lows = [pb.seq[0] for pb in loop.pending.values() if pb.seq]
+        if (low := loop.eventlog.low_seq()) is not None:
+            lows.append(low)
+        return self.loop_watermark(loop.next_seq, lows)
+
+    async def run(
+        self, offload: Callable[..., Awaitable[Any]], sleep: Callable[[float], Awaitable[None]]
+    ) -> None:
+        """Beside the stripe, on its loop: every half ``durability_interval`` a
+        :meth:`sync_round` (``offload``: in a thread), then :meth:`publish`.  A failure ends
+        it, and with it the stripe."""
+        while True:
+            await sleep(self._round_s)
+            await offload(partial(self.sync_round, self.commit_watermark(), sync=self._sync))
+            self.publish()
+
+    def publish(self) -> None:
+        """The journal's durable sequence number and lag, in the stripe's stats."""
+        loop = self._loop
+        assert loop is not None
+        journal = self.journal
+        for seq, synced_ns in journal.take_syncs():  # only the fsyncs that advanced it
+            # For the benchmark's receive-to-durable latency (debug: a few times a second).
+            loop.log.debug("journal synced", durable_seq=seq, synced_ns=synced_ns)
+        durable = journal.durable_seq
+        loop.stats.durable_seq = durable
+        # Never negative: during a disk outage the journal's count can run ahead of this
+        # stripe's (a restarted writer numbers from the journal's next_seq).
+        loop.stats.journal_lag = max(0, loop.next_seq - (durable + 1 if durable is not None else 0))
+
+    async def finish(self, offload: Callable[..., Awaitable[Any]]) -> None:
+        """The end of the stripe's run, once the writer has closed the sink: the last sync
+        and retirement (of only what it committed) in a thread, the journal closed, then
+        :meth:`publish`.  A failure is logged: the next start replays what is left."""
+        await offload(self._close_logged, self.commit_watermark)
+        self.publish()
+
+    def _close_logged(self, watermark: Callable[[], int]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            self.close(watermark())
+        except (OSError, JournalError) as exc:
+            loop.log.error("journal: final sync failed", error=str(exc))
 
     # -- the syncing thread's side -------------------------------------------------------------
 

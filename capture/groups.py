@@ -523,8 +523,8 @@ class Parent:
 
     def _kill_unresponsive(self, now: float) -> None:
         for child in self.children:
-            # Only once it has reported: before that it may be walking a large data root for
-            # unfinished files, which it does before its event loop starts reporting.
+            # Only once it has reported: before that it may still be starting up (imports,
+            # configuration) and its event loop not yet reporting.
             proc = child.proc
             if proc is None or child.doc is None:
                 continue

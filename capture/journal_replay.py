@@ -16,16 +16,19 @@ reader knew then:
 * ``committed`` (capture.recovery) says which frames are already in committed Parquet: the
   replay skips them and counts the others.
 
-Used offline (``mlink-capture replay``) and at start-up beside live capture
-(``StripeWorker._recover_beside``).  Reads run in threads (``offload``), 512 records at a time.
+:func:`replay` runs it on a stripe worker of its own (:class:`Replaying`: its reader without a
+connection, its writer and sink), offline (``mlink-capture replay``) and at start-up beside
+live capture (capture.stripe_recovery).  Reads run in threads (``offload``), 512 records at a
+time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from capture import journal as journal_mod
 from capture import protocol
@@ -34,9 +37,54 @@ from capture.eventlog import EventLog
 from capture.link import Link
 from capture.recovery import CommittedIndex
 
-__all__ = ["replay_journal"]
+__all__ = ["Replaying", "replay", "replay_journal"]
 
 Feed = Callable[[Link, journal_mod.MessageRecord, Callable[[str, int], bool]], Awaitable[None]]
+EndOfStream = Callable[[Link], Awaitable[None]]
+
+
+class Replaying(Protocol):
+    """A stripe's reader and writer fed from the journal (capture.worker.StripeWorker)."""
+
+    stripe: str
+    eventlog: EventLog
+    offload: Callable[..., Awaitable[Any]]
+
+    @property
+    def next_seq(self) -> int:
+        """The next frame to be numbered."""
+        ...
+
+    def replaying(self) -> AbstractAsyncContextManager[tuple[Feed, EndOfStream]]:
+        """The writer running and the reader's ``feed`` and ``end_of_stream``; on exit
+        everything pending is written and every file committed."""
+        ...
+
+
+async def replay(
+    reader: Replaying,
+    directories: list[Path],
+    *,
+    committed: CommittedIndex | None = None,
+    only: list[Path] | None = None,
+) -> int:
+    """Rebuild a stripe's Parquet from journal segments through ``reader``, a worker with a
+    sink and writer of its own (offline: ``mlink-capture replay``; at start-up: beside live
+    capture, skipping what ``committed`` holds, reading ``only`` these segments); returns the
+    number of data frames written.  Every file is committed when it returns."""
+    async with reader.replaying() as (feed, end_of_stream):
+        replayed, _ = await replay_journal(
+            directories,
+            stripe=reader.stripe,
+            committed=committed,
+            only=only,
+            eventlog=reader.eventlog,
+            feed=feed,
+            end_of_stream=end_of_stream,
+            next_seq=lambda: reader.next_seq,
+            offload=reader.offload,
+        )
+    return replayed
 
 
 async def replay_journal(
@@ -47,7 +95,7 @@ async def replay_journal(
     only: list[Path] | None,
     eventlog: EventLog,
     feed: Feed,
-    end_of_stream: Callable[[Link], Awaitable[None]],
+    end_of_stream: EndOfStream,
     next_seq: Callable[[], int],
     offload: Callable[..., Awaitable[Any]],
 ) -> tuple[int, int | None]:

@@ -16,6 +16,7 @@ from capture.clock import SystemClock, WallClock
 from capture.config import Config
 from capture.credentials import Secret
 from capture.errors import ReplayError as ReplayError
+from capture.journal_replay import replay as replay_through
 from capture.logs import get_logger
 from capture.worker import Offload, StripeWorker, new_session_id
 
@@ -76,6 +77,6 @@ async def replay(
             run_id=new_session_id(clock.now_ns()),
             offload=offload,
         )
-        done[stripe] = await worker.replay([directory / "archive", directory])
+        done[stripe] = await replay_through(worker, [directory / "archive", directory])
         log.info("replayed", stripe=stripe, frames=done[stripe], root=str(to_root))
     return done

@@ -14,25 +14,49 @@ What an earlier run of the stripe may have left, and where each piece is dealt w
   in the journal or in Parquet), the gap's start, the first sequence number the live reader
   may hand out.
 
-:func:`recover_stripe` does all of it before the stripe goes live and returns a
-:class:`RecoveryPlan`; the worker then replays the last run's segments beside live capture
-(``StripeWorker._recover_beside``).  Sync code (reads files): the worker calls it in a thread.
+:func:`recover` is the entry point, called by the stripe's worker at every start before it
+goes live: it runs :func:`recover_stripe` (sync code: reads files) in a thread, which does all
+of the above and returns a :class:`RecoveryPlan`; hands the worker the live journal and its
+:class:`capture.durability.DurabilityKeeper`, the resume point and the first sequence number;
+and returns a :class:`StripeRecovery`, whose :meth:`StripeRecovery.beside` the worker runs
+beside live capture: it checks the sealed segments, replays the frames in them that are not in
+committed Parquet with a replayer of the stripe's own (capture.journal_replay), lets the
+journal retire again and records the ``recovery`` event.  What recovery uses of the worker is
+:class:`Stripe`.  No trio here: blocking work goes through the worker's ``offload``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from capture import journal as journal_mod
 from capture import protocol, quarantine
-from capture.crashguard import CrashGuard, Suspects
+from capture.config import Config
+from capture.crashguard import CrashGuard, Note, Suspects
+from capture.durability import DurabilityKeeper, StripeLoop, journal_opener
 from capture.frames import FrameDecoder, Garbage
+from capture.journal_replay import Replaying, replay
+from capture.lake.hold import JournalHold
+from capture.logs import get_logger
 from capture.recovery import CommittedIndex, EventKey, committed_events, scan_committed
-from capture.sink import cleanup_in_progress
+from capture.sink import PartitionSink, cleanup_in_progress
+from capture.stats import StripeStats
 
-__all__ = ["RecoveryAccount", "RecoveryPlan", "account", "recover_stripe"]
+__all__ = [
+    "RecoveryAccount",
+    "RecoveryPlan",
+    "Replayer",
+    "Stripe",
+    "StripeRecovery",
+    "account",
+    "recover",
+    "recover_stripe",
+]
+
+log = get_logger(component="recovery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +76,118 @@ class RecoveryPlan:
     gap_from_ns: int | None  # the last message the last run received
 
 
+class Replayer(Replaying, Protocol):
+    """A replayer of the stripe (capture.worker.StripeWorker): its own sink and writer."""
+
+    stats: StripeStats
+    highwater: dict[str, int]
+
+
+class Stripe(StripeLoop, Protocol):
+    """What recovery uses of a stripe's worker (capture.worker.StripeWorker)."""
+
+    cfg: Config
+    stripe: str
+    highwater: dict[str, int]  # per type: the resume point
+    journal_syncs_itself: bool
+    journal_hold: JournalHold | None
+    offload: Callable[..., Awaitable[Any]]
+
+    def take_over(self, plan: RecoveryPlan, keeper: DurabilityKeeper) -> None:
+        """Go live from where the last run stopped: its journal, resume point, sequence
+        numbers and gap."""
+        ...
+
+    def replayer(self, plan: RecoveryPlan, guard: Note) -> Replayer:
+        """A worker of the same stripe, with a sink and writer of its own, that skips what
+        ``plan`` says is stored and decodes under ``guard``."""
+        ...
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Record a capture event."""
+        ...
+
+
+async def recover(stripe: Stripe, sink: PartitionSink) -> StripeRecovery | None:
+    """The stripe's one recovery entry point, at every start before it goes live (``sink``:
+    the live run's): recover what the last run left (:func:`recover_stripe`, in a thread),
+    hand ``stripe`` the live journal and the keeper of its durability, its resume point and
+    the sequence numbers the replay does not own.  Returns what is left to do beside live
+    capture (None: no journal)."""
+    cfg = stripe.cfg
+    jcfg = cfg.journal
+    root = cfg.output.root
+    jdir = jcfg.stripe_dir(root, stripe.stripe) if jcfg.enabled else None
+    open_journal = journal_opener(jcfg, syncs_itself=stripe.journal_syncs_itself)
+    plan: RecoveryPlan | None = await stripe.offload(
+        recover_stripe, root, stripe.stripe, jdir, open_journal
+    )
+    if plan is None:
+        return None
+    keeper = DurabilityKeeper(
+        plan.journal,
+        sink,
+        retain_hours=jcfg.retain_hours,
+        hold=stripe.journal_hold,
+        stripe=stripe.stripe,
+        loop=stripe,
+        durability_interval=jcfg.durability_interval,
+        syncs_itself=stripe.journal_syncs_itself,
+    )
+    stripe.take_over(plan, keeper)
+    if plan.segments:
+        keeper.hold_below(0)  # retire nothing until the replay has committed
+    return StripeRecovery(stripe, plan, keeper)
+
+
+class StripeRecovery:
+    """What is left of a stripe's recovery once it is live: the replay beside it."""
+
+    def __init__(self, stripe: Stripe, plan: RecoveryPlan, keeper: DurabilityKeeper) -> None:
+        self.stripe = stripe
+        self.plan = plan
+        self.keeper = keeper
+
+    async def beside(self) -> None:
+        """Beside live capture: check the sealed segments the last run left, replay the frames
+        in them that are not in committed Parquet (with their own sink and writer, so that
+        each file still holds one contiguous run of one type), commit them, then let the
+        journal retire again."""
+        stripe, plan = self.stripe, self.plan
+        checked = (
+            await stripe.offload(journal_mod.check_segments, plan.segments)
+            if plan.segments
+            else None
+        )
+        guard = plan.guard.note("replay")
+        replayer = stripe.replayer(plan, guard)
+        try:
+            replayed = await replay(
+                replayer, [plan.journal.directory], committed=plan.index, only=plan.segments
+            )
+        finally:
+            guard.close()
+            done, stats = replayer.stats, stripe.stats
+            stats.quarantined += done.quarantined
+            stats.garbage_bytes += done.garbage_bytes
+            stats.rows_written += done.rows_written
+            stats.files_committed += done.files_committed
+        for msg_type, sent_ns in replayer.highwater.items():
+            stripe.highwater[msg_type] = max(stripe.highwater.get(msg_type, 0), sent_ns)
+        self.keeper.hold_below(None)
+        done_account = account(plan, checked, replayed)
+        stripe.event(
+            "recovery", detail=done_account.detail, bytes=done_account.bytes_cut, count=replayed
+        )
+        if done_account.bytes_cut or replayed:
+            stripe.log.warning(
+                "recovered from the journal",
+                bytes_cut=done_account.bytes_cut,
+                frames_replayed=replayed,
+                cuts=done_account.cuts,
+            )
+
+
 def recover_stripe(
     root: Path,
     stripe: str,
@@ -61,7 +197,9 @@ def recover_stripe(
     """Recover what the last run of ``stripe`` left under ``root`` and in ``journal_dir``, open
     the live journal there with ``open_journal`` and say what the replay must do (None: no
     journal, only the unfinished files were moved aside)."""
-    cleanup_in_progress(root, [stripe])  # (the sink logs what it moved)
+    # Only this stripe's directories: other processes may share the root and write theirs.
+    for path in cleanup_in_progress(root, [stripe]):
+        log.warning("moved an unfinished file left by an earlier run", path=str(path))
     if journal_dir is None:
         return None
     # Before going live only what is cheap: seals are trusted and only the segments a crash

@@ -24,8 +24,9 @@ What the two tasks use lives in modules of its own: capture.link (a connection a
 sees it, and the MLink session's decisions carried out), capture.quarantine (what the reader
 sets aside), capture.eventlog (capture events), capture.batchwrite (one batch decoded and
 written), capture.driftlog (data the dictionary does not describe), capture.durability (when
-journal segments may go), capture.stripe_recovery (start-up recovery, one entry point) and
-capture.journal_replay (the journal fed back through the reader).
+journal segments may go: the watermark, fsync rounds, the last round), capture.stripe_recovery
+(start-up recovery, the one entry point, and the replay beside live capture) and
+capture.journal_replay (the journal fed back through the reader: :meth:`replaying`).
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ import json
 import random
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import trio
 
-from capture import bounds, protocol, quarantine, stripe_recovery
+from capture import bounds, protocol, quarantine
 from capture import events as capture_events
 from capture import journal as journal_mod
 from capture.auth import CredentialProvider
@@ -65,19 +66,18 @@ from capture.durability import DurabilityKeeper
 from capture.errors import CapturePaused, StaleConnection
 from capture.eventlog import EventLog
 from capture.frames import FrameDecoder, Garbage
-from capture.journal_replay import replay_journal
+from capture.journal_replay import EndOfStream, Feed
 from capture.lake.hold import JournalHold
 from capture.link import Link, LinkActions
 from capture.logs import get_logger, redact_url, secret_scrubber
 from capture.memory import InFlightBudget, decode_slots
 from capture.reconnect import Reconnector
-from capture.recovery import CommittedIndex
 from capture.rotation import next_boundary_ns
 from capture.session import MLinkSession
 from capture.sink import CommittedFile, PartitionSink, SinkSettings
 from capture.states import StripeState
 from capture.stats import StripeStats
-from capture.stripe_recovery import RecoveryPlan, recover_stripe
+from capture.stripe_recovery import RecoveryPlan, recover
 from capture.transport import Connection, StreamFactory, connect
 
 
@@ -174,7 +174,7 @@ class StripeWorker:
         self._actions = LinkActions(  # carries out what the MLink session decides
             stats=self.stats,
             log=self.log,
-            event=self._event,
+            event=self.event,
             highwater=self.highwater,
             clock=clock,
             logon_field=lambda: self.credentials.logon_field,
@@ -219,6 +219,16 @@ class StripeWorker:
         return sum(pb.nbytes for pb in self._pending.values())
 
     @property
+    def pending(self) -> Mapping[str, PendingBatch]:
+        """The pending batches, per type (for the journal's watermark: capture.durability)."""
+        return self._pending
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the reader gives the next data frame."""
+        return self._seq
+
+    @property
     def journal_pending_bytes(self) -> int:
         """Received messages the journal holds in memory until its thread writes them out."""
         return self.journal.pending_bytes if self.journal is not None else 0
@@ -257,7 +267,7 @@ class StripeWorker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv, sink = self._hand_off()
-        plan = await self._recover(sink)
+        recovery = await recover(self, sink)  # journal, durability, resume point (or None)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, recv, sink)
@@ -266,14 +276,14 @@ class StripeWorker:
                     with self._stop_scope:
                         async with trio.open_nursery() as inner:
                             inner.start_soon(self._flusher, send)
-                            if self.journal is not None:
-                                inner.start_soon(self._syncer)
-                            if plan is not None:  # beside live capture, not before it
-                                inner.start_soon(self._recover_beside, plan)
+                            if self.durability is not None:  # fsync and retirement rounds
+                                inner.start_soon(self.durability.run, self.offload, trio.sleep)
+                            if recovery is not None:  # beside live capture, not before it
+                                inner.start_soon(recovery.beside)
                             await self._connect_loop(send)
                     # Stopping: hand over what is pending; closing `send` lets the writer drain.
                     self.stats.state = StripeState.STOPPING
-                    self._event(
+                    self.event(
                         "disconnect",
                         detail="daemon stopping",
                         gap_start_ns=self.stats.last_frame_ns,
@@ -282,11 +292,10 @@ class StripeWorker:
                         await self._flush_pending(send, older_than_ns=None)
         finally:
             # (The writer gave back the in-flight bytes of batches it never took when it ended.)
-            if self.journal is not None:
+            if self.durability is not None:
                 # The writer has closed the sink; retire only what it committed, then close.
                 with trio.CancelScope(shield=True):
-                    await self.offload(self._close_journal)
-                    self._publish_durable()
+                    await self.durability.finish(self.offload)
                     self.journal = self.eventlog.journal = None
                     self.durability = None
             if self._guard is not None:
@@ -298,7 +307,7 @@ class StripeWorker:
         def disconnected(reason: str) -> None:
             if self.stats.last_frame_ns is not None:
                 self._gap_from_ns = self._gap_from_ns or self.stats.last_frame_ns
-            self._event("disconnect", detail=reason, gap_start_ns=self._gap_from_ns)
+            self.event("disconnect", detail=reason, gap_start_ns=self._gap_from_ns)
 
         await self._reconnector.run(partial(self._session, send), disconnected)
 
@@ -326,7 +335,7 @@ class StripeWorker:
         ) as conn:
             self.stats.session = session
             self.stats.connected_since_ns = self.clock.now_ns()
-            self._event("connect", result="ok", detail=self._url)
+            self.event("connect", result="ok", detail=self._url)
             if self.journal is not None:
                 self.journal.begin_session(
                     session,
@@ -392,7 +401,7 @@ class StripeWorker:
                     raise StaleConnection(f"no data or heartbeat for {sup.stale_after:g} s")
                 recv_ns = now_ns()  # one socket read: its messages were received together
                 if self._gap_from_ns is not None:  # first frame after a disconnect
-                    self._event("gap", gap_start_ns=self._gap_from_ns, gap_end_ns=recv_ns)
+                    self.event("gap", gap_start_ns=self._gap_from_ns, gap_end_ns=recv_ns)
                     self._gap_from_ns = None
                 stats.last_frame_ns = recv_ns
                 alive_before = stats.last_alive_ns
@@ -627,7 +636,8 @@ class StripeWorker:
         if self._quarantiner:  # (once per message: no list made when there is nothing)
             self._enqueue(QuarantineBatch(self._quarantiner.take()))
 
-    def _event(self, kind: str, **fields: Any) -> None:
+    def event(self, kind: str, **fields: Any) -> None:
+        """Record a capture event now (capture.eventlog)."""
         self.eventlog.add(
             kind, time_ns=self.clock.now_ns(), session=self.stats.session, seq=self._seq, **fields
         )
@@ -650,98 +660,24 @@ class StripeWorker:
             await trio.sleep(interval)
             await self._flush_pending(send, self.clock.now_ns() - int(interval * 1e9))
 
-    # -- journal --------------------------------------------------------------------------------
+    # -- recovery and replay (capture.stripe_recovery, capture.journal_replay) ------------------
 
-    def _commit_watermark(self) -> int:
-        """The event loop's part of the watermark (capture.durability): the next seq and the
-        pending batches; the keeper adds what the writer holds and the sink's open and aborted
-        files."""
-        assert self.durability is not None
-        lows = [pb.seq[0] for pb in self._pending.values() if pb.seq]
-        if (low := self.eventlog.low_seq()) is not None:
-            lows.append(low)
-        return self.durability.loop_watermark(self._seq, lows)
-
-    async def _syncer(self) -> None:
-        """Every half ``durability_interval`` (so that a frame is on disk within the interval,
-        fsync time included): fsync the journal unless it does so itself, retire what is
-        committed, publish the durable sequence number.  A failure stops this stripe."""
-        interval = self.cfg.journal.durability_interval / 2
-        sync = not self.journal_syncs_itself
-        keeper = self.durability
-        assert keeper is not None
-        while True:
-            await trio.sleep(interval)
-            await self.offload(partial(keeper.sync_round, self._commit_watermark(), sync=sync))
-            self._publish_durable()
-
-    def _publish_durable(self) -> None:
-        journal = self.journal
-        if journal is None:
-            return
-        for seq, synced_ns in journal.take_syncs():  # only the fsyncs that advanced it
-            # For the benchmark's receive-to-durable latency (debug: a few times a second).
-            self.log.debug("journal synced", durable_seq=seq, synced_ns=synced_ns)
-        durable = journal.durable_seq
-        self.stats.durable_seq = durable
-        # Never negative: during a disk outage the journal's count can run ahead of this
-        # stripe's (a restarted writer numbers from the journal's next_seq).
-        self.stats.journal_lag = max(0, self._seq - (durable + 1 if durable is not None else 0))
-
-    def _close_journal(self) -> None:
-        """In a thread: the final sync and retirement, then close (the caller publishes the
-        last fsyncs, on the loop, and drops the writer)."""
-        keeper = self.durability
-        if keeper is None:
-            return
-        try:
-            keeper.close(self._commit_watermark())
-        except (OSError, journal_mod.JournalError) as exc:
-            self.log.error("journal: final sync failed", error=str(exc))
-
-    async def _recover(self, sink: PartitionSink) -> RecoveryPlan | None:
-        """Start-up, before going live: recover what the last run left (capture.stripe_recovery)
-        and take over its journal, its resume point and the sequence numbers the replay does
-        not own; the replay itself runs beside live capture (:meth:`_recover_beside`)."""
-        jcfg = self.cfg.journal
-        open_journal = partial(
-            journal_mod.JournalWriter,
-            segment_bytes=jcfg.segment_mb * 2**20,
-            sync_interval=jcfg.durability_interval / 4 if self.journal_syncs_itself else None,
-        )
-        root = self.cfg.output.root
-        jdir = jcfg.stripe_dir(root, self.stripe) if jcfg.enabled else None
-        plan: RecoveryPlan | None = await self.offload(
-            recover_stripe, root, self.stripe, jdir, open_journal
-        )
-        if plan is None:
-            return None
+    def take_over(self, plan: RecoveryPlan, keeper: DurabilityKeeper) -> None:
+        """Go live from where the last run stopped (capture.stripe_recovery.recover): its
+        journal, kept by ``keeper``; the first sequence number the replay does not own; the
+        resume point and the gap's start."""
         self.journal = self.eventlog.journal = plan.journal
         self._guard = plan.guard.note("live")
-        self.durability = DurabilityKeeper(
-            plan.journal,
-            sink,
-            retain_hours=jcfg.retain_hours,
-            hold=self.journal_hold,
-            stripe=self.stripe,
-        )
+        self.durability = keeper
         self._seq = max(self._seq, plan.next_seq)
         for msg_type, sent_ns in plan.highwater.items():
             self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
         self._gap_from_ns = plan.gap_from_ns
-        if plan.segments:
-            self.durability.hold_below(0)  # retire nothing until the replay has committed
-        return plan
 
-    async def _recover_beside(self, plan: RecoveryPlan) -> None:
-        """Beside live capture: check the sealed segments the last run left, replay the frames
-        in them that are not in committed Parquet (with their own sink and writer, so that
-        each file still holds one contiguous run of one type), commit them, then let the
-        journal retire again."""
-        assert self.journal is not None and self.durability is not None
-        checked = (
-            await self.offload(journal_mod.check_segments, plan.segments) if plan.segments else None
-        )
+    def replayer(self, plan: RecoveryPlan, guard: Note) -> StripeWorker:
+        """A worker of this stripe, with a sink and writer of its own, to replay the last run's
+        journal beside live capture: it skips what ``plan`` says is stored, knows what earlier
+        runs died decoding and decodes under ``guard``."""
         replayer = StripeWorker(
             self.cfg,
             self.stripe,
@@ -757,85 +693,37 @@ class StripeWorker:
         replayer._quarantiner.before = plan.quarantined_before
         replayer.eventlog.before = plan.events_before
         replayer._suspects = plan.suspects
-        replayer._guard = plan.guard.note("replay")
+        replayer._guard = guard
         replayer._set_log(self.log.bind(recovery=True))
-        try:
-            replayed = await replayer.replay(
-                [self.journal.directory], committed=plan.index, only=plan.segments
-            )
-        finally:
-            replayer._guard.close()
-            done = replayer.stats
-            self.stats.quarantined += done.quarantined
-            self.stats.garbage_bytes += done.garbage_bytes
-            self.stats.rows_written += done.rows_written
-            self.stats.files_committed += done.files_committed
-        for msg_type, sent_ns in replayer.highwater.items():
-            self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
-        self.durability.hold_below(None)
-        account = stripe_recovery.account(plan, checked, replayed)
-        self._event("recovery", detail=account.detail, bytes=account.bytes_cut, count=replayed)
-        if account.bytes_cut or replayed:
-            self.log.warning(
-                "recovered from the journal",
-                bytes_cut=account.bytes_cut,
-                frames_replayed=replayed,
-                cuts=account.cuts,
-            )
+        return replayer
 
-    async def _replay_journal(
-        self,
-        send: Send,
-        directories: list[Path],
-        committed: CommittedIndex | None,
-        only: list[Path] | None = None,
-    ) -> tuple[int, int | None]:
-        """Feed journaled messages through the live path (capture.journal_replay); returns
-        (frames replayed, last receive time)."""
-
-        async def feed(
-            link: Link, rec: journal_mod.MessageRecord, already: Callable[[str, int], bool]
-        ) -> None:
-            self._seq = rec.first_seq
-            await self._process(
-                link, rec.payload, rec.recv_ns, None, live=False, committed=already, send=send
-            )
-            if self._outbox:
-                await self._drain_outbox(send)
-
-        replayed = await replay_journal(
-            directories,
-            stripe=self.stripe,
-            committed=committed,
-            only=only,
-            eventlog=self.eventlog,
-            feed=feed,
-            end_of_stream=partial(self._end_of_stream, send=send),
-            next_seq=lambda: self._seq,
-            offload=self.offload,
-        )
-        if self.journal is not None:
-            self._seq = max(self._seq, self.journal.next_seq)
-        return replayed
-
-    async def replay(
-        self,
-        directories: list[Path],
-        *,
-        committed: CommittedIndex | None = None,
-        only: list[Path] | None = None,
-    ) -> int:
-        """Rebuild this stripe's Parquet from journal segments, with a sink and writer of its
-        own (offline: ``mlink-capture replay``; at start-up: beside live capture, skipping
-        what ``committed`` holds, reading ``only`` these segments); returns the number of
-        data frames written.  Every file is committed when it returns."""
+    @asynccontextmanager
+    async def replaying(self) -> AsyncIterator[tuple[Feed, EndOfStream]]:
+        """The reader without a connection and the writer, for a journal replay
+        (capture.journal_replay): yields the reader's ``feed`` for one journaled message and
+        its ``end_of_stream``; on exit everything pending is written and every file committed."""
         send, recv, sink = self._hand_off()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, recv, sink)
             async with send:
-                replayed, _ = await self._replay_journal(send, directories, committed, only)
+                yield partial(self._feed, send=send), partial(self._end_of_stream, send=send)
                 await self._flush_pending(send, older_than_ns=None)
-        return replayed
+
+    async def _feed(
+        self,
+        link: Link,
+        rec: journal_mod.MessageRecord,
+        already: Callable[[str, int], bool],
+        *,
+        send: Send,
+    ) -> None:
+        """One journaled message through the reader's path: the rows come out as live."""
+        self._seq = rec.first_seq
+        await self._process(
+            link, rec.payload, rec.recv_ns, None, live=False, committed=already, send=send
+        )
+        if self._outbox:
+            await self._drain_outbox(send)
 
     # -- writer ---------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ decoder and the Parquet files are all real.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -170,10 +170,18 @@ async def wait_for(predicate: Callable[[], bool]) -> float:
 class SentCount:
     """The number of data messages the simulator has sent so far, from its record: the oracle
     of "everything sent was received".  Parsed again only when the record changed, so that a
-    test polling it every 0.01 s of mock time does not re-read every frame each time."""
+    test polling it every 0.01 s of mock time does not re-read every frame each time.
 
-    def __init__(self, record: Path) -> None:
+    ``load`` reads the record (``load_sent_data`` by default; a test whose data messages may
+    hold invalid UTF-8 passes ``e2e_util.data_bodies``)."""
+
+    def __init__(
+        self,
+        record: Path,
+        load: Callable[[Path], Mapping[Any, Sequence[bytes]]] = load_sent_data,
+    ) -> None:
         self.record = record
+        self._load = load
         self._signature: tuple[tuple[str, int], ...] | None = None
         self._count = 0
 
@@ -181,6 +189,6 @@ class SentCount:
         files = sorted(p for p in self.record.rglob("*") if p.is_file())
         signature = tuple((str(p), p.stat().st_size) for p in files)
         if signature != self._signature:
-            self._count = sum(len(v) for v in load_sent_data(self.record).values())
+            self._count = sum(len(v) for v in self._load(self.record).values())
             self._signature = signature
         return self._count

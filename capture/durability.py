@@ -20,7 +20,7 @@ thread, :meth:`sync_round` every half ``durability_interval`` from :meth:`run`),
 at the end of a run (:meth:`finish`), the durable sequence number it publishes in the stripe's
 stats, and the pruning of the archive that retired segments are moved to
 (``journal.retain_hours``).  What it reads of the stripe's event loop is :class:`StripeLoop`
-(capture.worker.StripeWorker).  Sequence numbers: see capture/journal.py.
+(capture.worker.StripeWorker).  Sequence numbers: see capture/journal/__init__.py.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ SEAL record alone.
 
 Replay
 ------
-``read_records`` yields SESSION and MESSAGE records in append order (never SEAL records).
+``read_records`` yields SESSION, MESSAGE and EVENT records in append order (never SEAL
+records).
 Reset the frame decoder at every SESSION record whose ``resumed`` is False (a new connection
 is a new byte stream); a resumed copy only repeats the session at a segment boundary.
 A reader that starts at a later segment (``from_seq``) may see the tail of a frame split across
@@ -412,7 +413,7 @@ def read_records(
     on_cut: Callable[[Path, CutReason, int, int], None] | None = None,
     only: Collection[Path] | None = None,
 ) -> Iterator[tuple[Path, Record]]:
-    """Every valid SESSION and MESSAGE record of every segment, in append order.
+    """Every valid SESSION, MESSAGE and EVENT record of every segment, in append order.
 
     Each segment is read up to the end of its valid prefix, skipping a damaged record by
     resynchronising on the next intact one; damage never raises but, when given,

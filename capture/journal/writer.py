@@ -65,7 +65,7 @@ class JournalStatistics:
     segments: int  # the open one included (its file appears with its first record)
     bytes_on_disk: int  # their sizes, bytes still queued included
     open_segment: Path | None
-    appended_records: int  # SESSION and MESSAGE records written (resumed copies too)
+    appended_records: int  # SESSION, MESSAGE and EVENT records written (resumed copies too)
     appended_bytes: int
     pending_bytes: int  # appended, not yet handed to the OS (lost if the process dies)
     unsynced_bytes: int  # appended, not yet fsynced (lost if the power fails)

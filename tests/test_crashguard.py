@@ -70,7 +70,10 @@ def start(tmp: Path, n: int, reap: Callable[..., None]) -> subprocess.Popen[byte
 def stored(root: Path) -> list[int]:
     if not (root / MSG_TYPE).is_dir():
         return []
-    table = ds.dataset(root / MSG_TYPE, partitioning="hive").to_table(columns=["_seq"])
+    dataset = ds.dataset(root / MSG_TYPE, partitioning="hive")
+    if not dataset.files:  # only a hidden in-progress file so far: nothing committed
+        return []
+    table = dataset.to_table(columns=["_seq"])
     return sorted(table["_seq"].to_pylist())
 
 

@@ -461,7 +461,7 @@ def test_wrong_password_means_auth_failed_and_one_login_per_auth_backoff(
     auth = pool.auth(cognito_flow="password", cognito_password_env=KEY_ENV)
     cfg = memnet_config(root, ["A", "S"], TYPES, auth=auth,
                         supervision={"auth_backoff": 900.0, "backoff_jitter": 0.0})
-    sim_cfg = SimConfig(rate=0, seed=42, **pool.sim_knobs())
+    sim_cfg = SimConfig(rate=0, tick_interval=1.0, seed=42, **pool.sim_knobs())  # no market
     seen: dict[str, Any] = {}
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:

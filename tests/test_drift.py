@@ -43,7 +43,7 @@ def drifted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, i
     cfg = config(root, ["A", "M"], TYPES, output={"rotate_interval": 60})
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
-        await trio.sleep(150)  # files before the drift, and after
+        await trio.sleep(70)  # files before the drift (at ~4 s), and after: 60 s, the stop
         sim.cfg = sim.cfg.with_overrides(rate=0.0)
         total = SentCount(record, data_bodies)  # parsed again only when the record grows
         await wait_for(lambda: sum(w.stats.messages for w in daemon.workers) == total())

@@ -84,7 +84,7 @@ def test_a_reload_with_the_key_still_wrong_costs_one_attempt_not_a_loop(tmp_path
     waits its whole auth backoff again (no tight loop against the vendor)."""
     cfg = config(tmp_path / "data", ["A"], ["StockPrint"], supervision={"auth_backoff": 300.0},
                  health={"interval": 10.0})  # fmt: skip
-    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=0, seed=4)
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=0, tick_interval=1.0, seed=4)  # no market
     opened: list[float] = []
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:

@@ -138,7 +138,11 @@ def test_reconnect_spacing_is_the_backoff_schedule(tmp_path: Path) -> None:
 def test_a_rejected_key_backs_off_long_and_says_auth_failed(tmp_path: Path) -> None:
     root = tmp_path / "data"
     wrong = "wrong-key-9f8e7d6c5b4a"
-    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=5, seed=4, record_dir=tmp_path / "sent")
+    # No market: a rejected key never subscribes, and 1,000 s of mock time of a market ticking
+    # every 0.01 s was most of this test's CPU.
+    sim_cfg = SimConfig(
+        api_keys=frozenset({KEY}), rate=0.0, tick_interval=1.0, seed=4, record_dir=tmp_path / "sent"
+    )
     cfg = config(root, ["A", "S"], TYPES, supervision={"auth_backoff": 900.0})
     opened: list[float] = []
     states: list[object] = []

@@ -28,7 +28,7 @@ def capture_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
-        await trio.sleep(150)
+        await trio.sleep(70)  # a rotation at 60 s, and the files committed at the stop
 
     trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
     return root

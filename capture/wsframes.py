@@ -15,11 +15,15 @@ Sans-IO (bytes in, items out), like wsproto itself; the transport owns the socke
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 __all__ = ["ForWsproto", "FrameSplitter"]
 
 _BINARY_WHOLE = 0x82  # FIN, RSV 000, opcode 2 (binary)
+# A frame the fast path takes waits here until it is whole, and each read re-joins what waits:
+# beyond this size a frame is wsproto's, which takes it in pieces (copying a 64 MiB message
+# once per 256 KiB read would be quadratic).  MLink frames are far smaller.
+DIRECT_MAX: Final = 1 << 20
 _MASKED = 0x80
 _DATA_OPCODES = (0x0, 0x1, 0x2)  # continuation, text, binary: the frames of a message
 
@@ -35,15 +39,15 @@ class FrameSplitter:
     payload (``bytes``) and the bytes wsproto must see (:class:`ForWsproto`).
 
     ``max_payload``: a binary frame longer than this goes to wsproto (the caller's message
-    size limit then closes the connection with 1009, as for any other message).  Bytes of a
-    frame the fast path will take wait here until the frame is whole, so at most
-    ``max_payload`` + 13 bytes are held.
+    size limit then closes the connection with 1009, as for any other message), and so does
+    one longer than :data:`DIRECT_MAX`.  Bytes of a frame the fast path will take wait here
+    until the frame is whole, so at most ``min(max_payload, DIRECT_MAX)`` + 13 bytes are held.
     """
 
     __slots__ = ("_carry", "_fragmented", "_max_payload", "_owed")
 
     def __init__(self, max_payload: int) -> None:
-        self._max_payload = max_payload
+        self._max_payload = min(max_payload, DIRECT_MAX)
         self._carry = b""  # the start of a frame whose header or payload is incomplete
         self._owed = 0  # bytes still due to wsproto: the rest of a frame it has begun
         self._fragmented = False  # wsproto holds a message whose final fragment is to come

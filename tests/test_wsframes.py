@@ -20,7 +20,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Message, Request
 
 from capture.errors import ConnectionLost
 from capture.transport import connect
-from capture.wsframes import ForWsproto, FrameSplitter
+from capture.wsframes import DIRECT_MAX, ForWsproto, FrameSplitter
 
 MAX = 1000  # the client's message size limit in these tests
 
@@ -236,3 +236,19 @@ def test_a_declared_length_of_two_to_the_63_holds_nothing_back() -> None:
 def test_a_frame_over_the_limit_closes_with_1009_after_the_messages_before_it() -> None:
     wire = binary(b"a") + binary(b"b" * (MAX + 1)) + binary(b"c")
     assert through_the_client(wire, [3, 900]) == ([b"a"], 1009)
+
+
+def test_a_message_over_a_mebibyte_goes_to_wsproto_in_pieces() -> None:
+    """The fast path holds a frame until it is whole and re-joins it at every read: a big one
+    would be copied once per read (quadratic), so it is wsproto's, which takes it in pieces;
+    the splitter holds nothing back meanwhile."""
+    big = bytes(range(256)) * ((DIRECT_MAX + 1000) // 256)
+    wire = binary(b"a") + binary(big) + binary(b"b")
+    splitter = FrameSplitter(64 << 20)
+    reads = [wire[i : i + 65536] for i in range(0, len(wire), 65536)]
+    items = [item for data in reads for item in splitter.feed(data)]
+    assert items[0] == b"a" and items[-1] == b"b"
+    middle = items[1:-1]
+    assert all(isinstance(item, ForWsproto) for item in middle) and len(middle) > 1
+    assert b"".join(item.data for item in middle if isinstance(item, ForWsproto)) == binary(big)
+    assert splitter.buffered == 0

@@ -9,6 +9,7 @@ fall silent, send too much.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -306,6 +307,34 @@ def test_a_server_that_never_answers_the_upgrade_times_out(client: str) -> None:
                                stream_factory=silent):
                 raise AssertionError("connected")
         assert trio.current_time() - t0 == pytest.approx(7.0)
+
+    run(main)
+
+
+def test_an_upgrade_response_whose_head_never_ends_is_refused() -> None:
+    """A server answering with header lines and never the blank line that ends them: the
+    client stops at 16 KiB (as h11 would) with a handshake error, not a growing buffer or a
+    wait for connect_timeout."""
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def endless(stream: trio.abc.Stream) -> None:
+                await stream.receive_some(65536)  # the upgrade request
+                await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\n")
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    for i in range(10_000):
+                        await stream.send_all(b"X-Filler-%05d: %s\r\n" % (i, b"y" * 64))
+
+            async def factory() -> trio.abc.Stream:
+                a, b = trio.testing.memory_stream_pair()
+                nursery.start_soon(endless, b)
+                return a
+
+            with pytest.raises(TransportError, match="response head over 16384 bytes"):
+                async with connect(URL, Secret(TOKEN), connect_timeout=60.0, client="wsproto",
+                                   stream_factory=factory):
+                    raise AssertionError("connected")
+            nursery.cancel_scope.cancel()
 
     run(main)
 

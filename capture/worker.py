@@ -330,7 +330,8 @@ class StripeWorker:
             await self._writer_caught_up()
         requests = self._requests()
         self.stats.connects += 1
-        self.log.info("connecting", url=self._url, session=session)
+        # next_seq: the first data frame of this connection gets it (the crash tests read it).
+        self.log.info("connecting", url=self._url, session=session, next_seq=self._seq)
         async with connect(
             cfg.source.url,
             bearer,

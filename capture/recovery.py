@@ -4,7 +4,8 @@ Every committed file's footer records its message type, stripe and the range of 
 sequence numbers it holds (``mlink.seq_min``/``mlink.seq_max``).  A journal frame of type T
 with sequence s is already stored iff a committed file of T and the same stripe covers s: the
 sink files each type's rows in receive order, so the rows of one type in one file are exactly
-the frames of that type between its bounds.
+the frames of that type between its bounds (a replay that skips frames a committed file holds
+commits what it wrote before it goes on past them: capture.worker).
 
 A compacted file (capture.compact) holds many such runs, and after an A/B merge not every
 stored frame is a row of it (a duplicate captured by the other host was kept instead): the

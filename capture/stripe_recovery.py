@@ -186,6 +186,8 @@ class StripeRecovery:
                 frames_replayed=replayed,
                 cuts=done_account.cuts,
             )
+        else:
+            stripe.log.debug("recovered: nothing to replay")
 
 
 def recover_stripe(

@@ -9,7 +9,6 @@ date and stripe.  Exit status 0: no problem; 1: problems found.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections import defaultdict
@@ -130,13 +129,21 @@ def verify(root: Path, *, deep: bool = False, journal_root: Path | None = None) 
             elif path.suffix == ".parquet":
                 _check_file(root, table_dir.name, path, report, ranges, deep)
     for (table, stripe), spans in ranges.items():
+        if table == EVENTS_TABLE:
+            continue
         spans.sort()
-        for (_, hi1, p1), (lo2, hi2, p2) in itertools.pairwise(spans):
-            if lo2 <= hi1 and table != EVENTS_TABLE:
+        # Each span against the one of those before it that reaches highest: a file that sits
+        # inside another is found, not only a file that overlaps its neighbour.
+        widest: tuple[int, int, Path] | None = None
+        for lo, hi, path in spans:
+            if widest is not None and lo <= widest[1]:
                 report.problems.append(
-                    f"{table} stripe {stripe}: receive sequence {lo2}..{min(hi1, hi2)} is in "
-                    f"both {p1.relative_to(root)} and {p2.relative_to(root)} (rows twice)"
+                    f"{table} stripe {stripe}: receive sequence {lo}..{min(hi, widest[1])} is "
+                    f"in both {widest[2].relative_to(root)} and {path.relative_to(root)} "
+                    "(rows twice)"
                 )
+            if widest is None or hi > widest[1]:
+                widest = (lo, hi, path)
     quarantine = root / "_quarantine"
     if quarantine.is_dir():
         count = sum(1 for f in quarantine.rglob("*.jsonl") for line in f.open() if line.strip())

@@ -146,6 +146,11 @@ class StripeWorker:
         self._stopping = False
         self._rotate_now = trio.Event()
         self._pending: dict[str, PendingBatch] = {}
+        # A replay (``_process`` with ``committed``): the types it has handed the writer
+        # frames of since its last commit, and those of them it then skipped a committed
+        # frame of (the next frame of such a type starts a new file: :meth:`_cut`).
+        self._replayed: set[str] = set()
+        self._skipped: set[str] = set()
         self.eventlog = EventLog(self.log)  # capture events, journaled and for the table
         self._guard: Note | None = None  # what the writer is decoding (crashguard)
         self._suspects: Suspects | None = None  # what earlier runs died decoding
@@ -325,7 +330,8 @@ class StripeWorker:
             await self._writer_caught_up()
         requests = self._requests()
         self.stats.connects += 1
-        self.log.info("connecting", url=self._url, session=session)
+        # next_seq: the first data frame of this connection gets it (the crash tests read it).
+        self.log.info("connecting", url=self._url, session=session, next_seq=self._seq)
         async with connect(
             cfg.source.url,
             bearer,
@@ -514,7 +520,12 @@ class StripeWorker:
                 alone = False
                 if committed is not None:  # replay
                     if committed(mtyp, seq):
+                        if mtyp in self._replayed:
+                            self._skipped.add(mtyp)
                         continue  # already in a committed file
+                    if mtyp in self._skipped:  # frames on both sides of a committed file
+                        await self._cut(send)
+                    self._replayed.add(mtyp)
                     if self._suspects:  # an earlier run died decoding this (crashguard)
                         verdict = self._suspects.verdict(mtyp, seq)
                         if verdict == "poison":
@@ -549,6 +560,21 @@ class StripeWorker:
             if live and (data_frames or alive):
                 stats.last_alive_ns = recv_ns
             self._enqueue_quarantined()
+
+    async def _cut(self, send: Send | None) -> None:
+        """A replay met a frame a committed file holds between frames of the same type it
+        replays: commit what it wrote so far before it goes on, so that each file holds one
+        contiguous run of its type, as recovery's range lookup (capture.recovery), ``verify``
+        and the lake assume.  (A run killed after its live sink committed files, before its
+        own replay did, leaves the next replay frames on both sides of those files.)"""
+        assert send is not None and self.sink is not None, "a replay has its own writer"
+        for msg_type in list(self._pending):
+            self._enqueue(self._pending.pop(msg_type))
+        await self._drain_outbox(send)
+        await self._writer_caught_up()  # those frames are in the sink's open files now
+        self._committed(await self._heavy(self.sink.rotate_all, "replay"))
+        self._replayed.clear()
+        self._skipped.clear()
 
     async def _hand_over(self, send: Send) -> None:
         """Hand what is queued to the writer in the middle of a message: a message of

@@ -39,14 +39,16 @@ def write_journal(
     segment_bytes: int = 4096,
     marker: int | None = None,
     marker_text: str = "",
+    first: int = 0,
 ) -> None:
-    """Frames 0..n-1, one message each, in segments of ``segment_bytes``; frame ``marker``
-    carries ``marker_text`` as an extra field (for fault points that look for it)."""
+    """Frames ``first``..n-1 (0..n-1 by default), one message each, in segments of
+    ``segment_bytes``; frame ``marker`` carries ``marker_text`` as an extra field (for fault
+    points that look for it)."""
     with journal.JournalWriter(jdir, segment_bytes=segment_bytes) as w:
         w.begin_session(
             session, "A", base_ns, {"url": "ws://test.invalid/", "streams": {MSG_TYPE: 1001}}
         )
-        for seq in range(n):
+        for seq in range(first, n):
             extra = f',"mark":"{marker_text}"' if seq == marker else ""
             frame = encode_frame(TYPE_NUMBER, body(seq, base_ns, extra=extra))
             w.append(base_ns + seq * 10**6, seq, 1, frame)

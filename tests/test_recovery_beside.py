@@ -4,19 +4,24 @@ resume point comes from the journal.  Real threads, in-memory WebSocket, real Pa
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import trio
 from journal_util import MSG_TYPE, write_journal
-from memnet import BASE_NS, KEY, MemoryNet, config, launch, wait_for
+from memnet import BASE_NS, KEY, MemoryNet, config, inline, launch, mock_clock, run, wait_for
 
+from capture.app import Daemon
 from capture.clock import TrioWallClock
 from capture.recovery import scan_committed
+from capture.replay import plan, replay
 from capture.sim.config import SimConfig
 from capture.sim.server import Simulator
 from capture.sink import PartitionSink, SinkSettings
+from capture.verify import verify
 
 LIVE_TYPE = "OptionNbboQuote"
 FRAMES = 20_000
@@ -113,3 +118,45 @@ def test_start_up_reads_only_the_newest_dates_when_the_journal_refers_to_nothing
     assert index.max_seq == seq - 1
     assert index.files == 6  # the newest date and the day before it, not all 15
     assert scan_committed(tmp_path, "A", since_ns=None, every_date=True).files == 15
+
+
+def test_a_replay_around_a_committed_file_keeps_each_file_one_run(tmp_path: Path) -> None:
+    """A run's live sink committed the first frames it numbered (SIGHUP), then the run was
+    killed before its replay of the run before it had committed: the next start replays
+    frames on both sides of that file.  Each frame is stored once and each file still holds
+    one contiguous run of its type (what recovery's range lookup, ``verify`` and the lake
+    rely on): before, the replay put 0..99 and 150..299 in one file, around 100..149."""
+    root = tmp_path / "data"
+    cfg = config(root, ["A"], [LIVE_TYPE, MSG_TYPE])
+    write_journal(cfg.journal.stripe_dir(root, "A"), 300, JOURNAL_NS)
+    # Frames 100..149 as the killed run's live sink committed them (through the real sink).
+    other = tmp_path / "other"
+    other_cfg = config(other, ["A"], [LIVE_TYPE, MSG_TYPE])
+    write_journal(other_cfg.journal.stripe_dir(other, "A"), 150, JOURNAL_NS, first=100)
+    out = tmp_path / "out"
+
+    async def rebuild() -> None:
+        await replay(
+            other_cfg, out, plan(other_cfg, out), clock=TrioWallClock(BASE_NS), offload=inline
+        )
+
+    trio.run(rebuild, clock=mock_clock())
+    (committed,) = (out / MSG_TYPE).rglob("*.parquet")
+    (root / committed.relative_to(out)).parent.mkdir(parents=True)
+    shutil.copy(committed, root / committed.relative_to(out))
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        await trio.sleep(20)  # recovery replays beside live capture, then a clean stop
+
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=20, seed=5, types=(LIVE_TYPE,))
+    trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
+
+    seqs = ds.dataset(root / MSG_TYPE, partitioning="hive").to_table(columns=["_seq"])
+    assert sorted(seqs["_seq"].to_pylist()) == list(range(300))  # each frame once
+    spans = []
+    for path in (root / MSG_TYPE).rglob("*.parquet"):
+        meta = pq.read_metadata(path).metadata
+        spans.append((int(meta[b"mlink.seq_min"]), int(meta[b"mlink.seq_max"])))
+    assert sorted(spans) == [(0, 99), (100, 149), (150, 299)]
+    report = verify(root)
+    assert report.ok, report.problems

@@ -86,3 +86,35 @@ def test_journal_accounting_and_damage(capture_tree: Path, tmp_path: Path) -> No
     damaged = verify(root, "--json")
     problems = json.loads(damaged.stdout)["problems"]
     assert damaged.returncode == 1 and any("damaged at byte" in p for p in problems), problems
+
+
+def test_a_file_inside_another_files_range_is_found(tmp_path: Path) -> None:
+    """Files of one type holding receive sequence 0..299, 100..149 and 200..249: the first
+    overlaps both others, also the one that is not its neighbour in order."""
+    import pyarrow as pa
+
+    from capture.sink import PartitionSink, SinkSettings
+    from capture.verify import verify as verify_tree
+
+    base_ns = 1_748_875_500_000_000_000
+    sink = PartitionSink(SinkSettings(root=tmp_path), stripe="A", session="s", now_ns=lambda: 0)
+    for seqs in ([0, 299], [100, 149], [200, 249]):
+        recv = [base_ns + s for s in seqs]
+        sink.write(
+            "T",
+            pa.RecordBatch.from_pydict(
+                {
+                    "_recv_time": pa.array([r // 1000 for r in recv], pa.int64()).cast(
+                        pa.timestamp("us", tz="UTC")
+                    ),
+                    "_recv_time_ns": pa.array(recv, pa.int64()),
+                    "_seq": pa.array(seqs, pa.int64()),
+                }
+            ),
+        )
+        sink.rotate_all()
+    sink.close()
+    problems = verify_tree(tmp_path).problems
+    assert len(problems) == 2, problems
+    assert "receive sequence 100..149 is in both" in problems[0]
+    assert "receive sequence 200..249 is in both" in problems[1]

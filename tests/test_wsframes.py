@@ -126,10 +126,9 @@ def wsproto_alone(wire: bytes) -> tuple[list[bytes | str], int]:
 
 
 def through_the_client(wire: bytes, cuts: list[int]) -> tuple[list[bytes | str], int | None]:
-    """The real client, the server's bytes written in the pieces ``cuts`` makes, then EOF."""
+    """The real client; the server's 101 and then ``wire``, written in the pieces ``cuts``
+    makes (a cut may fall inside the 101's head), then EOF."""
     server_ws = WSConnection(ConnectionType.SERVER)
-    cut_points = sorted({c % (len(wire) + 1) for c in cuts})
-    pieces = [wire[a:b] for a, b in zip([0, *cut_points], [*cut_points, len(wire)], strict=True)]
 
     async def main() -> tuple[list[bytes | str], int | None]:
         got: list[bytes | str] = []
@@ -141,11 +140,11 @@ def through_the_client(wire: bytes, cuts: list[int]) -> tuple[list[bytes | str],
                     server_ws.receive_data(bytes(data))
                     if any(isinstance(e, Request) for e in server_ws.events()):
                         break
-                accept = server_ws.send(AcceptConnection())
-                # the first piece in the same write as the 101, as a server may do
+                out = server_ws.send(AcceptConnection()) + wire
+                points = sorted({c % (len(out) + 1) for c in cuts})
+                pieces = [out[a:b] for a, b in zip([0, *points], [*points, len(out)], strict=True)]
                 try:
-                    await stream.send_all(accept + pieces[0])
-                    for piece in pieces[1:]:
+                    for piece in pieces:
                         if piece:
                             await stream.send_all(piece)
                         await trio.sleep(0.001)
@@ -231,6 +230,13 @@ def test_a_declared_length_of_two_to_the_63_holds_nothing_back() -> None:
     items = splitter.feed(wire)
     assert items == [ForWsproto(wire)] and splitter.buffered == 0
     assert through_the_client(wire, [5]) == ([], 1002)
+
+
+def test_a_101_written_a_byte_at_a_time_then_messages_in_the_same_reads() -> None:
+    """The upgrade's head split anywhere, and messages in the reads that end it: wsproto
+    gets the head alone, every message arrives."""
+    wire = binary(b"first") + frame(0x1, b"text") + binary(b"last")
+    assert through_the_client(wire, list(range(1, 200))) == ([b"first", "text", b"last"], 1006)
 
 
 def test_a_frame_over_the_limit_closes_with_1009_after_the_messages_before_it() -> None:

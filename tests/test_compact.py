@@ -415,9 +415,14 @@ def open_sink(root: Path, clock: list[int]) -> PartitionSink:
                          session="live", now_ns=lambda: clock[0])  # fmt: skip
 
 
-def feed(sink: PartitionSink, clock: list[int], start: int, n: int, seq0: int) -> int:
+def feed(
+    sink: PartitionSink, clock: list[int], start: int, n: int, seq0: int, every_s: int = 1
+) -> int:
+    """``n`` one-row batches, one every ``every_s`` seconds from ``start``, as a daemon writes
+    them (rotating on its interval)."""
     for i in range(n):
-        recs = quote_rows(1, seq0=seq0 + i, recv0=start + i * 10**9, step_ns=1, seed=i)
+        recv = start + i * every_s * 10**9
+        recs = quote_rows(1, seq0=seq0 + i, recv0=recv, step_ns=1, seed=i)
         clock[0] = recs[0]["_recv_time"]
         sink.write(TYPE, quote_batch(recs))
         sink.rotate_due()
@@ -429,7 +434,7 @@ def test_todays_closed_hours_are_compacted_beside_the_file_a_daemon_has_open(
 ) -> None:
     clock = [DAY2 - 2 * 3600 * 10**9]
     sink = open_sink(tmp_path, clock)
-    seq = feed(sink, clock, clock[0], 7_000, 0)  # 08:00-09:56
+    seq = feed(sink, clock, clock[0], 700, 0, every_s=10)  # 08:00-09:56
     seq = feed(sink, clock, DAY2 + 60 * 10**9, 50, seq)  # 10:01-10:01:50, file open
     assert any(p.name.endswith(".inprogress") for p in day_dir(tmp_path, "2026-01-06").iterdir())
     out = compact(CompactionSettings(root=tmp_path, granularity="hour", min_age_s=60),
@@ -450,7 +455,7 @@ def test_a_commit_between_the_last_listing_and_the_swap_is_kept_once(
 ) -> None:
     clock = [DAY2 - 2 * 3600 * 10**9]
     sink = open_sink(tmp_path, clock)
-    seq = feed(sink, clock, clock[0], 3_000, 0)
+    seq = feed(sink, clock, clock[0], 300, 0, every_s=10)  # 08:00-08:50
     seq = feed(sink, clock, DAY2 + 60 * 10**9, 50, seq)  # open at the swap
     real = dirswap.exchange
 

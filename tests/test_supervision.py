@@ -143,7 +143,10 @@ def test_a_rejected_key_backs_off_long_and_says_auth_failed(tmp_path: Path) -> N
     sim_cfg = SimConfig(
         api_keys=frozenset({KEY}), rate=0.0, tick_interval=1.0, seed=4, record_dir=tmp_path / "sent"
     )
-    cfg = config(root, ["A", "S"], TYPES, supervision={"auth_backoff": 900.0})
+    # Health every 10 s, not every 1 s: 1,000 s of health writes were the rest of the CPU.
+    cfg = config(
+        root, ["A", "S"], TYPES, supervision={"auth_backoff": 900.0}, health={"interval": 10.0}
+    )
     opened: list[float] = []
     states: list[object] = []
 

@@ -459,7 +459,8 @@ def test_wrong_password_means_auth_failed_and_one_login_per_auth_backoff(
     root = tmp_path / "data"
     wrong = "Wr0ng-but-secret-pw!"
     auth = pool.auth(cognito_flow="password", cognito_password_env=KEY_ENV)
-    cfg = memnet_config(root, ["A", "S"], TYPES, auth=auth,
+    # Health every 5 s, not every 1 s: over 1,000 s of mock time the writes were most of the CPU.
+    cfg = memnet_config(root, ["A", "S"], TYPES, auth=auth, health={"interval": 5.0},
                         supervision={"auth_backoff": 900.0, "backoff_jitter": 0.0})
     sim_cfg = SimConfig(rate=0, tick_interval=1.0, seed=42, **pool.sim_knobs())  # no market
     seen: dict[str, Any] = {}
@@ -469,9 +470,9 @@ def test_wrong_password_means_auth_failed_and_one_login_per_auth_backoff(
         credentials = workers["A"].credentials
         assert isinstance(credentials, CognitoProvider)
         await wait_for(lambda: all(w.stats.state == "auth_failed" for w in workers.values()))
-        await trio.sleep(2)  # a health file written after both failed
+        await trio.sleep(6)  # a health file written after both failed
         seen["first"] = credentials.logins, json.loads((root / "health.json").read_text())
-        await trio.sleep(800)
+        await trio.sleep(796)
         seen["quiet"] = credentials.logins
         await trio.sleep(200)  # past auth_backoff: the stripes try again, one login between them
         seen["again"] = credentials.logins, [w.stats.state for w in workers.values()]
@@ -505,7 +506,7 @@ def test_sighup_logs_in_again_at_once_after_the_password_is_fixed(
     auth = pool.auth(cognito_flow="password", cognito_password_env=KEY_ENV)
     cfg = memnet_config(root, ["A", "S"], TYPES, auth=auth,
                         supervision={"auth_backoff": 900.0, "backoff_jitter": 0.0})
-    sim_cfg = SimConfig(rate=20, seed=42, **pool.sim_knobs())
+    sim_cfg = SimConfig(rate=20, tick_interval=0.1, seed=42, **pool.sim_knobs())
     seen: dict[str, Any] = {}
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:

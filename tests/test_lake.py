@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -286,9 +287,11 @@ def fresh_lake(cfg: Config, **kw: Any) -> Lake:
     return Lake(cfg, STRIPES, os.environ, **kw)
 
 
-def local_capture(tmp_path: Path) -> Config:
-    """A capture without the lake (its files are what a crashed lake left behind)."""
-    record, root = tmp_path / "sent", tmp_path / "data"
+@pytest.fixture(scope="module")
+def captured_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A capture without the lake, run once per module: ``local_capture`` copies it."""
+    tmp = tmp_path_factory.mktemp("local-capture")
+    record, root = tmp / "sent", tmp / "data"
     sim = SimConfig(api_keys=frozenset({KEY}), rate=120, seed=29, record_dir=record)
     _, code = trio.run(
         lambda: run_capture(
@@ -296,7 +299,16 @@ def local_capture(tmp_path: Path) -> Config:
         )
     )
     assert code == 0
-    return daemon_config(root, 1, STRIPES, TYPES)
+    return tmp
+
+
+@pytest.fixture
+def local_capture(captured_once: Path, tmp_path: Path) -> Config:
+    """The files of a capture without the lake (what a crashed lake left behind), this test's
+    own copy under ``tmp_path``: its config, as the capture ran with it."""
+    for part in ("sent", "data"):
+        shutil.copytree(captured_once / part, tmp_path / part, symlinks=True)
+    return daemon_config(tmp_path / "data", 1, STRIPES, TYPES)
 
 
 def with_lake(cfg: Config, url: str, bucket: str, **over: Any) -> Config:
@@ -314,9 +326,9 @@ def table_ids(cfg: Config, url: str, table: str) -> list[tuple[str, int]]:
 
 @pytest.mark.e2e
 def test_a_restart_after_each_step_adds_nothing_twice(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
-    base = local_capture(tmp_path)
+    base = local_capture
     cfg = with_lake(base, moto_url, bucket)
     tables = [*TYPES, events.TABLE]
     want = {t: ids(local_rows(cfg.output.root, t)) for t in tables}
@@ -358,9 +370,9 @@ def test_a_restart_after_each_step_adds_nothing_twice(
 
 @pytest.mark.e2e
 def test_store_outage_holds_the_journal_and_catches_up(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
-    base = local_capture(tmp_path)
+    base = local_capture
     dead = with_lake(base, "http://127.0.0.1:9", bucket)
     lake = fresh_lake(dead)
     trio.run(lake.flush)  # the store cannot be reached: nothing uploaded, nothing lost
@@ -386,9 +398,9 @@ def test_store_outage_holds_the_journal_and_catches_up(
 
 @pytest.mark.e2e
 def test_a_zombie_with_the_same_host_id_never_overwrites(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
-    base = local_capture(tmp_path)
+    base = local_capture
     cfg = with_lake(base, moto_url, bucket)
     files = scan_local(base.output.root, "A", since=None)
     victim = files[0]
@@ -464,9 +476,9 @@ def test_lake_demo_shows_the_tables_with_every_local_row(tmp_path: Path) -> None
 
 @pytest.mark.e2e
 def test_catalog_outage_uploads_go_on_and_commits_catch_up(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
-    base = local_capture(tmp_path)
+    base = local_capture
     down = with_lake(base, moto_url, bucket, catalog_uri="postgresql+psycopg2://u@127.0.0.1:9/x")
     lake = fresh_lake(down)
     trio.run(lake.flush)
@@ -489,12 +501,12 @@ def test_catalog_outage_uploads_go_on_and_commits_catch_up(
 
 @pytest.mark.e2e
 def test_a_file_below_the_watermark_is_added_once_or_held_if_it_overlaps(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
     """Recovery can rewrite rows a sink error aborted after later files of the table were
     committed: such a file lies below the watermark but is not in the table. It is added if
     no data file of its stripe overlaps it, and held (a conflict, never added) if one does."""
-    base = local_capture(tmp_path)
+    base = local_capture
     cfg = with_lake(base, moto_url, bucket)
     trio.run(fresh_lake(cfg).flush)
     local = scan_local(base.output.root, "A", since=None)
@@ -539,9 +551,9 @@ def _verify_cli(cfg_path: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.e2e
 def test_verify_lake_command_exit_codes_and_what_it_prints(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
-    base = local_capture(tmp_path)
+    base = local_capture
     cfg = with_lake(base, moto_url, bucket)
     trio.run(fresh_lake(cfg).flush)
     toml = tmp_path / "capture.toml"
@@ -618,12 +630,12 @@ root = "{base.output.root}"
 
 @pytest.mark.e2e
 def test_orphan_objects_older_than_the_safety_age_go_referenced_and_pending_stay(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
     import datetime as dt
     import time
 
-    base = local_capture(tmp_path)
+    base = local_capture
     cfg = with_lake(base, moto_url, bucket)
     trio.run(fresh_lake(cfg).flush)
     sim = SimConfig(api_keys=frozenset({KEY}), rate=120, seed=41, record_dir=tmp_path / "sent2")

@@ -24,6 +24,7 @@ from test_lake import (  # noqa: F401 - fixtures
     aws_env,
     bucket,
     captured_once,
+    flush,
     ids,
     local_capture,
     local_rows,
@@ -173,7 +174,7 @@ def test_a_wrong_credential_is_refused_and_named_without_its_secret(
     cred = secret_file(tmp_path, f"{CLIENT_ID}:{wrong}")
     cfg = with_lake(base, moto_url, bucket, **rest_lake(url, cred))
     lake = Lake(cfg, STRIPES, {})
-    trio.run(lake.flush)
+    flush(lake)
     doc = lake.health()
     assert doc["upload_lag_files"] == 0, "the store is up: every file was uploaded"
     assert doc["uncommitted_files"] > 0 and doc["last_commit_age_s"] is None
@@ -182,7 +183,7 @@ def test_a_wrong_credential_is_refused_and_named_without_its_secret(
     # the right one: everything is committed
     cred.write_text(f"{CLIENT_ID}:{CLIENT_SECRET}\n")
     lake.tables = LakeTables(cfg.lake, cfg.output.root, {})  # type: ignore[arg-type]
-    trio.run(lake.flush)
+    flush(lake)
     assert lake.health()["uncommitted_files"] == 0
     tbl = reader(url, moto_url).load_table(("mlink", "StockPrint"))
     assert ids(tbl.scan().to_arrow()) == ids(local_rows(base.output.root, "StockPrint"))
@@ -337,14 +338,14 @@ def test_a_hostile_catalog_answer_is_an_error_in_health_and_loses_nothing(
     cfg = with_lake(base, moto_url, name, **rest_lake(rest.url, cred))
     rest.sabotage = lambda method, path: HOSTILE_ANSWERS[answer]
     lake = Lake(cfg, STRIPES, {})
-    trio.run(lake.flush)  # returns: nothing the catalog says escapes as an exception
+    flush(lake)  # returns: nothing the catalog says escapes as an exception
     doc = lake.health()
     assert doc["uncommitted_files"] > 0 and doc["last_commit_age_s"] is None
     assert doc["last_error"], "the failure is in health"
     assert len(doc["last_error"]) < 10_000, "a huge answer is not copied into health"
     rest.sabotage = None
     lake.tables = LakeTables(cfg.lake, cfg.output.root, {})  # type: ignore[arg-type]
-    trio.run(lake.flush)
+    flush(lake)
     assert lake.health()["uncommitted_files"] == 0
     tbl = reader(rest.url, moto_url).load_table(("mlink", "StockPrint"))
     scanned = ids(tbl.scan().to_arrow())

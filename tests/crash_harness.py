@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -212,10 +213,13 @@ level = "debug"
         self.kills_ns.append(died)
         self.died_decoding.append(self.decoding_notes())
 
-    def graceful(self, seconds: float, *, offline: bool = False) -> None:
+    def graceful(
+        self, seconds: float, *, offline: bool = False, until: Callable[[], bool] | None = None
+    ) -> None:
         """Run the daemon for ``seconds`` and until its recovery has replayed the journal
-        (on a busy machine that can take longer), then SIGTERM.  ``offline``: against a port
-        nobody listens on (start-up recovery only, nothing new captured)."""
+        (on a busy machine that can take longer) and ``until()`` holds, then SIGTERM.
+        ``offline``: against a port nobody listens on (start-up recovery only, nothing new
+        captured)."""
         if offline:
             self.port, live_port = 9, self.port  # discard port: connection refused
         proc = self.daemon()
@@ -223,7 +227,9 @@ level = "debug"
             self.port = live_port
         time.sleep(seconds)
         log, deadline = self.logs[-1], time.monotonic() + 180
-        while not any(done in log.read_bytes() for done in _RECOVERED):
+        while not any(done in log.read_bytes() for done in _RECOVERED) or (
+            until is not None and not until()
+        ):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
         self.kills_ns.append(time.time_ns())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import trio
+import trio.testing
 from e2e_util import KEY, daemon_config, run_capture
 from moto.server import ThreadedMotoServer
 from pyiceberg.catalog.sql import SqlCatalog
@@ -286,9 +288,18 @@ def fresh_lake(cfg: Config, **kw: Any) -> Lake:
     return Lake(cfg, STRIPES, os.environ, **kw)
 
 
-def local_capture(tmp_path: Path) -> Config:
-    """A capture without the lake (its files are what a crashed lake left behind)."""
-    record, root = tmp_path / "sent", tmp_path / "data"
+def flush(lake: Lake) -> None:
+    """``lake.flush()`` with its pauses between attempts on trio's mock clock: the attempts,
+    their uploads and commits are real (in threads); a pause is skipped once the loop has been
+    idle for 20 ms (a threshold of 0 would spin the loop while a thread works)."""
+    trio.run(lake.flush, clock=trio.testing.MockClock(autojump_threshold=0.02))
+
+
+@pytest.fixture(scope="module")
+def captured_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A capture without the lake, run once per module: ``local_capture`` copies it."""
+    tmp = tmp_path_factory.mktemp("local-capture")
+    record, root = tmp / "sent", tmp / "data"
     sim = SimConfig(api_keys=frozenset({KEY}), rate=120, seed=29, record_dir=record)
     _, code = trio.run(
         lambda: run_capture(
@@ -296,7 +307,16 @@ def local_capture(tmp_path: Path) -> Config:
         )
     )
     assert code == 0
-    return daemon_config(root, 1, STRIPES, TYPES)
+    return tmp
+
+
+@pytest.fixture
+def local_capture(captured_once: Path, tmp_path: Path) -> Config:
+    """The files of a capture without the lake (what a crashed lake left behind), this test's
+    own copy under ``tmp_path``: its config, as the capture ran with it."""
+    for part in ("sent", "data"):
+        shutil.copytree(captured_once / part, tmp_path / part, symlinks=True)
+    return daemon_config(tmp_path / "data", 1, STRIPES, TYPES)
 
 
 def with_lake(cfg: Config, url: str, bucket: str, **over: Any) -> Config:
@@ -314,9 +334,9 @@ def table_ids(cfg: Config, url: str, table: str) -> list[tuple[str, int]]:
 
 @pytest.mark.e2e
 def test_a_restart_after_each_step_adds_nothing_twice(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
-    base = local_capture(tmp_path)
+    base = local_capture
     cfg = with_lake(base, moto_url, bucket)
     tables = [*TYPES, events.TABLE]
     want = {t: ids(local_rows(cfg.output.root, t)) for t in tables}
@@ -329,7 +349,7 @@ def test_a_restart_after_each_step_adds_nothing_twice(
                                              for s in STRIPES)  # fmt: skip
     # 2. the next run finds the objects there (412: the same files) and commits them
     second = fresh_lake(cfg)
-    trio.run(second.flush)
+    flush(second)
     assert second.stats.already_there == first.stats.uploaded_files
     assert second.stats.uploaded_files == 0 and second.stats.conflicts == 0
     assert {t: table_ids(cfg, moto_url, t) for t in tables} == want
@@ -337,7 +357,7 @@ def test_a_restart_after_each_step_adds_nothing_twice(
     #    recognises every file by the watermarks and commits nothing
     (cfg.output.root / "_lake").joinpath("host1.A.since").unlink()
     third = fresh_lake(cfg)
-    trio.run(third.flush)
+    flush(third)
     assert third.stats.recognised_committed == first.stats.uploaded_files
     assert third.stats.commits == 0
     assert {t: table_ids(cfg, moto_url, t) for t in tables} == want
@@ -358,12 +378,12 @@ def test_a_restart_after_each_step_adds_nothing_twice(
 
 @pytest.mark.e2e
 def test_store_outage_holds_the_journal_and_catches_up(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
-    base = local_capture(tmp_path)
+    base = local_capture
     dead = with_lake(base, "http://127.0.0.1:9", bucket)
     lake = fresh_lake(dead)
-    trio.run(lake.flush)  # the store cannot be reached: nothing uploaded, nothing lost
+    flush(lake)  # the store cannot be reached: nothing uploaded, nothing lost
     doc = lake.health()
     files = sum(len(scan_local(base.output.root, s, since=None)) for s in STRIPES)
     assert doc["upload_lag_files"] == files > 0
@@ -374,7 +394,7 @@ def test_store_outage_holds_the_journal_and_catches_up(
     # the store is back
     lake.store = ObjectStore(with_lake(base, moto_url, bucket).lake)  # type: ignore[arg-type]
     lake.tables = fresh_lake(with_lake(base, moto_url, bucket)).tables
-    trio.run(lake.flush)
+    flush(lake)
     doc = lake.health()
     assert doc["upload_lag_files"] == 0 and doc["uncommitted_files"] == 0
     assert doc["last_commit_age_s"] is not None
@@ -386,16 +406,16 @@ def test_store_outage_holds_the_journal_and_catches_up(
 
 @pytest.mark.e2e
 def test_a_zombie_with_the_same_host_id_never_overwrites(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
-    base = local_capture(tmp_path)
+    base = local_capture
     cfg = with_lake(base, moto_url, bucket)
     files = scan_local(base.output.root, "A", since=None)
     victim = files[0]
     key = victim.key("mlink", "host1")
     s3(moto_url).put_object(Bucket=bucket, Key=key, Body=b"another host's bytes")
     lake = fresh_lake(cfg)
-    trio.run(lake.flush)
+    flush(lake)
     doc = lake.health()
     assert doc["state"] == "conflict" and doc["conflicts"] == 1
     assert s3(moto_url).get_object(Bucket=bucket, Key=key)["Body"].read() == b"another host's bytes"
@@ -464,12 +484,12 @@ def test_lake_demo_shows_the_tables_with_every_local_row(tmp_path: Path) -> None
 
 @pytest.mark.e2e
 def test_catalog_outage_uploads_go_on_and_commits_catch_up(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
-    base = local_capture(tmp_path)
+    base = local_capture
     down = with_lake(base, moto_url, bucket, catalog_uri="postgresql+psycopg2://u@127.0.0.1:9/x")
     lake = fresh_lake(down)
-    trio.run(lake.flush)
+    flush(lake)
     doc = lake.health()
     files = sum(len(scan_local(base.output.root, s, since=None)) for s in STRIPES)
     assert doc["upload_lag_files"] == 0, "the store is up: every file was uploaded"
@@ -479,7 +499,7 @@ def test_catalog_outage_uploads_go_on_and_commits_catch_up(
     # the catalog is back (the default SQLite one)
     up = with_lake(base, moto_url, bucket)
     lake.tables = fresh_lake(up).tables
-    trio.run(lake.flush)
+    flush(lake)
     doc = lake.health()
     assert doc["uncommitted_files"] == 0 and doc["last_commit_age_s"] is not None
     assert lake.stats.uploaded_files == files  # uploaded once, not again
@@ -489,14 +509,14 @@ def test_catalog_outage_uploads_go_on_and_commits_catch_up(
 
 @pytest.mark.e2e
 def test_a_file_below_the_watermark_is_added_once_or_held_if_it_overlaps(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
     """Recovery can rewrite rows a sink error aborted after later files of the table were
     committed: such a file lies below the watermark but is not in the table. It is added if
     no data file of its stripe overlaps it, and held (a conflict, never added) if one does."""
-    base = local_capture(tmp_path)
+    base = local_capture
     cfg = with_lake(base, moto_url, bucket)
-    trio.run(fresh_lake(cfg).flush)
+    flush(fresh_lake(cfg))
     local = scan_local(base.output.root, "A", since=None)
     # The first StockPrint file (a capture that crosses a minute boundary commits two): one
     # below its first frame overlaps no file of the table.
@@ -517,7 +537,7 @@ def test_a_file_below_the_watermark_is_added_once_or_held_if_it_overlaps(
     rewritten(committed.seq_min - 1, "part-rewritten-below.parquet")  # no overlap
     rewritten(committed.seq_min, "part-rewritten-overlap.parquet")  # its row is in the table
     second = fresh_lake(cfg)
-    trio.run(second.flush)
+    flush(second)
     in_table = table_ids(cfg, moto_url, "StockPrint")
     assert in_table.count(("A", committed.seq_min - 1)) == 1
     assert in_table.count(("A", committed.seq_min)) == 1
@@ -539,11 +559,11 @@ def _verify_cli(cfg_path: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.e2e
 def test_verify_lake_command_exit_codes_and_what_it_prints(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
-    base = local_capture(tmp_path)
+    base = local_capture
     cfg = with_lake(base, moto_url, bucket)
-    trio.run(fresh_lake(cfg).flush)
+    flush(fresh_lake(cfg))
     toml = tmp_path / "capture.toml"
     head = f"""
 [source]
@@ -618,14 +638,14 @@ root = "{base.output.root}"
 
 @pytest.mark.e2e
 def test_orphan_objects_older_than_the_safety_age_go_referenced_and_pending_stay(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config
 ) -> None:
     import datetime as dt
     import time
 
-    base = local_capture(tmp_path)
+    base = local_capture
     cfg = with_lake(base, moto_url, bucket)
-    trio.run(fresh_lake(cfg).flush)
+    flush(fresh_lake(cfg))
     sim = SimConfig(api_keys=frozenset({KEY}), rate=120, seed=41, record_dir=tmp_path / "sent2")
     _, code = trio.run(
         lambda: run_capture(
@@ -634,7 +654,7 @@ def test_orphan_objects_older_than_the_safety_age_go_referenced_and_pending_stay
     )  # a second run: more files, a second snapshot of every table
     assert code == 0
     lake = fresh_lake(cfg)
-    trio.run(lake.flush)
+    flush(lake)
     client = s3(moto_url)
     table = "StockPrint"
     tbl = catalog(cfg, moto_url).load_table(("mlink", table))

@@ -80,6 +80,7 @@ def test_disk_budget_pauses_capture_and_the_store_takes_everything_back(
             **lake_doc,
             "stripes": {s: v["state"] for s, v in stripes.items()},
             "healthy": doc["healthy"],
+            "open_files": doc["process"]["open_files"],
         }
         seen.append(view)
         return view
@@ -97,8 +98,9 @@ def test_disk_budget_pauses_capture_and_the_store_takes_everything_back(
             lambda v: v["state"] == "over_budget"
             and set(v["stripes"].values()) == {"paused"}, 90,
         )  # fmt: skip
-        # Paused: nothing more is received, the bytes held stay put.
-        await trio.sleep(5.0)  # (open files commit 2 s after their last row: commit_grace)
+        # Paused: nothing more is received, the bytes held stay put. (The files still open
+        # commit at their interval's end plus commit_grace, then they count: after that.)
+        await until(daemon, "open files committed", lambda v: v["open_files"] == 0, 150)
         for _ in range(10):
             window.append(look(daemon))
             await trio.sleep(0.1)

@@ -49,6 +49,17 @@ def table_rows(h: Harness, url: str) -> Stored:
     return rows
 
 
+def local_files(h: Harness) -> list[Path]:
+    return [p for t in TYPES for p in (h.root / t).rglob("*.parquet")]
+
+
+def committed_files(h: Harness) -> set[str]:
+    """The data files the daemon runs logged as committed (locally)."""
+    return {line.split('"path": "')[1].split('"')[0]
+            for log in h.logs for line in log.read_text().splitlines()
+            if '"event": "committed"' in line and "capture_events" not in line}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("point", "delete_local"),
     [
@@ -78,13 +89,14 @@ def test_a_kill_between_lake_steps_keeps_every_frame_once(
     h.start_simulator()
     try:
         # A kill anywhere first: a run's journal segment is closed only at the next start, and
-        # only closed segments are retired, which local deletion waits for.
-        h.kill_after(5.0, hup_at=4.0)
+        # only closed segments are retired, which local deletion waits for. (A run's seconds
+        # count from its first "connecting": imports done, signal handlers in place.)
+        h.kill_after(2.5, hup_at=2.0)
         for n in (1, 2):  # twice at the point: the first restart recovers, then again
-            h.crash_at(f"{point}:{n}", hup_at=4.0)  # SIGHUP kills a daemon still starting
-        h.graceful(8.0)  # long enough to start (pyiceberg imports), recover, commit
-        if delete_local:
-            h.graceful(8.0)  # retires what the previous run sealed: its files can go
+            h.crash_at(f"{point}:{n}", hup_at=1.0)
+        h.graceful(1.0)  # recovers; its stop commits the rest to the lake (shutdown flush)
+        if delete_local:  # retires what the previous run sealed: its files can go
+            h.graceful(1.0, until=lambda: len(local_files(h)) < len(committed_files(h)))
     finally:
         h.stop()
     in_table = table_rows(h, moto_url)
@@ -102,10 +114,7 @@ def test_a_kill_between_lake_steps_keeps_every_frame_once(
              if isinstance(r, journal.MessageRecord)),
             default=None,
         )  # fmt: skip
-        left = [p for t in TYPES for p in (h.root / t).rglob("*.parquet")]
-        written = {line.split('"path": "')[1].split('"')[0]
-                   for log in h.logs for line in log.read_text().splitlines()
-                   if '"event": "committed"' in line and "capture_events" not in line}  # fmt: skip
+        left, written = local_files(h), committed_files(h)
         assert len(left) < len(written), "some files were deleted"
         for path in left:
             meta = pq.read_metadata(path).metadata

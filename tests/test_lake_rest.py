@@ -23,6 +23,8 @@ from test_lake import (  # noqa: F401 - fixtures
     S3_ENV,
     aws_env,
     bucket,
+    captured_once,
+    flush,
     ids,
     local_capture,
     local_rows,
@@ -163,16 +165,16 @@ def test_the_daemon_commits_through_a_rest_catalog_exactly_once(
 
 @pytest.mark.e2e
 def test_a_wrong_credential_is_refused_and_named_without_its_secret(
-    tmp_path: Path, moto_url: str, bucket: str, aws_env: None,  # noqa: F811
+    tmp_path: Path, moto_url: str, bucket: str, aws_env: None, local_capture: Config,  # noqa: F811
     rest: RestCatalogServer,
 ) -> None:  # fmt: skip
     url = rest.url
-    base = local_capture(tmp_path)
+    base = local_capture
     wrong = "wrong-secret-0d9e8b"
     cred = secret_file(tmp_path, f"{CLIENT_ID}:{wrong}")
     cfg = with_lake(base, moto_url, bucket, **rest_lake(url, cred))
     lake = Lake(cfg, STRIPES, {})
-    trio.run(lake.flush)
+    flush(lake)
     doc = lake.health()
     assert doc["upload_lag_files"] == 0, "the store is up: every file was uploaded"
     assert doc["uncommitted_files"] > 0 and doc["last_commit_age_s"] is None
@@ -181,7 +183,7 @@ def test_a_wrong_credential_is_refused_and_named_without_its_secret(
     # the right one: everything is committed
     cred.write_text(f"{CLIENT_ID}:{CLIENT_SECRET}\n")
     lake.tables = LakeTables(cfg.lake, cfg.output.root, {})  # type: ignore[arg-type]
-    trio.run(lake.flush)
+    flush(lake)
     assert lake.health()["uncommitted_files"] == 0
     tbl = reader(url, moto_url).load_table(("mlink", "StockPrint"))
     assert ids(tbl.scan().to_arrow()) == ids(local_rows(base.output.root, "StockPrint"))
@@ -324,26 +326,26 @@ HOSTILE_ANSWERS: dict[str, tuple[int, bytes]] = {
 @pytest.mark.e2e
 @pytest.mark.parametrize("answer", sorted(HOSTILE_ANSWERS))
 def test_a_hostile_catalog_answer_is_an_error_in_health_and_loses_nothing(
-    answer: str, tmp_path: Path, moto_url: str, aws_env: None,  # noqa: F811
+    answer: str, tmp_path: Path, moto_url: str, aws_env: None, local_capture: Config,  # noqa: F811
     rest: RestCatalogServer,
 ) -> None:  # fmt: skip
     """Whatever the catalog answers, the lake reports it and keeps the files for later; once
     the catalog behaves, everything is committed exactly once."""
     name = f"lake-hostile-{sorted(HOSTILE_ANSWERS).index(answer)}"  # a bucket per answer
     s3(moto_url).create_bucket(Bucket=name)
-    base = local_capture(tmp_path)
+    base = local_capture
     cred = secret_file(tmp_path, f"{CLIENT_ID}:{CLIENT_SECRET}")
     cfg = with_lake(base, moto_url, name, **rest_lake(rest.url, cred))
     rest.sabotage = lambda method, path: HOSTILE_ANSWERS[answer]
     lake = Lake(cfg, STRIPES, {})
-    trio.run(lake.flush)  # returns: nothing the catalog says escapes as an exception
+    flush(lake)  # returns: nothing the catalog says escapes as an exception
     doc = lake.health()
     assert doc["uncommitted_files"] > 0 and doc["last_commit_age_s"] is None
     assert doc["last_error"], "the failure is in health"
     assert len(doc["last_error"]) < 10_000, "a huge answer is not copied into health"
     rest.sabotage = None
     lake.tables = LakeTables(cfg.lake, cfg.output.root, {})  # type: ignore[arg-type]
-    trio.run(lake.flush)
+    flush(lake)
     assert lake.health()["uncommitted_files"] == 0
     tbl = reader(rest.url, moto_url).load_table(("mlink", "StockPrint"))
     scanned = ids(tbl.scan().to_arrow())

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,11 +29,14 @@ import trio
 
 from capture import events
 from capture.config import Config
+from capture.errors import CatalogError
 from capture.faultpoints import crash_point
 from capture.lake.files import LakeFile, scan_local, sha256_of
 from capture.lake.store import ObjectConflict, ObjectStore, StoreError
-from capture.lake.tables import CatalogError, LakeTables
 from capture.sink import CommittedFile
+
+if TYPE_CHECKING:  # pyiceberg is imported when the catalog is first needed (a thread)
+    from capture.lake.tables import LakeTables
 
 log = structlog.get_logger("capture.lake")
 
@@ -89,7 +92,8 @@ class Lake:
         self.root = cfg.output.root
         self.stripes = tuple(stripes)
         self.store = store or ObjectStore(cfg.lake, environ)
-        self.tables = tables or LakeTables(cfg.lake, self.root, environ)
+        self._environ = environ
+        self._tables = tables
         self.now_ns = now_ns
         self.stats = LakeStats()
         self._lock = threading.Lock()
@@ -117,6 +121,21 @@ class Lake:
         if not any(isinstance(h, _ToStructlog) for h in pyiceberg_log.handlers):
             pyiceberg_log.addHandler(_ToStructlog())
             pyiceberg_log.propagate = False
+
+    @property
+    def tables(self) -> LakeTables:
+        """The catalog side. Built (pyiceberg imported: half a second) when first needed, so
+        that a daemon's stripes connect without waiting for it; the task builds it in a
+        thread (:meth:`step`)."""
+        if self._tables is None:
+            from capture.lake.tables import LakeTables
+
+            self._tables = LakeTables(self.lake_cfg, self.root, self._environ)
+        return self._tables
+
+    @tables.setter
+    def tables(self, tables: LakeTables) -> None:
+        self._tables = tables
 
     # -- the hold (capture.lake.hold.JournalHold) ------------------------------------------------
 
@@ -248,6 +267,8 @@ class Lake:
     async def step(self, *, force: bool) -> None:
         """Upload what is waiting; commit tables whose interval is over (all with ``force``)."""
         async with self._busy:
+            if self._tables is None:  # (not in the event loop: it would stall the stripes)
+                await trio.to_thread.run_sync(lambda: self.tables)
             await self._uploads()
             await self._commits(force=force)
             await trio.to_thread.run_sync(self._delete_local)

@@ -145,6 +145,7 @@ class StripeWorker:
         self._stop_scope = trio.CancelScope()
         self._stopping = False
         self._rotate_now = trio.Event()
+        self._writer_waiting: trio.CancelScope | None = None  # the writer waits for an item
         self._pending: dict[str, PendingBatch] = {}
         # A replay (``_process`` with ``committed``): the types it has handed the writer
         # frames of since its last commit, and those of them it then skipped a committed
@@ -243,7 +244,10 @@ class StripeWorker:
         self._stop_scope.cancel()
 
     def request_rotate(self) -> None:
+        """Commit every open file now (SIGHUP), also when nothing arrives to wake the writer."""
         self._rotate_now.set()
+        if self._writer_waiting is not None:
+            self._writer_waiting.cancel()
 
     def retry_auth(self) -> None:
         """The operator fixed the credentials (SIGHUP): see capture.reconnect."""
@@ -801,10 +805,18 @@ class StripeWorker:
                     if self._rotate_now.is_set():
                         self._rotate_now = trio.Event()
                         self._committed(await self._heavy(sink.rotate_all))
-                    try:
-                        item = await recv.receive()
-                    except trio.EndOfChannel:
-                        return
+                    with trio.CancelScope() as waiting:
+                        self._writer_waiting = waiting
+                        if self._rotate_now.is_set():  # asked again while it rotated
+                            waiting.cancel()
+                        try:
+                            item = await recv.receive()
+                        except trio.EndOfChannel:
+                            return
+                        finally:
+                            self._writer_waiting = None
+                    if waiting.cancelled_caught:
+                        continue  # a rotation was asked for: the top of the loop does it
                 if item is None:
                     self._committed(await self._heavy(sink.rotate_due))
                 elif isinstance(item, PendingBatch):

@@ -82,3 +82,30 @@ def test_the_last_file_of_a_type_that_goes_quiet_commits_at_its_grace_deadline(
     trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
     grace = 2.0  # output.commit_grace: max(2, 4 x flush_interval) with the tests' settings
     assert 300 + grace <= seen["committed_at"] <= 300 + grace + 0.5, seen
+
+
+def test_rotate_now_commits_a_quiet_feeds_open_file_at_once(tmp_path: Path) -> None:
+    """SIGHUP on a feed that sends nothing: the writer, waiting for the next batch, commits
+    the open file now, not at the interval's end."""
+    root, record = tmp_path / "data", tmp_path / "sent"
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=10, seed=11, record_dir=record)
+    cfg = config(root, ["A"], ["OptionNbboQuote"], output={"rotate_interval": 3600})
+    seen: dict[str, float] = {}
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        await trio.sleep(20)
+        sim.cfg = sim.cfg.with_overrides(rate=0.0)  # quiet from here on
+        sent = SentCount(record)
+        worker = daemon.workers[0]
+        await wait_for(lambda: worker.stats.rows_written == sent() > 0)
+        await trio.sleep(30)  # the writer waits for a batch that does not come
+        assert committed(root) == []
+        asked = trio.current_time()
+        daemon.rotate()
+        seen["after"] = await wait_for(lambda: len(committed(root)) == 1) - asked
+        seen["rows"] = pq.read_table(committed(root)[0]).num_rows
+        seen["sent"] = sent()
+
+    trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
+    assert seen["after"] < 1, seen  # not at 15:00, the next boundary 15 minutes away
+    assert seen["rows"] == seen["sent"]

@@ -32,6 +32,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from runtime_env import runtime_env
 
 from capture.frames import Frame, FrameDecoder
 from capture.protocol import CONTROL_TYPES, header_time_ns
@@ -163,7 +164,7 @@ level = "debug"
         return cfg
 
     def daemon(self, crash_at: str | None = None) -> subprocess.Popen[str]:
-        env = {**os.environ, "MLINK_API_KEY": KEY, **LAKE_ENV}
+        env = runtime_env(MLINK_API_KEY=KEY, **LAKE_ENV)
         env.pop("MLINK_CAPTURE_CRASH_AT", None)
         if crash_at:
             env["MLINK_CAPTURE_CRASH_AT"] = crash_at
@@ -376,6 +377,7 @@ level = "debug"
             capture_output=True,
             text=True,
             check=False,
+            env=runtime_env(),
         )
         report = json.loads(verify.stdout)
         assert verify.returncode == 0 and not report["problems"], report["problems"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 from journal_util import MSG_TYPE, write_journal
+from runtime_env import runtime_env
 
 from capture.crashguard import CrashGuard
 
@@ -54,7 +54,7 @@ format = "json"
 
 
 def start(tmp: Path, n: int, reap: Callable[..., None]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MLINK_API_KEY": KEY, "MLINK_CAPTURE_POISON": POISON}
+    env = runtime_env(MLINK_API_KEY=KEY, MLINK_CAPTURE_POISON=POISON)
     env.pop("MLINK_CAPTURE_CRASH_AT", None)
     proc = subprocess.Popen(
         [str(BIN), "run", "--config", str(config(tmp))],

@@ -180,9 +180,15 @@ level = "debug"
         _wait_until_up(proc, log)
         return proc
 
-    def kill_after(self, seconds: float, *, hup_at: float | None = None) -> None:
-        """Run the daemon, optionally SIGHUP (rotate: commits) at ``hup_at``, SIGKILL later."""
+    def kill_after(
+        self, seconds: float, *, hup_at: float | None = None, durable: int = 0
+    ) -> None:
+        """Run the daemon, optionally SIGHUP (rotate: commits) at ``hup_at``, SIGKILL after
+        ``seconds``: counted from its start, or from when it said ``durable`` frames of its own
+        were durable (:meth:`wait_durable`)."""
         proc = self.daemon()
+        if durable:
+            self.wait_durable(proc, durable)
         start = time.monotonic()
         if hup_at is not None and hup_at < seconds:
             time.sleep(hup_at)
@@ -192,6 +198,14 @@ level = "debug"
         proc.kill()
         proc.wait(timeout=10)
         self.died_decoding.append(self.decoding_notes())
+
+    def wait_durable(self, proc: subprocess.Popen[str], frames: int, timeout: float = 120) -> None:
+        """Until the running daemon has said (logged "journal synced") that ``frames`` frames of
+        its own are durable: a wait for what it did, not for a time a busy machine may stretch."""
+        log, deadline = self.logs[-1], time.monotonic() + timeout
+        while (claim := _claim(log)) is None or claim[1] + 1 - claim[0] < frames:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.02)
 
     def crash_at(self, point: str, *, hup_at: float = 1.5, timeout: float = 30) -> None:
         """Run the daemon armed to SIGKILL itself at ``point``; force commits with SIGHUP."""
@@ -213,10 +227,11 @@ level = "debug"
         self.kills_ns.append(died)
         self.died_decoding.append(self.decoding_notes())
 
-    def graceful(self, seconds: float, *, offline: bool = False) -> None:
-        """Run the daemon for ``seconds`` and until its recovery has replayed the journal
-        (on a busy machine that can take longer), then SIGTERM.  ``offline``: against a port
-        nobody listens on (start-up recovery only, nothing new captured)."""
+    def graceful(self, seconds: float = 0.0, *, offline: bool = False, durable: int = 0) -> None:
+        """Run the daemon for ``seconds``, until its recovery has replayed the journal (on a
+        busy machine that can take longer) and until it said ``durable`` frames of its own were
+        durable (:meth:`wait_durable`), then SIGTERM.  ``offline``: against a port nobody
+        listens on (start-up recovery only, nothing new captured)."""
         if offline:
             self.port, live_port = 9, self.port  # discard port: connection refused
         proc = self.daemon()
@@ -226,7 +241,9 @@ level = "debug"
         log, deadline = self.logs[-1], time.monotonic() + 180
         while not any(done in log.read_bytes() for done in _RECOVERED):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
+            time.sleep(0.02)
+        if durable:
+            self.wait_durable(proc, durable)
         self.kills_ns.append(time.time_ns())
         self.stops_ns.append(self.kills_ns[-1])
         proc.send_signal(signal.SIGTERM)
@@ -293,22 +310,7 @@ level = "debug"
         """Per run that made one: (its log's name, the seq its first connection started at,
         the last ``durable_seq`` it logged: every frame it numbered up to there was fsynced in
         its journal, so recovery must bring it to Parquet)."""
-        claims = []
-        for log in self.logs:
-            first = durable = None
-            for line in log.read_text(errors="replace").splitlines():
-                try:
-                    event = json.loads(line)
-                except ValueError:  # the last line, cut by SIGKILL
-                    continue
-                if event.get("event") == "connecting" and first is None:
-                    first = int(event["next_seq"])
-                elif event.get("event") == "journal synced":
-                    durable = int(event["durable_seq"])
-            if durable is not None:
-                assert first is not None, f"{log.name}: durable_seq {durable} before connecting"
-                claims.append((log.name, first, durable))
-        return claims
+        return [(log.name, *claim) for log in self.logs if (claim := _claim(log)) is not None]
 
     def check(self, stored: Stored | None = None) -> dict[str, int]:
         """The invariant over the local files, or over ``stored`` (e.g. an Iceberg table's)."""
@@ -390,6 +392,25 @@ level = "debug"
 
 
 _RECOVERED = (b'"recovered from the journal"', b'"recovered: nothing to replay"')  # logged
+
+
+def _claim(log: Path) -> tuple[int, int] | None:
+    """What a run's log says was durable: (the seq its first connection started at, the last
+    ``durable_seq`` it logged), or None before its first "journal synced"."""
+    first = durable = None
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:  # the last line, cut by SIGKILL (or still being written)
+            continue
+        if event.get("event") == "connecting" and first is None:
+            first = int(event["next_seq"])
+        elif event.get("event") == "journal synced":
+            durable = int(event["durable_seq"])
+    if durable is None:
+        return None
+    assert first is not None, f"{log.name}: durable_seq {durable} before connecting"
+    return first, durable
 
 
 def _crash_guard_seqs(root: Path) -> set[int]:

@@ -3,6 +3,7 @@ ones, never both and never fewer; the next run finishes the job; exit codes."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,10 +56,18 @@ def partition_states(root: Path) -> dict[str, str]:
     return states
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> tuple[Path, Path]:
-    root = tmp_path / "data"
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The live files, written once (by the real sink) and copied for each test."""
+    root = tmp_path_factory.mktemp("captured") / "data"
     capture_tree(root)
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path: Path, captured: Path) -> tuple[Path, Path]:
+    root = tmp_path / "data"
+    shutil.copytree(captured, root)
     config = tmp_path / "capture.toml"
     config.write_text(CONFIG.format(root=root))
     return root, config

@@ -37,6 +37,7 @@ from runtime_env import runtime_env
 from capture.frames import Frame, FrameDecoder
 from capture.protocol import CONTROL_TYPES, header_time_ns
 from capture.sim.record import recorded_bytes
+from capture.verify import verify
 
 BIN = Path(sys.executable).parent / "mlink-capture"
 KEY = "c0ffee00-1234-4abc-8def-0123456789ab"
@@ -374,15 +375,8 @@ level = "debug"
                 f"{len(missing)} of the {len(before)} frames a cleanly stopped run received "
                 f"are missing, e.g. {missing[:3]}"
             )
-        verify = subprocess.run(
-            [str(BIN), "verify", str(self.root), "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=runtime_env(),
-        )
-        report = json.loads(verify.stdout)
-        assert verify.returncode == 0 and not report["problems"], report["problems"]
+        report = verify(self.root)  # what `mlink-capture verify` checks, in this process
+        assert report.ok, report.render()
         return {
             "sent": len(sent),
             "rows": sum(rows.values()),

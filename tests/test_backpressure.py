@@ -74,7 +74,9 @@ def test_the_stripes_share_one_in_flight_budget(tmp_path: Path) -> None:
         TYPES,
         pipeline={"queue_batches": 1000, "batch_rows": batch_rows, "flush_interval": 0.05},
     )
-    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=80, seed=82, record_dir=record)
+    sim_cfg = SimConfig(
+        api_keys=frozenset({KEY}), rate=20, seed=82, record_dir=record, stripes=tuple(stripes)
+    )
     limit = 24_000  # bytes: about two batches for the whole process
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:

@@ -33,10 +33,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from runtime_env import runtime_env
 
 from capture.frames import Frame, FrameDecoder
 from capture.protocol import CONTROL_TYPES, header_time_ns
 from capture.sim.record import recorded_bytes
+from capture.verify import verify
 
 BIN = Path(sys.executable).parent / "mlink-capture"
 KEY = "c0ffee00-1234-4abc-8def-0123456789ab"
@@ -164,7 +166,7 @@ level = "debug"
         return cfg
 
     def daemon(self, crash_at: str | None = None) -> subprocess.Popen[str]:
-        env = {**os.environ, "MLINK_API_KEY": KEY, **LAKE_ENV}
+        env = runtime_env(MLINK_API_KEY=KEY, **LAKE_ENV)
         env.pop("MLINK_CAPTURE_CRASH_AT", None)
         if crash_at:
             env["MLINK_CAPTURE_CRASH_AT"] = crash_at
@@ -180,9 +182,15 @@ level = "debug"
         _wait_until_up(proc, log)
         return proc
 
-    def kill_after(self, seconds: float, *, hup_at: float | None = None) -> None:
-        """Run the daemon, optionally SIGHUP (rotate: commits) at ``hup_at``, SIGKILL later."""
+    def kill_after(
+        self, seconds: float, *, hup_at: float | None = None, durable: int = 0
+    ) -> None:
+        """Run the daemon, optionally SIGHUP (rotate: commits) at ``hup_at``, SIGKILL after
+        ``seconds``: counted from its start, or from when it said ``durable`` frames of its own
+        were durable (:meth:`wait_durable`)."""
         proc = self.daemon()
+        if durable:
+            self.wait_durable(proc, durable)
         start = time.monotonic()
         if hup_at is not None and hup_at < seconds:
             time.sleep(hup_at)
@@ -192,6 +200,14 @@ level = "debug"
         proc.kill()
         proc.wait(timeout=10)
         self.died_decoding.append(self.decoding_notes())
+
+    def wait_durable(self, proc: subprocess.Popen[str], frames: int, timeout: float = 120) -> None:
+        """Until the running daemon has said (logged "journal synced") that ``frames`` frames of
+        its own are durable: a wait for what it did, not for a time a busy machine may stretch."""
+        log, deadline = self.logs[-1], time.monotonic() + timeout
+        while (claim := _claim(log)) is None or claim[1] + 1 - claim[0] < frames:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.02)
 
     def crash_at(self, point: str, *, hup_at: float = 1.5, timeout: float = 30) -> None:
         """Run the daemon armed to SIGKILL itself at ``point``; force commits with SIGHUP."""
@@ -214,10 +230,16 @@ level = "debug"
         self.died_decoding.append(self.decoding_notes())
 
     def graceful(
-        self, seconds: float, *, offline: bool = False, until: Callable[[], bool] | None = None
+        self,
+        seconds: float = 0.0,
+        *,
+        offline: bool = False,
+        durable: int = 0,
+        until: Callable[[], bool] | None = None,
     ) -> None:
-        """Run the daemon for ``seconds`` and until its recovery has replayed the journal
-        (on a busy machine that can take longer) and ``until()`` holds, then SIGTERM.
+        """Run the daemon for ``seconds``, until its recovery has replayed the journal (on a
+        busy machine that can take longer), until it said ``durable`` frames of its own were
+        durable (:meth:`wait_durable`) and until ``until()`` holds, then SIGTERM.
         ``offline``: against a port nobody listens on (start-up recovery only, nothing new
         captured)."""
         if offline:
@@ -231,7 +253,9 @@ level = "debug"
             until is not None and not until()
         ):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
+            time.sleep(0.02)
+        if durable:
+            self.wait_durable(proc, durable)
         self.kills_ns.append(time.time_ns())
         self.stops_ns.append(self.kills_ns[-1])
         proc.send_signal(signal.SIGTERM)
@@ -298,22 +322,7 @@ level = "debug"
         """Per run that made one: (its log's name, the seq its first connection started at,
         the last ``durable_seq`` it logged: every frame it numbered up to there was fsynced in
         its journal, so recovery must bring it to Parquet)."""
-        claims = []
-        for log in self.logs:
-            first = durable = None
-            for line in log.read_text(errors="replace").splitlines():
-                try:
-                    event = json.loads(line)
-                except ValueError:  # the last line, cut by SIGKILL
-                    continue
-                if event.get("event") == "connecting" and first is None:
-                    first = int(event["next_seq"])
-                elif event.get("event") == "journal synced":
-                    durable = int(event["durable_seq"])
-            if durable is not None:
-                assert first is not None, f"{log.name}: durable_seq {durable} before connecting"
-                claims.append((log.name, first, durable))
-        return claims
+        return [(log.name, *claim) for log in self.logs if (claim := _claim(log)) is not None]
 
     def check(self, stored: Stored | None = None) -> dict[str, int]:
         """The invariant over the local files, or over ``stored`` (e.g. an Iceberg table's)."""
@@ -377,14 +386,8 @@ level = "debug"
                 f"{len(missing)} of the {len(before)} frames a cleanly stopped run received "
                 f"are missing, e.g. {missing[:3]}"
             )
-        verify = subprocess.run(
-            [str(BIN), "verify", str(self.root), "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        report = json.loads(verify.stdout)
-        assert verify.returncode == 0 and not report["problems"], report["problems"]
+        report = verify(self.root)  # what `mlink-capture verify` checks, in this process
+        assert report.ok, report.render()
         return {
             "sent": len(sent),
             "rows": sum(rows.values()),
@@ -394,6 +397,25 @@ level = "debug"
 
 
 _RECOVERED = (b'"recovered from the journal"', b'"recovered: nothing to replay"')  # logged
+
+
+def _claim(log: Path) -> tuple[int, int] | None:
+    """What a run's log says was durable: (the seq its first connection started at, the last
+    ``durable_seq`` it logged), or None before its first "journal synced"."""
+    first = durable = None
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:  # the last line, cut by SIGKILL (or still being written)
+            continue
+        if event.get("event") == "connecting" and first is None:
+            first = int(event["next_seq"])
+        elif event.get("event") == "journal synced":
+            durable = int(event["durable_seq"])
+    if durable is None:
+        return None
+    assert first is not None, f"{log.name}: durable_seq {durable} before connecting"
+    return first, durable
 
 
 def _crash_guard_seqs(root: Path) -> set[int]:

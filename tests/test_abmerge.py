@@ -96,6 +96,7 @@ async def two_daemons(sim_cfg: SimConfig, root_a: Path, root_b: Path, seconds: f
     async with trio.open_nursery() as nursery:
         port = await nursery.start(sim.run)
         daemons = []
+        stopped: list[trio.Event] = []
         for root, host, latency in ((root_a, "hosta", 1), (root_b, "hostb", 250)):
             # A's reconnect waits 1 s: a gap B fills
             cfg = daemon_config(root, port, ["A"], [TYPE], capture={"host_id": host},
@@ -104,15 +105,23 @@ async def two_daemons(sim_cfg: SimConfig, root_a: Path, root_b: Path, seconds: f
                                              "backoff_jitter": 0.0})  # fmt: skip
             d = Daemon(cfg, environ={KEY_ENV: KEY}, install_signals=False)
             daemons.append(d)
-            nursery.start_soon(d.run)
+            stopped.append(trio.Event())
+            nursery.start_soon(run_until_stopped, d, stopped[-1])
             await trio.sleep(0.5)  # A holds the simulator's first (faulty) connection
         await trio.sleep(seconds)
         sim.cfg = sim.cfg.with_overrides(rate=0.0, type_rates={})
         await trio.sleep(1.0)
         for d in daemons:
             d.stop()
-        await trio.sleep(3.0)
+        with trio.fail_after(30):  # each has committed its files and returned 0
+            for event in stopped:
+                await event.wait()
         nursery.cancel_scope.cancel()
+
+
+async def run_until_stopped(daemon: Daemon, stopped: trio.Event) -> None:
+    assert await daemon.run() == 0
+    stopped.set()
 
 
 def test_two_daemons_with_different_conflation_and_a_drop_merge_into_the_union(

@@ -74,7 +74,9 @@ def test_the_stripes_share_one_in_flight_budget(tmp_path: Path) -> None:
         TYPES,
         pipeline={"queue_batches": 1000, "batch_rows": batch_rows, "flush_interval": 0.05},
     )
-    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=80, seed=82, record_dir=record)
+    sim_cfg = SimConfig(
+        api_keys=frozenset({KEY}), rate=20, seed=82, record_dir=record, stripes=tuple(stripes)
+    )
     limit = 24_000  # bytes: about two batches for the whole process
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
@@ -165,7 +167,10 @@ def test_a_pending_batch_is_handed_over_at_its_share_of_the_budget(tmp_path: Pat
         pipeline={"batch_rows": 1_000_000, "flush_interval": 600.0},  # neither would hand over
     )
     cap = 16 * 2**20 // (3 * len(stripes))
-    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=2000, seed=83, record_dir=record)
+    # A market of the two stripes' keys only: every update generated is one the daemon gets.
+    sim_cfg = SimConfig(
+        api_keys=frozenset({KEY}), rate=2000, seed=83, record_dir=record, stripes=tuple(stripes)
+    )
     peak = 0
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:

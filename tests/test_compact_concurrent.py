@@ -63,7 +63,7 @@ def test_duckdb_and_pyarrow_scans_during_compaction_see_exactly_the_same_rows(
     for i, day in enumerate(DAYS):
         for stripe in ("1", "2"):
             seq = write_live(tmp_path, start_ns=ns_of(f"{day}T09:00:00+00:00"), seconds=3600,
-                             rows=1_500, seq0=seq, stripe=stripe, seed=i)  # fmt: skip
+                             rows=500, seq0=seq, stripe=stripe, seed=i)  # fmt: skip
     readers = [
         Reader(lambda: duck_rows(tmp_path), Counter(duck_rows(tmp_path))),
         Reader(lambda: arrow_rows(tmp_path), Counter(arrow_rows(tmp_path))),

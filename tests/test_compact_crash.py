@@ -3,7 +3,7 @@ ones, never both and never fewer; the next run finishes the job; exit codes."""
 
 from __future__ import annotations
 
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from compact_util import TYPE, duck_rows, ns_of, write_live
+from runtime_env import runtime_env
 
 CONFIG = """
 [source]
@@ -34,7 +35,8 @@ def capture_tree(root: Path) -> None:
 
 
 def run(config: Path, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLINK_CAPTURE_CRASH_AT"}
+    env = runtime_env()
+    env.pop("MLINK_CAPTURE_CRASH_AT", None)
     if crash_at:
         env["MLINK_CAPTURE_CRASH_AT"] = crash_at
     return subprocess.run(
@@ -54,10 +56,18 @@ def partition_states(root: Path) -> dict[str, str]:
     return states
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> tuple[Path, Path]:
-    root = tmp_path / "data"
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The live files, written once (by the real sink) and copied for each test."""
+    root = tmp_path_factory.mktemp("captured") / "data"
     capture_tree(root)
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path: Path, captured: Path) -> tuple[Path, Path]:
+    root = tmp_path / "data"
+    shutil.copytree(captured, root)
     config = tmp_path / "capture.toml"
     config.write_text(CONFIG.format(root=root))
     return root, config
@@ -93,7 +103,8 @@ def test_crash_at_every_step_leaves_old_or_new_and_a_rerun_finishes(
     again = run(config)
     assert again.returncode == 0 and '"units_compacted": 0' in again.stdout
     verified = subprocess.run([sys.executable, "-m", "capture", "verify", str(root)],
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+                              capture_output=True, text=True, timeout=120,
+                              env=runtime_env())  # fmt: skip
     assert verified.returncode == 0, verified.stdout
 
 
@@ -114,7 +125,7 @@ def test_exit_codes_bad_config_and_a_held_lock(tree: tuple[Path, Path], tmp_path
     dry = subprocess.run(
         [sys.executable, "-m", "capture", "compact", "--config", str(config), "--dry-run",
          "--date", "2026-01-05", "--table", TYPE],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=runtime_env(),
     )  # fmt: skip
     assert dry.returncode == 0 and dry.stdout.count("day:2026-01-05") == 2
     assert set(partition_states(root).values()) == {"old"}
@@ -123,17 +134,18 @@ def test_exit_codes_bad_config_and_a_held_lock(tree: tuple[Path, Path], tmp_path
         capture_output=True,
         text=True,
         timeout=60,
+        env=runtime_env(),
     )
     assert wrong.returncode == 2 and "not a date" in wrong.stderr
     folded = subprocess.run(
         [sys.executable, "-m", "capture", "compact", "-c", str(config), "--dry-run",
          "--table", "optionnbboquote", "--table", "NoSuchType"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, env=runtime_env(),
     )  # fmt: skip
     assert folded.returncode == 2 and "'NoSuchType': not an MLink message type" in folded.stderr
     lower = subprocess.run(
         [sys.executable, "-m", "capture", "compact", "-c", str(config), "--dry-run",
          "--table", "optionnbboquote"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, env=runtime_env(),
     )  # fmt: skip
     assert lower.returncode == 0 and lower.stdout.count("day:2026-01-0") == 4

@@ -15,6 +15,7 @@ import pytest
 from crash_harness import POINTS, Harness
 
 pytestmark = pytest.mark.e2e
+FRAMES = 200  # what a run waits for its log to say durable (the simulator sends ~300/s)
 
 
 @pytest.fixture
@@ -31,11 +32,11 @@ def test_kill_loop_loses_nothing_durable_and_stores_nothing_twice(harness: Harne
     steps = iter(POINTS[:4])  # each step of a commit once, between random kills
     for cycle in range(13):
         if cycle % 3 == 2:  # some kills land inside a commit, at a named step
-            harness.crash_at(next(steps), hup_at=rng.uniform(0.8, 1.6))
+            harness.crash_at(next(steps), hup_at=rng.uniform(0.2, 0.8))
         else:
-            run = rng.uniform(0.6, 2.5)
-            harness.kill_after(run, hup_at=rng.uniform(0.3, run))
-    harness.graceful(4.0)
+            run = rng.uniform(0.4, 1.6)
+            harness.kill_after(run, hup_at=rng.uniform(0.2, run))
+    harness.graceful(durable=FRAMES)
     counts = harness.check()
     assert counts["required"] > 1000 and counts["files"] > 20, counts
 
@@ -44,19 +45,19 @@ def test_kill_loop_loses_nothing_durable_and_stores_nothing_twice(harness: Harne
 def test_a_crash_at_each_commit_step_recovers_to_the_same_correct_state(
     harness: Harness, point: str
 ) -> None:
-    harness.graceful(2.0)  # some committed data first
-    harness.crash_at(point)
-    harness.graceful(3.0)  # recovery, then a clean stop
+    harness.graceful(durable=FRAMES)  # some committed data first
+    harness.crash_at(point, hup_at=0.2)  # SIGHUP (commit) from then on until it dies
+    harness.graceful(durable=FRAMES)  # recovery, new frames, then a clean stop
     counts = harness.check()
     assert counts["required"] > 100, counts
 
 
 def test_recovery_twice_changes_nothing(harness: Harness) -> None:
-    harness.graceful(2.0)
-    harness.crash_at("sink.commit.footer")  # leaves an unfinished file and journal to replay
-    harness.graceful(2.0, offline=True)  # recovery only
+    harness.graceful(durable=FRAMES)
+    harness.crash_at("sink.commit.footer", hup_at=0.2)  # an unfinished file, a journal to replay
+    harness.graceful(offline=True)  # recovery only
     first = harness.parquet_rows()
-    harness.graceful(2.0, offline=True)  # recovery again
+    harness.graceful(offline=True)  # recovery again
     assert harness.parquet_rows() == first
     assert sum(len(v) for v in first.values()) > 100
     harness.check()
@@ -65,10 +66,10 @@ def test_recovery_twice_changes_nothing(harness: Harness) -> None:
 def test_the_gap_ledger_survives_sigkill_exactly_once(harness: Harness) -> None:
     """Issue 15, item 5: connect, logon, disconnect, gap and recovery rows of runs that were
     killed with SIGKILL are all in capture_events, once each (they go through the journal)."""
-    runs = [1.8, 2.2, 1.6, 2.4]
+    runs = [0.4, 0.1, 0.7, 0.3]  # s after a run said its first frame durable (its events too)
     for seconds in runs:
-        harness.kill_after(seconds)
-    harness.graceful(3.0)
+        harness.kill_after(seconds, durable=1)
+    harness.graceful(durable=FRAMES)
     rows = duckdb.sql(
         "SELECT epoch_ns(_recv_time), event, _session, result, epoch_ns(gap_start), "
         f"epoch_ns(gap_end) FROM read_parquet('{harness.root}/capture_events/**/*.parquet')"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 from journal_util import MSG_TYPE, write_journal
+from runtime_env import runtime_env
 
 from capture.crashguard import CrashGuard
 
@@ -48,13 +48,14 @@ backoff_initial = 0.2
 backoff_max = 1.0
 [logging]
 format = "json"
+level = "debug"
 """
     )
     return cfg
 
 
 def start(tmp: Path, n: int, reap: Callable[..., None]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MLINK_API_KEY": KEY, "MLINK_CAPTURE_POISON": POISON}
+    env = runtime_env(MLINK_API_KEY=KEY, MLINK_CAPTURE_POISON=POISON)
     env.pop("MLINK_CAPTURE_CRASH_AT", None)
     proc = subprocess.Popen(
         [str(BIN), "run", "--config", str(config(tmp))],
@@ -65,6 +66,18 @@ def start(tmp: Path, n: int, reap: Callable[..., None]) -> subprocess.Popen[byte
     )
     reap(proc)
     return proc
+
+
+def wait_logged(proc: subprocess.Popen[bytes], log: Path, *events: str) -> None:
+    """Until the daemon has logged one of ``events`` (it is alive then), at most 60 s."""
+    deadline = time.monotonic() + 60
+    while not any(f'"event": "{e}"'.encode() in log.read_bytes() for e in events):
+        assert proc.poll() is None, f"exited {proc.returncode}: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+
+
+RECOVERED = ("recovered from the journal", "recovered: nothing to replay")
 
 
 def stored(root: Path) -> list[int]:
@@ -88,7 +101,7 @@ def test_a_frame_that_kills_the_decoder_is_set_aside_after_two_crashes(
         codes.append(proc.wait(timeout=60))
     assert codes == [-signal.SIGSEGV, -signal.SIGSEGV]
     proc = start(tmp_path, 2, reap)
-    time.sleep(3)  # signal handlers installed
+    wait_logged(proc, tmp_path / "daemon-2.log", "connecting")  # signal handlers installed
     deadline = time.monotonic() + 60
     while len(stored(root)) < 299 and time.monotonic() < deadline and proc.poll() is None:
         proc.send_signal(signal.SIGHUP)  # rotate now: commit what was replayed
@@ -106,7 +119,7 @@ def test_a_frame_that_kills_the_decoder_is_set_aside_after_two_crashes(
     assert POISON.encode() in base64.b64decode(lines[0]["bytes_b64"])
     # A fourth start has nothing left to do: no crash, nothing quarantined again.
     proc = start(tmp_path, 3, reap)
-    time.sleep(3)
+    wait_logged(proc, tmp_path / "daemon-3.log", *RECOVERED)  # its recovery did not crash
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0

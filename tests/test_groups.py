@@ -23,6 +23,7 @@ import pyarrow.dataset as ds
 import pytest
 import trio
 import trio.testing
+from runtime_env import runtime_env
 from test_process import BIN, KEY, _wait, simulator, write_config
 
 from capture.config import Config, ConfigError
@@ -81,7 +82,9 @@ def test_a_killed_group_is_restarted_and_a_killed_parent_stops_its_groups(
 ) -> None:
     port, record = simulator
     cfg = write_config(tmp_path, port, processes=2)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLINK_API_KEY", "NOTIFY_SOCKET")}
+    env = runtime_env()
+    for name in ("MLINK_API_KEY", "NOTIFY_SOCKET"):
+        env.pop(name, None)
     log = tmp_path / "daemon.log"  # a file: three processes' logs must never block on a pipe
     with log.open("w") as log_file:
         daemon = subprocess.Popen(
@@ -178,8 +181,9 @@ def test_a_killed_group_is_restarted_and_a_killed_parent_stops_its_groups(
         frames_a = list(zip(*(table[c].to_pylist() for c in table.column_names), strict=True))
         assert frames_a and len(set(frames_a)) == len(frames_a), msg_type
     verify = subprocess.run(
-        [str(BIN), "verify", str(root)], capture_output=True, text=True, check=False
-    )
+        [str(BIN), "verify", str(root)], capture_output=True, text=True, check=False,
+        env=runtime_env(),
+    )  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 

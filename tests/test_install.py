@@ -33,12 +33,14 @@ def test_make_dist_wheel_installs_and_runs(tmp_path: Path) -> None:
     assert [w.name for w in wheels] == [f"mlink_capture-{__version__}-py3-none-any.whl"]
 
     venv = tmp_path / "venv"
-    made = _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    # Without a pip of its own: this one installs into it (pip --python). A fresh copy of pip
+    # in the new environment would compile itself first, more than half of the install's CPU.
+    made = _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     # --no-compile: no .pyc for every module of every dependency (pyarrow, boto3, ...): most of
     # the install's CPU, and nothing this test checks; Python compiles what it imports anyway.
-    installed = _run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-compile",
-                     wheels[0], cwd=tmp_path)  # fmt: skip
+    installed = _run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install",
+                     "--quiet", "--no-compile", wheels[0], cwd=tmp_path)  # fmt: skip
     assert installed.returncode == 0, installed.stderr[-3000:]
 
     # The installed package, not this checkout's sources.

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import test_process
+from runtime_env import runtime_env
 
 from capture.config import Config, ConfigError
 
@@ -38,7 +39,7 @@ def test_what_the_daemon_creates_has_the_configured_modes(
     root, health_file = tmp_path / "data", tmp_path / "run" / "health.json"
     daemon = subprocess.Popen(
         [str(test_process.BIN), "run", "--config", str(cfg)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=runtime_env(),
         umask=0,  # a careless parent: everything would be world-writable
     )  # fmt: skip
     try:

@@ -16,6 +16,7 @@ import pytest
 import test_process
 import trio
 from memnet import KEY, MemoryNet, config, mock_clock, run, wait_for
+from runtime_env import runtime_env
 
 from capture.app import Daemon
 from capture.sim.config import SimConfig
@@ -44,7 +45,7 @@ def test_sighup_retries_refused_stripes_with_the_new_key(
 
     daemon = subprocess.Popen(
         [str(test_process.BIN), "run", "--config", str(cfg)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=runtime_env(),
     )  # fmt: skip
     try:
         test_process._wait(lambda: states() == {"auth_failed"}, 30, "both stripes refused")

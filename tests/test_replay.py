@@ -30,9 +30,11 @@ def test_replay_rebuilds_the_same_rows(tmp_path: Path) -> None:
     live, rebuilt = tmp_path / "live", tmp_path / "rebuilt"
     sim_cfg = SimConfig(
         api_keys=frozenset({KEY}),
-        rate=20,
+        rate=5,
         seed=61,
         faults=Faults(disconnect_after_messages=250, faulty_connections=1),  # two sessions
+        stripes=("A", "M"),  # the daemon's stripes only (as many rows as 20/s of all stripes)
+        tick_interval=0.2,  # 150 s of mock time in 750 market steps, one update each
     )
     cfg = config(
         live,

@@ -18,18 +18,35 @@ from capture.sim.server import Simulator
 S = 1_000_000_000
 
 
+def quiet_market(seed: int, record_dir: Path) -> SimConfig:
+    """About one OptionNbboQuote a second for stripe A: 10 a second over the whole market,
+    generated for stripe A's keys only, in steps of half a second (a few hundred steps for
+    minutes of mock time, instead of a hundred a second)."""
+    return SimConfig(
+        api_keys=frozenset({KEY}),
+        rate=1,
+        seed=seed,
+        record_dir=record_dir,
+        stripes=("A",),
+        tick_interval=0.5,
+    )
+
+
 def committed(root: Path) -> list[Path]:
     return sorted(root.glob("OptionNbboQuote/**/*.parquet"))
 
 
 def test_files_rotate_on_aligned_boundaries_and_hold_only_their_interval(tmp_path: Path) -> None:
     root, record = tmp_path / "data", tmp_path / "sent"
-    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=10, seed=8, record_dir=record)
+    sim_cfg = quiet_market(seed=8, record_dir=record)
     cfg = config(root, ["A"], ["OptionNbboQuote"], output={"rotate_interval": 60})
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
         await trio.sleep(200)  # 14:45:00 + 200 s: boundaries at 14:46, 14:47, 14:48
         sim.cfg = sim.cfg.with_overrides(rate=0.0)
+        # A market step due at this same instant may have run first: its update is generated
+        # but not sent yet. Let it go out before counting what was sent.
+        await trio.sleep(1)
         sent = SentCount(record)
         await wait_for(lambda: daemon.workers[0].stats.messages == sent())
 
@@ -69,7 +86,7 @@ def test_the_last_file_of_a_type_that_goes_quiet_commits_at_its_grace_deadline(
     """A type that stops sending in the middle of an interval: its file is committed once the
     interval ended and the grace passed (~302 s with 300 s files), not a whole interval late."""
     root, record = tmp_path / "data", tmp_path / "sent"
-    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=10, seed=10, record_dir=record)
+    sim_cfg = quiet_market(seed=10, record_dir=record)
     cfg = config(root, ["A"], ["OptionNbboQuote"], output={"rotate_interval": 300})
     seen: dict[str, float] = {}
 
@@ -77,6 +94,8 @@ def test_the_last_file_of_a_type_that_goes_quiet_commits_at_its_grace_deadline(
         # BASE is 14:45:00: the interval ends at 14:50:00 (300 s).
         await trio.sleep(100)
         sim.cfg = sim.cfg.with_overrides(rate=0.0)  # the type goes quiet
+        await trio.sleep(195)  # (no need to poll the files until just before the deadline)
+        assert not committed(root)
         seen["committed_at"] = await wait_for(lambda: len(committed(root)) == 1)
 
     trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())

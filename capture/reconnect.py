@@ -70,10 +70,15 @@ class Reconnector:
         self._retry_auth.set()
 
     async def run(
-        self, session: Callable[[], Awaitable[None]], disconnected: Callable[[str], None]
+        self,
+        session: Callable[[], Awaitable[None]],
+        disconnected: Callable[[str], None],
+        *,
+        on_pause: Callable[[], Awaitable[None]] | None = None,
     ) -> NoReturn:
         """Run ``session()`` again and again; ``disconnected(reason)`` after each end (while
-        ``stats.session`` still names the session that ended)."""
+        ``stats.session`` still names the session that ended); ``on_pause()`` after a
+        session ended for a pause, before waiting it out."""
         attempt = 0
         sup = self.sup
         stats = self.stats
@@ -115,6 +120,8 @@ class Reconnector:
                 attempt += 1
             if stats.state == StripeState.PAUSED:
                 delay = 0.0
+                if on_pause is not None:
+                    await on_pause()
             stats.restarts += 1
             self.log.warning("disconnected; reconnecting", reason=reason, delay=round(delay, 3))
             if stats.state == StripeState.AUTH_FAILED:

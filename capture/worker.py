@@ -318,7 +318,11 @@ class StripeWorker:
                 self._gap_from_ns = self._gap_from_ns or self.stats.last_frame_ns
             self.event("disconnect", detail=reason, gap_start_ns=self._gap_from_ns)
 
-        await self._reconnector.run(partial(self._session, send), disconnected)
+        await self._reconnector.run(
+            partial(self._session, send),
+            disconnected,
+            on_pause=partial(self._commit_for_pause, send),
+        )
 
     # -- one connection -------------------------------------------------------------------------
 
@@ -358,6 +362,15 @@ class StripeWorker:
                 )
             self.stats.streams = {r.msg_name: "requested" for r in requests}
             await self._read(conn, session, requests, send, bearer.value)
+
+    async def _commit_for_pause(self, send: Send) -> None:
+        """Capture pauses for the lake's disk budget: commit what was received (and the
+        disconnect event) now rather than at the interval's end, so that the lake can take
+        those files and the journal segments they hold, and make room, instead of holding
+        them while nothing arrives."""
+        await self._flush_pending(send, older_than_ns=None)
+        await self._writer_caught_up()
+        self.request_rotate()
 
     def _requests(self) -> tuple[protocol.StreamRequest, ...]:
         src = self.cfg.source

@@ -68,7 +68,8 @@ def test_disk_budget_pauses_capture_and_the_store_takes_everything_back(
     }
     seen: list[dict[str, Any]] = []  # (lake doc, stripe states) every 0.1 s
     servers = [server]
-    window: list[dict[str, Any]] = []  # 5 s into the pause, for 1 s
+    window: list[dict[str, Any]] = []  # once the files open at the pause are committed, 1 s
+    timing: dict[str, float] = {}
 
     def look(daemon: Daemon) -> dict[str, Any]:
         doc = daemon.health_doc()
@@ -98,9 +99,11 @@ def test_disk_budget_pauses_capture_and_the_store_takes_everything_back(
             lambda v: v["state"] == "over_budget"
             and set(v["stripes"].values()) == {"paused"}, 90,
         )  # fmt: skip
-        # Paused: nothing more is received, the bytes held stay put. (The files still open
-        # commit at their interval's end plus commit_grace, then they count: after that.)
+        # Paused: nothing more is received, the bytes held stay put. The files open at the
+        # pause are committed then (not at their interval's end): after that.
+        paused_at = trio.current_time()
         await until(daemon, "open files committed", lambda v: v["open_files"] == 0, 150)
+        timing["commit_after_pause"] = trio.current_time() - paused_at
         for _ in range(10):
             window.append(look(daemon))
             await trio.sleep(0.1)
@@ -170,6 +173,8 @@ def test_disk_budget_pauses_capture_and_the_store_takes_everything_back(
         held = [v["held_bytes"] for v in paused]
         assert max(held) <= budget + len(STRIPES) * (1 + len(TYPES) + 1) * 2**20, held
         # ... and, once paused, they do not grow: nothing is received
+        # The files open at the pause were committed at once, not at the 60 s boundary.
+        assert timing["commit_after_pause"] < 20, timing
         assert all(v["state"] == "over_budget" for v in window)
         assert all(set(v["stripes"].values()) == {"paused"} for v in window)
         assert max(v["held_bytes"] for v in window) <= window[0]["held_bytes"], window

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import pytest
 from compact_util import NS, TYPE, ns_of, write_live
 from moto.server import ThreadedMotoServer
 from pyiceberg.catalog.sql import SqlCatalog
+from runtime_env import runtime_env
 
 from capture.compact import CompactionSettings
 from capture.config import LakeConfig
@@ -268,7 +268,7 @@ def test_sigkill_at_each_step_leaves_old_or_new_and_a_rerun_finishes(
 
     def run(crash: str | None) -> subprocess.CompletedProcess[str]:
         """``mlink-capture compact`` (the local tree is compacted first, then the lake)."""
-        env = {**os.environ, **S3_ENV, "PYTHONPATH": str(REPO)}
+        env = runtime_env(**S3_ENV, PYTHONPATH=str(REPO))  # as installed: no numpy, pandas
         env.pop("MLINK_CAPTURE_CRASH_AT", None)
         if crash:
             env["MLINK_CAPTURE_CRASH_AT"] = crash

@@ -368,7 +368,12 @@ class StripeWorker:
         disconnect event) now rather than at the interval's end, so that the lake can take
         those files and the journal segments they hold, and make room, instead of holding
         them while nothing arrives."""
-        await self._flush_pending(send, older_than_ns=None)
+        if self._writer_gone:
+            return  # the stripe is failing: recovery replays what the writer did not commit
+        try:
+            await self._flush_pending(send, older_than_ns=None)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # (the writer ended meanwhile: as above)
         await self._writer_caught_up()
         self.request_rotate()
 

@@ -822,7 +822,11 @@ class StripeWorker:
                 with trio.move_on_at(trio_deadline_for(self.clock, wake)):
                     if self._rotate_now.is_set():
                         self._rotate_now = trio.Event()
-                        self._committed(await self._heavy(sink.rotate_all))
+                        try:
+                            self._committed(await self._heavy(sink.rotate_all))
+                        except trio.Cancelled:  # the wake-up came first (waiting for a slot)
+                            self._rotate_now.set()  # still asked for: the next round does it
+                            raise
                     with trio.CancelScope() as waiting:
                         self._writer_waiting = waiting
                         if self._rotate_now.is_set():  # asked again while it rotated

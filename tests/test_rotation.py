@@ -128,3 +128,46 @@ def test_rotate_now_commits_a_quiet_feeds_open_file_at_once(tmp_path: Path) -> N
     trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
     assert seen["after"] < 1, seen  # not at 15:00, the next boundary 15 minutes away
     assert seen["rows"] == seen["sent"]
+
+
+def test_rotate_now_asked_as_a_boundary_passes_while_the_writer_waits_to_commit(
+    tmp_path: Path,
+) -> None:
+    """SIGHUP just before a clock boundary, while the process's decode slots are busy (every
+    stripe rotates at once on SIGHUP or a pause): the boundary passing while the writer waits
+    for a slot does not drop the request; the open file commits once a slot is free, not at
+    its grace deadline after the boundary."""
+    root, record = tmp_path / "data", tmp_path / "sent"
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=10, seed=11, record_dir=record)
+    cfg = config(
+        root,
+        ["A"],
+        ["OptionNbboQuote"],
+        output={"rotate_interval": 60},
+        pipeline={"flush_interval": 5.0},  # commit_grace 20 s
+    )
+    seen: dict[str, float] = {}
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        await trio.sleep(20)
+        sim.cfg = sim.cfg.with_overrides(rate=0.0)  # quiet from here on
+        sent = SentCount(record)
+        worker = daemon.workers[0]
+        await wait_for(lambda: worker.stats.rows_written == sent() > 0)
+        await trio.sleep_until(59.5)  # the boundary: 14:46:00, trio time 60
+        assert committed(root) == []
+        limiter = worker.decode_limiter
+        holders = [object() for _ in range(int(limiter.total_tokens))]
+        for holder in holders:  # the other stripes' rotations hold every slot
+            await limiter.acquire_on_behalf_of(holder)
+        daemon.rotate()
+        await trio.sleep_until(60.5)
+        for holder in holders:
+            limiter.release_on_behalf_of(holder)
+        seen["at"] = await wait_for(lambda: len(committed(root)) == 1)
+        seen["rows"] = pq.read_table(committed(root)[0]).num_rows
+        seen["sent"] = sent()
+
+    trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
+    assert seen["at"] < 61, seen  # not at 14:46:20, the boundary's grace deadline
+    assert seen["rows"] == seen["sent"]

@@ -77,8 +77,8 @@ class Reconnector:
         on_pause: Callable[[], Awaitable[None]] | None = None,
     ) -> NoReturn:
         """Run ``session()`` again and again; ``disconnected(reason)`` after each end (while
-        ``stats.session`` still names the session that ended); ``on_pause()`` after a
-        session ended for a pause, before waiting it out."""
+        ``stats.session`` still names the session that ended); ``on_pause()`` when a pause
+        begins, before waiting it out."""
         attempt = 0
         sup = self.sup
         stats = self.stats
@@ -88,7 +88,7 @@ class Reconnector:
             # A SIGHUP from now on (even while this attempt still uses the old credentials)
             # ends the auth backoff that may follow it.
             self._retry_auth = trio.Event()
-            await self._wait_unpaused()
+            await self._wait_unpaused(on_pause)
             try:
                 await session()
                 reason = "server ended the session"
@@ -120,8 +120,6 @@ class Reconnector:
                 attempt += 1
             if stats.state == StripeState.PAUSED:
                 delay = 0.0
-                if on_pause is not None:
-                    await on_pause()
             stats.restarts += 1
             self.log.warning("disconnected; reconnecting", reason=reason, delay=round(delay, 3))
             if stats.state == StripeState.AUTH_FAILED:
@@ -131,13 +129,17 @@ class Reconnector:
             else:
                 await trio.sleep(delay)
 
-    async def _wait_unpaused(self) -> None:
-        """While the lake says so (its local disk budget is reached), stay disconnected."""
+    async def _wait_unpaused(self, on_pause: Callable[[], Awaitable[None]] | None) -> None:
+        """While the lake says so (its local disk budget is reached), stay disconnected;
+        ``on_pause()`` first, whether a session just ended for the pause or the stripe was
+        between sessions (backoff, auth backoff) when it began."""
         if self.paused is None or (why := self.paused()) is None:
             return
         self.stats.state = StripeState.PAUSED
         self.stats.last_error = why
         self.log.error("capture paused", reason=why)
+        if on_pause is not None:
+            await on_pause()
         while self.paused() is not None:  # noqa: ASYNC110 - polls the lake's state
             await trio.sleep(PAUSE_POLL_S)
         self.log.info("capture resumes: the lake has room again")

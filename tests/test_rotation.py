@@ -103,6 +103,16 @@ def test_the_last_file_of_a_type_that_goes_quiet_commits_at_its_grace_deadline(
     assert 300 + grace <= seen["committed_at"] <= 300 + grace + 0.5, seen
 
 
+async def go_quiet(daemon: Daemon, sim: Simulator, record: Path) -> SentCount:
+    """20 s of data, then none: returns once every row sent is written (to open files)."""
+    await trio.sleep(20)
+    sim.cfg = sim.cfg.with_overrides(rate=0.0)  # quiet from here on
+    sent = SentCount(record)
+    worker = daemon.workers[0]
+    await wait_for(lambda: worker.stats.rows_written == sent() > 0)
+    return sent
+
+
 def test_rotate_now_commits_a_quiet_feeds_open_file_at_once(tmp_path: Path) -> None:
     """SIGHUP on a feed that sends nothing: the writer, waiting for the next batch, commits
     the open file now, not at the interval's end."""
@@ -112,11 +122,7 @@ def test_rotate_now_commits_a_quiet_feeds_open_file_at_once(tmp_path: Path) -> N
     seen: dict[str, float] = {}
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
-        await trio.sleep(20)
-        sim.cfg = sim.cfg.with_overrides(rate=0.0)  # quiet from here on
-        sent = SentCount(record)
-        worker = daemon.workers[0]
-        await wait_for(lambda: worker.stats.rows_written == sent() > 0)
+        sent = await go_quiet(daemon, sim, record)
         await trio.sleep(30)  # the writer waits for a batch that does not come
         assert committed(root) == []
         asked = trio.current_time()
@@ -149,11 +155,8 @@ def test_rotate_now_asked_as_a_boundary_passes_while_the_writer_waits_to_commit(
     seen: dict[str, float] = {}
 
     async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
-        await trio.sleep(20)
-        sim.cfg = sim.cfg.with_overrides(rate=0.0)  # quiet from here on
-        sent = SentCount(record)
+        sent = await go_quiet(daemon, sim, record)
         worker = daemon.workers[0]
-        await wait_for(lambda: worker.stats.rows_written == sent() > 0)
         await trio.sleep_until(59.5)  # the boundary: 14:46:00, trio time 60
         assert committed(root) == []
         limiter = worker.decode_limiter

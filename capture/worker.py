@@ -820,17 +820,17 @@ class StripeWorker:
                     wake = min(wake, due)
                 item: WriterItem | None = None
                 with trio.move_on_at(trio_deadline_for(self.clock, wake)):
-                    if self._rotate_now.is_set():
+                    while self._rotate_now.is_set():  # (again if asked while it rotated)
                         self._rotate_now = trio.Event()
                         try:
                             self._committed(await self._heavy(sink.rotate_all))
                         except trio.Cancelled:  # the wake-up came first (waiting for a slot)
                             self._rotate_now.set()  # still asked for: the next round does it
                             raise
+                    # No checkpoint between the test above and here: a request from now on
+                    # cancels this wait.
                     with trio.CancelScope() as waiting:
                         self._writer_waiting = waiting
-                        if self._rotate_now.is_set():  # asked again while it rotated
-                            waiting.cancel()
                         try:
                             item = await recv.receive()
                         except trio.EndOfChannel:

@@ -174,3 +174,25 @@ def test_rotate_now_asked_as_a_boundary_passes_while_the_writer_waits_to_commit(
     trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
     assert seen["at"] < 61, seen  # not at 14:46:20, the boundary's grace deadline
     assert seen["rows"] == seen["sent"]
+
+
+def test_a_storm_of_rotate_requests_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """SIGHUP again and again, in bursts and while data flows (an operator's reload loop): every
+    row sent is in exactly one committed file."""
+    root, record = tmp_path / "data", tmp_path / "sent"
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=40, seed=12, record_dir=record)
+    cfg = config(root, ["A"], ["OptionNbboQuote"], output={"rotate_interval": 3600})
+
+    async def scenario(daemon: Daemon, sim: Simulator, net: MemoryNet) -> None:
+        for i in range(300):
+            for _ in range(1 + i % 7):  # bursts: requests with no checkpoint between them
+                daemon.rotate()
+            await trio.sleep(0 if i % 3 else 0.05)  # some while the writer works, some idle
+        sent = await go_quiet(daemon, sim, record)
+        daemon.rotate()
+        await wait_for(lambda: sent() == sum(pq.read_metadata(p).num_rows for p in committed(root)))
+
+    trio.run(run, sim_cfg, cfg, scenario, clock=mock_clock())
+    seqs = [s for p in committed(root) for s in pq.read_table(p).column("_seq").to_pylist()]
+    assert len(committed(root)) > 3  # the requests did rotate (one file without them)
+    assert len(seqs) == len(set(seqs)) == len(load_sent_data(record)[("OptionNbboQuote", "A")])

@@ -115,7 +115,7 @@ def test_disk_budget_pauses_capture_and_the_store_takes_everything_back(
         )  # fmt: skip
 
     root = tmp_path / "data"
-    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=1500, seed=37)
+    sim_cfg = SimConfig(api_keys=frozenset({KEY}), rate=4000, seed=37)
 
     async def main() -> tuple[Daemon, int]:
         sim = Simulator(sim_cfg)

@@ -49,10 +49,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The suite on TEST_WORKERS pytest-xdist workers, a whole test module per worker (its
-# module-scoped fixtures are made once; tests/conftest.py starts the slow modules first).
-# One worker per core: the real-time tests (crash, e2e) assume the daemon keeps up with the
-# simulator, which 4 workers on 2 busy cores broke. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+# module-scoped fixtures are made once; tests/conftest.py starts the longest modules first).
+# One worker more than the cores: the suite waits on processes and sockets part of the time.
+# Not more: the real-time tests (crash, e2e) assume the daemon keeps up with the simulator,
+# which 4 workers on 2 busy cores broke. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) + 1)')
 test: lint typecheck
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 

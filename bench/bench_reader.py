@@ -12,7 +12,11 @@ Scenarios (best of ``--repeat``, CPU time per frame / per byte):
 * ``CR LF J storm``: 900 KB of ``\\r\\nJ`` (every skip searched to the end for a ``\\r\\nP``:
   was quadratic, minutes);
 * ``scan``: :func:`capture.bounds.check_body` on every body of ``whole`` (the cost the
-  reader adds per frame), and on a Repeater-like body with 100 nested objects (exact path).
+  reader adds per frame), and on a Repeater-like body with 100 nested objects (exact path);
+* ``per-read split``: the floor of a pure-Python alternative to ``whole`` + ``scan`` (issue 20,
+  bench/HISTORY.md item 37): each message cut with one ``bytes.split`` on ``\\r\\nJ``, the
+  header digits and length checked, the nesting counts and the ``mTyp`` peek per body, and
+  no resynchronisation, carry-over or member count (so it is faster than any correct version).
 """
 
 from __future__ import annotations
@@ -107,6 +111,35 @@ def main() -> None:
 
     t = best(scan_legs, args.repeat)
     print(f"scan (100 legs): {t / 2000 * 1e9:8.0f} ns/frame ({len(legs)} bytes, exact path)")
+
+    def whole_and_scan() -> None:
+        dec = FrameDecoder()
+        for m in messages:
+            for _mtyp, _number, body in dec.feed_typed(m):  # type: ignore[misc]  # no Garbage here
+                check_body(body, bounds)
+
+    t = best(whole_and_scan, args.repeat)
+    print(f"whole + scan   : {t / count * 1e9:8.0f} ns/frame (the reader's per-frame work)")
+    depth = bounds.max_depth
+    prefix = b'{"header":{"mTyp":"'
+
+    def per_read_split() -> None:
+        for m in messages:
+            for part in m.split(b"\r\nJ")[1:]:
+                digits = part[:11]
+                if not digits.isdigit():
+                    raise AssertionError("a bad header: not in this benchmark's input")
+                _number, length = divmod(int(digits), 1_000_000)
+                body = part[11:]
+                if len(body) != length or body[-1] != 125:
+                    raise AssertionError("a bad length: not in this benchmark's input")
+                if body.count(b"{") + body.count(b"[") > depth:
+                    raise AssertionError("too deep: not in this benchmark's input")
+                if body.startswith(prefix):
+                    body.find(b'"', 19, 147)
+
+    t = best(per_read_split, args.repeat)
+    print(f"per-read split : {t / count * 1e9:8.0f} ns/frame (pure-Python floor, see docstring)")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ RULES: list[tuple[str, str]] = [
     ("BatchDecoder._read", "JSON decode (pyarrow read_json)"),
     ("_metadata_arrays", "capture columns (_recv_time, _seq, ... from lists)"),
     ("capture/decode/", "Arrow flatten/convert (compute)"),
-    ("max_ns (capture/batchwrite.py", "writer bookkeeping (highwater max)"),
+    ("latest_plausible (capture/resume.py", "writer bookkeeping (resume point)"),
     ("BatchWriter._write", "writer bookkeeping (highwater max)"),
     ("BatchWriter.write", "writer bookkeeping (highwater max)"),
     ("_thread_cache.py", "idle offload thread / hand-off (trio.to_thread)"),

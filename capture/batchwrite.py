@@ -20,10 +20,9 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from capture import quarantine
 from capture.batching import PendingBatch
@@ -31,10 +30,12 @@ from capture.crashguard import Note
 from capture.decode import BatchDecoder, DecodeResult, DriftReport
 from capture.faultpoints import crash_point, poison_point
 from capture.quarantine import Quarantined
+from capture.resume import latest_plausible
 from capture.schemas import lookup as lookup_message
+from capture.schemas.mapping import RECV_TIME_NS_COLUMN
 from capture.sink import CommittedFile, PartitionSink
 
-__all__ = ["BatchWriter", "WriteOutcome", "max_ns", "number_mismatches"]
+__all__ = ["BatchWriter", "WriteOutcome", "number_mismatches"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class WriteOutcome:
     rows: int
     rejected: int
     slow_rows: int
-    latest_sent_ns: int | None
+    latest_sent: tuple[int, int] | None  # resume point candidate (capture.resume)
     unknown_fields: frozenset[str] = frozenset()
     number_mismatches: int = 0
 
@@ -108,10 +109,10 @@ class BatchWriter:
         batch = result.batch
         crash_point("worker.decoded")
         committed: list[CommittedFile] = []
-        latest: int | None = None
+        latest: tuple[int, int] | None = None
         if batch.num_rows:
             committed.extend(sink.write(pb.msg_type, batch))  # splits at local midnight
-            latest = max_ns(batch.column("h_sTim"))
+            latest = latest_plausible(batch.column("h_sTim"), batch.column(RECV_TIME_NS_COLUMN))
         return WriteOutcome(
             committed=committed,
             number_mismatches=number_mismatches(pb.msg_type, pb.type_numbers),
@@ -119,7 +120,7 @@ class BatchWriter:
             rejected=rejected,
             slow_rows=result.drift.slow_path_rows,
             unknown_fields=result.drift.unknown_fields,
-            latest_sent_ns=latest,
+            latest_sent=latest,
         )
 
     def _decode(self, dec: BatchDecoder, pb: PendingBatch, rows: list[int] | None = None) -> Any:
@@ -171,16 +172,3 @@ def number_mismatches(msg_type: str, numbers: list[int]) -> int:
     expected = mdef.number
     unchecked = numbers.count(0) if expected else 0  # list.count: C speed, per batch
     return len(numbers) - numbers.count(expected) - unchecked
-
-
-def max_ns(column: pa.ChunkedArray | pa.Array) -> int | None:
-    """Latest header send time in the batch, as ns since the epoch (PROTOCOL.md highwaterTs).
-
-    Exact: the column holds microseconds, multiplied here in Python (an Arrow cast to ns would
-    fail on a time beyond 2262, which a server could send); such times are not a highwater."""
-    micros = pc.cast(column, pa.int64())
-    value = pc.max(pc.filter(micros, pc.less_equal(micros, _MAX_NS_MICROS))).as_py()
-    return None if value is None else int(value) * 1000
-
-
-_MAX_NS_MICROS: Final = (2**63 - 1) // 1000

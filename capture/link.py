@@ -25,6 +25,7 @@ from capture import session as mlink
 from capture.clock import WallClock
 from capture.errors import AuthRejected, TransportError
 from capture.frames import FrameDecoder, encode_client_frame
+from capture.resume import ResumePoints
 from capture.session import MLinkSession
 from capture.stats import StripeStats
 from capture.transport import Connection
@@ -55,14 +56,14 @@ class LinkActions:
         stats: StripeStats,
         log: Any,
         event: Callable[..., None],
-        highwater: dict[str, int],
+        highwater: ResumePoints,
         clock: WallClock,
         logon_field: Callable[[], str],
     ) -> None:
         self.stats = stats
         self.log = log
         self._event = event  # records a capture event (kind, **fields)
-        self._highwater = highwater  # msg type -> resume point (ns), updated in place
+        self._highwater = highwater  # the stripe's resume points, offered checkpoints' times
         self._clock = clock
         self._logon_field = logon_field  # the credential source's name for the key
 
@@ -72,10 +73,12 @@ class LinkActions:
         link: Link,
         conn: Connection | None,
         api_key: str | None,
+        recv_ns: int,
     ) -> None:
-        """Carry out what the MLink session decided.  Live, ``conn`` is the connection; when
-        the journal is replayed it is None: the same state changes, nothing is sent, recorded
-        or ended again (it was when the messages arrived)."""
+        """Carry out what the MLink session decided on a message received at ``recv_ns``.
+        Live, ``conn`` is the connection; when the journal is replayed it is None: the same
+        state changes, nothing is sent, recorded or ended again (it was when the messages
+        arrived)."""
         stats = self.stats
         for ev in events:
             if isinstance(ev, mlink.HeartbeatSeen):
@@ -104,8 +107,12 @@ class LinkActions:
                 if ev.status in ("replaced", "terminated"):
                     self.log.warning("stream ended by server", msg_type=ev.msg_type, state=ev.state)
                 if ev.highwater_ts and ev.highwater_ts > 0:
-                    hw = self._highwater
-                    hw[ev.msg_type] = max(hw.get(ev.msg_type, 0), ev.highwater_ts)
+                    if not self._highwater.offer(ev.msg_type, ev.highwater_ts, recv_ns):
+                        self.log.warning(
+                            "checkpoint highwaterTs is not a plausible time; not resuming from it",
+                            msg_type=ev.msg_type,
+                            highwater_ts=ev.highwater_ts,
+                        )
             elif isinstance(ev, mlink.UnmatchedAck):
                 self.log.warning("stream ack matches no request", msg_name=ev.msg_name)
             elif isinstance(ev, mlink.ServerProblem):

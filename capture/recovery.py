@@ -28,6 +28,8 @@ import pyarrow.parquet as pq
 
 from capture.events import TABLE as EVENTS_TABLE
 from capture.logs import get_logger
+from capture.resume import ResumePoints
+from capture.schemas.mapping import RECV_TIME_NS_COLUMN
 from capture.sink import (
     META_COMPACTED,
     META_MSG_TYPE,
@@ -39,7 +41,6 @@ from capture.sink import (
 
 log = get_logger(component="recovery")
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 EventKey = tuple[int, str, str | None]  # (time ns, event, session): one capture event
 
@@ -49,7 +50,7 @@ class CommittedIndex:
     """Sorted, merged seq ranges per message type, plus the latest header send time seen."""
 
     ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
-    max_sent_ns: dict[str, int] = field(default_factory=dict)
+    resume_points: ResumePoints = field(default_factory=ResumePoints)  # from h_sTim statistics
     max_seq: int | None = None
     files: int = 0
     unreadable: list[Path] = field(default_factory=list)  # damaged: their rows count as absent
@@ -162,15 +163,16 @@ def _index_file(
     for _, hi in spans:
         index.max_seq = hi if index.max_seq is None else max(index.max_seq, hi)
     names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    if "h_sTim" in names:
-        col = names.index("h_sTim")
+    if "h_sTim" in names and RECV_TIME_NS_COLUMN in names:
+        sent_col, recv_col = names.index("h_sTim"), names.index(RECV_TIME_NS_COLUMN)
         for rg in range(meta.num_row_groups):
-            stats = meta.row_group(rg).column(col).statistics
-            if stats is not None and stats.has_min_max:
-                latest = stats.max  # a datetime (microseconds, UTC)
-                ns = (latest - _EPOCH) // dt.timedelta(microseconds=1) * 1000
-                if ns > index.max_sent_ns.get(msg_type, 0):
-                    index.max_sent_ns[msg_type] = ns
+            group = meta.row_group(rg)
+            sent, recv = group.column(sent_col).statistics, group.column(recv_col).statistics
+            if sent is None or recv is None or not (sent.has_min_max and recv.has_min_max):
+                continue
+            # Physical values (int64 microseconds, int64 ns): no conversion that could fail.
+            # A row group whose latest send time is implausible offers nothing (capture.resume).
+            index.resume_points.offer(msg_type, int(sent.max_raw) * 1000, int(recv.max_raw))
 
 
 def committed_events(root: Path, stripe: str, *, since_ns: int | None) -> set[EventKey]:

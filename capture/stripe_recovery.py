@@ -42,6 +42,7 @@ from capture.journal_replay import Replaying, replay
 from capture.lake.hold import JournalHold
 from capture.logs import get_logger
 from capture.recovery import CommittedIndex, EventKey, committed_events, scan_committed
+from capture.resume import ResumePoints
 from capture.sink import PartitionSink, cleanup_in_progress
 from capture.stats import StripeStats
 
@@ -72,7 +73,7 @@ class RecoveryPlan:
     quarantined_before: frozenset[str]
     events_before: frozenset[EventKey]
     next_seq: int  # the live reader numbers frames from here: the replay owns every number below
-    highwater: dict[str, int]  # per type: the latest header send time received (the resume point)
+    highwater: ResumePoints  # per type: the latest plausible send time received
     gap_from_ns: int | None  # the last message the last run received
 
 
@@ -80,7 +81,7 @@ class Replayer(Replaying, Protocol):
     """A replayer of the stripe (capture.worker.StripeWorker): its own sink and writer."""
 
     stats: StripeStats
-    highwater: dict[str, int]
+    highwater: ResumePoints
 
 
 class Stripe(StripeLoop, Protocol):
@@ -88,7 +89,7 @@ class Stripe(StripeLoop, Protocol):
 
     cfg: Config
     stripe: str
-    highwater: dict[str, int]  # per type: the resume point
+    highwater: ResumePoints  # per type: the resume point
     journal_syncs_itself: bool
     journal_hold: JournalHold | None
     offload: Callable[..., Awaitable[Any]]
@@ -172,8 +173,7 @@ class StripeRecovery:
             stats.garbage_bytes += done.garbage_bytes
             stats.rows_written += done.rows_written
             stats.files_committed += done.files_committed
-        for msg_type, sent_ns in replayer.highwater.items():
-            stripe.highwater[msg_type] = max(stripe.highwater.get(msg_type, 0), sent_ns)
+        stripe.highwater.merge(replayer.highwater)
         self.keeper.hold_below(None)
         done_account = account(plan, checked, replayed)
         stripe.event(
@@ -237,10 +237,9 @@ def _plan(
         next_seq = max(next_seq, index.max_seq + 1)
     # Resume from the last record received, durable in the journal, not only from the last
     # one committed (which lags: the difference would be stored twice).
-    highwater: dict[str, int] = {}
-    for source in (index.max_sent_ns, span.sent_ns):
-        for msg_type, sent_ns in source.items():
-            highwater[msg_type] = max(highwater.get(msg_type, 0), sent_ns)
+    highwater = ResumePoints()
+    highwater.merge(index.resume_points)
+    highwater.merge(span.resume_points)
     return RecoveryPlan(
         journal=journal,
         report=report,
@@ -292,7 +291,7 @@ def account(
 class _JournalSpan:
     first_ns: int | None = None  # oldest message or event
     last_ns: int | None = None  # newest message
-    sent_ns: dict[str, int] = field(default_factory=dict)  # per type: latest header sTim
+    resume_points: ResumePoints = field(default_factory=ResumePoints)  # latest header sTim
 
 
 def _journal_span(directory: Path, segments: list[Path]) -> _JournalSpan:
@@ -329,8 +328,8 @@ def _journal_span(directory: Path, segments: list[Path]) -> _JournalSpan:
                 if not mtyp or mtyp in protocol.CONTROL_TYPES:
                     continue
                 sent = _header_sent_ns(body)
-                if sent is not None and sent > span.sent_ns.get(mtyp, 0):
-                    span.sent_ns[mtyp] = sent
+                if sent is not None:
+                    span.resume_points.offer(mtyp, sent, rec.recv_ns)
         if span.last_ns is not None:
             break
     return span

@@ -72,6 +72,7 @@ from capture.link import Link, LinkActions
 from capture.logs import get_logger, redact_url, secret_scrubber
 from capture.memory import InFlightBudget, decode_slots
 from capture.reconnect import Reconnector
+from capture.resume import ResumePoints
 from capture.rotation import next_boundary_ns
 from capture.session import MLinkSession
 from capture.sink import CommittedFile, PartitionSink, SinkSettings
@@ -176,7 +177,7 @@ class StripeWorker:
         # The URL as logged and stored: a key in it (?apikey=, user:key@) is a secret.
         self._url = redact_url(cfg.source.url)
         self._valid_types: set[str] = set()  # data type names checked by bounds.check_type_name
-        self.highwater: dict[str, int] = {}  # msg type -> last header sTim (ns) written
+        self.highwater = ResumePoints()  # msg type -> the send time to resume after (ns)
         self._actions = LinkActions(  # carries out what the MLink session decides
             stats=self.stats,
             log=self.log,
@@ -424,7 +425,7 @@ class StripeWorker:
                     if events:
                         # No MLinkAdmin yet: some servers wait for the request first (§7.1, [I]).
                         self.log.warning("no MLinkAdmin within logon_timeout; requesting anyway")
-                        await self._actions.apply(events, sess, conn, api_key)
+                        await self._actions.apply(events, sess, conn, api_key, self.clock.now_ns())
                         continue
                     raise StaleConnection(f"no data or heartbeat for {sup.stale_after:g} s")
                 recv_ns = now_ns()  # one socket read: its messages were received together
@@ -522,7 +523,7 @@ class StripeWorker:
                         alive += isinstance(ctl, protocol.Heartbeat)
                         decided = sess.protocol.receive(ctl)
                         if decided:
-                            await self._actions.apply(decided, sess, conn, api_key)
+                            await self._actions.apply(decided, sess, conn, api_key, recv_ns)
                         continue
                     if mtyp not in valid_types:  # where a type name enters: never the writer's
                         bounds.check_type_name(mtyp, limits)
@@ -718,8 +719,7 @@ class StripeWorker:
         self._guard = plan.guard.note("live")
         self.durability = keeper
         self._seq = max(self._seq, plan.next_seq)
-        for msg_type, sent_ns in plan.highwater.items():
-            self.highwater[msg_type] = max(self.highwater.get(msg_type, 0), sent_ns)
+        self.highwater.merge(plan.highwater)
         self._gap_from_ns = plan.gap_from_ns
 
     def replayer(self, plan: RecoveryPlan, guard: Note) -> StripeWorker:
@@ -891,9 +891,8 @@ class StripeWorker:
         stats.rows_written += outcome.rows
         stats.rows_by_type[msg_type] = stats.rows_by_type.get(msg_type, 0) + outcome.rows
         self.driftlog.written(msg_type, outcome)
-        latest = outcome.latest_sent_ns
-        if latest is not None and latest > self.highwater.get(msg_type, 0):
-            self.highwater[msg_type] = latest
+        if outcome.latest_sent is not None:
+            self.highwater.offer(msg_type, *outcome.latest_sent)
         self._committed(outcome.committed)
 
     def _committed(self, files: list[CommittedFile]) -> None:

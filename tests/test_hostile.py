@@ -71,13 +71,17 @@ Message = bytes | str
 @dataclass
 class Script:
     """What the server sends on each connection: ``first`` on connection 1, ``later`` on the
-    others (each after an MLinkAdmin LoggedOn); heartbeats every ``beat`` s unless None."""
+    others (each after an MLinkAdmin LoggedOn); heartbeats every ``beat`` s unless None.
+    ``hang_up``: close connection 1 once ``first`` is sent.  ``received``: (connection, what
+    the client sent) in order."""
 
     first: Sequence[Message]
     later: Sequence[Message] = ()
     beat: float | None = 5.0
     logon: bytes = LOGGED_ON
+    hang_up: bool = False
     sent: list[int] = field(default_factory=list)
+    received: list[tuple[int, bytes]] = field(default_factory=list)
 
     async def serve(self, stream: trio.abc.Stream, n: int) -> None:
         ws = WSConnection(ConnectionType.SERVER)
@@ -92,12 +96,20 @@ class Script:
         try:
             await stream.send_all(out)
             self.sent.append(n)
+            if self.hang_up and n == 1:
+                await stream.aclose()
+                return
             async with trio.open_nursery() as nursery:
                 if self.beat is not None:
                     nursery.start_soon(self._beat, stream, ws)
                 while data := await stream.receive_some(65536):
                     ws.receive_data(bytes(data))
-                    if any(isinstance(e, CloseConnection) for e in ws.events()):
+                    events = list(ws.events())
+                    for e in events:
+                        if isinstance(e, BytesMessage | TextMessage):
+                            raw = e.data.encode() if isinstance(e.data, str) else bytes(e.data)
+                            self.received.append((n, raw))
+                    if any(isinstance(e, CloseConnection) for e in events):
                         break
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
         "capture.stripes", "capture.sim.tls", "capture.states", "capture.wsframes",
         "capture.sim.universe", "capture.sim.pricing",
         "capture.journal.records",
-        "capture.totp",
+        "capture.totp", "capture.resume",
     },
     {
         "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.credentials",

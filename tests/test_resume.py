@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import trio
@@ -108,14 +107,3 @@ def test_capture_events_answer_which_intervals_are_missing(tmp_path: Path) -> No
         "connection closed (1006 ABNORMAL_CLOSURE)",
         "daemon stopping",
     ]
-
-
-def test_highwater_is_exact_and_ignores_times_beyond_int64_nanoseconds() -> None:
-    """The highwater is the exact latest send time in ns, computed from the microseconds (an
-    Arrow cast to ns would raise on a time after 2262, which a server could send)."""
-    from capture.batchwrite import max_ns
-
-    micros = [1_748_875_510_152_901, 1_748_875_510_152_903, 253_402_300_799_000_000]  # 9999
-    column = pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    assert max_ns(column) == 1_748_875_510_152_903_000
-    assert max_ns(pa.array([None], pa.timestamp("us", tz="UTC"))) is None

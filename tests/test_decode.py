@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -17,6 +18,7 @@ import pytest
 
 from capture.decode import BatchDecoder, DecodeResult, DriftReport
 from capture.schemas import MessageDef, lookup
+from capture.schemas.mapping import PARTITION_KEYS
 
 SAMPLES = Path(__file__).parent / "data" / "samples.jsonf"
 KEY_PARTS = {
@@ -106,7 +108,11 @@ def expected_columns(msg: MessageDef, body: dict[str, Any]) -> dict[str, Any]:
     header, message = body["header"], body["message"]
     out = {f"h_{k}": convert(t, header.get(k)) for k, t in HEADER_TYPES.items()}
 
-    def add(target: dict[str, Any], fdef: Any, value: Any, members: Any = ()) -> None:
+    def add(
+        target: dict[str, Any], fdef: Any, value: Any, members: Any = (), top: bool = False
+    ) -> None:
+        if top and fdef.name.casefold() in PARTITION_KEYS:  # the directory's keys: suffixed
+            fdef = dataclasses.replace(fdef, name=f"{fdef.name}__2")
         if fdef.ftype in KEY_PARTS:
             for part in KEY_PARTS[fdef.ftype]:
                 part_value = value.get(part) if value is not None else None
@@ -126,9 +132,9 @@ def expected_columns(msg: MessageDef, body: dict[str, Any]) -> dict[str, Any]:
 
     pkey = message.get("pkey", {})
     for fdef in msg.key_fields:
-        add(out, fdef, pkey.get(fdef.name))
+        add(out, fdef, pkey.get(fdef.name), top=True)
     for fdef in msg.body_fields:
-        add(out, fdef, message.get(fdef.name), msg.members(fdef.name))
+        add(out, fdef, message.get(fdef.name), msg.members(fdef.name), top=True)
     return out
 
 

@@ -335,8 +335,9 @@ def test_column_names_unique_for_every_type() -> None:
     for name in registry():
         folded = [n.casefold() for n in arrow_schema(name).names]
         assert len(folded) == len(set(folded)), name
-        # No clash in today's dictionary, so no suffix was needed anywhere.
-        assert not any("__" in n for n in arrow_schema(name).names), name
+        # In today's dictionary only the partition key ``date`` is claimed (by a field named
+        # ``date``: tests/test_partition_names.py); no other suffix was needed anywhere.
+        assert not any("__" in n for n in arrow_schema(name).names if n != "date__2"), name
 
 
 def test_name_collisions_get_deterministic_suffixes() -> None:

@@ -15,9 +15,10 @@ Table layout (all columns nullable), in this order:
 Unknown message types get the generic layout: metadata, header, ``_mtyp``, ``message`` (the
 message object as compact JSON) and ``_extra``.
 
-Column names are unique case-insensitively (DuckDB and friends fold identifier case). A name that
-is already taken gets ``__2``, ``__3``, ... appended, in column order, so the first holder keeps
-it. The dictionary itself produces no such clash today; the rule exists for the next dictionary.
+Column names are unique case-insensitively (DuckDB and friends fold identifier case), and none is
+a partition key of the directory layout (``date``, ``stripe``). A name that is already taken gets
+``__2``, ``__3``, ... appended, in column order, so the first holder keeps it. In today's
+dictionary only the partition key ``date`` is claimed (by six types' ``date`` field).
 
 Every column type is one that Spark (without flags), Iceberg v2, DuckDB, Polars and pandas read
 exactly: no nanosecond timestamps (``_recv_time`` is microseconds, ``_recv_time_ns`` the exact
@@ -131,6 +132,12 @@ HEADER_FIELDS: Final[tuple[tuple[str, str], ...]] = (
 )
 """JSON header members stored as ``h_<name>`` columns, with the dictionary type that converts them.
 ``mTyp`` is not stored: it is the table's type (a different one goes to ``_extra``)."""
+
+PARTITION_KEYS: Final = ("date", "stripe")
+"""The local layout's hive directory keys (``<type>/date=YYYY-MM-DD/stripe=<S>/``): readers
+with hive partitioning add them as columns, and a file column of the same name is hidden by
+(DuckDB, Spark) or clashes with (pyarrow, Polars) the directory's value.  No data column takes
+these names: StockMinuteBar's ``date`` and five others are stored as ``date__2``."""
 
 HEADER_PREFIX: Final = "h_"
 EXTRA_COLUMN: Final = "_extra"
@@ -246,7 +253,7 @@ def reserved_names() -> tuple[str, ...]:
 @cache
 def layout(msg: MessageDef) -> TableLayout:
     """Column layout of ``msg``'s table (cached per message definition)."""
-    names = _Names(reserved_names())
+    names = _Names((*reserved_names(), *PARTITION_KEYS))
     columns: list[Column] = []
     columns += _leaf_list(msg.key_fields, ("pkey",), names)
     for field in msg.body_fields:

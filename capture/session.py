@@ -298,11 +298,16 @@ class MLinkSession:
         msg_name: str | None,
         skip: Callable[[StreamState], bool],
     ) -> StreamState | None:
-        """A reply's request: by queryID, else msgName, else the first still waiting."""
+        """A reply's request: by queryID, else msgName, else the first still waiting.
+
+        A reply that names a type this session did not request matches nothing (an ack of
+        another client's stream, or a lie, must not settle one of ours).  A number in
+        ``msgName`` (the protocol allows requesting by type number) and an unknown queryID
+        (its echo is inferred, PROTOCOL.md §6.2) do not name a type: they fall back to order."""
         if query_id is not None and query_id in self._by_query:
             return self._by_query[query_id]
-        if msg_name is not None and msg_name.lower() in self._by_name:
-            return self._by_name[msg_name.lower()]
+        if msg_name is not None and not msg_name.strip().isdigit():
+            return self._by_name.get(msg_name.lower())
         return next((st for st in self.streams.values() if not skip(st)), None)
 
 

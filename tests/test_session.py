@@ -125,6 +125,28 @@ def test_acks_match_by_query_id_then_name_then_first_waiting() -> None:
     assert s.in_snapshot("OptionNbboQuote") and s.in_snapshot("StockPrint")
 
 
+def test_an_ack_naming_a_type_not_requested_settles_no_stream() -> None:
+    """A refusal of a type this session never asked for (another client's, or a lie) must not
+    mark one of ours refused: it is unmatched, and our streams still wait for their acks."""
+    s = fresh()
+    s.receive(admin("LoggedOn"))
+    for name in ("StockBookQuote", "", "OptionNbboQuoteX", "../x"):
+        assert s.receive(ack(name, result="UnauthMsgType")) == [mlink.UnmatchedAck(name)]
+    assert s.receive(ack("StockBookQuote", qid=999_999)) == [mlink.UnmatchedAck("StockBookQuote")]
+    assert not any(st.acked for st in s.streams.values())
+    # Our own names and queryIDs still match afterwards.
+    assert kinds(s.receive(ack("stockprint"))) == ["StreamAcked"]
+    acked = mlink.StreamAcked("OptionNbboQuote", "OK", None, True)
+    assert s.receive(ack(None, qid=1001)) == [acked]
+
+
+def test_a_type_number_or_an_unknown_query_id_falls_back_to_order() -> None:
+    s = fresh()
+    s.receive(admin("LoggedOn"))
+    assert s.receive(ack("2785")) == [mlink.StreamAcked("OptionNbboQuote", "OK", None, True)]
+    assert s.receive(ack(None, qid=42)) == [mlink.StreamAcked("StockPrint", "OK", None, True)]
+
+
 def test_an_ack_without_ids_goes_to_the_first_stream_still_waiting() -> None:
     s = fresh()
     s.receive(admin("LoggedOn"))

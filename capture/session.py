@@ -14,6 +14,7 @@ States (:class:`SessionState`), in the order a session normally goes through the
           |                                              | LoggedOn (later verdicts only logged)
           \\--logon_timeout: SendRequests--> REQUESTED --/
     any state --GoodNight, or a refused logon before LoggedOn--> ENDED
+    any state --a requested stream Replaced/Terminated by the server--> ENDED (reconnect)
 
 The stream requests go out exactly once: on LoggedOn, or at ``logon_timeout`` when the server
 sends no MLinkAdmin at all (some servers wait for the request first, §7.1 [I]).  A refusal
@@ -41,7 +42,8 @@ class SessionState(Enum):
     LOGGED_ON = "logged_on"
     """MLinkAdmin said LoggedOn and the requests went out: later verdicts are only logged."""
     ENDED = "ended"
-    """GoodNight or a refused logon: the caller closes the connection."""
+    """GoodNight, a refused logon or a stream the server ended: the caller closes the
+    connection."""
 
 
 # -- events out -------------------------------------------------------------------------------
@@ -290,7 +292,19 @@ class MLinkSession:
         elif cp.state in ("Replaced", "Terminated"):
             self._snapshot.discard(name)
             status = cp.state.lower()
-        return [Checkpoint(name, cp.state, cp.num_messages_sent, cp.highwater_ts, status)]
+        out: list[Event] = [
+            Checkpoint(name, cp.state, cp.num_messages_sent, cp.highwater_ts, status)
+        ]
+        if status in ("replaced", "terminated") and st.failed is None:
+            # The server ended a stream this session asked for (it never sends a second request
+            # for a type): nothing more of it comes on this connection.  Reconnecting requests
+            # every stream again from its resume point; a refused stream's end is expected.
+            if self.state is not SessionState.ENDED:
+                self.state = SessionState.ENDED
+                detail = f": {cp.detail}" if cp.detail else ""
+                reason = f"server ended the {name} stream ({cp.state}{detail})"
+                out.append(EndSession(reason, auth_failed=False))
+        return out
 
     def _match(
         self,

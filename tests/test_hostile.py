@@ -592,3 +592,37 @@ def test_thousands_of_new_field_names_per_message_are_kept_without_stalling(
         zip(table.column("h_seqN").to_pylist(), table.column("_extra").to_pylist(), strict=True)
     )
     assert json.loads(extra[150])["message"] == {f"n150_{k}": k for k in range(300)}
+
+
+@pytest.mark.parametrize("state", ["Terminated", "Replaced"])
+def test_a_stream_the_server_ends_is_requested_again_on_a_new_connection(
+    state: str, tmp_path: Path
+) -> None:
+    """The server ends a stream the daemon asked for: nothing more of it would come on that
+    connection, so the daemon reconnects and requests it again (PROTOCOL.md §6.3).  Was: the
+    stream stayed ended while health said healthy."""
+    ended = encode_frame(
+        3382,
+        b'{"header":{"mTyp":"MLinkStreamCheckPt"},"message":{"queryID":%d,"state":"%s",'
+        b'"detail":"by operator"}}' % (1000 + ord("A"), state.encode()),
+    )
+    first = [b"".join(good(s) for s in range(1, 51)), ended + good(51)]
+    script = Script(first, later=[b"".join(good(s) for s in range(52, 62))])
+
+    def requests_on(n: int) -> int:
+        return sum(1 for c, raw in script.received if c == n and b'"MLinkStream"' in raw)
+
+    outcome = run_daemon(
+        tmp_path,
+        script,
+        until=lambda d: requests_on(2) == 1 and rows_at_least(61)(d),
+        supervision={"backoff_initial": 1.0},
+    )
+    assert_user_sees(tmp_path, outcome, range(1, 62), [])
+    assert requests_on(1) == requests_on(2) == 1
+    root = tmp_path / "a" / "b" / "data"
+    events = ds.dataset(root / "capture_events", format="parquet", partitioning="hive").to_table()
+    rows = events.to_pylist()
+    assert [r["result"] for r in rows if r["event"] == "checkpoint"] == [state]
+    reasons = [r["detail"] for r in rows if r["event"] == "disconnect"]
+    assert reasons[0] == f"server ended the {TYPE} stream ({state}: by operator)", reasons

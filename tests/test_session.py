@@ -6,6 +6,7 @@ property: no sequence of parsed control messages makes it raise or send the requ
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -176,10 +177,37 @@ def test_snapshot_phases_follow_checkpoints() -> None:
     active = s.receive(cp("Active", 1001, hw=123))
     assert active == [mlink.Checkpoint("OptionNbboQuote", "Active", 3, 123, "live")]
     assert not s.in_snapshot("OptionNbboQuote")
-    assert s.receive(cp("Replaced", 1001))[0] == mlink.Checkpoint(
-        "OptionNbboQuote", "Replaced", 3, None, "replaced"
-    )
+    replaced = s.receive(cp("Replaced", 1001))
+    assert replaced[0] == mlink.Checkpoint("OptionNbboQuote", "Replaced", 3, None, "replaced")
     assert not s.in_snapshot("OptionNbboQuote")
+    # Nothing more of the stream comes on this connection: the session ends (to reconnect).
+    assert replaced[1:] == [
+        mlink.EndSession("server ended the OptionNbboQuote stream (Replaced)", auth_failed=False)
+    ]
+    assert s.state is SessionState.ENDED
+
+
+@pytest.mark.parametrize("state", ["Terminated", "Replaced"])
+def test_a_stream_the_server_ends_ends_the_session_once(state: str) -> None:
+    s = fresh()
+    s.receive(admin("LoggedOn"))
+    s.receive(ack("OptionNbboQuote", qid=1001))
+    s.receive(ack("StockPrint", qid=2001))
+    ended = s.receive(protocol.CheckPt(state, 2001, None, None, "by operator"))
+    assert kinds(ended) == ["Checkpoint", "EndSession"]
+    end = ended[1]
+    assert isinstance(end, mlink.EndSession) and not end.auth_failed
+    assert end.reason == f"server ended the StockPrint stream ({state}: by operator)"
+    # The other stream's end, on the closing connection, ends nothing twice.
+    assert kinds(s.receive(cp(state, 1001))) == ["Checkpoint"]
+
+
+def test_the_end_of_a_refused_stream_is_expected() -> None:
+    s = fresh()
+    s.receive(admin("LoggedOn"))
+    s.receive(ack("OptionNbboQuote", result="UnkwnMsgType", qid=1001))
+    assert kinds(s.receive(cp("Terminated", 1001))) == ["Checkpoint"]
+    assert s.state is SessionState.LOGGED_ON
 
 
 def test_checkpoints_without_query_id_go_to_the_stream_whose_phase_is_due() -> None:

@@ -25,6 +25,7 @@ from capture import session as mlink
 from capture.clock import WallClock
 from capture.errors import AuthRejected, TransportError
 from capture.frames import FrameDecoder, encode_client_frame
+from capture.masking import SecretMask
 from capture.resume import ResumePoints
 from capture.session import MLinkSession
 from capture.stats import StripeStats
@@ -42,6 +43,8 @@ class Link:
     id: str
     protocol: MLinkSession
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    mask: SecretMask | None = field(default_factory=SecretMask.current)
+    """The secrets to mask in what this connection receives (capture.masking)."""
     ended: Exception | None = None
     """Why the connection must end (GoodNight, a refused logon, a failed send), found while
     handling a message: raised once every message received with it has been kept."""

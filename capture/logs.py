@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
@@ -75,35 +75,10 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "&".join(query), parts.fragment))
 
 
-SCRUB_MIN = 8
-"""Secrets at least this long are masked in what the server sends (a shorter one could match
-ordinary market data)."""
-
-
-def secret_scrubber() -> Callable[[bytes | str], bytes | str] | None:
-    """A function masking every registered secret in a received WebSocket message with ``*``
-    of the same length (frame lengths stay valid), or None when there is none to mask.  Taken
-    at the start of a session: the secrets known then."""
+def registered_secrets() -> frozenset[str]:
+    """Every secret registered so far (capture.masking masks them in what a server sends)."""
     with _lock:
-        texts = sorted({s for s in _secrets if len(s) >= SCRUB_MIN}, key=len, reverse=True)
-    if not texts:
-        return None
-    pairs = [(t.encode("utf-8"), b"*" * len(t.encode("utf-8"))) for t in texts]
-    # A text message's frame lengths count UTF-8 bytes: the mask has the secret's byte length.
-    strs = [(t, "*" * len(t.encode("utf-8"))) for t in texts]
-
-    def scrub(message: bytes | str) -> bytes | str:
-        if isinstance(message, str):
-            for t, mask in strs:
-                if t in message:
-                    message = message.replace(t, mask)
-            return message
-        for b, bmask in pairs:
-            if b in message:
-                message = message.replace(b, bmask)
-        return message
-
-    return scrub
+        return frozenset(_secrets)
 
 
 def _scrub(value: Any) -> Any:

@@ -69,7 +69,7 @@ from capture.frames import FrameDecoder, Garbage
 from capture.journal_replay import EndOfStream, Feed
 from capture.lake.hold import JournalHold
 from capture.link import Link, LinkActions
-from capture.logs import get_logger, redact_url, secret_scrubber
+from capture.logs import get_logger, redact_url
 from capture.memory import InFlightBudget, decode_slots
 from capture.reconnect import Reconnector
 from capture.resume import ResumePoints
@@ -412,7 +412,7 @@ class StripeWorker:
         last_alive = trio.current_time()
         journal = self.journal
         eventlog = self.eventlog
-        scrub = secret_scrubber()
+        mask = sess.mask
         try:
             while True:
                 deadline = last_alive + sup.stale_after
@@ -436,8 +436,8 @@ class StripeWorker:
                 alive_before = stats.last_alive_ns
                 for message in messages:
                     stats.bytes += len(message)
-                    if scrub is not None:  # a secret the server echoes is kept nowhere
-                        message = scrub(message)
+                    if mask is not None:  # a secret the server echoes is kept nowhere
+                        message = mask.message(message)
                     first_seq = self._seq
                     eventlog.begin_message()
                     await self._process(sess, message, recv_ns, conn, api_key, send=send)
@@ -495,11 +495,15 @@ class StripeWorker:
         in_snapshot_of = sess.protocol.in_snapshot
         data_frames = snapshot_rows = alive = 0
         try:
+            mask = sess.mask
             try:
                 events = sess.decoder.feed_typed(message)
+                if mask is not None and mask.suspect(message, sess.decoder.buffered > 0):
+                    events = mask.frames(events)  # escaped, or split across messages
             except Exception as exc:  # noqa: BLE001 - a decoder bug: keep the message, start afresh
                 sess.decoder = FrameDecoder()
-                self._contain(exc, recv_ns, session, _as_bytes(message))
+                data = _as_bytes(message)
+                self._contain(exc, recv_ns, session, data if mask is None else mask.body(data))
                 events = []
             for event in events:
                 if isinstance(event, Garbage):
@@ -619,7 +623,8 @@ class StripeWorker:
     async def _end_of_stream(self, sess: Link, send: Send) -> None:
         for leftover in sess.decoder.flush():
             self.stats.garbage_bytes += len(leftover.data)
-            self._quarantine(self.clock.now_ns(), sess.id, leftover.reason, leftover.data)
+            data = leftover.data if sess.mask is None else sess.mask.body(leftover.data)
+            self._quarantine(self.clock.now_ns(), sess.id, leftover.reason, data)
         self._enqueue_quarantined()
         try:
             await self._drain_outbox(send)

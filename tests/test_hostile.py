@@ -10,6 +10,7 @@ then a restart against a clean server captures new frames.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -626,3 +627,61 @@ def test_a_stream_the_server_ends_is_requested_again_on_a_new_connection(
     assert [r["result"] for r in rows if r["event"] == "checkpoint"] == [state]
     reasons = [r["detail"] for r in rows if r["event"] == "disconnect"]
     assert reasons[0] == f"server ended the {TYPE} stream ({state}: by operator)", reasons
+
+
+def _escaped(text: str) -> bytes:
+    return "".join(f"\\u{ord(c):04x}" for c in text).encode()
+
+
+def _spells_key(data: bytes) -> bool:
+    """Whether ``data`` holds the key literally or with JSON escapes resolved."""
+    if KEY.encode() in data:
+        return True
+    resolved = data.decode("latin-1").encode("latin-1").decode("unicode_escape", "replace")
+    return KEY in resolved
+
+
+def test_the_key_is_in_no_file_however_the_server_writes_it(tmp_path: Path) -> None:
+    """The key echoed with JSON escapes (in a data field, a type name, a LogonFailed detail)
+    or split across two WebSocket messages: no Parquet value (`_extra` included), quarantine
+    record (reason, bytes), capture event or journal record spells it.  Was: `_extra` and the
+    quarantine held it (the mask saw only the literal key within one message)."""
+    esc = _escaped(KEY)
+    data = good_body(9001)[:-2] + b',"echo":"' + esc + b'"}}'  # unknown field: goes to _extra
+    split = encode_frame(2785, good_body(9002)[:-2] + b',"echo":"' + KEY.encode() + b'"}}')
+    cut = split.index(KEY.encode()) + 10
+    named = typed(esc.decode())  # a type name: refused, the reason quotes it
+    failed = encode_frame(
+        3345,
+        b'{"header":{"mTyp":"MLinkAdmin"},"message":{"state":"LogonFailed",'
+        b'"detail":"invalid api key ' + esc + b'"}}',
+    )
+    msgs, seqs = around([encode_frame(2785, data), split[:cut], split[cut:], named])
+    outcome = run_daemon(tmp_path, Script(msgs), until=rows_at_least(402))
+    assert_user_sees(tmp_path, outcome, [*seqs, 9001, 9002], ["message type"])
+    run_daemon(
+        tmp_path,
+        Script([], logon=failed),
+        until=lambda d: d.supervisor.workers["A"].stats.state == "auth_failed",
+    )
+    root = tmp_path / "a" / "b" / "data"
+    checked = 0
+    for path in root.rglob("*.parquet"):
+        table = ds.dataset(path, format="parquet").to_table()
+        assert not _spells_key(repr(table.to_pylist()).encode()), path
+        checked += table.num_rows
+    assert checked >= 402 + 3  # the rows and the capture events were read
+    for q in quarantined(root):
+        assert not _spells_key(json.dumps(q).encode())
+        assert not _spells_key(base64.b64decode(q["bytes_b64"]))
+    events = ds.dataset(root / "capture_events", format="parquet", partitioning="hive").to_table()
+    details = [d for d in events.column("detail").to_pylist() if d]
+    assert any(d.startswith("MLinkAdmin LogonFailed: invalid api key ***") for d in details)
+    table = ds.dataset(root / TYPE, format="parquet", partitioning="hive").to_table()
+    extra = [e for s, e in zip(table["h_seqN"].to_pylist(), table["_extra"].to_pylist(),
+                               strict=True) if s in (9001, 9002)]  # fmt: skip
+    assert len(extra) == 2 and all('"echo":"****' in e for e in extra), extra
+    for path in tmp_path.rglob("*"):  # the journal, the health file, everything else
+        if path.is_file() and path.suffix != ".parquet":
+            raw = path.read_bytes()
+            assert KEY.encode() not in raw and esc not in raw, path

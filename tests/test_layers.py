@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     },
     {
         "capture.schemas", "capture.schemas.mapping", "capture.config", "capture.credentials",
-        "capture.session",
+        "capture.session", "capture.masking",
         "capture.events",
         "capture.journal.fsops",
     },

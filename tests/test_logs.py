@@ -14,6 +14,7 @@ import structlog
 import test_process
 
 from capture import logs
+from capture.masking import SecretMask
 
 simulator = test_process.simulator  # the simulator in its own process, as in test_process
 
@@ -80,26 +81,26 @@ def test_a_key_in_the_url_is_redacted_and_becomes_a_secret(
 ) -> None:
     assert logs.redact_url(url) == shown
     assert secret not in logs.redact(f"server said: {secret} is not valid")
-    scrub = logs.secret_scrubber()
-    assert scrub is not None
+    mask = SecretMask.current()
+    assert mask is not None
     echoed = b'{"detail":"bad key ' + secret.encode() + b'"}'
-    masked = scrub(echoed)
+    masked = mask.message(echoed)
     assert isinstance(masked, bytes) and len(masked) == len(echoed)  # frame lengths stay valid
     assert secret.encode() not in masked and b"*" * len(secret) in masked
-    assert scrub("text " + secret) == "text " + "*" * len(secret)
+    assert mask.message("text " + secret) == "text " + "*" * len(secret)
 
 
 def test_a_non_ascii_secret_is_masked_in_text_and_binary_messages_keeping_byte_lengths() -> None:
     secret = "clé-sécrète-0123456789"
     logs.register_secret(secret)
-    scrub = logs.secret_scrubber()
-    assert scrub is not None
+    mask = SecretMask.current()
+    assert mask is not None
     text = '{"detail":"bad key ' + secret + '"}'
-    masked = scrub(text)
+    masked = mask.message(text)
     assert isinstance(masked, str) and secret not in masked
     assert len(masked.encode("utf-8")) == len(text.encode("utf-8"))  # frame lengths stay valid
     raw = text.encode("utf-8")
-    masked_raw = scrub(raw)
+    masked_raw = mask.message(raw)
     assert isinstance(masked_raw, bytes) and secret.encode("utf-8") not in masked_raw
     assert len(masked_raw) == len(raw)
 

@@ -10,7 +10,7 @@ GoodNight is unit-tested synchronously (``tests/test_session.py``).
 States (:class:`SessionState`), in the order a session normally goes through them::
 
     AWAITING_LOGON --LoggedOn--------------------> LOGGED_ON
-          |   \\--WaitingLogon: SendLogon, stays--/      ^
+          |   \\--WaitingLogon: SendLogon once, stays/  ^
           |                                              | LoggedOn (later verdicts only logged)
           \\--logon_timeout: SendRequests--> REQUESTED --/
     any state --GoodNight, or a refused logon before LoggedOn--> ENDED
@@ -170,6 +170,7 @@ class MLinkSession:
     _by_name: dict[str, StreamState] = field(init=False)
     _snapshot: set[str] = field(init=False, default_factory=set)
     _requests_sent: bool = field(init=False, default=False)
+    _logon_sent: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.streams = {r.msg_name: StreamState(r) for r in self.requests}
@@ -249,6 +250,9 @@ class MLinkSession:
             else:
                 out.append(self._send_requests(SessionState.LOGGED_ON, "logged_on"))
         elif verdict is protocol.AdminVerdict.SEND_LOGON:
+            if self._logon_sent:
+                return []  # asked again: the one credential sent is the answer (no flood)
+            self._logon_sent = True
             out.append(SendLogon())
         else:
             self.state = SessionState.ENDED

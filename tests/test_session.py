@@ -66,6 +66,16 @@ def test_waiting_logon_asks_for_the_credential_then_logged_on_requests() -> None
         assert kinds(s.receive(admin("LoggedOn"))) == ["LogonVerdict", "SendRequests"]
 
 
+def test_the_credential_is_sent_once_however_often_the_server_asks() -> None:
+    """A server repeating WaitingLogon (5,000 times in a probe) got one MLinkLogon each."""
+    s = fresh()
+    assert kinds(s.receive(admin("WaitingLogon"))) == ["LogonVerdict", "SendLogon"]
+    for _ in range(5000):
+        assert s.receive(admin("WaitingLogon")) == []
+    assert s.state is SessionState.AWAITING_LOGON
+    assert kinds(s.receive(admin("LoggedOn"))) == ["LogonVerdict", "SendRequests"]
+
+
 def test_no_admin_at_all_requests_at_the_logon_deadline() -> None:
     s = fresh(deadline=10.0)
     assert s.deadline == 10.0

@@ -497,9 +497,12 @@ class StripeWorker:
         try:
             mask = sess.mask
             try:
+                continues = sess.decoder.buffered > 0
                 events = sess.decoder.feed_typed(message)
-                if mask is not None and mask.suspect(message, sess.decoder.buffered > 0):
-                    events = mask.frames(events)  # escaped, or split across messages
+                if mask is not None and mask.suspect(
+                    message, continues=continues, unfinished=sess.decoder.buffered > 0
+                ):
+                    events = mask.frames(events)  # a secret a message boundary cut
             except Exception as exc:  # noqa: BLE001 - a decoder bug: keep the message, start afresh
                 sess.decoder = FrameDecoder()
                 data = _as_bytes(message)

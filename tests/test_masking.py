@@ -90,46 +90,94 @@ def test_short_secrets_are_not_masked() -> None:
     assert SecretMask(["short"]).body(b'{"a":"short"}') == b'{"a":"short"}'
 
 
-def test_a_key_split_across_two_messages_is_masked_in_the_frame() -> None:
-    mask = SecretMask([KEY])
-    decoder = FrameDecoder()
-    frame = encode_frame(0, b'{"header":{"mTyp":"X"},"message":{"d":"' + KEY.encode() + b'"}}')
-    cut = frame.index(KEY.encode()) + 5
-    first, second = mask.message(frame[:cut]), mask.message(frame[cut:])
-    assert first == frame[:cut] and second == frame[cut:]  # neither message shows the key
-    events = decoder.feed_typed(first)
-    assert mask.suspect(first, decoder.buffered > 0) is False  # nothing complete yet
-    events = decoder.feed_typed(second)
-    assert mask.suspect(second, decoder.buffered > 0) is True
-    (frame_out,) = mask.frames(events)
-    assert not isinstance(frame_out, Garbage)
-    mtyp, _, body = frame_out
-    assert mtyp is None and KEY.encode() not in body and b"*" * len(KEY) in body
+def receive(mask: SecretMask, decoder: FrameDecoder, parts: list[bytes]) -> list[bytes]:
+    """What the worker does with each WebSocket message: mask it (this is what the journal
+    keeps), decode it, and mask the frames a boundary cut when it is suspect."""
+    bodies: list[bytes] = []
+    for part in parts:
+        kept = mask.message(part)
+        assert isinstance(kept, bytes) and len(kept) == len(part)
+        continues = decoder.buffered > 0
+        events = decoder.feed_typed(kept)
+        if mask.suspect(kept, continues=continues, unfinished=decoder.buffered > 0):
+            events = mask.frames(events)
+        for event in events:
+            assert not isinstance(event, Garbage)
+            bodies.append(event[2])
+    return bodies
 
 
-def test_an_escaped_key_cut_by_a_message_boundary_is_masked_in_the_frame() -> None:
+def key_frame(spelled: bytes) -> bytes:
+    return encode_frame(0, b'{"header":{"mTyp":"X"},"message":{"d":"' + spelled + b'"}}')
+
+
+@pytest.mark.parametrize("cuts", [[5], [3, 7], [1, 2, 3, 4, 5], list(range(1, 16))])
+@pytest.mark.parametrize("escaped", [False, True])
+def test_a_key_cut_by_message_boundaries_is_masked_in_the_frame(
+    cuts: list[int], escaped: bool
+) -> None:
+    """Split across 2 to 16 messages, some shorter than the key (a reviewer found 3+ lost)."""
     mask = SecretMask([KEY])
-    decoder = FrameDecoder()
-    esc = escaped_every_char(KEY).encode()
-    frame = encode_frame(0, b'{"header":{"mTyp":"X"},"message":{"d":"' + esc + b'"}}')
-    cut = frame.index(esc) + 13  # in the middle of an escape
-    out = []
-    for part in (frame[:cut], frame[cut:]):
-        part = mask.message(part)
-        events = decoder.feed_typed(part)
-        out += mask.frames(events) if mask.suspect(part, decoder.buffered > 0) else events
-    (frame_out,) = out
-    assert not isinstance(frame_out, Garbage)
-    assert not unmasked(frame_out[2]) and esc not in frame_out[2]
+    spelled = (escaped_every_char(KEY) if escaped else KEY).encode()
+    frame = key_frame(spelled)
+    at = frame.index(spelled)
+    scale = 6 if escaped else 1
+    points = [at + c * scale + (c % 3 if escaped else 0) for c in cuts]
+    parts = [frame[a:b] for a, b in zip([0, *points], [*points, len(frame)], strict=True)]
+    (body,) = receive(mask, FrameDecoder(), parts)
+    assert len(body) == len(frame) - 14 and not unmasked(body)
+    assert json.loads(body)["message"]["d"].strip("*") == ""
 
 
 def test_ordinary_messages_are_not_checked_frame_by_frame() -> None:
     mask = SecretMask([KEY])
     decoder = FrameDecoder()
-    for i in range(3):
-        message = encode_frame(0, b'{"header":{"mTyp":"X"},"message":{"n":%d}}' % i)
+    frame = encode_frame(0, b'{"header":{"mTyp":"X"},"message":{"n":"\\u0041"}}')
+    for message in (frame, frame + frame[:10], frame[10:] + frame):
+        continues = decoder.buffered > 0
         decoder.feed_typed(message)
-        assert mask.suspect(message, decoder.buffered > 0) is False
+        flagged = mask.suspect(message, continues=continues, unfinished=decoder.buffered > 0)
+        assert flagged is (message is not frame and continues)  # only the frame that was cut
+
+
+def test_a_stray_quote_does_not_hide_the_frames_after_it() -> None:
+    """The message-level pass (what the journal keeps) reads strings per line: a frame with
+    an odd number of quotes does not turn the next frame's strings inside out."""
+    mask = SecretMask([KEY])
+    esc = escaped_every_char(KEY).encode()
+    message = encode_frame(0, b'{"x":"a""}') + key_frame(esc)
+    kept = mask.message(message)
+    assert isinstance(kept, bytes) and esc not in kept and len(kept) == len(message)
+
+
+def test_overlapping_occurrences_are_masked_as_their_union() -> None:
+    assert SecretMask(["AAAABBBB", "BBBBCCCC"]).body(b'{"d":"AAAABBBBCCCC"}') == (
+        b'{"d":"' + b"*" * 12 + b'"}'
+    )
+    assert SecretMask(["abababab"]).body(b'{"d":"ababababab"}') == b'{"d":"' + b"*" * 10 + b'"}'
+    masked = SecretMask(["AAAABBBB", "BBBBCCCC"]).body(b'{"d":"\\u0041AAABBBBCCCC"}')
+    assert masked == b'{"d":"' + b"*" * 17 + b'"}'
+
+
+def test_astral_characters_written_as_surrogate_pairs_are_one_character() -> None:
+    key = "key\U0001F600abcdefgh"
+    body = json.dumps({"d": key}).encode()  # ensure_ascii: "\ud83d\ude00"
+    assert b"\\ud83d\\ude00" in body
+    masked = SecretMask([key]).body(body)
+    assert len(masked) == len(body) and key not in json.loads(masked)["d"]
+
+
+def test_a_secret_with_a_lone_surrogate_or_a_backslash_is_handled() -> None:
+    odd = SecretMask(["abcdefgh\udcff"])  # from an environment variable's undecodable byte
+    assert odd.body(b'{"d":"abcdefgh\xff"}') == b'{"d":"' + b"*" * 9 + b'"}'
+    key = "secret-key\\"  # ends with a backslash: JSON writes it "secret-key\\\\"
+    frame = encode_frame(0, json.dumps({"a": key, "b": "next"}).encode())
+    cut = frame.index(b"\\\\") + 1  # between the two backslashes of its escape
+    mask = SecretMask([key])
+    parts = [mask.message(frame[:cut]), mask.message(frame[cut:])]
+    assert all(isinstance(p, bytes) for p in parts)
+    (body,) = receive(SecretMask([key]), FrameDecoder(), [frame[:cut], frame[cut:]])
+    assert json.loads(body)["b"] == "next" and key not in json.loads(body)["a"]
 
 
 def test_hostile_backslash_and_quote_runs_are_scanned_in_one_pass() -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Final
 
 from capture import protocol
 
@@ -274,28 +275,29 @@ class MLinkSession:
         return [StreamAcked(name, ack.result, ack.detail, ack.ok)]
 
     def _checkpoint(self, cp: protocol.CheckPt) -> list[Event]:
+        phase = _PHASES.get(cp.state.lower(), cp.state)  # states are names: any case
         st = self._match(
             cp.query_id,
             None,
-            lambda s: not s.acked or s.failed is not None or _checkpoint_done(s, cp.state),
+            lambda s: not s.acked or s.failed is not None or _checkpoint_done(s, phase),
         )
         if st is None:
             return []
         name = st.request.msg_name
         status: str | None = None
-        if cp.state == "Begin":
+        if phase == "Begin":
             st.begun = True
             st.in_snapshot = True
             self._snapshot.add(name)
             status = "snapshot"
-        elif cp.state in ("Active", "Complete"):
+        elif phase in ("Active", "Complete"):
             st.in_snapshot = False
-            st.completed = st.completed or cp.state == "Complete"
+            st.completed = st.completed or phase == "Complete"
             self._snapshot.discard(name)
             status = "live"
-        elif cp.state in ("Replaced", "Terminated"):
+        elif phase in ("Replaced", "Terminated"):
             self._snapshot.discard(name)
-            status = cp.state.lower()
+            status = phase.lower()
         out: list[Event] = [
             Checkpoint(name, cp.state, cp.num_messages_sent, cp.highwater_ts, status)
         ]
@@ -318,13 +320,19 @@ class MLinkSession:
     ) -> StreamState | None:
         """A reply's request: by queryID, else msgName, else the first still waiting.
 
-        A reply that names a type this session did not request matches nothing (an ack of
-        another client's stream, or a lie, must not settle one of ours).  A number in
-        ``msgName`` (the protocol allows requesting by type number) and an unknown queryID
-        (its echo is inferred, PROTOCOL.md §6.2) do not name a type: they fall back to order."""
-        if query_id is not None and query_id in self._by_query:
-            return self._by_query[query_id]
-        if msg_name is not None and not msg_name.strip().isdigit():
+        A reply that names a query or a type this session did not request matches nothing
+        (a reply to another client's stream, or a lie, must not settle or end one of ours);
+        a queryID not ours with one of our type names matches by the name (a server that
+        renumbers).  A number in ``msgName`` (the protocol allows requesting by type number)
+        is no name.  Only a reply with neither falls back to order (PROTOCOL.md §6.2)."""
+        named = msg_name is not None and not msg_name.strip().isdigit()
+        if query_id is not None:
+            if query_id in self._by_query:
+                return self._by_query[query_id]
+            if not named:
+                return None
+        if named:
+            assert msg_name is not None
             return self._by_name.get(msg_name.lower())
         return next((st for st in self.streams.values() if not skip(st)), None)
 
@@ -338,10 +346,15 @@ def _good_night(admin: protocol.Admin) -> str:
     return f"server said GoodNight ({admin.detail or 'no detail'})"
 
 
-def _checkpoint_done(st: StreamState, state: str) -> bool:
+_PHASES: Final = {p.lower(): p for p in ("Begin", "Active", "Complete", "Replaced", "Terminated")}
+
+
+def _checkpoint_done(st: StreamState, phase: str) -> bool:
     """A stream that already had this phase cannot be the target of this checkpoint."""
-    if state == "Begin":
+    if phase == "Begin":
         return st.begun
-    if state == "Complete":
+    if phase == "Active":
+        return not st.in_snapshot  # live already
+    if phase == "Complete":
         return st.completed
     return False

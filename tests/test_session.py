@@ -151,11 +151,39 @@ def test_an_ack_naming_a_type_not_requested_settles_no_stream() -> None:
     assert s.receive(ack(None, qid=1001)) == [acked]
 
 
-def test_a_type_number_or_an_unknown_query_id_falls_back_to_order() -> None:
+def test_a_type_number_falls_back_to_order_and_an_unknown_query_id_matches_nothing() -> None:
     s = fresh()
     s.receive(admin("LoggedOn"))
     assert s.receive(ack("2785")) == [mlink.StreamAcked("OptionNbboQuote", "OK", None, True)]
-    assert s.receive(ack(None, qid=42)) == [mlink.StreamAcked("StockPrint", "OK", None, True)]
+    assert s.receive(ack(None, qid=42)) == [mlink.UnmatchedAck(None)]
+    # Renumbered by the server, but with our type's name: matched by the name.
+    assert s.receive(ack("StockPrint", qid=42)) == [
+        mlink.StreamAcked("StockPrint", "OK", None, True)
+    ]
+
+
+def test_a_checkpoint_for_a_query_not_ours_ends_nothing() -> None:
+    """A reviewer's case: a Terminated for queryID 987654 ended the session (every session,
+    if the server repeats it)."""
+    s = fresh()
+    s.receive(admin("LoggedOn"))
+    s.receive(ack("OptionNbboQuote", qid=1001))
+    assert s.receive(cp("Terminated", 987654)) == []
+    assert s.receive(cp("Active", 987654)) == []
+    assert s.state is SessionState.LOGGED_ON and s.in_snapshot("OptionNbboQuote")
+
+
+def test_checkpoint_states_match_in_any_case_and_actives_without_ids_go_in_turn() -> None:
+    s = fresh()
+    s.receive(admin("LoggedOn"))
+    s.receive(ack(None))
+    s.receive(ack(None))
+    first, second = s.receive(cp("ACTIVE", None)), s.receive(cp("active", None))
+    assert [e.msg_type for e in first + second if isinstance(e, mlink.Checkpoint)] == [
+        "OptionNbboQuote", "StockPrint"
+    ]
+    assert not s.in_snapshot("OptionNbboQuote") and not s.in_snapshot("StockPrint")
+    assert kinds(s.receive(cp("terminated", 2001))) == ["Checkpoint", "EndSession"]
 
 
 def test_an_ack_without_ids_goes_to_the_first_stream_still_waiting() -> None:

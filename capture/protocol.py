@@ -227,6 +227,6 @@ def header_time_ns(text: str) -> int | None:
         base = dt.datetime.fromisoformat(f"{date_part} {whole}").replace(tzinfo=dt.UTC)
     except ValueError:
         return None
-    if frac and not frac.isdigit():
+    if frac and not (frac.isascii() and frac.isdigit()):  # "²" is a digit to isdigit()
         return None
     return int(base.timestamp()) * 1_000_000_000 + int((frac + "000000000")[:9])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from capture import protocol
 from capture.frames import Frame, FrameDecoder
 
@@ -105,3 +107,10 @@ def test_type_numbers_are_cross_checked_against_the_dictionary() -> None:
     assert number_mismatches("OptionNbboQuote", [2785, 2785, 0]) == 0
     assert number_mismatches("OptionNbboQuote", [2785, 2745, 2745]) == 2
     assert number_mismatches("NotInTheDictionary", [1, 2]) == 0
+
+
+@pytest.mark.parametrize(
+    "text", ["2025-06-02 14:45:09.²", "2025-06-02 14:45:09.٣", "2025-06-02 14:45:09.1x", ""]
+)
+def test_a_header_time_with_odd_digits_is_no_time(text: str) -> None:
+    assert protocol.header_time_ns(text) is None

@@ -23,6 +23,10 @@ from runtime_env import runtime_env
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGURED = {  # config/demo.toml's message types
+    "OptionNbboQuote", "OptionPrint", "StockBookQuote", "StockPrint", "LiveImpliedQuote",
+    "LiveSurfaceCurve",
+}
 COLS, LINES = 200, 120
 
 
@@ -71,7 +75,10 @@ def test_demo_in_a_terminal(tmp_path: Path) -> None:
         (t, int(n.replace(",", "")))
         for t, n in re.findall(r"(\w+) ([\d,]+)", progress[0].split("rows written:")[1])
     )
-    assert set(shown_rows) >= {"OptionNbboQuote", "StockPrint"}
+    # The busiest type has rows after 3 s on any machine; a quieter one (StockPrint) may not
+    # yet on a loaded one, as in the pipe test below.  Whatever is shown is a configured type.
+    assert "OptionNbboQuote" in shown_rows
+    assert set(shown_rows) <= CONFIGURED, shown_rows
     # No log lines on the screen: no committed files, no JSON, no structlog console lines.
     assert "committed" not in text and '"event"' not in text
     assert len(lines) < 60, text
@@ -108,9 +115,5 @@ def test_demo_in_a_pipe_prints_plain_progress_lines(tmp_path: Path) -> None:
     shown = set(re.findall(r"(\w+) [\d,]+", last.split("rows written:")[1]))
     # The busiest type has rows after 3 s on any machine; the quieter ones may not yet on a
     # loaded one. Whatever is shown is a configured type.
-    configured = {
-        "OptionNbboQuote", "OptionPrint", "StockBookQuote", "StockPrint", "LiveImpliedQuote",
-        "LiveSurfaceCurve",
-    }
-    assert "OptionNbboQuote" in shown and shown <= configured, shown
+    assert "OptionNbboQuote" in shown and shown <= CONFIGURED, shown
     assert "committed" not in result.stdout + result.stderr

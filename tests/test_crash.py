@@ -38,7 +38,8 @@ def test_kill_loop_loses_nothing_durable_and_stores_nothing_twice(harness: Harne
             harness.kill_after(run, hup_at=rng.uniform(0.2, run))
     harness.graceful(durable=FRAMES)
     counts = harness.check()
-    assert counts["required"] > 1000 and counts["files"] > 20, counts
+    # Every run commits (SIGHUP, the stop): more files than kills, whatever the machine's speed.
+    assert counts["required"] > 1000 and counts["files"] > 13, counts
 
 
 @pytest.mark.parametrize("point", POINTS)

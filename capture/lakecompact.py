@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.io.pyarrow import parquet_file_to_data_file
 
 from capture.compact import (
@@ -236,7 +236,10 @@ def _compact_partition(ctx: _Ctx, name: str, day: dt.date, stripe: str) -> None:
                         replace.delete_data_file(f)
                     for f in new:
                         replace.append_data_file(f)
-        except CommitFailedException:
+        except (CommitFailedException, ValidationException):
+            # Lost to a concurrent commit.  pyiceberg retries a failed commit itself on the
+            # refreshed table, and raises ValidationException when the files this one replaces
+            # are gone from it (compacted meanwhile); neither landed: plan again.
             ctx.outcome.commit_retries += 1
             log.info("lake_compact.retry", partition=where, attempt=attempt)
             continue

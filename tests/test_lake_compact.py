@@ -416,3 +416,46 @@ def test_objects_the_daemons_own_expiry_left_behind_are_swept(
     assert [n for n in objects(lake, DAY1) if "-c" not in n] == []
     assert len(objects(lake, DAY1)) == 2  # the compacted files of both stripes stay
     assert table_state(cat)[0] == before
+
+
+class _RaceStore(ObjectStore):
+    """The real store; after its first compacted upload, another compaction of the same lake
+    runs to the end (a second `mlink-capture compact` of this host, say) before the first
+    one commits."""
+
+    def __init__(self, cfg: LakeConfig, race: Any) -> None:
+        super().__init__(cfg)
+        self._race = race
+
+    def put_new(self, key: str, path: Path, *, size: int, sha256: str) -> Any:
+        done = super().put_new(key, path, size=size, sha256=sha256)
+        race, self._race = self._race, None
+        if race is not None:
+            race()
+        return done
+
+
+def test_a_compaction_that_loses_its_partition_to_another_plans_again(
+    tmp_path: Path, lake: LakeConfig, moto_url: str
+) -> None:
+    """pyiceberg retries the lost commit on the refreshed table and finds the files it
+    replaces gone (ValidationException).  Was: the exception ended the whole run with a
+    traceback (seen under load in the SIGKILL test).  Now the partition is planned again
+    from the new snapshot and found done."""
+    root = tmp_path / "data"
+    write_days(root)
+    publish(root, lake, ("3", "7"))
+    cat = catalog(root, moto_url)
+    before, files_before = table_state(cat)
+    other: list[Any] = []
+
+    def race() -> None:
+        other.append(compact_lake(lake, settings(root), root=root, now_ns=NOW))
+
+    out = compact_lake(lake, settings(root), root=root, now_ns=NOW, store=_RaceStore(lake, race))
+    (second,) = other
+    assert second.failed == [] and second.units_compacted == 4, second
+    assert out.failed == [] and out.units_compacted == 0 and out.commit_retries == 1, out
+    after, files_after = table_state(cat)
+    assert after == before and set(files_after) == set(files_before)
+    assert all(len(v) == 1 for v in files_after.values())

@@ -25,6 +25,7 @@ received, for replay, and is deleted once committed); every stored frame is mask
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -42,7 +43,6 @@ could match ordinary market data)."""
 _BACKSLASH: Final = 0x5C
 _ESCAPE = re.compile(rb"\\(u[0-9a-fA-F]{4}|.)", re.DOTALL)
 _VALID_ESCAPES = re.compile(r'(\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})|\\')
-_JSON_SPECIAL = re.compile(r'["\\\x00-\x1f]')
 _ESCAPABLE = re.compile(r'["\\/\x00-\x1f]')  # what JSON may write as a short escape
 _SIMPLE: Final = {b"b": "\b", b"f": "\f", b"n": "\n", b"r": "\r", b"t": "\t"}
 
@@ -65,11 +65,13 @@ class SecretMask:
         self._texts: tuple[str, ...] = tuple(
             sorted({s for s in secrets if len(_utf8(s)) >= SCRUB_MIN}, key=len, reverse=True)
         )
-        # Searched byte for byte: the secrets JSON writes as they are.  One with a quote, a
-        # backslash or a control character is always escaped in a JSON string, and its bytes
-        # can be the start of an escape (``key\`` in ``"key\\"``): only the string pass
-        # looks for it.
-        self._bytes = tuple(_utf8(t) for t in self._texts if not _JSON_SPECIAL.search(t))
+        # Searched byte for byte.  One that ends in a backslash is not taken where that
+        # backslash begins an escape (``key\`` in ``"key\\"``): the string pass masks the
+        # whole escape there.  One that is no valid UTF-8 (a lone surrogate: an undecodable
+        # byte of an environment variable) is not taken where it would cut a character.
+        self._bytes = tuple(
+            (b, b.endswith(b"\\"), not _valid(b)) for b in (_utf8(t) for t in self._texts)
+        )
         self._longest = max((len(_utf8(t)) for t in self._texts), default=0)
         self._runs = tuple(
             tuple(_utf8(r) for r in _ESCAPABLE.split(t) if r) for t in self._texts
@@ -84,15 +86,17 @@ class SecretMask:
         mask = cls(registered_secrets())
         return mask if mask._texts else None
 
-    def message(self, message: bytes | str) -> bytes | str:
-        """``message`` with every secret masked, literal or escaped (same byte length)."""
+    def message(self, message: bytes | str, *, continues: bool = False) -> bytes | str:
+        """``message`` with every secret masked, literal or escaped (same byte length).
+        ``continues``: it continues a frame begun before it, so it may begin inside a string
+        (its start is read both ways, up to the first line break)."""
         if isinstance(message, str):
             if "\\" not in message and not any(t in message for t in self._texts):
                 return message
             raw = message.encode("utf-8", "surrogatepass")
-            done = self.body(raw)
+            done = self.body(raw, continues=continues)
             return message if done is raw else done.decode("utf-8", "surrogatepass")
-        return self.body(message)
+        return self.body(message, continues=continues)
 
     def suspect(self, message: bytes | str, *, continues: bool, unfinished: bool) -> bool:
         """Whether the frames decoded from ``message`` (masked by :meth:`message` already)
@@ -107,7 +111,7 @@ class SecretMask:
             escaped = b"\\" in message
             head, tail = bytes(message[: self._longest]), bytes(message[-self._longest :])
         seam = self._tail + head
-        split = any(b in seam for b in self._bytes)
+        split = any(b in seam for b, _, _ in self._bytes)
         self._tail = (self._tail + tail)[-self._longest :]
         risky = escaped or split
         flagged = continues and (risky or self._carry)
@@ -128,20 +132,36 @@ class SecretMask:
             out.append(event if masked is body else (None, number, masked))
         return out
 
-    def body(self, data: bytes) -> bytes:
+    def body(self, data: bytes, *, continues: bool = False) -> bytes:
         """``data`` (a message, a frame, or bytes that are not one) with every secret masked:
         literal ones, and those a JSON string spells with escapes.  The same object when
-        nothing was masked."""
+        nothing was masked.  ``continues``: ``data`` may begin inside a string."""
         spans: list[tuple[int, int]] = []
-        for b in self._bytes:
+        n = len(data)
+        for b, ends_in_backslash, raw in self._bytes:
             at = data.find(b)
             while at >= 0:  # every occurrence, overlapping ones too
-                spans.append((at, at + len(b)))
+                end = at + len(b)
+                if ends_in_backslash and (end == n or data[end] in b'\\"'):
+                    pass  # the start of an escape
+                elif raw and (_inside_char(data, at) or _inside_char(data, end)):
+                    pass  # the middle of a character
+                else:
+                    spans.append((at, end))
                 at = data.find(b, at + 1)
-        if b"\\" in data and (b"\\u" in data or self._spelled_plainly(data)):
-            for start, stop in _strings(data):
-                if stop - start >= self._shortest and data.find(b"\\", start, stop) >= 0:
-                    spans += self._escaped(data, start, stop)
+        if b"\\" in data and (b"\\u" in data or self._spelled_plainly(data, 0, n)):
+            strings: Iterable[tuple[int, int]] = _strings(data)
+            if continues:  # read the other way too: from inside a string, then on from there
+                first = _open_string(data)
+                strings = itertools.chain(strings, [first], _strings(data, first[1] + 1))
+            for start, stop in strings:
+                if stop - start < self._shortest or data.find(b"\\", start, stop) < 0:
+                    continue
+                if data.find(b"\\u", start, stop) < 0 and not self._spelled_plainly(
+                    data, start, stop
+                ):
+                    continue  # short escapes only, and the plain runs are not all there
+                spans += self._escaped(data, start, stop)
         if not spans:
             return data
         out = bytearray(data)
@@ -149,10 +169,10 @@ class SecretMask:
             out[lo:hi] = b"*" * (hi - lo)
         return bytes(out)
 
-    def _spelled_plainly(self, data: bytes) -> bool:
-        """Whether a secret could be in ``data`` written without ``\\u`` escapes: then each
-        run of its characters that JSON writes as they are is there literally."""
-        return any(all(f in data for f in runs) for runs in self._runs)
+    def _spelled_plainly(self, data: bytes, start: int, stop: int) -> bool:
+        """Whether a secret could be in ``data[start:stop]`` written without ``\\u`` escapes:
+        then each run of its characters that JSON writes as they are is there literally."""
+        return any(all(data.find(f, start, stop) >= 0 for f in runs) for runs in self._runs)
 
     def _escaped(self, data: bytes, start: int, stop: int) -> list[tuple[int, int]]:
         """Where the secrets lie in ``data[start:stop]``, a JSON string's content with escapes.
@@ -173,12 +193,34 @@ class SecretMask:
 _STRING = re.compile(rb'"((?:[^"\\\r\n]++|\\[^\r\n])*+)"?')
 
 
-def _strings(data: bytes) -> Iterator[tuple[int, int]]:
+_REST = re.compile(rb'(?:[^"\\\r\n]++|\\[^\r\n])*+')
+
+
+def _open_string(data: bytes) -> tuple[int, int]:
+    """The start of ``data`` read as the rest of a string opened before it."""
+    m = _REST.match(data)
+    return 0, m.end() if m else 0
+
+
+def _inside_char(data: bytes, at: int) -> bool:
+    """Whether offset ``at`` falls inside a multi-byte UTF-8 character of ``data``."""
+    return 0 < at < len(data) and 0x80 <= data[at] <= 0xBF and data[at - 1] >= 0x80
+
+
+def _valid(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _strings(data: bytes, pos: int = 0) -> Iterator[tuple[int, int]]:
     """(start, stop) of the content of each JSON string in ``data``, quotes excluded.  A string
     ends at its closing quote or, unterminated, at a raw line break, a backslash before one, or
     the end (JSON strings hold no raw CR or LF, and frames are separated by CR LF).  One regular
     expression with possessive repeats: linear, at C speed."""
-    for m in _STRING.finditer(data):
+    for m in _STRING.finditer(data, pos):
         yield m.span(1)
 
 
@@ -210,6 +252,9 @@ def _unescape(data: bytes, start: int, stop: int) -> tuple[str, list[int]]:
     for m in _ESCAPE.finditer(data, start, stop):
         _plain(data, pos, m.start(), chars, offsets)
         e = m.group(1)
+        if e == b"u" and stop == len(data) and stop - m.end() < 4:
+            pos = stop = m.start()  # an escape the next message completes: no character yet
+            break
         if len(e) == 5:
             c = chr(int(e[1:], 16))
             if "\udc00" <= c <= "\udfff" and chars and "\ud800" <= chars[-1] <= "\udbff":

@@ -437,7 +437,7 @@ class StripeWorker:
                 for message in messages:
                     stats.bytes += len(message)
                     if mask is not None:  # a secret the server echoes is kept nowhere
-                        message = mask.message(message)
+                        message = mask.message(message, continues=sess.decoder.buffered > 0)
                     first_seq = self._seq
                     eventlog.begin_message()
                     await self._process(sess, message, recv_ns, conn, api_key, send=send)

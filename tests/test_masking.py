@@ -180,6 +180,51 @@ def test_a_secret_with_a_lone_surrogate_or_a_backslash_is_handled() -> None:
     assert json.loads(body)["b"] == "next" and key not in json.loads(body)["a"]
 
 
+def test_a_message_that_begins_inside_a_string_is_masked_before_the_journal() -> None:
+    """A second review: the message-level pass read a message that continues a frame from
+    inside a string with its quotes inverted, and the journal kept a whole escaped key."""
+    frame = encode_frame(1, b'{"a":"xx","k":"' + KEY.replace("/", "\\/").encode() + b'"}')
+    cut = frame.index(b"xx") + 1
+    mask = SecretMask([KEY])
+    decoder = FrameDecoder()
+    first = mask.message(frame[:cut], continues=False)
+    decoder.feed_typed(first)
+    second = mask.message(frame[cut:], continues=decoder.buffered > 0)
+    assert isinstance(second, bytes) and len(second) == len(frame) - cut
+    assert not unmasked(b'{"k":"' + second.split(b'"k":"')[1])
+
+
+def test_a_cut_inside_a_u_escape_is_no_character_yet() -> None:
+    """``\\u00`` at a message's end is half an escape, not the letter u: the key
+    ``k3y-secu`` must not match ``k3y-sec\\u0076`` (which spells ``k3y-secv``)."""
+    mask = SecretMask(["k3y-secu"])
+    first = b'{"k":"k3y-sec\\u00'
+    assert mask.message(first) is first
+    (body,) = receive(SecretMask(["k3y-secu"]), FrameDecoder(), [
+        encode_frame(0, b'{"k":"k3y-sec\\u0076"}')[:20],
+        encode_frame(0, b'{"k":"k3y-sec\\u0076"}')[20:],
+    ])  # fmt: skip
+    assert json.loads(body)["k"] == "k3y-secv"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'garbage pass"word12 more', b"LogonFailed: pass\\word12", b'{"k":"pass\tword12"}'],
+)
+def test_a_secret_with_json_special_characters_is_masked_outside_strings(data: bytes) -> None:
+    secret = data.decode().split("pass", 1)[1][:7]
+    secret = "pass" + secret
+    masked = SecretMask([secret]).body(data)
+    assert secret.encode() not in masked and len(masked) == len(data)
+
+
+def test_a_secret_that_is_not_utf8_never_cuts_a_character() -> None:
+    mask = SecretMask(["\udc80abcdefgh"])  # the byte 0x80, then letters
+    assert mask.body("Àabcdefgh".encode()) == "Àabcdefgh".encode()  # 0x80 ends "À"
+    assert mask.message("Àabcdefgh\\n") == "Àabcdefgh\\n"
+    assert mask.body(b"x \x80abcdefgh") == b"x " + b"*" * 9
+
+
 def test_hostile_backslash_and_quote_runs_are_scanned_in_one_pass() -> None:
     """Inputs that make a naive string regex quadratic (a million escaped quotes and no
     closing one) are masked, and complete: the scan looks at each byte a bounded number of

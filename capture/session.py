@@ -262,6 +262,8 @@ class MLinkSession:
         return out
 
     def _ack(self, ack: protocol.StreamAck) -> list[Event]:
+        if self.state is SessionState.ENDED or not self._requests_sent:
+            return [UnmatchedAck(ack.msg_name)]  # nothing asked (yet), or closing: not ours
         st = self._match(ack.query_id, ack.msg_name, lambda s: s.acked)
         if st is None:
             return [UnmatchedAck(ack.msg_name)]
@@ -275,6 +277,8 @@ class MLinkSession:
         return [StreamAcked(name, ack.result, ack.detail, ack.ok)]
 
     def _checkpoint(self, cp: protocol.CheckPt) -> list[Event]:
+        if self.state is SessionState.ENDED or not self._requests_sent:
+            return []  # nothing asked (yet), or closing: no stream of ours to change or end
         phase = _PHASES.get(cp.state.lower(), cp.state)  # states are names: any case
         st = self._match(
             cp.query_id,
@@ -305,11 +309,11 @@ class MLinkSession:
             # The server ended a stream this session asked for (it never sends a second request
             # for a type): nothing more of it comes on this connection.  Reconnecting requests
             # every stream again from its resume point; a refused stream's end is expected.
-            if self.state is not SessionState.ENDED:
-                self.state = SessionState.ENDED
-                detail = f": {cp.detail}" if cp.detail else ""
-                reason = f"server ended the {name} stream ({cp.state}{detail})"
-                out.append(EndSession(reason, auth_failed=False))
+            # (Once ENDED, no checkpoint gets here: the end comes once.)
+            self.state = SessionState.ENDED
+            detail = f": {cp.detail}" if cp.detail else ""
+            reason = f"server ended the {name} stream ({cp.state}{detail})"
+            out.append(EndSession(reason, auth_failed=False))
         return out
 
     def _match(

@@ -56,6 +56,10 @@ def _utf8(text: str) -> bytes:
         return text.encode("utf-8", "surrogatepass")
 
 
+def _piece(part: bytes | str) -> bytes:
+    return _utf8(part) if isinstance(part, str) else bytes(part)
+
+
 class SecretMask:
     """The secrets known when a connection starts, and what its last messages left open."""
 
@@ -69,10 +73,9 @@ class SecretMask:
         # backslash begins an escape (``key\`` in ``"key\\"``): the string pass masks the
         # whole escape there.  One that is no valid UTF-8 (a lone surrogate: an undecodable
         # byte of an environment variable) is not taken where it would cut a character.
-        self._bytes = tuple(
-            (b, b.endswith(b"\\"), not _valid(b)) for b in (_utf8(t) for t in self._texts)
-        )
-        self._longest = max((len(_utf8(t)) for t in self._texts), default=0)
+        encoded = [_utf8(t) for t in self._texts]
+        self._bytes = tuple((b, b.endswith(b"\\"), not _valid(b)) for b in encoded)
+        self._longest = max(map(len, encoded), default=0)
         self._runs = tuple(
             tuple(_utf8(r) for r in _ESCAPABLE.split(t) if r) for t in self._texts
         )
@@ -102,17 +105,18 @@ class SecretMask:
         """Whether the frames decoded from ``message`` (masked by :meth:`message` already)
         must be masked once whole (:meth:`frames`): the message ``continues`` a frame begun
         before it and may hide a secret there (a backslash in that frame, or a secret that
-        completes across the boundary).  ``unfinished``: a frame is still open after it."""
-        if isinstance(message, str):
-            escaped = "\\" in message
-            head = _utf8(message[: self._longest])
-            tail = _utf8(message[-self._longest :])
-        else:
-            escaped = b"\\" in message
-            head, tail = bytes(message[: self._longest]), bytes(message[-self._longest :])
-        seam = self._tail + head
-        split = any(b in seam for b, _, _ in self._bytes)
-        self._tail = (self._tail + tail)[-self._longest :]
+        completes across the boundary).  ``unfinished``: a frame is still open after it.
+        A message of whole frames (the usual one) costs only keeping its tail."""
+        before = self._tail
+        self._tail = (before + _piece(message[-self._longest :]))[-self._longest :]
+        if not (continues or unfinished):
+            self._carry = False
+            return False
+        escaped = ("\\" in message) if isinstance(message, str) else (b"\\" in message)
+        split = False
+        if continues:  # a secret across the boundary, inside the frame it continues
+            seam = before + _piece(message[: self._longest])
+            split = any(b in seam for b, _, _ in self._bytes)
         risky = escaped or split
         flagged = continues and (risky or self._carry)
         self._carry = unfinished and (risky or (continues and self._carry))
@@ -124,8 +128,8 @@ class SecretMask:
         out: list[TypedFrame | Garbage] = []
         for event in events:
             if isinstance(event, Garbage):
-                data = self.body(bytes(event.data))
-                out.append(event if data == event.data else Garbage(data, event.reason))
+                data = self.body(event.data)
+                out.append(event if data is event.data else Garbage(data, event.reason))
                 continue
             _, number, body = event
             masked = self.body(body)
@@ -190,16 +194,16 @@ class SecretMask:
         return spans
 
 
-_STRING = re.compile(rb'"((?:[^"\\\r\n]++|\\[^\r\n])*+)"?')
-
-
-_REST = re.compile(rb'(?:[^"\\\r\n]++|\\[^\r\n])*+')
+_CONTENT: Final = rb'(?:[^"\\\r\n]++|\\[^\r\n])*+'  # a string's content: possessive, linear
+_STRING = re.compile(rb'"(' + _CONTENT + rb')"?')
+_REST = re.compile(_CONTENT)
 
 
 def _open_string(data: bytes) -> tuple[int, int]:
     """The start of ``data`` read as the rest of a string opened before it."""
-    m = _REST.match(data)
-    return 0, m.end() if m else 0
+    rest = _REST.match(data)
+    assert rest is not None  # the pattern matches the empty string
+    return 0, rest.end()
 
 
 def _inside_char(data: bytes, at: int) -> bool:

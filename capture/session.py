@@ -261,8 +261,13 @@ class MLinkSession:
             out.append(EndSession(reason, auth_failed=True))
         return out
 
+    @property
+    def _replies_expected(self) -> bool:
+        """Acks and checkpoints can be ours: the requests went out and the session goes on."""
+        return self._requests_sent and self.state is not SessionState.ENDED
+
     def _ack(self, ack: protocol.StreamAck) -> list[Event]:
-        if self.state is SessionState.ENDED or not self._requests_sent:
+        if not self._replies_expected:
             return [UnmatchedAck(ack.msg_name)]  # nothing asked (yet), or closing: not ours
         st = self._match(ack.query_id, ack.msg_name, lambda s: s.acked)
         if st is None:
@@ -277,7 +282,7 @@ class MLinkSession:
         return [StreamAcked(name, ack.result, ack.detail, ack.ok)]
 
     def _checkpoint(self, cp: protocol.CheckPt) -> list[Event]:
-        if self.state is SessionState.ENDED or not self._requests_sent:
+        if not self._replies_expected:
             return []  # nothing asked (yet), or closing: no stream of ours to change or end
         phase = _PHASES.get(cp.state.lower(), cp.state)  # states are names: any case
         st = self._match(
@@ -329,15 +334,14 @@ class MLinkSession:
         a queryID not ours with one of our type names matches by the name (a server that
         renumbers).  A number in ``msgName`` (the protocol allows requesting by type number)
         is no name.  Only a reply with neither falls back to order (PROTOCOL.md §6.2)."""
-        named = msg_name is not None and not msg_name.strip().isdigit()
+        name = None if msg_name is None or msg_name.strip().isdigit() else msg_name.lower()
         if query_id is not None:
             if query_id in self._by_query:
                 return self._by_query[query_id]
-            if not named:
+            if name is None:
                 return None
-        if named:
-            assert msg_name is not None
-            return self._by_name.get(msg_name.lower())
+        if name is not None:
+            return self._by_name.get(name)
         return next((st for st in self.streams.values() if not skip(st)), None)
 
 

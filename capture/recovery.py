@@ -162,7 +162,12 @@ def _index_file(
     index.files += 1
     for _, hi in spans:
         index.max_seq = hi if index.max_seq is None else max(index.max_seq, hi)
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    # Only int64 columns (timestamp[us] and int64 underneath) say a time: another writer's
+    # file may hold anything under these names, and its statistics must stop nothing.
+    names = [
+        col.name if col.physical_type == "INT64" else None
+        for col in (meta.schema.column(i) for i in range(meta.num_columns))
+    ]
     if "h_sTim" in names and RECV_TIME_NS_COLUMN in names:
         sent_col, recv_col = names.index("h_sTim"), names.index(RECV_TIME_NS_COLUMN)
         for rg in range(meta.num_row_groups):

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from test_hostile import Script, good_body, quarantined, rows_at_least, run_daemon, seqs_in_parquet
 
@@ -130,3 +131,51 @@ def test_resume_points_keep_the_latest_and_merge() -> None:
     b.offer("U", 2**70, 100)
     a.merge(b)
     assert a == {"T": 20, "U": 7} and a.rejected == 1
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        pa.array(["2200-01-01", "zz"]),  # strings: their statistics are bytes
+        pa.array([float("nan"), 1.7e18]),  # doubles
+        pa.array([True, False]),
+        pa.array([2**62, 2**63 - 1], pa.int64()),  # int64, not a timestamp: still a time
+    ],
+    ids=["string", "double", "bool", "int64"],
+)
+def test_a_committed_file_with_an_odd_h_stim_column_offers_no_odd_resume_point(
+    tmp_path: Path, sent: pa.Array
+) -> None:
+    """Recovery reads the resume point from committed files' statistics: a file whose
+    ``h_sTim`` or ``_recv_time_ns`` is not int64 underneath (another writer's, an old one, a
+    tampered one) must not stop the stripe from starting, and offers no resume point."""
+    from capture.recovery import scan_committed
+    from capture.sink import META_MSG_TYPE, META_SEQ_MAX, META_SEQ_MIN, PartitionSink, SinkSettings
+
+    recv = [1_748_875_510_000_000_000, 1_748_875_510_000_000_001]
+    sink = PartitionSink(SinkSettings(root=tmp_path), stripe="A", session="s", now_ns=lambda: 0)
+    sink.write("Odd", pa.RecordBatch.from_pydict({
+        "_recv_time": pa.array([r // 1000 for r in recv], pa.int64()).cast(
+            pa.timestamp("us", tz="UTC")),
+        "_recv_time_ns": pa.array(recv, pa.int64()),
+        "_seq": pa.array([0, 1], pa.int64()),
+        "h_sTim": sent,
+    }))  # fmt: skip
+    sink.close()
+    # Another writer's file (the sink refuses a non-int64 _recv_time_ns): a valid h_sTim, a
+    # string _recv_time_ns, and the footer of a committed file of type OddRecv.
+    (odd,) = (tmp_path / "Odd").rglob("*.parquet")
+    meta = {k: v for k, v in (pq.read_metadata(odd).metadata or {}).items()}
+    meta.update({META_MSG_TYPE.encode(): b"OddRecv", META_SEQ_MIN.encode(): b"2",
+                 META_SEQ_MAX.encode(): b"3"})  # fmt: skip
+    other = tmp_path / "OddRecv" / odd.parent.relative_to(tmp_path / "Odd") / odd.name
+    other.parent.mkdir(parents=True)
+    table = pa.table({
+        "_recv_time_ns": pa.array(["x", "y"]),
+        "h_sTim": pa.array([r // 1000 for r in recv], pa.int64()).cast(
+            pa.timestamp("us", tz="UTC")),
+    })  # fmt: skip
+    pq.write_table(table.replace_schema_metadata(meta), other)
+    index = scan_committed(tmp_path, "A", since_ns=None)
+    assert index.files == 2 and index.max_seq == 3
+    assert dict(index.resume_points) == {}
